@@ -1,0 +1,3 @@
+from assetmgr.cli import main
+
+main()

@@ -1,0 +1,155 @@
+"""Settings: the environment first, then the config file, then defaults.
+
+The Civitai API key is looked up in this order: ``CIVITAI_API_KEY``, the OS keyring
+(service ``assetmgr``, user ``civitai``), then ``civitai_api_key`` in the config file (written
+with mode 0600, and only when no keyring backend works). It never goes to the database, the
+logs, the sandbox or a logged URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assetmgr import paths
+from assetmgr.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_BASE = "https://civitai.com"
+KEYRING_SERVICE = "assetmgr"
+KEYRING_USER = "civitai"
+
+
+def read_config_file(path: Path | None = None) -> dict[str, Any]:
+    """The config file as a dict; missing means empty, malformed is a `ConfigError`."""
+    config_path = path or paths.config_file()
+    try:
+        with open(config_path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {config_path}: {exc}",
+            hint="Fix or delete the file; `assetmgr config show` prints the settings in use.",
+        ) from exc
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def write_config_file(values: dict[str, Any], path: Path | None = None) -> Path:
+    """Write a flat TOML file atomically with mode 0600 (it may hold the API key)."""
+    config_path = path or paths.config_file()
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = config_path.with_suffix(".tmp")
+    body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in sorted(values.items()) if v is not None)
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(body)
+    os.replace(tmp_path, config_path)
+    return config_path
+
+
+def _keyring_get() -> str | None:
+    if os.environ.get("ASSETMGR_NO_KEYRING"):
+        return None
+    try:
+        import keyring
+
+        return keyring.get_password(KEYRING_SERVICE, KEYRING_USER)
+    except Exception as exc:  # no backend, locked store, dbus missing: all mean "not there"
+        log.debug("keyring unavailable: %s", type(exc).__name__)
+        return None
+
+
+def store_api_key(key: str) -> str:
+    """Save the key in the keyring, else in the config file; returns where it went."""
+    if not os.environ.get("ASSETMGR_NO_KEYRING"):
+        try:
+            import keyring
+            from keyring.backends.fail import Keyring as FailKeyring
+
+            if not isinstance(keyring.get_keyring(), FailKeyring):
+                keyring.set_password(KEYRING_SERVICE, KEYRING_USER, key)
+                return "keyring"
+        except Exception as exc:
+            log.debug("keyring unavailable: %s", type(exc).__name__)
+    values = read_config_file()
+    values["civitai_api_key"] = key
+    write_config_file(values)
+    return "config file"
+
+
+def mask_secret(secret: str | None) -> str:
+    """Show a key as ``abcd…wxyz`` at most; short keys become ``****``."""
+    if not secret:
+        return "(none)"
+    if len(secret) < 12:
+        return "****"
+    return f"{secret[:4]}…{secret[-4:]}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the CLI and the TUI hand to the services."""
+
+    home: Path
+    database_url: str
+    api_base: str = DEFAULT_API_BASE
+    api_key: str | None = field(default=None, repr=False)
+    api_key_source: str = "none"
+    download_concurrency: int = 3
+    sync_concurrency: int = 4
+
+    @classmethod
+    def load(cls, *, api_base: str | None = None, database_url: str | None = None) -> Settings:
+        values = read_config_file()
+        key_source = "none"
+        api_key = os.environ.get("CIVITAI_API_KEY") or None
+        if api_key:
+            key_source = "environment"
+        else:
+            api_key = _keyring_get()
+            if api_key:
+                key_source = "keyring"
+            elif values.get("civitai_api_key"):
+                api_key = str(values["civitai_api_key"])
+                key_source = "config file"
+        base = (
+            api_base
+            or os.environ.get("CIVITAI_API_BASE")
+            or values.get("api_base")
+            or DEFAULT_API_BASE
+        )
+        db_url = (
+            database_url
+            or os.environ.get("ASSETMGR_DB_URL")
+            or values.get("database_url")
+            or paths.default_database_url()
+        )
+        try:
+            download_concurrency = int(values.get("download_concurrency", 3))
+            sync_concurrency = int(values.get("sync_concurrency", 4))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad concurrency setting in {paths.config_file()}: {exc}") from exc
+        return cls(
+            home=paths.home(),
+            database_url=str(db_url),
+            api_base=str(base).rstrip("/"),
+            api_key=api_key,
+            api_key_source=key_source,
+            download_concurrency=max(1, download_concurrency),
+            sync_concurrency=max(1, sync_concurrency),
+        )
