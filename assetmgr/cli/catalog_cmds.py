@@ -1,0 +1,303 @@
+"""Catalog commands: sync, models list/show, lookup, demo, db, config."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import typer
+
+from assetmgr.cli import print_json
+from assetmgr.config import Settings, mask_secret, store_api_key
+from assetmgr.errors import AssetMgrError, NotInCatalogError
+
+models_app = typer.Typer(help="Browse the local catalog.", no_args_is_help=True)
+db_app = typer.Typer(help="The catalog database.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings and the Civitai API key.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sync")(sync)
+    app.command("lookup")(lookup)
+    app.command("demo")(demo)
+    app.add_typer(models_app, name="models")
+    app.add_typer(db_app, name="db")
+    app.add_typer(config_app, name="config")
+
+
+def sync(
+    api_base: str | None = typer.Option(None, "--api-base", help="API root (default: $CIVITAI_API_BASE or https://civitai.com)."),
+    types: list[str] = typer.Option([], "--type", help="Model type, e.g. LORA, Checkpoint (repeatable)."),
+    base_models: list[str] = typer.Option([], "--base-model", help="Base model, e.g. 'SDXL 1.0' (repeatable)."),
+    query: str | None = typer.Option(None, "--query", help="Full-text query on Civitai."),
+    tag: str | None = typer.Option(None, "--tag", help="Only models with this tag."),
+    username: str | None = typer.Option(None, "--username", help="Only models by this creator."),
+    model_ids: list[int] = typer.Option([], "--model-id", help="Sync exactly these models (repeatable)."),
+    max_models: int | None = typer.Option(None, "--max-models", min=1, help="Stop after N models."),
+    nsfw: bool = typer.Option(False, "--nsfw", help="Include NSFW models (default: SFW only, as on Civitai)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Fetch models, versions and files from Civitai into the local catalog."""
+    from assetmgr.cli.progress import sync_progress
+    from assetmgr.context import make_client, open_engine
+    from catalog.civitai.client import ModelFilters
+    from catalog.civitai.errors import CivitaiConnectionError
+    from catalog.sync import SyncRequest, run_sync
+
+    settings = Settings.load(api_base=api_base)
+    engine = open_engine(settings)
+    request = SyncRequest(
+        filters=ModelFilters(
+            types=list(types),
+            base_models=list(base_models),
+            query=query,
+            tag=tag,
+            username=username,
+            nsfw=nsfw,
+        ),
+        model_ids=list(model_ids),
+        max_models=max_models,
+        api_base=settings.api_base,
+    )
+    cancel = threading.Event()
+    try:
+        with make_client(settings) as client, sync_progress(not as_json) as on_progress:
+            try:
+                summary = run_sync(
+                    engine,
+                    client,
+                    request,
+                    progress=on_progress,  # type: ignore[arg-type]
+                    cancel=cancel,
+                    concurrency=settings.sync_concurrency,
+                )
+            except KeyboardInterrupt:
+                cancel.set()
+                raise
+    except CivitaiConnectionError as exc:
+        from catalog import demo as demo_catalog
+
+        if not demo_catalog.catalog_is_empty(engine):
+            raise
+        counts = demo_catalog.seed_demo(engine)
+        sys.stderr.write(
+            f"note: Civitai is unreachable ({exc.message}); seeded the local demo catalog "
+            f"instead ({counts['models']} models). Run `assetmgr sync` again when online.\n"
+        )
+        result: dict[str, Any] = {**counts, "errors": [], "demo": True}
+        if as_json:
+            print_json(result)
+        return
+    if as_json:
+        print_json(summary.as_json())
+    else:
+        sys.stderr.write(
+            f"synced {summary.models} models, {summary.versions} versions, {summary.files} files"
+            f" ({summary.models_written} written, {summary.models_marked} marked"
+            f"{', resumed' if summary.resumed else ''})\n"
+        )
+        for err in summary.errors[:20]:
+            sys.stderr.write(f"skipped item: {err}\n")
+
+
+@models_app.command("list")
+def models_list(
+    types: list[str] = typer.Option([], "--type", help="Model type (repeatable)."),
+    base_models: list[str] = typer.Option([], "--base-model", help="Base model (repeatable)."),
+    search: str | None = typer.Option(None, "--search", help="Full-text search in the local catalog."),
+    local: bool = typer.Option(False, "--local", help="Only models with files in the local store."),
+    limit: int = typer.Option(100, "--limit", min=1, help="At most this many models."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array on stdout."),
+) -> None:
+    """List models in the local catalog."""
+    from assetmgr.context import open_engine
+    from catalog import repo
+    from catalog.db import session_scope
+
+    engine = open_engine(Settings.load())
+    with session_scope(engine) as session:
+        rows = repo.list_models(
+            session,
+            types=list(types) or None,
+            base_models=list(base_models) or None,
+            search=search,
+            local_only=local,
+            limit=limit,
+        )
+        objects = [repo.model_to_dict(session, row) for row in rows]
+    if as_json:
+        print_json(objects)
+        return
+    _print_models_table(objects)
+
+
+def _print_models_table(objects: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for col in ("id", "type", "base model", "name", "creator", "versions", "local"):
+        table.add_column(col)
+    for obj in objects:
+        versions = obj.get("versions") or []
+        base = versions[0]["base_model"] if versions else ""
+        local = any(f.get("local") for v in versions for f in v.get("files", []))
+        table.add_row(
+            str(obj["id"]),
+            str(obj["type"]),
+            str(base or ""),
+            str(obj["name"]),
+            str(obj.get("creator") or ""),
+            str(len(versions)),
+            "yes" if local else "",
+        )
+    Console().print(table)
+    if not objects:
+        sys.stderr.write("no models; run `assetmgr sync` or `assetmgr demo` first\n")
+
+
+@models_app.command("show")
+def models_show(
+    model_id: int = typer.Argument(..., help="Civitai model id."),
+    as_json: bool = typer.Option(False, "--json", help="Print the model object on stdout."),
+) -> None:
+    """Show one model with its versions, files, hashes and trigger words."""
+    from assetmgr.context import open_engine
+    from catalog import repo
+    from catalog.db import session_scope
+
+    engine = open_engine(Settings.load())
+    with session_scope(engine) as session:
+        row = repo.get_model(session, model_id)
+        if row is None:
+            raise NotInCatalogError(f"model {model_id} is not in the local catalog")
+        obj = repo.model_to_dict(session, row)
+    if as_json:
+        print_json(obj)
+        return
+    _print_model(obj)
+
+
+def _print_model(obj: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console()
+    console.print(f"[bold]{escape(obj['name'])}[/] (#{obj['id']}, {obj['type']}"
+                  f"{', NSFW' if obj.get('nsfw') else ''}) by {escape(str(obj.get('creator') or '?'))}")
+    if obj.get("tags"):
+        console.print("tags: " + escape(", ".join(obj["tags"])))
+    for v in obj.get("versions", []):
+        console.print(f"  [bold]{escape(str(v['name']))}[/] #{v['id']} {escape(str(v.get('base_model') or ''))}"
+                      f" {v.get('published_at') or ''}")
+        for word in v.get("trained_words") or []:
+            console.print(f"    trigger: {escape(word)}")
+        for f in v.get("files", []):
+            hashes = f.get("hashes") or {}
+            local = f.get("local")
+            console.print(
+                f"    file #{f['id']} {escape(str(f['name']))} {f.get('size_kb') or 0:.0f} KB"
+                f" {f.get('format') or ''}{' primary' if f.get('primary') else ''}"
+                f" SHA256 {hashes.get('SHA256', '?')}"
+                + (f" [{local['state']}] {local.get('path') or ''}" if local else "")
+            )
+
+
+def lookup(
+    digest: str = typer.Argument(..., metavar="HASH", help="SHA256, AutoV1/V2/V3, BLAKE3 or CRC32, any case."),
+    api_base: str | None = typer.Option(None, "--api-base", help="API root for the remote lookup."),
+    offline: bool = typer.Option(False, "--offline", help="Only look in the local catalog."),
+    as_json: bool = typer.Option(False, "--json", help="Print matches as JSON on stdout."),
+) -> None:
+    """Find the model file with this hash: the local catalog first, then Civitai."""
+    from assetmgr.context import make_client, open_engine
+    from catalog import lookup as lookup_service
+
+    settings = Settings.load(api_base=api_base)
+    engine = open_engine(settings)
+    client = None if offline else make_client(settings)
+    try:
+        matches = lookup_service.lookup_hash(engine, client, digest)
+    finally:
+        if client is not None:
+            client.close()
+    if as_json:
+        print_json(matches)
+        return
+    for m in matches:
+        sys.stdout.write(
+            f"{m['hash_type']} match ({m['source']}): model #{m['model_id']} {m['model_name']!s}"
+            f" / version #{m['version_id']} {m['version_name']!s} / file #{m['file_id']} {m['file_name']!s}\n"
+        )
+
+
+def demo(
+    as_json: bool = typer.Option(False, "--json", help="Print counts as JSON."),
+) -> None:
+    """Seed a small local demo catalog (works offline)."""
+    from assetmgr.context import open_engine
+    from catalog import demo as demo_catalog
+
+    engine = open_engine(Settings.load())
+    counts = demo_catalog.seed_demo(engine)
+    if as_json:
+        print_json(counts)
+    else:
+        sys.stderr.write(
+            f"demo catalog ready: {counts['models']} models, {counts['versions']} versions, "
+            f"{counts['files']} files\n"
+        )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the catalog schema up to date (runs automatically on every command too)."""
+    from assetmgr.context import open_engine
+
+    settings = Settings.load()
+    open_engine(settings)
+    sys.stderr.write(f"catalog at {_redact_url(settings.database_url)} is up to date\n")
+
+
+def _redact_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable URL)"
+
+
+@config_app.command("show")
+def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print the settings in use (the API key masked)."""
+    settings = Settings.load()
+    data = {
+        "home": str(settings.home),
+        "database_url": _redact_url(settings.database_url),
+        "api_base": settings.api_base,
+        "api_key": mask_secret(settings.api_key),
+        "api_key_source": settings.api_key_source,
+        "download_concurrency": settings.download_concurrency,
+        "sync_concurrency": settings.sync_concurrency,
+    }
+    if as_json:
+        print_json(data)
+    else:
+        for k, v in data.items():
+            sys.stdout.write(f"{k}: {v}\n")
+
+
+@config_app.command("set-key")
+def config_set_key(
+    key: str | None = typer.Option(None, "--key", help="The key (prompted for when omitted).", hidden=True),
+) -> None:
+    """Store the Civitai API key in the OS keyring (else the 0600 config file)."""
+    if key is None:
+        key = typer.prompt("Civitai API key", hide_input=True)
+    key = key.strip()
+    if not key or any(c.isspace() for c in key):
+        raise AssetMgrError("that does not look like an API key", hint="Copy it from civitai.com → Account settings → API keys.")
+    where = store_api_key(key)
+    sys.stderr.write(f"API key {mask_secret(key)} saved in the {where}\n")

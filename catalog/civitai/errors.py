@@ -1,0 +1,353 @@
+"""Errors raised by the Civitai client, and `from_response`, which maps an HTTP answer to one.
+
+The tree (rooted at `assetmgr.errors.CivitaiError`; see that module for the whole picture)::
+
+    CivitaiError
+    ├── CivitaiConnectionError            the API could not be reached (also a ConnectionError)
+    ├── CivitaiResponseValidationError    a payload without the documented shape
+    ├── CivitaiInputError                 a local check failed before any request (a ValueError)
+    └── CivitaiStatusError                an HTTP error status; .status_code, .url, .server_message
+        ├── CivitaiBadRequestError        400
+        ├── LoginRequiredError            401: the file needs an API key
+        ├── UnauthorizedError             401: the key is wrong or the action needs one
+        ├── DownloadDisabledError         401: the creator disabled downloads
+        ├── EarlyAccessError              403: early access not bought; .deadline
+        ├── ForbiddenError                403: no access
+        ├── NotFoundError                 404 (also a LookupError)
+        ├── ArchivedError                 410: archived model
+        ├── RateLimitedError              429 after all retries; .retry_after
+        └── ServerError                   5xx after all retries
+
+Every URL stored on an error or written to a log goes through `redact_url` first, because
+signed storage URLs and ``token=`` parameters are credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from assetmgr.errors import CivitaiError
+from catalog.civitai.retry import parse_retry_after
+
+MAX_SERVER_MESSAGE_CHARS = 300
+
+# Query parameters whose values are credentials: Civitai's `token`, B2's download
+# `Authorization`, and the S3/R2 presigned-URL signature parts.
+_SECRET_QUERY_RE = re.compile(
+    r"(?i)([?&](?:token|authorization|x-amz-signature|x-amz-credential|x-amz-security-token)=)"
+    r"[^&#]*"
+)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
+# `error` values that only name the status; the `message` beside them says more.
+_LABEL_ERRORS = frozenset({"unauthorized", "early access", "forbidden", "not found"})
+
+
+def redact_url(url: httpx.URL | str) -> str:
+    """`url` with credential query values replaced by ``REDACTED``, safe for logs and messages."""
+    return _SECRET_QUERY_RE.sub(r"\1REDACTED", str(url))
+
+
+class CivitaiConnectionError(CivitaiError, ConnectionError):
+    """Civitai could not be reached (DNS, refused, reset, timeouts), after all retries."""
+
+    title = "Cannot reach Civitai"
+    hint = "Check the network connection; `--api-base` or CIVITAI_API_BASE select another server."
+
+
+class CivitaiResponseValidationError(CivitaiError):
+    """Civitai answered with a body that does not have the documented shape."""
+
+    title = "Unexpected answer from Civitai"
+    hint = "Civitai may have changed its API, or a proxy answered; try again later and report it."
+
+
+class CivitaiInputError(CivitaiError, ValueError):
+    """A value was rejected locally before any request, so no quota is spent on a sure 400."""
+
+    title = "Invalid input"
+    hint = "Check the value; `assetmgr --help` lists what each command accepts."
+
+
+class CivitaiStatusError(CivitaiError):
+    """Civitai answered with an error status; the subclass says which kind."""
+
+    title = "Civitai error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        url: str,
+        server_message: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status_code = status_code
+        self.url = redact_url(url)
+        self.server_message = server_message
+
+
+class CivitaiBadRequestError(CivitaiStatusError):
+    """400: Civitai rejected the request parameters."""
+
+    title = "Bad request"
+    hint = "A parameter was rejected (for example limit above 100, or an unknown model type)."
+
+
+class LoginRequiredError(CivitaiStatusError):
+    """401 on a download: the creator requires a logged-in user."""
+
+    title = "Login required"
+    hint = "This file needs an API key: set CIVITAI_API_KEY or run `assetmgr config set-key`."
+
+
+class UnauthorizedError(CivitaiStatusError):
+    """401: the action needs a valid API key (an invalid key counts as none)."""
+
+    title = "Unauthorized"
+    hint = (
+        "Set a valid key with CIVITAI_API_KEY or `assetmgr config set-key`; "
+        "Civitai treats an unknown key as no key."
+    )
+
+
+class DownloadDisabledError(CivitaiStatusError):
+    """401: the creator allows only on-site generation for this file."""
+
+    title = "Download disabled"
+    hint = "The creator disabled downloads of this version; it can only be used on civitai.com."
+
+
+class EarlyAccessError(CivitaiStatusError):
+    """403: the version is in paid early access and this account has not bought it."""
+
+    title = "Early access"
+    hint = "Buy early access on civitai.com, or wait until it ends."
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        url: str,
+        server_message: str | None = None,
+        hint: str | None = None,
+        deadline: datetime | None = None,
+    ) -> None:
+        super().__init__(
+            message, status_code=status_code, url=url, server_message=server_message, hint=hint
+        )
+        self.deadline = deadline
+
+
+class ForbiddenError(CivitaiStatusError):
+    """403: this account or address may not access the resource."""
+
+    title = "Forbidden"
+    hint = "Check on civitai.com that this account has access to the file (bought or granted)."
+
+
+class NotFoundError(CivitaiStatusError, LookupError):
+    """404: no such model, version, hash or file (or it is unpublished)."""
+
+    title = "Not found on Civitai"
+    hint = "Check the id or hash; the model may have been unpublished or deleted."
+
+
+class ArchivedError(CivitaiStatusError):
+    """410: the model is archived and its files can no longer be downloaded."""
+
+    title = "Archived model"
+    hint = "The creator archived this model; its files are no longer available."
+
+
+class RateLimitedError(CivitaiStatusError):
+    """429 after all retries: Civitai throttles this client or account."""
+
+    title = "Rate limited"
+    hint = "Civitai is limiting requests from this client; wait a while and try again."
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        url: str,
+        server_message: str | None = None,
+        hint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message, status_code=status_code, url=url, server_message=server_message, hint=hint
+        )
+        self.retry_after = retry_after
+
+
+class ServerError(CivitaiStatusError):
+    """5xx after all retries: Civitai itself is failing."""
+
+    title = "Civitai server error"
+    hint = "Civitai is having trouble; try again in a few minutes."
+
+
+def _clean(text: str) -> str | None:
+    """One short line of server text: control characters gone, whitespace collapsed, capped."""
+    line = " ".join(_CONTROL_RE.sub(" ", text).split())
+    if not line:
+        return None
+    if len(line) > MAX_SERVER_MESSAGE_CHARS:
+        line = line[: MAX_SERVER_MESSAGE_CHARS - 1] + "…"
+    return line
+
+
+def _zod_text(error: dict[str, Any]) -> str | None:
+    """Issue messages of a serialized ZodError (v4 puts them in a JSON string, v3 in a list)."""
+    issues: Any = error.get("issues")
+    if issues is None and isinstance(error.get("message"), str):
+        try:
+            issues = json.loads(error["message"])
+        except ValueError:
+            return str(error["message"])
+    if not isinstance(issues, list):
+        return None
+    parts = []
+    for issue in issues:
+        if not isinstance(issue, dict):
+            continue
+        path = issue.get("path")
+        where = ".".join(str(p) for p in path) if isinstance(path, list) and path else ""
+        what = issue.get("message")
+        if isinstance(what, str):
+            parts.append(f"{where}: {what}" if where else what)
+    return "; ".join(parts) or None
+
+
+def _server_message(body: Any) -> str | None:
+    """The human text of a Civitai error body (section 6 of the API notes), or None."""
+    if isinstance(body, str):
+        return body
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    message = body.get("message")
+    if isinstance(error, dict):
+        error = _zod_text(error)
+    if isinstance(error, str) and isinstance(message, str):
+        if error.strip().lower() in _LABEL_ERRORS or error == message:
+            return message
+        return f"{message}: {error}"
+    for text in (error, message):
+        if isinstance(text, str):
+            return text
+    return None
+
+
+def _parse_body(response: httpx.Response) -> Any:
+    """The JSON body, else the first text line; None for HTML pages and empty bodies."""
+    content = response.content
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        pass
+    text = content[:4096].decode("utf-8", errors="replace").strip()
+    if not text or text.startswith("<"):  # an HTML error page from the edge says nothing useful
+        return None
+    return text.splitlines()[0]
+
+
+def _parse_deadline(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def from_response(
+    response: httpx.Response, *, secrets: tuple[str, ...] = ()
+) -> CivitaiStatusError:
+    """The error for an error response, chosen from its status and Civitai's JSON or text body.
+
+    `secrets` are scrubbed from the message, in case a server or proxy echoes a key back.
+    """
+    status = response.status_code
+    try:
+        request: httpx.Request | None = response.request
+    except RuntimeError:
+        request = None
+    url = redact_url(request.url) if request is not None else ""
+    method = request.method if request is not None else "GET"
+    is_download = request is not None and request.url.path.startswith("/api/download/")
+
+    body = _parse_body(response)
+    text = _server_message(body)
+    server_message = _clean(text) if text else None
+    for secret in secrets:
+        if secret and server_message:
+            server_message = server_message.replace(secret, "REDACTED")
+    summary = server_message or response.reason_phrase or "error"
+    message = f"{summary} (HTTP {status}, {method} {url})"
+    fields: dict[str, Any] = {"status_code": status, "url": url, "server_message": server_message}
+    lowered = (server_message or "").lower()
+
+    if status == 400:
+        return CivitaiBadRequestError(message, **fields)
+    if status == 401:
+        if "disabled downloads" in lowered:
+            return DownloadDisabledError(message, **fields)
+        if "logged in" in lowered or is_download:
+            return LoginRequiredError(message, **fields)
+        return UnauthorizedError(message, **fields)
+    if status == 403:
+        is_early = isinstance(body, dict) and (
+            "deadline" in body or str(body.get("error", "")).lower() == "early access"
+        )
+        if is_early:
+            deadline = _parse_deadline(body.get("deadline"))
+            if deadline is not None:
+                when = deadline.strftime("%Y-%m-%d %H:%M UTC")
+                message = f"in early access until {when} (HTTP {status}, {method} {url})"
+                hint = f"Buy early access on civitai.com, or wait until {when}."
+                return EarlyAccessError(message, deadline=deadline, hint=hint, **fields)
+            return EarlyAccessError(message, **fields)
+        return ForbiddenError(message, **fields)
+    if status == 404:
+        return NotFoundError(message, **fields)
+    if status == 410:
+        return ArchivedError(message, **fields)
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return RateLimitedError(message, retry_after=retry_after, **fields)
+    if 500 <= status <= 599:
+        return ServerError(message, **fields)
+    return CivitaiStatusError(message, **fields)
+
+
+__all__ = [
+    "ArchivedError",
+    "CivitaiBadRequestError",
+    "CivitaiConnectionError",
+    "CivitaiError",
+    "CivitaiInputError",
+    "CivitaiResponseValidationError",
+    "CivitaiStatusError",
+    "DownloadDisabledError",
+    "EarlyAccessError",
+    "ForbiddenError",
+    "LoginRequiredError",
+    "NotFoundError",
+    "RateLimitedError",
+    "ServerError",
+    "UnauthorizedError",
+    "from_response",
+    "redact_url",
+]

@@ -1,0 +1,35 @@
+"""A small built-in catalog so a fresh, offline machine shows something real."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from importlib import resources
+
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session
+
+from catalog import repo
+from catalog.civitai.types import Model
+from catalog.models import Model as ModelRow
+
+
+def demo_models() -> list[Model]:
+    """The bundled demo models, validated like API payloads."""
+    raw = json.loads(resources.files("catalog").joinpath("demo_catalog.json").read_text("utf-8"))
+    return [Model.model_validate(item) for item in raw["items"]]
+
+
+def catalog_is_empty(engine: Engine) -> bool:
+    with Session(engine) as session:
+        return int(session.execute(select(func.count()).select_from(ModelRow)).scalar_one()) == 0
+
+
+def seed_demo(engine: Engine) -> dict[str, int]:
+    """Upsert the demo models (idempotent); returns counts."""
+    models = demo_models()
+    with Session(engine) as session, session.begin():
+        repo.upsert_models(session, models, seen_at=datetime.now(UTC))
+    versions = sum(len(m.model_versions) for m in models)
+    files = sum(len(v.files) for m in models for v in m.model_versions)
+    return {"models": len(models), "versions": versions, "files": files}

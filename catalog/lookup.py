@@ -1,0 +1,81 @@
+"""Find a model file by any of Civitai's six hashes: the local catalog first, then the API."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from assetmgr.errors import AssetMgrError, NotInCatalogError
+from catalog import repo
+from catalog.civitai.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from catalog.civitai.client import CivitaiClient
+
+log = logging.getLogger(__name__)
+
+_HASH_LENGTHS = {8: "AutoV1 or CRC32", 10: "AutoV2", 12: "AutoV3", 64: "SHA256 or BLAKE3"}
+
+
+class BadHashError(AssetMgrError, ValueError):
+    """The text is not a hash in any of Civitai's forms."""
+
+    title = "Not a hash"
+    hint = "Give 8 (AutoV1/CRC32), 10 (AutoV2), 12 (AutoV3) or 64 (SHA256/BLAKE3) hex digits."
+    exit_code = 2
+
+
+def normalize_hash(text: str) -> str:
+    """Uppercase hex of an accepted length, or `BadHashError`."""
+    digest = text.strip().upper()
+    if len(digest) not in _HASH_LENGTHS or any(c not in "0123456789ABCDEF" for c in digest):
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise BadHashError(f"{shown!r} is not a Civitai hash")
+    return digest
+
+
+def _local(engine: Engine, digest: str, source: str) -> list[dict[str, Any]]:
+    with Session(engine) as session:
+        return [dict(match, source=source) for match in repo.find_files_by_hash(session, digest)]
+
+
+def lookup_hash(engine: Engine, client: CivitaiClient | None, text: str) -> list[dict[str, Any]]:
+    """Matches as dicts (model/version/file ids and names, hash_type, source)."""
+    digest = normalize_hash(text)
+    matches = _local(engine, digest, "local")
+    if matches or client is None:
+        if not matches:
+            raise NotInCatalogError(
+                f"no file with hash {digest} in the local catalog",
+                hint="Drop --offline to ask Civitai too.",
+            )
+        return matches
+    try:
+        version = client.get_version_by_hash(digest)
+    except NotFoundError:
+        raise NotInCatalogError(
+            f"no file with hash {digest} in the local catalog or on Civitai",
+            hint="The file may be a private merge or was never uploaded; import it as a local model.",
+        ) from None
+    with Session(engine) as session, session.begin():
+        repo.upsert_version(session, version)
+    matches = _local(engine, digest, "civitai")
+    if not matches:  # the API matched a hash type the payload did not list; report what it said
+        log.info("Civitai matched %s but listed no such hash on the version's files", digest)
+        primary = version.primary_file
+        matches = [
+            {
+                "hash_type": "unknown",
+                "model_id": version.model_id,
+                "model_name": version.model.name if version.model else None,
+                "version_id": version.id,
+                "version_name": version.name,
+                "file_id": primary.id if primary else None,
+                "file_name": primary.name if primary else None,
+                "source": "civitai",
+            }
+        ]
+    return matches

@@ -1,0 +1,431 @@
+"""`assetmgr sync`: fill the local catalog from the Civitai API.
+
+How a sync runs:
+
+* A fetcher thread follows the cursor of `/api/v1/models` and hands validated pages to the
+  caller's thread through a small bounded queue, so the next page is on the wire while the
+  current one is written (this is the "concurrent where it helps": pages are a cursor chain and
+  cannot be fetched in parallel, but fetching and writing can overlap). Explicit `--model-id`s
+  are fetched in parallel with a thread pool.
+* Each page is written in its own transaction together with the cursor that follows it, so an
+  interrupted sync (Ctrl-C, kill -9, a crash) resumes exactly after the last page that landed.
+* Writes are incremental: a model whose normalized payload did not change writes nothing.
+* Items that fail validation are reported in `SyncSummary.errors` and skipped; the rest lands.
+* After a complete, unfiltered sync, models the listing no longer shows are looked up one by
+  one: a 404 marks them ``gone``, an archived or taken-down model is marked as such; nothing is
+  ever deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlmodel import Session
+
+from assetmgr.errors import AssetMgrError, CivitaiError
+from catalog import repo
+from catalog.civitai.client import CivitaiClient, ModelFilters
+from catalog.civitai.errors import NotFoundError
+from catalog.civitai.types import Model, Page
+from catalog.models import Model as ModelRow
+from catalog.models import SyncState
+
+log = logging.getLogger(__name__)
+
+SyncProgressCallback = Callable[["SyncProgress"], None]
+
+
+class SyncCancelled(AssetMgrError):
+    """The sync was cancelled; what was written stays and the next sync resumes."""
+
+    title = "Sync cancelled"
+    hint = "Run the same `assetmgr sync` command again to resume from where it stopped."
+    exit_code = 130
+
+
+@dataclass
+class SyncRequest:
+    """What to sync: listing filters, explicit ids, and a cap."""
+
+    filters: ModelFilters = field(default_factory=ModelFilters)
+    model_ids: Sequence[int] = ()
+    max_models: int | None = None
+    api_base: str = ""
+
+    def key(self) -> str:
+        """A stable id of this filter set, so a rerun finds its interrupted predecessor."""
+        payload = {
+            "filters": asdict(self.filters),
+            "model_ids": sorted(self.model_ids),
+            "max_models": self.max_models,
+            "api_base": self.api_base,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+    @property
+    def is_full_listing(self) -> bool:
+        """True for an unfiltered, uncapped listing sync: only then can absence mean removal."""
+        f = self.filters
+        return not (
+            self.model_ids
+            or self.max_models
+            or f.types
+            or f.base_models
+            or f.query
+            or f.tag
+            or f.username
+            or f.ids
+        )
+
+
+@dataclass
+class SyncProgress:
+    """Counters reported after every page."""
+
+    pages: int = 0
+    models: int = 0
+    versions: int = 0
+    files: int = 0
+    models_written: int = 0
+    rejected: int = 0
+    total_models: int | None = None
+
+
+@dataclass
+class SyncSummary:
+    """The result of a sync: what was seen, what was written, and per-item errors."""
+
+    models: int = 0
+    versions: int = 0
+    files: int = 0
+    models_written: int = 0
+    models_marked: int = 0
+    pages: int = 0
+    resumed: bool = False
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The CLI contract: ``{"models", "versions", "files", "errors"}`` plus extras."""
+        return {
+            "models": self.models,
+            "versions": self.versions,
+            "files": self.files,
+            "errors": self.errors,
+            "written": self.models_written,
+            "marked": self.models_marked,
+            "pages": self.pages,
+            "resumed": self.resumed,
+        }
+
+
+_DONE = object()
+
+
+class _PageFetcher(threading.Thread):
+    """Follows the cursor in the background and queues pages (or the error that stopped it)."""
+
+    def __init__(
+        self,
+        client: CivitaiClient,
+        filters: ModelFilters,
+        start_cursor: str | None,
+        cancel: threading.Event,
+        depth: int = 3,
+    ) -> None:
+        super().__init__(name="civitai-page-fetcher", daemon=True)
+        self.client = client
+        self.filters = filters
+        self.start_cursor = start_cursor
+        self.cancel = cancel
+        self.pages: queue.Queue[object] = queue.Queue(maxsize=depth)
+
+    def _put(self, item: object) -> bool:
+        while not self.cancel.is_set():
+            try:
+                self.pages.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            for page in self.client.iter_model_pages(self.filters, start_cursor=self.start_cursor):
+                if not self._put(page):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(exc)
+            return
+        self._put(_DONE)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _load_state(engine: Engine, key: str) -> SyncState | None:
+    with Session(engine) as session:
+        return session.exec(select(SyncState).where(SyncState.key == key)).scalars().first()  # type: ignore[call-overload]
+
+
+def _count(models: Iterable[Model]) -> tuple[int, int, int]:
+    n_models = n_versions = n_files = 0
+    for m in models:
+        n_models += 1
+        n_versions += len(m.model_versions)
+        n_files += sum(len(v.files) for v in m.model_versions)
+    return n_models, n_versions, n_files
+
+
+def run_sync(
+    engine: Engine,
+    client: CivitaiClient,
+    request: SyncRequest,
+    *,
+    progress: SyncProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    concurrency: int = 4,
+) -> SyncSummary:
+    """Sync the catalog; see the module docstring for the guarantees."""
+    cancel = cancel or threading.Event()
+    summary = SyncSummary()
+    counters = SyncProgress(total_models=request.max_models)
+
+    def report() -> None:
+        if progress is not None:
+            progress(counters)
+
+    if request.model_ids:
+        _sync_ids(engine, client, request.model_ids, summary, counters, report, cancel, concurrency)
+        return summary
+
+    key = request.key()
+    state = _load_state(engine, key)
+    start_cursor: str | None = None
+    if state is not None and state.status == "running" and state.cursor:
+        start_cursor = state.cursor
+        summary.resumed = True
+        counters.models = state.models_seen or 0
+        log.info("resuming sync %s from its stored cursor", key[:12])
+    started_at = _now()
+    _begin_state(engine, key, request, resume=summary.resumed, started_at=started_at)
+
+    seen_ids: set[int] = set()
+    fetcher = _PageFetcher(client, request.filters, start_cursor, cancel)
+    fetcher.start()
+    completed = False
+    try:
+        while True:
+            if cancel.is_set():
+                raise SyncCancelled("sync cancelled; progress is saved")
+            try:
+                item = fetcher.pages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                completed = True
+                break
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, Page)
+            page: Page[Model] = item
+            models = page.items
+            stop = False
+            if request.max_models is not None:
+                room = request.max_models - summary.models
+                if len(models) >= room:
+                    models = models[:room]
+                    stop = True
+            for index, item_id, reason in page.rejected:
+                summary.errors.append(
+                    {"page": summary.pages + 1, "index": index, "id": item_id, "error": reason}
+                )
+            written = _write_page(engine, key, models, page.next_cursor, stop)
+            seen_ids.update(m.id for m in models)
+            m, v, f = _count(models)
+            summary.models += m
+            summary.versions += v
+            summary.files += f
+            summary.models_written += written
+            summary.pages += 1
+            counters.pages = summary.pages
+            counters.models += m
+            counters.versions += v
+            counters.files += f
+            counters.models_written += written
+            counters.rejected = len(summary.errors)
+            report()
+            if stop or page.next_cursor is None:
+                completed = True
+                break
+    except KeyboardInterrupt:
+        raise SyncCancelled("sync interrupted; progress is saved") from None
+    finally:
+        cancel_fetcher = not completed
+        if cancel_fetcher:
+            cancel.set()
+        fetcher.join(timeout=5)
+
+    if completed:
+        if request.is_full_listing and not summary.resumed:
+            summary.models_marked = _mark_vanished(
+                engine, client, seen_ids, request, cancel, concurrency
+            )
+        _finish_state(engine, key)
+    return summary
+
+
+def _begin_state(
+    engine: Engine, key: str, request: SyncRequest, *, resume: bool, started_at: datetime
+) -> None:
+    with Session(engine) as session, session.begin():
+        state = session.exec(select(SyncState).where(SyncState.key == key)).scalars().first()  # type: ignore[call-overload]
+        if state is None:
+            state = SyncState(key=key, params=json.loads(json.dumps(asdict(request), default=str)))
+            session.add(state)
+        if not resume:
+            state.cursor = None
+            state.pages = 0
+            state.models_seen = 0
+            state.models_written = 0
+            state.started_at = started_at
+        state.status = "running"
+        state.updated_at = started_at
+        state.finished_at = None
+
+
+def _write_page(
+    engine: Engine, key: str, models: Sequence[Model], next_cursor: str | None, last: bool
+) -> int:
+    """Upsert one page and move the stored cursor past it, in one transaction."""
+    now = _now()
+    with Session(engine) as session, session.begin():
+        result = repo.upsert_models(session, models, seen_at=now)
+        session.execute(
+            update(SyncState)
+            .where(SyncState.key == key)  # type: ignore[arg-type]
+            .values(
+                cursor=None if last else next_cursor,
+                pages=SyncState.pages + 1,
+                models_seen=SyncState.models_seen + len(models),
+                models_written=SyncState.models_written + result.models_written,
+                updated_at=now,
+            )
+        )
+    return result.models_written
+
+
+def _finish_state(engine: Engine, key: str) -> None:
+    now = _now()
+    with Session(engine) as session, session.begin():
+        session.execute(
+            update(SyncState)
+            .where(SyncState.key == key)  # type: ignore[arg-type]
+            .values(status="done", cursor=None, finished_at=now, updated_at=now)
+        )
+
+
+def _fetch_models(
+    client: CivitaiClient, ids: Sequence[int], cancel: threading.Event, concurrency: int
+) -> list[tuple[int, Model | None, Exception | None]]:
+    """GET /models/{id} for each id in parallel; (id, model or None if 404, other error)."""
+
+    def one(model_id: int) -> tuple[int, Model | None, Exception | None]:
+        if cancel.is_set():
+            return model_id, None, SyncCancelled("cancelled")
+        try:
+            return model_id, client.get_model(model_id), None
+        except NotFoundError:
+            return model_id, None, None
+        except CivitaiError as exc:
+            return model_id, None, exc
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="sync") as pool:
+        return list(pool.map(one, ids))
+
+
+def _sync_ids(
+    engine: Engine,
+    client: CivitaiClient,
+    model_ids: Sequence[int],
+    summary: SyncSummary,
+    counters: SyncProgress,
+    report: Callable[[], None],
+    cancel: threading.Event,
+    concurrency: int,
+) -> None:
+    counters.total_models = len(model_ids)
+    results = _fetch_models(client, list(dict.fromkeys(model_ids)), cancel, concurrency)
+    if cancel.is_set():
+        raise SyncCancelled("sync cancelled")
+    found = [m for _, m, err in results if m is not None]
+    missing = [mid for mid, m, err in results if m is None and err is None]
+    for mid, _, err in results:
+        if err is not None:
+            summary.errors.append({"id": mid, "error": str(err)})
+    now = _now()
+    with Session(engine) as session, session.begin():
+        result = repo.upsert_models(session, found, seen_at=now)
+        summary.models_marked = _mark_gone(session, missing, now)
+    m, v, f = _count(found)
+    summary.models, summary.versions, summary.files = m, v, f
+    summary.models_written = result.models_written
+    summary.pages = 1
+    counters.models, counters.versions, counters.files = m, v, f
+    counters.models_written = result.models_written
+    counters.pages = 1
+    report()
+
+
+def _mark_gone(session: Session, model_ids: Sequence[int], now: datetime) -> int:
+    if not model_ids:
+        return 0
+    res = session.execute(
+        update(ModelRow)
+        .where(ModelRow.id.in_(model_ids), ModelRow.state != "gone")  # type: ignore[union-attr,attr-defined]
+        .values(state="gone", changed_at=now)
+    )
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _mark_vanished(
+    engine: Engine,
+    client: CivitaiClient,
+    seen_ids: set[int],
+    request: SyncRequest,
+    cancel: threading.Event,
+    concurrency: int,
+) -> int:
+    """Check models that a full listing no longer shows; mark gone/archived, never delete."""
+    with Session(engine) as session:
+        query = select(ModelRow.id).where(
+            ModelRow.source == "civitai",  # type: ignore[arg-type]
+            ModelRow.state == "active",  # type: ignore[arg-type]
+        )
+        if not request.filters.nsfw:
+            # Out of scope for an SFW listing: NSFW models are not expected in it.
+            query = query.where(ModelRow.nsfw == False)  # type: ignore[arg-type]  # noqa: E712
+        known = set(session.execute(query).scalars())
+    absent = sorted(known - seen_ids)
+    if not absent:
+        return 0
+    log.info("%d catalog models are no longer listed; checking them one by one", len(absent))
+    results = _fetch_models(client, absent, cancel, concurrency)
+    still_there = [m for _, m, err in results if m is not None]
+    gone = [mid for mid, m, err in results if m is None and err is None]
+    now = _now()
+    with Session(engine) as session, session.begin():
+        # Archived/taken-down models come back from /models/{id} with `mode`; the upsert marks them.
+        result = repo.upsert_models(session, still_there, seen_at=now)
+        marked = _mark_gone(session, gone, now)
+    return marked + result.models_written

@@ -1,0 +1,31 @@
+"""Shared fixtures: every test gets its own ASSETMGR_HOME and no inherited secrets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point the app at a fresh data root and away from the user's keyring and key."""
+    home = tmp_path / "assetmgr-home"
+    monkeypatch.setenv("ASSETMGR_HOME", str(home))
+    monkeypatch.setenv("ASSETMGR_NO_KEYRING", "1")
+    for var in ("CIVITAI_API_KEY", "CIVITAI_API_BASE", "ASSETMGR_DB_URL", "ASSETMGR_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    yield home
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Docker tests need a running engine; say so instead of failing obscurely.
+    if os.environ.get("ASSETMGR_SKIP_DOCKER"):
+        skip = pytest.mark.skip(reason="ASSETMGR_SKIP_DOCKER is set")
+        for item in items:
+            if "docker" in item.keywords:
+                item.add_marker(skip)
