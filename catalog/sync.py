@@ -215,7 +215,6 @@ def run_sync(
     if state is not None and state.status == "running" and state.cursor:
         start_cursor = state.cursor
         summary.resumed = True
-        counters.models = state.models_seen or 0
         log.info("resuming sync %s from its stored cursor", key[:12])
     started_at = _now()
     _begin_state(engine, key, request, resume=summary.resumed, started_at=started_at)
@@ -296,7 +295,6 @@ def _begin_state(
         if not resume:
             state.cursor = None
             state.pages = 0
-            state.models_seen = 0
             state.models_written = 0
             state.started_at = started_at
         state.status = "running"
@@ -317,7 +315,6 @@ def _write_page(
             .values(
                 cursor=None if last else next_cursor,
                 pages=SyncState.pages + 1,
-                models_seen=SyncState.models_seen + len(models),
                 models_written=SyncState.models_written + result.models_written,
                 updated_at=now,
             )

@@ -272,9 +272,7 @@ def _parse_deadline(value: Any) -> datetime | None:
         return None
 
 
-def from_response(
-    response: httpx.Response, *, secrets: tuple[str, ...] = ()
-) -> CivitaiStatusError:
+def from_response(response: httpx.Response, *, secrets: tuple[str, ...] = ()) -> CivitaiStatusError:
     """The error for an error response, chosen from its status and Civitai's JSON or text body.
 
     `secrets` are scrubbed from the message, in case a server or proxy echoes a key back.
@@ -286,7 +284,7 @@ def from_response(
         request = None
     url = redact_url(request.url) if request is not None else ""
     method = request.method if request is not None else "GET"
-    is_download = request is not None and request.url.path.startswith("/api/download/")
+    is_download = request is not None and "/api/download/" in request.url.path
 
     body = _parse_body(response)
     text = _server_message(body)

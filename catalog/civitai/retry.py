@@ -9,9 +9,9 @@ from __future__ import annotations
 import email.utils
 import random
 import time
-from datetime import UTC
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 
 # 408 and 429 are "try later"; 500/502/503/504 are the transient server and edge failures.
 RETRY_STATUSES: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})

@@ -42,6 +42,7 @@ MODEL_TYPES: tuple[str, ...] = (
 _MODEL_TYPES_BY_LOWER = {t.lower(): t for t in MODEL_TYPES}
 HASH_TYPES: tuple[str, ...] = ("SHA256", "AutoV1", "AutoV2", "AutoV3", "CRC32", "BLAKE3")
 _HASH_TYPES_BY_LOWER = {t.lower(): t for t in HASH_TYPES}
+_HEX_DIGITS = frozenset("0123456789ABCDEF")
 SCAN_RESULTS: tuple[str, ...] = ("Pending", "Success", "Danger", "Error")
 COMMERCIAL_USES: tuple[str, ...] = ("None", "Image", "RentCivit", "Rent", "Sell", "Video")
 
@@ -180,7 +181,7 @@ class ModelFile(ApiObject):
             if canonical is None or not isinstance(digest, str):
                 continue
             digest = digest.strip().upper()
-            if 0 < len(digest) <= 128 and all(c in "0123456789ABCDEF" for c in digest):
+            if 0 < len(digest) <= 128 and _HEX_DIGITS.issuperset(digest):
                 out[canonical] = digest
         return out
 
@@ -331,7 +332,9 @@ class PageMetadata(ApiObject):
     @field_validator("next_cursor", mode="before")
     @classmethod
     def _cursor_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return value
 
 
 T = TypeVar("T")

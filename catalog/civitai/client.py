@@ -1,0 +1,654 @@
+"""Synchronous Civitai REST client: cursor listing, lookups by id and hash, download links.
+
+All requests go through `CivitaiClient._request`, the one place that retries, adds the
+``Authorization: Bearer`` header (to the API host only) and logs with redacted URLs. The
+key is never put in a URL: ``?token=`` would land in proxy, server and our own logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from catalog.civitai.errors import (
+    CivitaiConnectionError,
+    CivitaiInputError,
+    CivitaiResponseValidationError,
+    CivitaiStatusError,
+    EarlyAccessError,
+    LoginRequiredError,
+    from_response,
+    redact_url,
+)
+from catalog.civitai.retry import RetryPolicy, parse_retry_after
+from catalog.civitai.types import MODEL_TYPES, HashIdMatch, Model, ModelVersion, Page
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://civitai.com"
+# Civitai answers browser-like User-Agents with HTML and login redirects instead of JSON errors.
+DEFAULT_USER_AGENT = "assetmgr/0.1 (+python-httpx)"
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+DEFAULT_RETRY = RetryPolicy()
+MAX_PAGE_LIMIT = 100
+BY_HASH_BATCH = 100
+BY_HASH_IDS_BATCH = 10_000
+HASH_LENGTHS: dict[int, str] = {
+    8: "AutoV1 or CRC32",
+    10: "AutoV2",
+    12: "AutoV3",
+    64: "SHA256 or BLAKE3",
+}
+
+_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_EARLY_ACCESS_PATH_RE = re.compile(r"/model-versions/\d+/?")
+_DISPOSITION_KEYS = ("response-content-disposition", "b2contentdisposition", "content-disposition")
+_FILENAME_STAR_RE = re.compile(r"(?i)(?:^|;)\s*filename\*\s*=\s*([^;]+)")
+_FILENAME_RE = re.compile(r'(?i)(?:^|;)\s*filename\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+_DOWNLOAD_QUOTA_MARKER = b"unusual amount of downloading"
+_MODEL_TYPES_BY_LOWER = {t.lower(): t for t in MODEL_TYPES}
+_ModelPage = Page[Model]
+
+ApiT = TypeVar("ApiT", bound=BaseModel)
+
+
+def normalize_hash(value: str, *, sha256_only: bool = False) -> str:
+    """A Civitai file hash in the uppercase form the API stores, or `CivitaiInputError`.
+
+    Checked locally so a typo costs no request and gives a clearer message than a 404.
+    """
+    text = value.strip() if isinstance(value, str) else ""
+    allowed = (64,) if sha256_only else tuple(HASH_LENGTHS)
+    if len(text) not in allowed or not _HEX_RE.fullmatch(text):
+        shown = repr(value)[:80]
+        if sha256_only:
+            raise CivitaiInputError(
+                f"not a SHA256 hash: {shown} (expected 64 hex digits)",
+                hint="Only full SHA256 hashes can be looked up in bulk.",
+            )
+        raise CivitaiInputError(
+            f"not a Civitai file hash: {shown} (expected 8, 10, 12 or 64 hex digits)",
+            hint=(
+                "Use SHA256/BLAKE3 (64), AutoV3 (12, A1111 `Lora hashes`), "
+                "AutoV2 (10, A1111 `Model hash`) or AutoV1/CRC32 (8)."
+            ),
+        )
+    return text.upper()
+
+
+def _check_id(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise CivitaiInputError(f"not a valid {what}: {value!r} (expected a positive integer)")
+    return value
+
+
+def _as_tuple(values: Sequence[Any] | str | None) -> tuple[Any, ...]:
+    # A bare string is one value, not a sequence of characters.
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        return (values,)
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class ModelFilters:
+    """Filters of `GET /api/v1/models`; there is deliberately no `page` (it does not offset)."""
+
+    types: Sequence[str] = ()
+    """Model types (``LORA``, ``Checkpoint``…); sent as repeated ``types=`` keys."""
+    base_models: Sequence[str] = ()
+    """Base models (``SDXL 1.0``…); sent as repeated ``baseModels=`` keys."""
+    query: str | None = None
+    tag: str | None = None
+    username: str | None = None
+    ids: Sequence[int] = ()
+    """Model ids, sent comma-joined; Civitai ignores them when `query` is set."""
+    nsfw: bool = False
+    """Ask for every browsing level; without it Civitai returns PG content only."""
+    sort: str | None = None
+    period: str | None = None
+    primary_file_only: bool = False
+    limit: int = MAX_PAGE_LIMIT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "types", _as_tuple(self.types))
+        object.__setattr__(self, "base_models", _as_tuple(self.base_models))
+        object.__setattr__(self, "ids", _as_tuple(self.ids))
+        if isinstance(self.limit, bool) or not 1 <= self.limit <= MAX_PAGE_LIMIT:
+            raise CivitaiInputError(f"limit must be 1..{MAX_PAGE_LIMIT}, got {self.limit!r}")
+        for model_id in self.ids:
+            _check_id(model_id, "model id")
+
+    def to_params(self) -> list[tuple[str, str]]:
+        """Query parameters in Civitai's form: repeated keys for lists, ``true`` flags only."""
+        params: list[tuple[str, str]] = [("limit", str(self.limit))]
+        # The server's enum check is exact; fix the case of known types, pass others through.
+        params.extend(("types", _MODEL_TYPES_BY_LOWER.get(t.lower(), t)) for t in self.types)
+        params.extend(("baseModels", b) for b in self.base_models)
+        if self.ids:
+            params.append(("ids", ",".join(str(i) for i in self.ids)))
+        for key, value in (
+            ("query", self.query),
+            ("tag", self.tag),
+            ("username", self.username),
+            ("sort", self.sort),
+            ("period", self.period),
+        ):
+            if value is not None:
+                params.append((key, value))
+        if self.nsfw:
+            params.append(("nsfw", "true"))
+        if self.primary_file_only:
+            params.append(("primaryFileOnly", "true"))
+        return params
+
+
+@dataclass(frozen=True)
+class DownloadTicket:
+    """Where a file can be fetched: a short-lived signed storage URL, to GET without our key.
+
+    The URL is left out of `repr` because its query string is a credential.
+    """
+
+    version_id: int
+    url: str = field(repr=False)
+    filename: str | None = None
+    """The name Civitai will send in Content-Disposition, reduced to a bare file name."""
+    file_id: int | None = None
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+
+def _safe_filename(name: str) -> str | None:
+    # Server-supplied: keep only the last path component so it cannot point elsewhere.
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if c.isprintable()).strip()
+    return base if base not in ("", ".", "..") else None
+
+
+def filename_from_disposition(value: str) -> str | None:
+    """The file name of a Content-Disposition value; ``filename*`` (RFC 6266) wins."""
+    star = _FILENAME_STAR_RE.search(value)
+    if star:
+        charset, _, rest = star.group(1).strip().partition("'")
+        _, _, encoded = rest.partition("'")
+        try:
+            name = unquote(encoded, encoding=charset or "utf-8", errors="replace")
+        except LookupError:  # unknown charset name
+            name = unquote(encoded, errors="replace")
+        found = _safe_filename(name)
+        if found:
+            return found
+    plain = _FILENAME_RE.search(value)
+    if plain:
+        raw = plain.group(1).strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            # Unescape only \" and \\; other backslashes are Windows path separators.
+            raw = re.sub(r'\\([\\"])', r"\1", raw[1:-1])
+        return _safe_filename(raw)
+    return None
+
+
+def _filename_from_location(location: httpx.URL) -> str | None:
+    for key, value in location.params.multi_items():
+        if key.lower() in _DISPOSITION_KEYS:
+            found = filename_from_disposition(value)
+            if found:
+                return found
+    return None
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    """A short, input-free summary of a pydantic error, safe to log and store."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "item"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    reason = "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+    return reason[:300]
+
+
+def _next_cursor(metadata: object) -> str | None:
+    """`metadata.nextCursor` as text; absent, null or empty means the last page."""
+    if not isinstance(metadata, dict):
+        raise CivitaiResponseValidationError("list page has no metadata object")
+    cursor = metadata.get("nextCursor")
+    if cursor is None or cursor == "":
+        return None
+    if isinstance(cursor, str):
+        return cursor
+    if isinstance(cursor, int) and not isinstance(cursor, bool):
+        return str(cursor)
+    if isinstance(cursor, float) and cursor.is_integer():
+        return str(int(cursor))
+    raise CivitaiResponseValidationError(
+        f"list page has a nextCursor of type {type(cursor).__name__}"
+    )
+
+
+def _batches(values: Sequence[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield list(values[start : start + size])
+
+
+def _unique_sha256s(values: Iterable[str] | str) -> list[str]:
+    hashes = [values] if isinstance(values, str) else values
+    return list(dict.fromkeys(normalize_hash(h, sha256_only=True) for h in hashes))
+
+
+class CivitaiClient:
+    """A synchronous client of the Civitai REST API.
+
+    Pass `transport` (e.g. `httpx.MockTransport`) or a ready `http` client to test or proxy it;
+    an injected `http` client is not closed by `close()` and its timeout is kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        user_agent: str = DEFAULT_USER_AGENT,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if http is not None and transport is not None:
+            raise ValueError("pass either http or transport, not both")
+        base = httpx.URL(base_url.rstrip("/"))
+        if base.scheme not in ("http", "https") or not base.host:
+            raise CivitaiInputError(f"not an http(s) API base URL: {redact_url(base_url)}")
+        if base.query:
+            raise CivitaiInputError("the API base URL must not carry a query (keys go in a header)")
+        self._base_url = str(base).rstrip("/")
+        self._api_key = api_key.strip() if api_key and api_key.strip() else None
+        self._secrets: tuple[str, ...] = (self._api_key,) if self._api_key else ()
+        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        if self._api_key:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
+        self._retry = retry
+        self._sleep = sleep
+        self._owns_http = http is None
+        self._http = http or httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+            headers={"User-Agent": user_agent},
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def has_api_key(self) -> bool:
+        return self._api_key is not None
+
+    def close(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        key = "set" if self._api_key else "none"
+        return f"CivitaiClient(base_url={self._base_url!r}, api_key={key})"
+
+    # -- transport, retries, errors ------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        text = redact_url(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "REDACTED")
+        return text
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        json_body: Any = None,
+        follow_redirects: bool = True,
+    ) -> httpx.Response:
+        """Send one API request, retrying transient failures; the answer may still be an error.
+
+        Redirects that leave the API origin lose the Authorization header (httpx's rule).
+        """
+        url = (
+            httpx.URL(self._base_url + path, params=params)
+            if params
+            else httpx.URL(self._base_url + path)
+        )
+        policy = self._retry
+        failures = 0
+        while True:
+            try:
+                response = self._http.request(
+                    method,
+                    url,
+                    json=json_body,
+                    headers=self._headers,
+                    follow_redirects=follow_redirects,
+                )
+            except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
+                # Our own request is malformed; retrying cannot help.
+                raise CivitaiConnectionError(
+                    self._scrub(f"cannot send {method} {url}: {exc}")
+                ) from exc
+            except httpx.TransportError as exc:
+                failures += 1
+                detail = self._scrub(f"{type(exc).__name__}: {exc}")
+                if failures >= policy.max_attempts:
+                    raise CivitaiConnectionError(
+                        self._scrub(
+                            f"cannot reach Civitai ({detail}) after {failures} attempts,"
+                            f" {method} {url}"
+                        )
+                    ) from exc
+                delay = policy.delay(failures)
+                log.info(
+                    "Civitai %s %s failed (%s); retry %d of %d in %.2fs",
+                    method,
+                    redact_url(url),
+                    detail,
+                    failures,
+                    policy.max_attempts - 1,
+                    delay,
+                )
+                self._sleep(delay)
+                continue
+            except httpx.RequestError as exc:  # too many redirects, undecodable content
+                raise CivitaiConnectionError(
+                    self._scrub(f"request failed ({type(exc).__name__}: {exc}), {method} {url}")
+                ) from exc
+
+            status = response.status_code
+            if status in policy.retry_statuses and self._is_retryable(response):
+                failures += 1
+                if failures < policy.max_attempts:
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                    delay = policy.delay(failures, retry_after)
+                    log.info(
+                        "Civitai %s %s answered %d; retry %d of %d in %.2fs",
+                        method,
+                        redact_url(url),
+                        status,
+                        failures,
+                        policy.max_attempts - 1,
+                        delay,
+                    )
+                    self._sleep(delay)
+                    continue
+                log.warning(
+                    "Civitai %s %s answered %d; giving up after %d attempts",
+                    method,
+                    redact_url(url),
+                    status,
+                    failures,
+                )
+            return response
+
+    @staticmethod
+    def _is_retryable(response: httpx.Response) -> bool:
+        # The download limiter says "come back later"; hammering it only extends the block.
+        return not (response.status_code == 429 and _DOWNLOAD_QUOTA_MARKER in response.content)
+
+    def _error(self, response: httpx.Response) -> CivitaiStatusError:
+        return from_response(response, secrets=self._secrets)
+
+    def _json(self, response: httpx.Response) -> Any:
+        """The parsed body of a 2xx answer; any other status raises its mapped error."""
+        if not 200 <= response.status_code < 300:
+            raise self._error(response)
+        try:
+            # One parse straight from the bytes; items are validated one by one afterwards.
+            return json.loads(response.content)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            kind = response.headers.get("content-type", "no content type")
+            raise CivitaiResponseValidationError(
+                f"Civitai sent a body that is not JSON ({kind}), "
+                f"{response.request.method} {redact_url(response.request.url)}"
+            ) from exc
+
+    @staticmethod
+    def _validate(model_cls: type[ApiT], data: Any, what: str) -> ApiT:
+        try:
+            return model_cls.model_validate(data)
+        except ValidationError as exc:
+            raise CivitaiResponseValidationError(
+                f"{what} does not have the expected shape: {_validation_reason(exc)}"
+            ) from exc
+
+    # -- models ------------------------------------------------------------------------------
+
+    def list_models_page(self, filters: ModelFilters, cursor: str | None = None) -> Page[Model]:
+        """One page of `GET /api/v1/models`; items that fail validation go to `page.rejected`.
+
+        Validating item by item keeps one hostile or odd model from losing the whole page.
+        """
+        params = filters.to_params()
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        data = self._json(self._request("GET", "/api/v1/models", params=params))
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise CivitaiResponseValidationError("list page has no items list")
+        next_cursor = _next_cursor(data.get("metadata"))
+
+        validate = Model.model_validate
+        good: list[Model] = []
+        rejected: list[tuple[int, int | None, str]] = []
+        for index, item in enumerate(items):
+            try:
+                good.append(validate(item))
+            except ValidationError as exc:
+                raw_id = item.get("id") if isinstance(item, dict) else None
+                item_id = raw_id if type(raw_id) is int else None
+                reason = _validation_reason(exc)
+                rejected.append((index, item_id, reason))
+                log.warning("skipped model item %d (id %s): %s", index, item_id, reason)
+        # Items are validated already; model_construct avoids a second pass over them.
+        return _ModelPage.model_construct(items=good, next_cursor=next_cursor, rejected=rejected)
+
+    def iter_model_pages(
+        self, filters: ModelFilters, *, start_cursor: str | None = None
+    ) -> Iterator[Page[Model]]:
+        """Pages from `start_cursor` on, following `nextCursor` until a page has none.
+
+        Empty pages with a cursor are followed (Civitai filters after cutting a page); a
+        cursor seen before raises instead of looping forever.
+        """
+        cursor = start_cursor
+        seen: set[str] = set() if cursor is None else {cursor}
+        while True:
+            page = self.list_models_page(filters, cursor)
+            yield page
+            next_cursor = page.next_cursor
+            if next_cursor is None:
+                return
+            if next_cursor in seen:
+                raise CivitaiResponseValidationError(
+                    f"Civitai returned cursor {next_cursor[:80]!r} a second time; "
+                    "stopping instead of looping"
+                )
+            seen.add(next_cursor)
+            cursor = next_cursor
+
+    def iter_models(
+        self, filters: ModelFilters, *, start_cursor: str | None = None
+    ) -> Iterator[Model]:
+        """Every model of the listing, across pages; rejected items are logged and skipped."""
+        for page in self.iter_model_pages(filters, start_cursor=start_cursor):
+            yield from page.items
+
+    def get_model(self, model_id: int) -> Model:
+        """`GET /api/v1/models/{id}`, archived models included."""
+        model_id = _check_id(model_id, "model id")
+        data = self._json(self._request("GET", f"/api/v1/models/{model_id}"))
+        return self._validate(Model, data, f"model {model_id}")
+
+    # -- versions ----------------------------------------------------------------------------
+
+    def get_model_version(self, version_id: int) -> ModelVersion:
+        """`GET /api/v1/model-versions/{id}` (the standalone version shape)."""
+        version_id = _check_id(version_id, "model version id")
+        data = self._json(self._request("GET", f"/api/v1/model-versions/{version_id}"))
+        return self._validate(ModelVersion, data, f"model version {version_id}")
+
+    def get_version_by_hash(self, file_hash: str) -> ModelVersion:
+        """The version holding a file with this hash (any of the six types, any case)."""
+        normalized = normalize_hash(file_hash)
+        data = self._json(self._request("GET", f"/api/v1/model-versions/by-hash/{normalized}"))
+        return self._validate(ModelVersion, data, f"version for hash {normalized}")
+
+    def get_versions_by_hashes(self, sha256s: Iterable[str]) -> list[ModelVersion]:
+        """Versions for many SHA256 hashes (batches of 100); unknown hashes are left out.
+
+        These POSTs are read-only lookups, so retrying them is as safe as retrying a GET.
+        """
+        found: list[ModelVersion] = []
+        for batch in _batches(_unique_sha256s(sha256s), BY_HASH_BATCH):
+            data = self._json(
+                self._request("POST", "/api/v1/model-versions/by-hash", json_body=batch)
+            )
+            found.extend(self._validate_list(ModelVersion, data, "by-hash answer"))
+        return found
+
+    def get_version_ids_by_hashes(self, sha256s: Iterable[str]) -> list[HashIdMatch]:
+        """Version and model ids for many SHA256 hashes (batches of 10 000); cheap for scans."""
+        found: list[HashIdMatch] = []
+        for batch in _batches(_unique_sha256s(sha256s), BY_HASH_IDS_BATCH):
+            data = self._json(
+                self._request("POST", "/api/v1/model-versions/by-hash/ids", json_body=batch)
+            )
+            found.extend(self._validate_list(HashIdMatch, data, "by-hash/ids answer"))
+        return found
+
+    def _validate_list(self, model_cls: type[ApiT], data: Any, what: str) -> list[ApiT]:
+        if not isinstance(data, list):
+            raise CivitaiResponseValidationError(f"{what} is not a list")
+        out: list[ApiT] = []
+        for index, item in enumerate(data):
+            try:
+                out.append(model_cls.model_validate(item))
+            except ValidationError as exc:
+                log.warning("skipped %s item %d: %s", what, index, _validation_reason(exc))
+        return out
+
+    # -- downloads ---------------------------------------------------------------------------
+
+    def resolve_download(
+        self,
+        version_id: int,
+        *,
+        file_id: int | None = None,
+        params: Mapping[str, str | int | None] | None = None,
+    ) -> DownloadTicket:
+        """Ask Civitai where a file lives, without following the redirect to storage.
+
+        The storage host must be fetched without our Authorization header (B2 rejects foreign
+        ones), so the caller GETs `ticket.url` with its own client. `params` are the per-file
+        ``type``/``format``/``size``/``fp`` selectors of a file's `downloadUrl`.
+        """
+        version_id = _check_id(version_id, "model version id")
+        query = [
+            (key, str(value))
+            for key, value in (params or {}).items()
+            if value is not None and key.lower() != "token"
+        ]
+        if file_id is not None:
+            query.append(("fileId", str(_check_id(file_id, "file id"))))
+        response = self._request(
+            "GET", f"/api/download/models/{version_id}", params=query, follow_redirects=False
+        )
+        status = response.status_code
+        if status in _REDIRECT_STATUSES:
+            return self._ticket(response, version_id, file_id)
+        if status >= 400:
+            raise self._error(response)
+        raise CivitaiResponseValidationError(
+            f"expected a redirect to the file of version {version_id}, got HTTP {status}"
+        )
+
+    def _ticket(
+        self, response: httpx.Response, version_id: int, file_id: int | None
+    ) -> DownloadTicket:
+        request_url = response.request.url
+        shown = redact_url(request_url)
+        location = response.headers.get("location", "").strip()
+        if not location:
+            raise CivitaiResponseValidationError(
+                f"redirect without a Location for version {version_id}"
+            )
+        scheme = urlsplit(location).scheme.lower()
+        if scheme:
+            if scheme not in ("http", "https"):
+                raise CivitaiResponseValidationError(
+                    f"download redirect to a {scheme}: URL for version {version_id}"
+                )
+            target_text = location  # verbatim: re-encoding could break the URL's signature
+        else:
+            target_text = str(request_url.join(location))
+        target = httpx.URL(target_text)
+        fields: dict[str, Any] = {"status_code": response.status_code, "url": str(request_url)}
+
+        # Browser-style answers (if Civitai ever takes us for a browser): login page or
+        # the version page instead of JSON errors.
+        if "reason=download-auth" in location:
+            raise LoginRequiredError(
+                f"version {version_id} needs a logged-in user to download (redirected to login),"
+                f" GET {shown}",
+                **fields,
+            )
+        same_origin = (target.scheme, target.host, target.port) == (
+            request_url.scheme,
+            request_url.host,
+            request_url.port,
+        )
+        if same_origin and _EARLY_ACCESS_PATH_RE.fullmatch(target.path):
+            raise EarlyAccessError(
+                f"version {version_id} is in early access (redirected to its page), GET {shown}",
+                **fields,
+            )
+        ticket = DownloadTicket(
+            version_id=version_id,
+            url=target_text,
+            filename=_filename_from_location(target),
+            file_id=file_id,
+        )
+        log.debug("version %d resolves to %s", version_id, ticket.redacted_url)
+        return ticket
+
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_USER_AGENT",
+    "HASH_LENGTHS",
+    "CivitaiClient",
+    "DownloadTicket",
+    "ModelFilters",
+    "filename_from_disposition",
+    "normalize_hash",
+]
