@@ -5,25 +5,33 @@ One set of types accepts all three version shapes: inside `/models` items, insid
 (`/model-versions/{id}` and by-hash). Rules that keep a sync alive on real-world data:
 
 * identity fields (`id`, model `name`) are required: an item without them fails validation and
-  is reported and skipped by the caller;
+  is reported and skipped by the caller; a version or file without an id is dropped from its
+  parent;
 * every other field is lenient: a wrong type becomes its default instead of an error;
 * enum values unknown to us are mapped (model types to ``Other``), never fatal; the raw value is
   kept beside the mapped one;
-* strings are capped so a hostile payload cannot blow up the database or the terminal.
+* strings are capped and NUL bytes removed, so a hostile payload cannot blow up the database or
+  the terminal.
+
+Speed matters (a sync validates thousands of models a minute), so the schema is plain pydantic
+types checked in pydantic-core, with only a handful of Python validators. Leniency is applied
+only to payloads that fail: `ApiObject.model_validate` repairs the reported locations (drops
+the bad value, truncates the long string, drops the file without an id) and validates again.
 """
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -32,6 +40,7 @@ from pydantic.alias_generators import to_camel
 MAX_NAME_CHARS = 1_000
 MAX_TEXT_CHARS = 200_000
 MAX_LIST_ITEMS = 1_000
+_MAX_REPAIR_ROUNDS = 12
 
 MODEL_TYPES: tuple[str, ...] = (
     "Checkpoint", "TextualInversion", "Hypernetwork", "AestheticGradient", "LORA", "LoCon",
@@ -45,6 +54,7 @@ _HASH_TYPES_BY_LOWER = {t.lower(): t for t in HASH_TYPES}
 _HEX_DIGITS = frozenset("0123456789ABCDEF")
 SCAN_RESULTS: tuple[str, ...] = ("Pending", "Success", "Danger", "Error")
 COMMERCIAL_USES: tuple[str, ...] = ("None", "Image", "RentCivit", "Rent", "Sell", "Video")
+_IMAGE_NSFW_STRINGS = {"None": 1, "Soft": 3, "Mature": 7, "X": 31, "Blocked": 32}
 
 
 def normalize_model_type(raw: object) -> str:
@@ -54,41 +64,14 @@ def normalize_model_type(raw: object) -> str:
     return _MODEL_TYPES_BY_LOWER.get(raw.strip().lower(), "Other")
 
 
-def _lenient(default: Any) -> WrapValidator:
-    """On a validation error, use `default` instead of failing the whole item."""
-
-    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        if value is None:
-            return default() if callable(default) else default
-        try:
-            return handler(value)
-        except ValidationError:
-            return default() if callable(default) else default
-
-    return WrapValidator(validate)
-
-
-def _capped(limit: int) -> WrapValidator:
-    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            return None
-        # NUL bytes break PostgreSQL text columns and terminals; drop them.
-        return handler(value[:limit].replace("\x00", ""))
-
-    return WrapValidator(validate)
-
-
-OptInt = Annotated[int | None, _lenient(None)]
-OptFloat = Annotated[float | None, _lenient(None)]
-OptBool = Annotated[bool | None, _lenient(None)]
-Bool = Annotated[bool, _lenient(False)]
-OptDateTime = Annotated[datetime | None, _lenient(None)]
-Name = Annotated[str | None, _capped(MAX_NAME_CHARS)]
-Text = Annotated[str | None, _capped(MAX_TEXT_CHARS)]
+# A NUL byte fails the pattern (checked in Rust); the repair step then strips it.
+_NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str | None, StringConstraints(max_length=MAX_NAME_CHARS, pattern=_NO_NUL)]
+Text = Annotated[str | None, StringConstraints(max_length=MAX_TEXT_CHARS, pattern=_NO_NUL)]
+OptInt = int | None
+OptFloat = float | None
+OptBool = bool | None
+OptDateTime = datetime | None
 
 
 def _string_list(value: Any) -> list[str]:
@@ -121,18 +104,115 @@ def _commercial_uses(value: Any) -> list[str]:
         parts = [p for p in value if isinstance(p, str)]
     else:
         return []
-    return [p for p in parts if p][:16]
+    return [p[:64] for p in parts if p][:16]
 
 
-StrList = Annotated[list[str], WrapValidator(lambda v, _h: _string_list(v))]
+StrList = Annotated[list[str], BeforeValidator(_string_list)]
 
 
 class ApiObject(BaseModel):
-    """Base for payload types: camelCase aliases, unknown keys ignored."""
+    """Base for payload types: camelCase aliases, unknown keys ignored, repaired on failure."""
 
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=False
     )
+
+    #: Fields whose failure rejects the whole object (a nested one is dropped from its list).
+    identity_fields: ClassVar[frozenset[str]] = frozenset({"id"})
+
+    @classmethod
+    def model_validate(  # type: ignore[override]
+        cls, obj: Any, *, strict: bool | None = None, **kwargs: Any
+    ) -> Any:
+        """Validate natively; on errors, repair the reported spots and try again.
+
+        Raises `ValidationError` only when an identity field of the object itself is bad.
+        """
+        try:
+            return super().model_validate(obj, strict=strict, **kwargs)
+        except ValidationError as first_error:
+            if not isinstance(obj, dict):
+                raise
+            error = first_error
+        data = copy.deepcopy(obj)
+        for _ in range(_MAX_REPAIR_ROUNDS):
+            if not _repair(cls, data, error):
+                raise error
+            try:
+                return super().model_validate(data, strict=strict, **kwargs)
+            except ValidationError as again:
+                error = again
+        raise error
+
+
+_DROP = object()
+_LIST_ENTRY_PARENTS = {"modelVersions", "model_versions", "files", "images"}
+
+
+def _repair(cls: type[ApiObject], data: dict[str, Any], error: ValidationError) -> bool:
+    """Fix `data` in place at every error location; False if nothing could be fixed."""
+    changed = False
+    for detail in error.errors(include_url=False, include_input=False):
+        loc = [p for p in detail["loc"]]
+        if not loc:
+            continue
+        fixable = detail["type"] in ("string_too_long", "string_pattern_mismatch")
+        if len(loc) == 1 and loc[0] in cls.identity_fields and not fixable:
+            return False
+        changed |= _repair_at(data, loc, detail["type"])
+    _drop_marked(data)
+    return changed
+
+
+def _repair_at(data: Any, loc: list[Any], kind: str) -> bool:
+    # Walk as far as the data goes; pydantic may add union-member tags that are not keys.
+    parents: list[tuple[Any, Any]] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            parents.append((node, part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            parents.append((node, part))
+            node = node[part]
+        else:
+            break
+    if not parents:
+        return False
+    container, key = parents[-1]
+    last = loc[-1]
+    if kind == "missing" or (last == "id" and isinstance(key, str) and key == "id"):
+        # An entry of a list without a usable id is dropped as a whole.
+        for i in range(len(parents) - 1, -1, -1):
+            holder, idx = parents[i]
+            if isinstance(holder, list) and i > 0 and parents[i - 1][1] in _LIST_ENTRY_PARENTS:
+                holder[idx] = _DROP
+                return True
+        if kind == "missing":
+            return False
+    value = container[key]
+    if kind == "string_too_long" and isinstance(value, str):
+        limit = MAX_TEXT_CHARS if key == "description" else MAX_NAME_CHARS
+        container[key] = value[:limit].replace("\x00", "")
+        return True
+    if kind == "string_pattern_mismatch" and isinstance(value, str):
+        container[key] = value.replace("\x00", "")
+        return True
+    if isinstance(container, list):
+        container[key] = _DROP
+        return True
+    del container[key]
+    return True
+
+
+def _drop_marked(node: Any) -> None:
+    if isinstance(node, dict):
+        for value in node.values():
+            _drop_marked(value)
+    elif isinstance(node, list):
+        node[:] = [v for v in node if v is not _DROP]
+        for value in node:
+            _drop_marked(value)
 
 
 class Creator(ApiObject):
@@ -166,14 +246,14 @@ class ModelFile(ApiObject):
     virus_scan_result: Name = None
     pickle_scan_message: Text = None
     scanned_at: OptDateTime = None
-    metadata: Annotated[FileMetadata, _lenient(FileMetadata)] = Field(default_factory=FileMetadata)
-    hashes: Annotated[dict[str, str], _lenient(dict)] = Field(default_factory=dict)
+    metadata: FileMetadata = Field(default_factory=FileMetadata)
+    hashes: dict[str, Any] = Field(default_factory=dict)
     download_url: Name = None
     primary: OptBool = None
 
     @field_validator("hashes", mode="after")
     @classmethod
-    def _normalize_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+    def _normalize_hashes(cls, value: dict[str, Any]) -> dict[str, str]:
         """Canonical key spelling, uppercase hex; drop unknown types and non-hex values."""
         out: dict[str, str] = {}
         for key, digest in value.items():
@@ -197,6 +277,8 @@ class ModelFile(ApiObject):
 class ModelImage(ApiObject):
     """A preview image (section 2.4); `id` is absent in two of the three shapes."""
 
+    identity_fields: ClassVar[frozenset[str]] = frozenset()
+
     id: OptInt = None
     url: Name = None
     nsfw_level: OptInt = None
@@ -204,17 +286,22 @@ class ModelImage(ApiObject):
     height: OptInt = None
     hash: Name = None  # BlurHash
     type: Name = None
-    meta: Annotated[dict[str, Any] | None, _lenient(None)] = None
+    meta: dict[str, Any] | None = None
 
-    @field_validator("nsfw_level", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _nsfw_string(cls, value: Any) -> Any:
+    def _nsfw_string(cls, data: Any) -> Any:
         # /api/v1/images writes the deprecated string levels.
-        return {"None": 1, "Soft": 3, "Mature": 7, "X": 31, "Blocked": 32}.get(value, value)
+        if isinstance(data, dict) and isinstance(data.get("nsfwLevel"), str):
+            data = dict(data)
+            data["nsfwLevel"] = _IMAGE_NSFW_STRINGS.get(data["nsfwLevel"])
+        return data
 
 
 class ParentModel(ApiObject):
     """`model` inside a standalone version."""
+
+    identity_fields: ClassVar[frozenset[str]] = frozenset()
 
     name: Name = None
     type: Name = None
@@ -244,24 +331,10 @@ class ModelVersion(ApiObject):
     usage_control: Name = None
     air: Name = None
     download_url: Name = None
-    stats: Annotated[ModelStats, _lenient(ModelStats)] = Field(default_factory=ModelStats)
-    model: Annotated[ParentModel | None, _lenient(None)] = None
-    files: Annotated[list[ModelFile], _lenient(list)] = Field(default_factory=list)
-    images: Annotated[list[ModelImage], _lenient(list)] = Field(default_factory=list)
-
-    @field_validator("files", "images", mode="wrap")
-    @classmethod
-    def _skip_bad_entries(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        """Drop individual files/images that fail validation instead of the whole version."""
-        if not isinstance(value, list):
-            return []
-        good = []
-        for entry in value[:MAX_LIST_ITEMS]:
-            try:
-                good.extend(handler([entry]))
-            except ValidationError:
-                continue
-        return good
+    stats: ModelStats = Field(default_factory=ModelStats)
+    model: ParentModel | None = None
+    files: list[ModelFile] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
+    images: list[ModelImage] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
 
     @property
     def primary_file(self) -> ModelFile | None:
@@ -274,27 +347,29 @@ class ModelVersion(ApiObject):
 class Model(ApiObject):
     """A model (section 2.1), from `/models` or `/models/{id}`."""
 
+    identity_fields: ClassVar[frozenset[str]] = frozenset({"id", "name"})
+
     id: int
-    name: Annotated[str, _capped(MAX_NAME_CHARS)]
+    name: Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS, pattern=_NO_NUL)]
     description: Text = None
     type: str = "Other"
     type_raw: Name = None
-    nsfw: Bool = False
+    nsfw: bool = False
     nsfw_level: OptInt = None
-    poi: Bool = False
-    minor: Bool = False
+    poi: bool = False
+    minor: bool = False
     mode: Name = None
     availability: Name = None
     allow_no_credit: OptBool = None
     allow_derivatives: OptBool = None
     allow_different_license: OptBool = None
-    allow_commercial_use: Annotated[list[str], WrapValidator(lambda v, _h: _commercial_uses(v))] = (
-        Field(default_factory=list)
+    allow_commercial_use: Annotated[list[str], BeforeValidator(_commercial_uses)] = Field(
+        default_factory=list
     )
-    stats: Annotated[ModelStats, _lenient(ModelStats)] = Field(default_factory=ModelStats)
-    creator: Annotated[Creator | None, _lenient(None)] = None
+    stats: ModelStats = Field(default_factory=ModelStats)
+    creator: Creator | None = None
     tags: StrList = Field(default_factory=list)
-    model_versions: Annotated[list[ModelVersion], _lenient(list)] = Field(default_factory=list)
+    model_versions: list[ModelVersion] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
 
     @model_validator(mode="before")
     @classmethod
@@ -302,29 +377,18 @@ class Model(ApiObject):
         if isinstance(data, dict):
             data = dict(data)
             raw = data.get("type")
-            data["typeRaw"] = raw if isinstance(raw, str) else None
+            data["typeRaw"] = raw[:MAX_NAME_CHARS] if isinstance(raw, str) else None
             data["type"] = normalize_model_type(raw)
             data.pop("type_raw", None)
         return data
-
-    @field_validator("model_versions", mode="wrap")
-    @classmethod
-    def _skip_bad_versions(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        if not isinstance(value, list):
-            return []
-        good = []
-        for entry in value[:MAX_LIST_ITEMS]:
-            try:
-                good.extend(handler([entry]))
-            except ValidationError:
-                continue
-        return good
 
 
 class PageMetadata(ApiObject):
     """`metadata` of a list page; the last page has ``{}``."""
 
-    next_cursor: Annotated[str | None, _lenient(None)] = None
+    identity_fields: ClassVar[frozenset[str]] = frozenset()
+
+    next_cursor: str | None = None
     next_page: Name = None
     current_page: OptInt = None
     page_size: OptInt = None
@@ -332,9 +396,7 @@ class PageMetadata(ApiObject):
     @field_validator("next_cursor", mode="before")
     @classmethod
     def _cursor_text(cls, value: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        return value
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 T = TypeVar("T")
@@ -355,6 +417,8 @@ class Page(BaseModel, Generic[T]):
 class HashIdMatch(ApiObject):
     """One answer of `POST /model-versions/by-hash/ids`."""
 
+    identity_fields: ClassVar[frozenset[str]] = frozenset({"model_version_id", "modelVersionId"})
+
     model_version_id: int
     model_id: OptInt = None
     hash: Name = None
@@ -365,6 +429,7 @@ __all__ = [
     "HASH_TYPES",
     "MODEL_TYPES",
     "SCAN_RESULTS",
+    "ApiObject",
     "Creator",
     "FileMetadata",
     "HashIdMatch",
