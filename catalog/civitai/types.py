@@ -121,7 +121,7 @@ class ApiObject(BaseModel):
     identity_fields: ClassVar[frozenset[str]] = frozenset({"id"})
 
     @classmethod
-    def model_validate(  # type: ignore[override]
+    def model_validate(
         cls, obj: Any, *, strict: bool | None = None, **kwargs: Any
     ) -> Any:
         """Validate natively; on errors, repair the reported spots and try again.
@@ -153,7 +153,7 @@ def _repair(cls: type[ApiObject], data: dict[str, Any], error: ValidationError) 
     """Fix `data` in place at every error location; False if nothing could be fixed."""
     changed = False
     for detail in error.errors(include_url=False, include_input=False):
-        loc = [p for p in detail["loc"]]
+        loc = list(detail["loc"])
         if not loc:
             continue
         fixable = detail["type"] in ("string_too_long", "string_pattern_mismatch")
@@ -396,7 +396,9 @@ class PageMetadata(ApiObject):
     @field_validator("next_cursor", mode="before")
     @classmethod
     def _cursor_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return value
 
 
 T = TypeVar("T")
