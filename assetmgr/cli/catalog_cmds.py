@@ -10,7 +10,7 @@ import typer
 
 from assetmgr.cli import print_json
 from assetmgr.config import Settings, mask_secret, store_api_key
-from assetmgr.errors import AssetMgrError, NotInCatalogError
+from assetmgr.errors import AssetMgrError
 
 models_app = typer.Typer(help="Browse the local catalog.", no_args_is_help=True)
 db_app = typer.Typer(help="The catalog database.", no_args_is_help=True)
@@ -36,6 +36,7 @@ def sync(
     model_ids: list[int] = typer.Option([], "--model-id", help="Sync exactly these models (repeatable)."),
     max_models: int | None = typer.Option(None, "--max-models", min=1, help="Stop after N models."),
     nsfw: bool = typer.Option(False, "--nsfw", help="Include NSFW models (default: SFW only, as on Civitai)."),
+    page_size: int = typer.Option(100, "--page-size", min=1, max=100, help="Models per API page."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Fetch models, versions and files from Civitai into the local catalog."""
@@ -55,6 +56,7 @@ def sync(
             tag=tag,
             username=username,
             nsfw=nsfw,
+            limit=page_size,
         ),
         model_ids=list(model_ids),
         max_models=max_models,
@@ -125,7 +127,7 @@ def models_list(
             local_only=local,
             limit=limit,
         )
-        objects = [repo.model_to_dict(session, row) for row in rows]
+        objects = [repo.model_to_dict(row) for row in rows]
     if as_json:
         print_json(objects)
         return
@@ -169,10 +171,7 @@ def models_show(
 
     engine = open_engine(Settings.load())
     with session_scope(engine) as session:
-        row = repo.get_model(session, model_id)
-        if row is None:
-            raise NotInCatalogError(f"model {model_id} is not in the local catalog")
-        obj = repo.model_to_dict(session, row)
+        obj = repo.model_to_dict(repo.get_model(session, model_id))
     if as_json:
         print_json(obj)
         return

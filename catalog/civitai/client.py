@@ -360,7 +360,14 @@ class CivitaiClient:
             except httpx.TransportError as exc:
                 failures += 1
                 detail = self._scrub(f"{type(exc).__name__}: {exc}")
-                if failures >= policy.max_attempts:
+                # Nothing listening or no DNS: usually offline, so give up sooner than for a
+                # connection that dropped mid-answer.
+                limit = (
+                    min(policy.max_attempts, 3)
+                    if isinstance(exc, httpx.ConnectError)
+                    else policy.max_attempts
+                )
+                if failures >= limit:
                     raise CivitaiConnectionError(
                         self._scrub(
                             f"cannot reach Civitai ({detail}) after {failures} attempts,"
