@@ -1,0 +1,514 @@
+"""Verified, resumable downloads into the blob store (`assetmgr pull`).
+
+The sequence for one file:
+
+1. Policy first: the file must have a SHA256 in the catalog, must not be flagged ``Danger`` by
+   Civitai's scanners, and must be safetensors unless the caller allows pickle formats (which
+   are then stored but never unpickled on the host).
+2. If the blob already exists, nothing is downloaded.
+3. Under a per-file lock, ask the API for a signed storage URL (a 307 we do not follow, so the
+   API key never travels to the storage origin), then stream the bytes into
+   ``partial/<key>.part`` while hashing them. A dropped connection, a crash or ``kill -9``
+   leaves the partial file; the next attempt asks for a *fresh* signed URL and resumes with
+   ``Range`` plus ``If-Range`` (so bytes of a changed file are never spliced on). A 200 answer
+   to a range request restarts from zero; a ``Content-Range`` that does not start where we are
+   is an error.
+4. At the end the size and SHA256 must equal the catalog's, and a safetensors file must pass
+   the header validator. Then the partial file is promoted into ``blobs/`` (read-only). On any
+   mismatch the bytes go to ``quarantine/`` and the error shows expected vs got.
+5. Every file that enters the store, or is refused, gets a provenance line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from assetmgr.errors import StoreError
+from assetmgr.store.blobs import BlobStore, sanitize_filename, sanitize_relative_path
+from assetmgr.store.hashing import FileHashes, Hasher
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[["DownloadProgress"], None]
+
+CHUNK_BYTES = 1 << 20
+MAX_RESUME_ATTEMPTS = 8
+
+
+class HashMismatchError(StoreError):
+    """Downloaded bytes differ from what Civitai published; they were quarantined."""
+
+    title = "Hash mismatch"
+    hint = (
+        "The bytes were quarantined and are not loadable. Retry the pull; if it keeps failing "
+        "the file on the server may have changed (sync the model again) or been tampered with."
+    )
+
+
+class IncompleteDownloadError(StoreError):
+    """The transfer could not be completed after all resume attempts."""
+
+    title = "Download incomplete"
+    hint = "Run the same `assetmgr pull` again: it resumes from the bytes already on disk."
+
+
+class PolicyRefusedError(StoreError):
+    """The safety policy refuses this file."""
+
+    title = "Refused by the safety policy"
+
+
+class DownloadCancelled(StoreError):
+    title = "Download cancelled"
+    hint = "Run the same `assetmgr pull` again to resume."
+    exit_code = 130
+
+
+@dataclass
+class DownloadProgress:
+    file_id: int
+    name: str
+    total_bytes: int | None
+    done_bytes: int
+    resumed_from: int = 0
+
+
+@dataclass(frozen=True)
+class FileTarget:
+    """What to download, from the catalog: ids, names and the expected digest and size."""
+
+    version_id: int
+    file_id: int
+    name: str
+    expected_sha256: str
+    expected_size: int | None
+    format: str | None = None
+    model_type: str | None = None
+    base_model: str | None = None
+    model_name: str | None = None
+    pickle_scan_result: str | None = None
+    virus_scan_result: str | None = None
+    download_params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PullResult:
+    file_id: int
+    sha256: str
+    blob_path: Path
+    link_path: Path | None
+    downloaded_bytes: int
+    resumed_from: int
+    already_present: bool
+    hashes: FileHashes | None = None
+
+
+def is_pickle_format(name: str, fmt: str | None) -> bool:
+    lowered = name.lower()
+    if fmt and fmt.lower() in {"pickletensor", "pickle"}:
+        return True
+    return lowered.endswith((".ckpt", ".pt", ".pth", ".bin", ".pkl"))
+
+
+def check_policy(target: FileTarget, *, allow_pickle: bool) -> None:
+    """Refuse what must never enter the store; raises `PolicyRefusedError`."""
+    if "Danger" in (target.pickle_scan_result, target.virus_scan_result):
+        raise PolicyRefusedError(
+            f"Civitai's scanners flag {target.name} as dangerous "
+            f"(pickle scan: {target.pickle_scan_result}, virus scan: {target.virus_scan_result})",
+            hint="This file is refused in every mode; pick another file or version.",
+        )
+    if not target.expected_sha256:
+        raise PolicyRefusedError(
+            f"the catalog has no SHA256 for {target.name}, so it cannot be verified",
+            hint="Sync the model again (`assetmgr sync --model-id N`); unverifiable files are refused.",
+        )
+    if is_pickle_format(target.name, target.format) and not allow_pickle:
+        raise PolicyRefusedError(
+            f"{target.name} is a pickle format ({target.format or 'by extension'}), which can run code",
+            hint="Prefer the safetensors file of this version; `--allow-pickle` stores it "
+            "(it is never unpickled on the host).",
+        )
+
+
+_CD_FILENAME_STAR = re.compile(r"filename\*\s*=\s*([^']*)'[^']*'([^;]+)", re.IGNORECASE)
+_CD_FILENAME = re.compile(r'filename\s*=\s*("(?:[^"\\]|\\.)*"|[^;]+)', re.IGNORECASE)
+
+
+def filename_from_content_disposition(header: str | None) -> str | None:
+    """The filename of a ``Content-Disposition`` header (``filename*`` first), unsanitized."""
+    if not header:
+        return None
+    star = _CD_FILENAME_STAR.search(header)
+    if star:
+        charset = star.group(1) or "utf-8"
+        try:
+            return urllib.parse.unquote(star.group(2).strip(), encoding=charset, errors="replace")
+        except LookupError:
+            return urllib.parse.unquote(star.group(2).strip())
+    plain = _CD_FILENAME.search(header)
+    if plain:
+        value = plain.group(1).strip()
+        if value.startswith('"') and value.endswith('"'):
+            value = value[1:-1].replace('\\"', '"')
+        return value
+    return None
+
+
+def redact_url(url: str) -> str:
+    """A storage or API URL with query values hidden (signed URLs carry credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.query:
+        return url
+    keys = [k for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+    return urllib.parse.urlunsplit(parts._replace(query="&".join(f"{k}=…" for k in keys)))
+
+
+@dataclass
+class _PartialState:
+    file_id: int
+    expected_sha256: str
+    etag: str | None = None
+    total: int | None = None
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> _PartialState | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**{k: data.get(k) for k in ("file_id", "expected_sha256", "etag", "total")})
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+class _ResumableFailure(Exception):
+    """A transfer problem that a fresh signed URL and a Range request may fix."""
+
+
+class Downloader:
+    """Downloads catalog files into a `BlobStore`; see the module docstring."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        resolve_url: Callable[[FileTarget], str],
+        *,
+        storage_http: httpx.Client | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+        max_attempts: int = MAX_RESUME_ATTEMPTS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.resolve_url = resolve_url
+        # The storage client never carries the API key: it is a separate client with no auth.
+        self.http = storage_http or httpx.Client(
+            follow_redirects=True,
+            timeout=httpx.Timeout(30.0, read=60.0),
+            headers={"User-Agent": "assetmgr/0.1"},
+        )
+        self.chunk_bytes = chunk_bytes
+        self.max_attempts = max_attempts
+        self.sleep = sleep
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Downloader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def pull(
+        self,
+        target: FileTarget,
+        *,
+        allow_pickle: bool = False,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        validate: Callable[[Path], None] | None = None,
+    ) -> PullResult:
+        """Download, verify and promote one file; see the module docstring."""
+        check_policy(target, allow_pickle=allow_pickle)
+        expected = target.expected_sha256.upper()
+        if self.store.has(expected):
+            return PullResult(
+                target.file_id, expected, self.store.blob_path(expected), None, 0, 0, True
+            )
+        key = f"file-{target.file_id}"
+        with self.store.lock(key, timeout=0.5):
+            if self.store.has(expected):  # someone finished it while we waited
+                return PullResult(
+                    target.file_id, expected, self.store.blob_path(expected), None, 0, 0, True
+                )
+            return self._download_locked(target, key, expected, progress, cancel, validate)
+
+    def _download_locked(
+        self,
+        target: FileTarget,
+        key: str,
+        expected: str,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        validate: Callable[[Path], None] | None,
+    ) -> PullResult:
+        part_path, state_path = self.store.partial_paths(key)
+        state = _PartialState.load(state_path)
+        if state is None or state.expected_sha256 != expected or not part_path.exists():
+            part_path.unlink(missing_ok=True)
+            state = _PartialState(target.file_id, expected)
+        offset = part_path.stat().st_size if part_path.exists() else 0
+        if target.expected_size is not None and offset > target.expected_size:
+            part_path.unlink(missing_ok=True)
+            offset = 0
+        self.store.check_free_space(target.expected_size or 0, already_have=offset)
+        state.save(state_path)
+
+        hasher = Hasher()
+        if offset:
+            self._feed_existing(part_path, hasher, offset)
+        resumed_from = offset
+        server_name: str | None = None
+        attempts = 0
+        downloaded = 0
+        with open(part_path, "ab") as out:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise DownloadCancelled(f"download of {target.name} cancelled; progress saved")
+                attempts += 1
+                url = self.resolve_url(target)
+                try:
+                    offset, got_name, n = self._transfer(
+                        url, target, state, state_path, out, hasher, offset, progress, cancel
+                    )
+                    downloaded += n
+                    server_name = got_name or server_name
+                    break
+                except _ResumableFailure as exc:
+                    out.flush()
+                    offset = out.tell()
+                    if attempts >= self.max_attempts:
+                        raise IncompleteDownloadError(
+                            f"{target.name}: gave up after {attempts} attempts at byte {offset}: {exc}"
+                        ) from None
+                    delay = min(30.0, 0.5 * 2 ** (attempts - 1))
+                    log.info("download of %s interrupted at %d (%s); resuming", target.name, offset, exc)
+                    self.sleep(delay)
+            out.flush()
+            os.fsync(out.fileno())
+        hashes = hasher.finalize()
+        return self._finish(target, expected, part_path, state_path, hashes, resumed_from,
+                            downloaded, server_name, validate)
+
+    def _feed_existing(self, part_path: Path, hasher: Hasher, length: int) -> None:
+        with open(part_path, "rb") as fh:
+            remaining = length
+            while remaining:
+                block = fh.read(min(self.chunk_bytes * 8, remaining))
+                if not block:
+                    break
+                hasher.update(block)
+                remaining -= len(block)
+
+    def _transfer(
+        self,
+        url: str,
+        target: FileTarget,
+        state: _PartialState,
+        state_path: Path,
+        out: Any,
+        hasher: Hasher,
+        offset: int,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> tuple[int, str | None, int]:
+        headers: dict[str, str] = {}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if state.etag:
+                headers["If-Range"] = state.etag
+        received = 0
+        try:
+            with self.http.stream("GET", url, headers=headers) as response:
+                status = response.status_code
+                if status in (401, 403, 404, 410):
+                    # An expired or revoked signed URL: ask the API for a fresh one.
+                    raise _ResumableFailure(f"storage answered {status} for {redact_url(url)}")
+                if status >= 500 or status == 429:
+                    raise _ResumableFailure(f"storage answered {status}")
+                if status == 416:
+                    raise _ResumableFailure("storage refused the range")
+                if status not in (200, 206):
+                    raise IncompleteDownloadError(
+                        f"unexpected storage answer {status} for {redact_url(url)}"
+                    )
+                if status == 200 and offset:
+                    log.info("storage ignored the range for %s; restarting from zero", target.name)
+                    out.seek(0)
+                    out.truncate()
+                    hasher.reset()
+                    offset = 0
+                if status == 206:
+                    start, total = _parse_content_range(response.headers.get("content-range"))
+                    if start != offset:
+                        raise IncompleteDownloadError(
+                            f"storage resumed at byte {start}, expected {offset}"
+                        )
+                    if total is not None:
+                        state.total = total
+                else:
+                    length = response.headers.get("content-length")
+                    state.total = int(length) if length and length.isdigit() else None
+                etag = response.headers.get("etag")
+                if etag and not etag.startswith("W/"):
+                    state.etag = etag
+                state.save(state_path)
+                expected_total = target.expected_size or state.total
+                server_name = filename_from_content_disposition(
+                    response.headers.get("content-disposition")
+                )
+                last_report = 0.0
+                # Network chunks are small; gather them so the hasher gets big blocks it can
+                # spread over threads, and flush whatever arrived if the connection drops.
+                pending = bytearray()
+                try:
+                    for chunk in response.iter_raw():
+                        pending += chunk
+                        if len(pending) < self.chunk_bytes:
+                            continue
+                        offset = self._flush(pending, out, hasher, offset, expected_total, target)
+                        received += self.chunk_bytes
+                        if cancel is not None and cancel.is_set():
+                            raise DownloadCancelled(
+                                f"download of {target.name} cancelled; progress saved"
+                            )
+                        now = time.monotonic()
+                        if progress is not None and now - last_report > 0.1:
+                            last_report = now
+                            progress(
+                                DownloadProgress(target.file_id, target.name, expected_total, offset)
+                            )
+                finally:
+                    if pending:
+                        received += len(pending)
+                        offset = self._flush(pending, out, hasher, offset, expected_total, target)
+                    out.flush()
+                if state.total is not None and offset < state.total:
+                    raise _ResumableFailure(f"connection ended at byte {offset} of {state.total}")
+                if progress is not None:
+                    progress(DownloadProgress(target.file_id, target.name, expected_total, offset))
+                return offset, server_name, received
+        except httpx.TransportError as exc:
+            raise _ResumableFailure(f"{type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _flush(
+        pending: bytearray,
+        out: Any,
+        hasher: Hasher,
+        offset: int,
+        expected_total: int | None,
+        target: FileTarget,
+    ) -> int:
+        if expected_total is not None and offset + len(pending) > expected_total:
+            raise IncompleteDownloadError(
+                f"{target.name}: server sent more than the expected {expected_total} bytes"
+            )
+        out.write(pending)
+        hasher.update(pending)
+        offset += len(pending)
+        del pending[:]
+        return offset
+
+    def _finish(
+        self,
+        target: FileTarget,
+        expected: str,
+        part_path: Path,
+        state_path: Path,
+        hashes: FileHashes,
+        resumed_from: int,
+        downloaded: int,
+        server_name: str | None,
+        validate: Callable[[Path], None] | None,
+    ) -> PullResult:
+        got = hashes.sha256.upper()
+        provenance: dict[str, Any] = {
+            "event": "download",
+            "version_id": target.version_id,
+            "file_id": target.file_id,
+            "name": target.name,
+            "expected": {"SHA256": expected, "size": target.expected_size},
+            "computed": hashes.as_civitai_dict(),
+            "size": hashes.size,
+            "resumed_from": resumed_from,
+        }
+        size_ok = target.expected_size is None or hashes.size == target.expected_size
+        if got != expected or not size_ok:
+            record = self.store.quarantine(
+                part_path, got_sha256=got, reason="hash mismatch",
+                details={"expected_sha256": expected, "file_id": target.file_id},
+            )
+            state_path.unlink(missing_ok=True)
+            self.store.record_provenance({**provenance, "result": "quarantined", "path": str(record.path)})
+            raise HashMismatchError(
+                f"{target.name}: expected SHA256 {expected} ({target.expected_size} bytes), "
+                f"got {got} ({hashes.size} bytes); quarantined"
+            )
+        if validate is not None:
+            try:
+                validate(part_path)
+            except StoreError as exc:
+                record = self.store.quarantine(
+                    part_path, got_sha256=got, reason=f"validation failed: {exc.message}",
+                    details={"file_id": target.file_id},
+                )
+                state_path.unlink(missing_ok=True)
+                self.store.record_provenance(
+                    {**provenance, "result": "refused", "error": exc.message, "path": str(record.path)}
+                )
+                raise
+        blob = self.store.promote(part_path, expected)
+        state_path.unlink(missing_ok=True)
+        link = self.store.link_name(expected, link_name_for(target, server_name))
+        self.store.record_provenance({**provenance, "result": "verified", "path": str(blob)})
+        return PullResult(target.file_id, expected, blob, link, downloaded, resumed_from, False, hashes)
+
+
+def link_name_for(target: FileTarget, server_name: str | None) -> Path:
+    """``names/<type>/<base model>/<file name>``, every component sanitized."""
+    name = sanitize_filename(server_name or target.name, fallback=f"file-{target.file_id}.safetensors")
+    return sanitize_relative_path(
+        [target.model_type or "Other", target.base_model or "unknown", f"{target.file_id}-{name}"]
+    )
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    if not value:
+        return None, None
+    match = re.match(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", value.strip())
+    if not match:
+        return None, None
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), total
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,97 @@
+"""The store's rows in the catalog: `LocalFile` states and the download targets."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from assetmgr.errors import NotInCatalogError
+from assetmgr.store.download import FileTarget
+from assetmgr.store.hashing import FileHashes
+from catalog.models import LocalFile, Model, ModelFile, ModelVersion
+
+
+def file_target(session: Session, version_id: int, file_id: int | None = None) -> FileTarget:
+    """The download target for a version's file (the primary one unless `file_id` is given)."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise NotInCatalogError(f"version {version_id} is not in the local catalog")
+    files = list(version.files)
+    if not files:
+        raise NotInCatalogError(
+            f"version {version_id} has no files in the catalog",
+            hint="The version may be archived; sync its model again to refresh it.",
+        )
+    chosen: ModelFile | None
+    if file_id is not None:
+        chosen = next((f for f in files if f.id == file_id), None)
+        if chosen is None:
+            raise NotInCatalogError(
+                f"file {file_id} does not belong to version {version_id}",
+                hint=f"`assetmgr models show {version.model_id}` lists its files.",
+            )
+    else:
+        chosen = next((f for f in files if f.is_primary), files[0])
+    model = session.get(Model, version.model_id)
+    return FileTarget(
+        version_id=version.id,
+        file_id=chosen.id,
+        name=chosen.name or f"file-{chosen.id}",
+        expected_sha256=(chosen.sha256 or "").upper(),
+        expected_size=None if chosen.size_kb is None else _size_from_kb(chosen.size_kb),
+        format=chosen.format,
+        model_type=model.type if model else None,
+        base_model=version.base_model,
+        model_name=model.name if model else None,
+        pickle_scan_result=chosen.pickle_scan_result,
+        virus_scan_result=chosen.virus_scan_result,
+    )
+
+
+def _size_from_kb(size_kb: float) -> int | None:
+    """Civitai's sizeKB is bytes/1024 as a float; trust it only when it maps to whole bytes."""
+    size = size_kb * 1024
+    rounded = round(size)
+    return rounded if abs(size - rounded) < 1e-3 else None
+
+
+def set_local_state(
+    session: Session,
+    *,
+    file_id: int | None,
+    sha256: str,
+    state: str,
+    path: Path | None,
+    hashes: FileHashes | None = None,
+) -> LocalFile:
+    """Create or update the `LocalFile` row for a catalog file (or a local-only blob)."""
+    row: LocalFile | None = None
+    if file_id is not None:
+        row = session.execute(select(LocalFile).where(LocalFile.file_id == file_id)).scalars().first()  # type: ignore[arg-type]
+    if row is None:
+        row = (
+            session.execute(
+                select(LocalFile).where(LocalFile.sha256 == sha256.upper(), LocalFile.file_id.is_(None))  # type: ignore[arg-type,union-attr]
+            )
+            .scalars()
+            .first()
+        )
+    if row is None:
+        row = LocalFile(file_id=file_id, sha256=sha256.upper())
+        session.add(row)
+    row.state = state
+    row.path = str(path) if path is not None else None
+    row.sha256 = sha256.upper()
+    if state == "verified":
+        row.verified_at = datetime.now(UTC)
+    if hashes is not None:
+        row.size_bytes = hashes.size
+        row.autov1 = hashes.autov1
+        row.autov2 = hashes.autov2
+        row.autov3 = hashes.autov3
+        row.crc32 = hashes.crc32
+        row.blake3 = hashes.blake3
+    return row
