@@ -45,9 +45,21 @@ def free_port() -> int:
 def start_fake(models: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakeciv", "--port", str(port), "--models", str(models),
-         "--no-fixtures", "--seed", "11"],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tests.fakeciv",
+            "--port",
+            str(port),
+            "--models",
+            str(models),
+            "--no-fixtures",
+            "--seed",
+            "11",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -81,7 +93,7 @@ def bare_httpx(base: str) -> tuple[float, int, int]:
 
 
 def ours(base: str, db_path: Path) -> tuple[float, int, float]:
-    """A full sync into a fresh catalog, then an unchanged re-sync; (seconds, versions, resync s)."""
+    """A full sync into a fresh catalog, then an unchanged re-sync: (s, versions, resync s)."""
     engine = open_catalog(f"sqlite:///{db_path}")
     with CivitaiClient(base_url=base) as client:
         start = time.perf_counter()
@@ -111,7 +123,9 @@ def bench_sync(models: int, repeat: int) -> None:
                 resyncs.append(resync)
         b, o = min(base_times), min(our_times)
         print(f"sync: {versions} versions in {pages} pages (fake in its own process)")
-        print(f"  bare httpx (GET + json) : best {b:.2f} s  all {[round(x, 2) for x in base_times]}")
+        print(
+            f"  bare httpx (GET + json) : best {b:.2f} s  all {[round(x, 2) for x in base_times]}"
+        )
         print(f"  assetmgr sync (SQLite)  : best {o:.2f} s  all {[round(x, 2) for x in our_times]}")
         print(f"  unchanged re-sync       : best {min(resyncs):.2f} s (0 rows written)")
         print(f"  ratio ours/baseline     : {o / b:.2f}  (goal <= 1.2)")
@@ -194,13 +208,17 @@ def bench_search(target_versions: int, queries: int) -> None:
     latencies.sort()
     p95 = latencies[int(len(latencies) * 0.95) - 1]
     print(f"search: {len(latencies)} queries, limit 50")
-    print(f"  p50 {statistics.median(latencies):.2f} ms  p95 {p95:.2f} ms  max {latencies[-1]:.2f} ms"
-          f"  (goal p95 <= 20 ms)")
+    print(
+        f"  p50 {statistics.median(latencies):.2f} ms  p95 {p95:.2f} ms  max {latencies[-1]:.2f} ms"
+        f"  (goal p95 <= 20 ms)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=int, default=4200, help="models in the fake (about 2.5 versions each)")
+    parser.add_argument(
+        "--models", type=int, default=4200, help="models in the fake (about 2.5 versions each)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--search-versions", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=400)

@@ -58,7 +58,7 @@ def lookup_hash(engine: Engine, client: CivitaiClient | None, text: str) -> list
     except NotFoundError:
         raise NotInCatalogError(
             f"no file with hash {digest} in the local catalog or on Civitai",
-            hint="The file may be a private merge or was never uploaded; import it as a local model.",
+            hint="A private merge or never uploaded? `assetmgr import` adds it as a local model.",
         ) from None
     with Session(engine) as session, session.begin():
         repo.upsert_version(session, version)

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from assetmgr.errors import AssetMgrError, CivitaiError
 from catalog import repo
@@ -175,7 +175,7 @@ def _now() -> datetime:
 
 def _load_state(engine: Engine, key: str) -> SyncState | None:
     with Session(engine) as session:
-        return session.exec(select(SyncState).where(SyncState.key == key)).scalars().first()  # type: ignore[call-overload]
+        return session.execute(select(SyncState).where(col(SyncState.key) == key)).scalars().first()
 
 
 def _count(models: Iterable[Model]) -> tuple[int, int, int]:
@@ -288,7 +288,9 @@ def _begin_state(
     engine: Engine, key: str, request: SyncRequest, *, resume: bool, started_at: datetime
 ) -> None:
     with Session(engine) as session, session.begin():
-        state = session.exec(select(SyncState).where(SyncState.key == key)).scalars().first()  # type: ignore[call-overload]
+        state = (
+            session.execute(select(SyncState).where(col(SyncState.key) == key)).scalars().first()
+        )
         if state is None:
             state = SyncState(key=key, params=json.loads(json.dumps(asdict(request), default=str)))
             session.add(state)
@@ -311,7 +313,7 @@ def _write_page(
         result = repo.upsert_models(session, models, seen_at=now)
         session.execute(
             update(SyncState)
-            .where(SyncState.key == key)  # type: ignore[arg-type]
+            .where(col(SyncState.key) == key)
             .values(
                 cursor=None if last else next_cursor,
                 pages=SyncState.pages + 1,
@@ -327,7 +329,7 @@ def _finish_state(engine: Engine, key: str) -> None:
     with Session(engine) as session, session.begin():
         session.execute(
             update(SyncState)
-            .where(SyncState.key == key)  # type: ignore[arg-type]
+            .where(col(SyncState.key) == key)
             .values(status="done", cursor=None, finished_at=now, updated_at=now)
         )
 
@@ -389,7 +391,7 @@ def _mark_gone(session: Session, model_ids: Sequence[int], now: datetime) -> int
         return 0
     res = session.execute(
         update(ModelRow)
-        .where(ModelRow.id.in_(model_ids), ModelRow.state != "gone")  # type: ignore[union-attr,attr-defined]
+        .where(col(ModelRow.id).in_(model_ids), col(ModelRow.state) != "gone")
         .values(state="gone", changed_at=now)
     )
     return int(res.rowcount or 0)  # type: ignore[attr-defined]
@@ -405,13 +407,12 @@ def _mark_vanished(
 ) -> int:
     """Check models that a full listing no longer shows; mark gone/archived, never delete."""
     with Session(engine) as session:
-        query = select(ModelRow.id).where(
-            ModelRow.source == "civitai",  # type: ignore[arg-type]
-            ModelRow.state == "active",  # type: ignore[arg-type]
+        query = select(col(ModelRow.id)).where(
+            col(ModelRow.source) == "civitai", col(ModelRow.state) == "active"
         )
         if not request.filters.nsfw:
             # Out of scope for an SFW listing: NSFW models are not expected in it.
-            query = query.where(ModelRow.nsfw == False)  # type: ignore[arg-type]  # noqa: E712
+            query = query.where(col(ModelRow.nsfw).is_(False))
         known = set(session.execute(query).scalars())
     absent = sorted(known - seen_ids)
     if not absent:

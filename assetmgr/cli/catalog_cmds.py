@@ -27,15 +27,25 @@ def register(app: typer.Typer) -> None:
 
 
 def sync(
-    api_base: str | None = typer.Option(None, "--api-base", help="API root (default: $CIVITAI_API_BASE or https://civitai.com)."),
-    types: list[str] = typer.Option([], "--type", help="Model type, e.g. LORA, Checkpoint (repeatable)."),
-    base_models: list[str] = typer.Option([], "--base-model", help="Base model, e.g. 'SDXL 1.0' (repeatable)."),
+    api_base: str | None = typer.Option(
+        None, "--api-base", help="API root (default: $CIVITAI_API_BASE or https://civitai.com)."
+    ),
+    types: list[str] = typer.Option(
+        [], "--type", help="Model type, e.g. LORA, Checkpoint (repeatable)."
+    ),
+    base_models: list[str] = typer.Option(
+        [], "--base-model", help="Base model, e.g. 'SDXL 1.0' (repeatable)."
+    ),
     query: str | None = typer.Option(None, "--query", help="Full-text query on Civitai."),
     tag: str | None = typer.Option(None, "--tag", help="Only models with this tag."),
     username: str | None = typer.Option(None, "--username", help="Only models by this creator."),
-    model_ids: list[int] = typer.Option([], "--model-id", help="Sync exactly these models (repeatable)."),
+    model_ids: list[int] = typer.Option(
+        [], "--model-id", help="Sync exactly these models (repeatable)."
+    ),
     max_models: int | None = typer.Option(None, "--max-models", min=1, help="Stop after N models."),
-    nsfw: bool = typer.Option(False, "--nsfw", help="Include NSFW models (default: SFW only, as on Civitai)."),
+    nsfw: bool = typer.Option(
+        False, "--nsfw", help="Include NSFW models (default: SFW only, as on Civitai)."
+    ),
     page_size: int = typer.Option(100, "--page-size", min=1, max=100, help="Models per API page."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -107,7 +117,9 @@ def sync(
 def models_list(
     types: list[str] = typer.Option([], "--type", help="Model type (repeatable)."),
     base_models: list[str] = typer.Option([], "--base-model", help="Base model (repeatable)."),
-    search: str | None = typer.Option(None, "--search", help="Full-text search in the local catalog."),
+    search: str | None = typer.Option(
+        None, "--search", help="Full-text search in the local catalog."
+    ),
     local: bool = typer.Option(False, "--local", help="Only models with files in the local store."),
     limit: int = typer.Option(100, "--limit", min=1, help="At most this many models."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array on stdout."),
@@ -183,13 +195,18 @@ def _print_model(obj: dict[str, Any]) -> None:
     from rich.markup import escape
 
     console = Console()
-    console.print(f"[bold]{escape(obj['name'])}[/] (#{obj['id']}, {obj['type']}"
-                  f"{', NSFW' if obj.get('nsfw') else ''}) by {escape(str(obj.get('creator') or '?'))}")
+    console.print(
+        f"[bold]{escape(obj['name'])}[/] (#{obj['id']}, {obj['type']}"
+        f"{', NSFW' if obj.get('nsfw') else ''}) by {escape(str(obj.get('creator') or '?'))}"
+    )
     if obj.get("tags"):
         console.print("tags: " + escape(", ".join(obj["tags"])))
     for v in obj.get("versions", []):
-        console.print(f"  [bold]{escape(str(v['name']))}[/] #{v['id']} {escape(str(v.get('base_model') or ''))}"
-                      f" {v.get('published_at') or ''}")
+        console.print(
+            f"  [bold]{escape(str(v['name']))}[/] #{v['id']}"
+            f" {escape(str(v.get('base_model') or ''))}"
+            f" {v.get('published_at') or ''}"
+        )
         for word in v.get("trained_words") or []:
             console.print(f"    trigger: {escape(word)}")
         for f in v.get("files", []):
@@ -204,7 +221,9 @@ def _print_model(obj: dict[str, Any]) -> None:
 
 
 def lookup(
-    digest: str = typer.Argument(..., metavar="HASH", help="SHA256, AutoV1/V2/V3, BLAKE3 or CRC32, any case."),
+    digest: str = typer.Argument(
+        ..., metavar="HASH", help="SHA256, AutoV1/V2/V3, BLAKE3 or CRC32, any case."
+    ),
     api_base: str | None = typer.Option(None, "--api-base", help="API root for the remote lookup."),
     offline: bool = typer.Option(False, "--offline", help="Only look in the local catalog."),
     as_json: bool = typer.Option(False, "--json", help="Print matches as JSON on stdout."),
@@ -227,7 +246,8 @@ def lookup(
     for m in matches:
         sys.stdout.write(
             f"{m['hash_type']} match ({m['source']}): model #{m['model_id']} {m['model_name']!s}"
-            f" / version #{m['version_id']} {m['version_name']!s} / file #{m['file_id']} {m['file_name']!s}\n"
+            f" / version #{m['version_id']} {m['version_name']!s}"
+            f" / file #{m['file_id']} {m['file_name']!s}\n"
         )
 
 
@@ -290,13 +310,18 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @config_app.command("set-key")
 def config_set_key(
-    key: str | None = typer.Option(None, "--key", help="The key (prompted for when omitted).", hidden=True),
+    key: str | None = typer.Option(
+        None, "--key", help="The key (prompted for when omitted).", hidden=True
+    ),
 ) -> None:
     """Store the Civitai API key in the OS keyring (else the 0600 config file)."""
     if key is None:
         key = typer.prompt("Civitai API key", hide_input=True)
     key = key.strip()
     if not key or any(c.isspace() for c in key):
-        raise AssetMgrError("that does not look like an API key", hint="Copy it from civitai.com → Account settings → API keys.")
+        raise AssetMgrError(
+            "that does not look like an API key",
+            hint="Copy it from civitai.com → Account settings → API keys.",
+        )
     where = store_api_key(key)
     sys.stderr.write(f"API key {mask_secret(key)} saved in the {where}\n")

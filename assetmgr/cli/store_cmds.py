@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -27,10 +26,18 @@ def _store() -> Any:
 
 
 def pull(
-    version_ids: list[int] = typer.Argument(..., metavar="VERSION_ID...", help="Model version ids."),
-    file_id: int | None = typer.Option(None, "--file-id", help="A specific file of the version (default: primary)."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.pt/.bin files (stored, never unpickled)."),
-    concurrency: int | None = typer.Option(None, "--concurrency", "-j", min=1, max=16, help="Parallel downloads."),
+    version_ids: list[int] = typer.Argument(
+        ..., metavar="VERSION_ID...", help="Model version ids."
+    ),
+    file_id: int | None = typer.Option(
+        None, "--file-id", help="A specific file of the version (default: primary)."
+    ),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Allow .ckpt/.pt/.bin files (stored, never unpickled)."
+    ),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", "-j", min=1, max=16, help="Parallel downloads."
+    ),
     api_base: str | None = typer.Option(None, "--api-base", help="API root."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
@@ -50,7 +57,10 @@ def pull(
     from assetmgr.store.service import StoreService
 
     if file_id is not None and len(version_ids) != 1:
-        raise AssetMgrError("--file-id needs exactly one VERSION_ID", hint="Pull one version at a time with --file-id.")
+        raise AssetMgrError(
+            "--file-id needs exactly one VERSION_ID",
+            hint="Pull one version at a time with --file-id.",
+        )
     settings = Settings.load(api_base=api_base)
     engine = open_engine(settings)
     cancel = threading.Event()
@@ -61,22 +71,30 @@ def pull(
         service = StoreService(engine, _store(), client)
         try:
             with Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(),
-                console=stderr_console, disable=not show_bars,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=stderr_console,
+                disable=not show_bars,
             ) as bars:
 
                 def on_progress(p: Any) -> None:
                     with lock:
                         task = tasks.get(p.file_id)
                         if task is None:
-                            task = tasks[p.file_id] = bars.add_task(p.name[:40], total=p.total_bytes)
+                            task = tasks[p.file_id] = bars.add_task(
+                                p.name[:40], total=p.total_bytes
+                            )
                     bars.update(task, completed=p.done_bytes, total=p.total_bytes)
 
                 outcomes = service.pull_many(
                     [(vid, file_id) for vid in version_ids],
                     concurrency=concurrency or settings.download_concurrency,
-                    allow_pickle=allow_pickle, progress=on_progress, cancel=cancel,
+                    allow_pickle=allow_pickle,
+                    progress=on_progress,
+                    cancel=cancel,
                 )
         except KeyboardInterrupt:
             cancel.set()
@@ -88,17 +106,30 @@ def pull(
     for o in outcomes:
         if o.error is not None:
             failed.append(o.error)
-            results.append({"version_id": o.version_id, "file_id": o.file_id, "error": o.error.message,
-                            "hint": o.error.hint})
+            results.append(
+                {
+                    "version_id": o.version_id,
+                    "file_id": o.file_id,
+                    "error": o.error.message,
+                    "hint": o.error.hint,
+                }
+            )
         else:
             r = o.result
             assert r is not None
-            results.append({
-                "version_id": o.version_id, "file_id": r.file_id, "sha256": r.sha256,
-                "path": str(r.blob_path), "link": str(r.link_path) if r.link_path else None,
-                "downloaded_bytes": r.downloaded_bytes, "resumed_from": r.resumed_from,
-                "already_present": r.already_present, "state": "verified",
-            })
+            results.append(
+                {
+                    "version_id": o.version_id,
+                    "file_id": r.file_id,
+                    "sha256": r.sha256,
+                    "path": str(r.blob_path),
+                    "link": str(r.link_path) if r.link_path else None,
+                    "downloaded_bytes": r.downloaded_bytes,
+                    "resumed_from": r.resumed_from,
+                    "already_present": r.already_present,
+                    "state": "verified",
+                }
+            )
     if as_json:
         print_json(results)
     else:
@@ -108,8 +139,13 @@ def pull(
                 if res.get("hint"):
                     sys.stderr.write(f"hint: {res['hint']}\n")
             else:
-                note = " (already in the store)" if res["already_present"] else (
-                    f" (resumed at byte {res['resumed_from']})" if res["resumed_from"] else "")
+                note = (
+                    " (already in the store)"
+                    if res["already_present"]
+                    else (
+                        f" (resumed at byte {res['resumed_from']})" if res["resumed_from"] else ""
+                    )
+                )
                 sys.stdout.write(f"{res['path']}{note}\n")
     if failed:
         raise SystemExit(max(e.exit_code for e in failed))
@@ -127,23 +163,38 @@ def verify(
 
     engine = open_engine(Settings.load())
     store = _store()
-    with Progress(TextColumn("verify"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=stderr_console, disable=as_json or not sys.stderr.isatty()) as bars:
+    with Progress(
+        TextColumn("verify"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=stderr_console,
+        disable=as_json or not sys.stderr.isatty(),
+    ) as bars:
         task = bars.add_task("verify", total=None)
 
         def on_progress(done: int, total: int, files: int) -> None:
             bars.update(task, completed=done, total=total)
 
         report = verify_store(engine, store, progress=on_progress)
-    data = {"checked": report.checked, "ok": report.ok, "corrupt": report.corrupt, "missing": report.missing}
+    data = {
+        "checked": report.checked,
+        "ok": report.ok,
+        "corrupt": report.corrupt,
+        "missing": report.missing,
+    }
     if as_json:
         print_json(data)
     else:
-        sys.stderr.write(f"verified {report.checked} files: {report.ok} ok, {len(report.corrupt)} corrupt, "
-                         f"{len(report.missing)} missing\n")
+        sys.stderr.write(
+            f"verified {report.checked} files: {report.ok} ok, {len(report.corrupt)} corrupt, "
+            f"{len(report.missing)} missing\n"
+        )
         for item in report.corrupt:
-            sys.stderr.write(f"corrupt: expected {item['sha256']} got {item['got']}; "
-                             f"quarantined to {item['quarantined_to']}\n")
+            sys.stderr.write(
+                f"corrupt: expected {item['sha256']} got {item['got']}; "
+                f"quarantined to {item['quarantined_to']}\n"
+            )
         for item in report.missing:
             sys.stderr.write(f"missing: {item['sha256']} (file {item['file_id']})\n")
     if not report.clean:

@@ -69,10 +69,19 @@ def _check_sha256(sha256: str) -> str:
 
 
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
-_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_RESERVED = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(1, 10)),
+    *(f"LPT{i}" for i in range(1, 10)),
+}
 
 
-def sanitize_filename(name: str | None, *, fallback: str = "model.safetensors", max_len: int = 160) -> str:
+def sanitize_filename(
+    name: str | None, *, fallback: str = "model.safetensors", max_len: int = 160
+) -> str:
     """A single safe path component from a server- or user-supplied name.
 
     Keeps only the last path segment (so ``../../x`` and ``/etc/passwd`` collapse to ``x`` and
@@ -122,7 +131,13 @@ class BlobStore:
         self.provenance_path = root / "provenance.jsonl"
 
     def ensure(self) -> None:
-        for d in (self.blobs_dir, self.partial_dir, self.quarantine_dir, self.locks_dir, self.names_dir):
+        for d in (
+            self.blobs_dir,
+            self.partial_dir,
+            self.quarantine_dir,
+            self.locks_dir,
+            self.names_dir,
+        ):
             d.mkdir(parents=True, exist_ok=True)
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
@@ -247,7 +262,14 @@ class BlobStore:
             finally:
                 os.close(fd)
 
-    def quarantine(self, path: Path, *, got_sha256: str | None, reason: str, details: dict[str, Any] | None = None) -> QuarantineRecord:
+    def quarantine(
+        self,
+        path: Path,
+        *,
+        got_sha256: str | None,
+        reason: str,
+        details: dict[str, Any] | None = None,
+    ) -> QuarantineRecord:
         """Move bytes that failed verification out of reach; they are never loadable."""
         self.ensure()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -264,7 +286,8 @@ class BlobStore:
         missing = needed_bytes - already_have + DISK_HEADROOM_BYTES
         if usage.free < missing:
             raise DiskSpaceError(
-                f"need {missing / 2**30:.2f} GiB free in {self.root}, have {usage.free / 2**30:.2f} GiB"
+                f"need {missing / 2**30:.2f} GiB free in {self.root}, "
+                f"have {usage.free / 2**30:.2f} GiB"
             )
 
     # -- provenance ------------------------------------------------------------------------

@@ -134,11 +134,13 @@ def check_policy(target: FileTarget, *, allow_pickle: bool) -> None:
     if not target.expected_sha256:
         raise PolicyRefusedError(
             f"the catalog has no SHA256 for {target.name}, so it cannot be verified",
-            hint="Sync the model again (`assetmgr sync --model-id N`); unverifiable files are refused.",
+            hint="Sync the model again (`assetmgr sync --model-id N`); unverifiable files "
+            "are refused.",
         )
     if is_pickle_format(target.name, target.format) and not allow_pickle:
         raise PolicyRefusedError(
-            f"{target.name} is a pickle format ({target.format or 'by extension'}), which can run code",
+            f"{target.name} is a pickle format ({target.format or 'by extension'}), "
+            "which can run code",
             hint="Prefer the safetensors file of this version; `--allow-pickle` stores it "
             "(it is never unpickled on the host).",
         )
@@ -306,16 +308,28 @@ class Downloader:
                     offset = out.tell()
                     if attempts >= self.max_attempts:
                         raise IncompleteDownloadError(
-                            f"{target.name}: gave up after {attempts} attempts at byte {offset}: {exc}"
+                            f"{target.name}: gave up after {attempts} attempts at byte {offset}: "
+                            f"{exc}"
                         ) from None
                     delay = min(30.0, 0.5 * 2 ** (attempts - 1))
-                    log.info("download of %s interrupted at %d (%s); resuming", target.name, offset, exc)
+                    log.info(
+                        "download of %s interrupted at %d (%s); resuming", target.name, offset, exc
+                    )
                     self.sleep(delay)
             out.flush()
             os.fsync(out.fileno())
         hashes = hasher.finalize()
-        return self._finish(target, expected, part_path, state_path, hashes, resumed_from,
-                            downloaded, server_name, validate)
+        return self._finish(
+            target,
+            expected,
+            part_path,
+            state_path,
+            hashes,
+            resumed_from,
+            downloaded,
+            server_name,
+            validate,
+        )
 
     def _feed_existing(self, part_path: Path, hasher: Hasher, length: int) -> None:
         with open(part_path, "rb") as fh:
@@ -403,7 +417,9 @@ class Downloader:
                         if progress is not None and now - last_report > 0.1:
                             last_report = now
                             progress(
-                                DownloadProgress(target.file_id, target.name, expected_total, offset)
+                                DownloadProgress(
+                                    target.file_id, target.name, expected_total, offset
+                                )
                             )
                 finally:
                     if pending:
@@ -463,11 +479,15 @@ class Downloader:
         size_ok = target.expected_size is None or hashes.size == target.expected_size
         if got != expected or not size_ok:
             record = self.store.quarantine(
-                part_path, got_sha256=got, reason="hash mismatch",
+                part_path,
+                got_sha256=got,
+                reason="hash mismatch",
                 details={"expected_sha256": expected, "file_id": target.file_id},
             )
             state_path.unlink(missing_ok=True)
-            self.store.record_provenance({**provenance, "result": "quarantined", "path": str(record.path)})
+            self.store.record_provenance(
+                {**provenance, "result": "quarantined", "path": str(record.path)}
+            )
             raise HashMismatchError(
                 f"{target.name}: expected SHA256 {expected} ({target.expected_size} bytes), "
                 f"got {got} ({hashes.size} bytes); quarantined"
@@ -477,24 +497,35 @@ class Downloader:
                 validate(part_path)
             except StoreError as exc:
                 record = self.store.quarantine(
-                    part_path, got_sha256=got, reason=f"validation failed: {exc.message}",
+                    part_path,
+                    got_sha256=got,
+                    reason=f"validation failed: {exc.message}",
                     details={"file_id": target.file_id},
                 )
                 state_path.unlink(missing_ok=True)
                 self.store.record_provenance(
-                    {**provenance, "result": "refused", "error": exc.message, "path": str(record.path)}
+                    {
+                        **provenance,
+                        "result": "refused",
+                        "error": exc.message,
+                        "path": str(record.path),
+                    }
                 )
                 raise
         blob = self.store.promote(part_path, expected)
         state_path.unlink(missing_ok=True)
         link = self.store.link_name(expected, link_name_for(target, server_name))
         self.store.record_provenance({**provenance, "result": "verified", "path": str(blob)})
-        return PullResult(target.file_id, expected, blob, link, downloaded, resumed_from, False, hashes)
+        return PullResult(
+            target.file_id, expected, blob, link, downloaded, resumed_from, False, hashes
+        )
 
 
 def link_name_for(target: FileTarget, server_name: str | None) -> Path:
     """``names/<type>/<base model>/<file name>``, every component sanitized."""
-    name = sanitize_filename(server_name or target.name, fallback=f"file-{target.file_id}.safetensors")
+    name = sanitize_filename(
+        server_name or target.name, fallback=f"file-{target.file_id}.safetensors"
+    )
     return sanitize_relative_path(
         [target.model_type or "Other", target.base_model or "unknown", f"{target.file_id}-{name}"]
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from assetmgr.errors import NotInCatalogError
 from assetmgr.store.download import FileTarget
@@ -70,11 +71,17 @@ def set_local_state(
     """Create or update the `LocalFile` row for a catalog file (or a local-only blob)."""
     row: LocalFile | None = None
     if file_id is not None:
-        row = session.execute(select(LocalFile).where(LocalFile.file_id == file_id)).scalars().first()  # type: ignore[arg-type]
+        row = (
+            session.execute(select(LocalFile).where(col(LocalFile.file_id) == file_id))
+            .scalars()
+            .first()
+        )
     if row is None:
         row = (
             session.execute(
-                select(LocalFile).where(LocalFile.sha256 == sha256.upper(), LocalFile.file_id.is_(None))  # type: ignore[arg-type,union-attr]
+                select(LocalFile).where(
+                    col(LocalFile.sha256) == sha256.upper(), col(LocalFile.file_id).is_(None)
+                )
             )
             .scalars()
             .first()

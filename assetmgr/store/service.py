@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from assetmgr.errors import AssetMgrError, NotInCatalogError, StoreError
 from assetmgr.store import records
@@ -113,34 +114,55 @@ class StoreService:
         with Session(self.engine) as session, session.begin():
             if not self.store.has(target.expected_sha256 or "0" * 64):
                 records.set_local_state(
-                    session, file_id=target.file_id, sha256=target.expected_sha256 or "0" * 64,
-                    state="downloading", path=None,
+                    session,
+                    file_id=target.file_id,
+                    sha256=target.expected_sha256 or "0" * 64,
+                    state="downloading",
+                    path=None,
                 )
         try:
             result = self.downloader.pull(
-                target, allow_pickle=allow_pickle, progress=progress, cancel=cancel,
+                target,
+                allow_pickle=allow_pickle,
+                progress=progress,
+                cancel=cancel,
                 validate=validate_for(target),
             )
         except HashMismatchError:
             with Session(self.engine) as session, session.begin():
                 records.set_local_state(
-                    session, file_id=target.file_id, sha256=target.expected_sha256,
-                    state="quarantined", path=None,
+                    session,
+                    file_id=target.file_id,
+                    sha256=target.expected_sha256,
+                    state="quarantined",
+                    path=None,
                 )
             raise
         except StoreError as exc:
             if getattr(exc, "title", "") != "Download cancelled":
                 with Session(self.engine) as session, session.begin():
-                    row = session.execute(
-                        select(LocalFile).where(LocalFile.file_id == target.file_id)  # type: ignore[arg-type]
-                    ).scalars().first()
-                    if row is not None and row.state == "downloading" and exc.title != "Download incomplete":
+                    row = (
+                        session.execute(
+                            select(LocalFile).where(col(LocalFile.file_id) == target.file_id)
+                        )
+                        .scalars()
+                        .first()
+                    )
+                    if (
+                        row is not None
+                        and row.state == "downloading"
+                        and exc.title != "Download incomplete"
+                    ):
                         session.delete(row)
             raise
         with Session(self.engine) as session, session.begin():
             records.set_local_state(
-                session, file_id=target.file_id, sha256=result.sha256, state="verified",
-                path=result.blob_path, hashes=result.hashes,
+                session,
+                file_id=target.file_id,
+                sha256=result.sha256,
+                state="verified",
+                path=result.blob_path,
+                hashes=result.hashes,
             )
         return result
 
@@ -158,8 +180,13 @@ class StoreService:
         def one(req: tuple[int, int | None]) -> PullOutcome:
             version_id, file_id = req
             try:
-                res = self.pull(version_id, file_id=file_id, allow_pickle=allow_pickle,
-                                progress=progress, cancel=cancel)
+                res = self.pull(
+                    version_id,
+                    file_id=file_id,
+                    allow_pickle=allow_pickle,
+                    progress=progress,
+                    cancel=cancel,
+                )
                 return PullOutcome(version_id, res.file_id, result=res)
             except AssetMgrError as exc:
                 return PullOutcome(version_id, file_id, error=exc)
@@ -211,17 +238,34 @@ def verify_store(
         if hashes.sha256.upper() == name:
             report.ok += 1
             continue
-        record = store.quarantine(path, got_sha256=hashes.sha256, reason="verify: content changed",
-                                  details={"expected_sha256": name})
-        store.record_provenance({"event": "verify", "result": "quarantined", "expected": {"SHA256": name},
-                                 "computed": hashes.as_civitai_dict(), "path": str(record.path)})
-        report.corrupt.append({"sha256": name, "got": hashes.sha256, "quarantined_to": str(record.path)})
+        record = store.quarantine(
+            path,
+            got_sha256=hashes.sha256,
+            reason="verify: content changed",
+            details={"expected_sha256": name},
+        )
+        store.record_provenance(
+            {
+                "event": "verify",
+                "result": "quarantined",
+                "expected": {"SHA256": name},
+                "computed": hashes.as_civitai_dict(),
+                "path": str(record.path),
+            }
+        )
+        report.corrupt.append(
+            {"sha256": name, "got": hashes.sha256, "quarantined_to": str(record.path)}
+        )
         with Session(engine) as session, session.begin():
-            for row in session.execute(select(LocalFile).where(LocalFile.sha256 == name)).scalars():  # type: ignore[arg-type]
+            for row in session.execute(
+                select(LocalFile).where(col(LocalFile.sha256) == name)
+            ).scalars():
                 row.state = "quarantined"
                 row.path = None
     with Session(engine) as session, session.begin():
-        for row in session.execute(select(LocalFile).where(LocalFile.state == "verified")).scalars():  # type: ignore[arg-type]
+        for row in session.execute(
+            select(LocalFile).where(col(LocalFile.state) == "verified")
+        ).scalars():
             if row.sha256 and not store.has(row.sha256):
                 row.state = "missing"
                 report.missing.append({"sha256": row.sha256, "file_id": row.file_id})
@@ -240,17 +284,154 @@ def local_path(engine: Engine, store: BlobStore, ref: str) -> Path:
         else:
             sha = text.upper()
             if len(sha) != 64:
-                raise NotInCatalogError(f"{ref!r} is neither a version id nor a SHA256",
-                                        hint="Pass a version id or a full 64-hex SHA256.")
-        row = session.execute(
-            select(LocalFile).where(LocalFile.sha256 == sha, LocalFile.state == "verified")  # type: ignore[arg-type]
-        ).scalars().first()
+                raise NotInCatalogError(
+                    f"{ref!r} is neither a version id nor a SHA256",
+                    hint="Pass a version id or a full 64-hex SHA256.",
+                )
+        row = (
+            session.execute(
+                select(LocalFile).where(
+                    col(LocalFile.sha256) == sha, col(LocalFile.state) == "verified"
+                )
+            )
+            .scalars()
+            .first()
+        )
     if row is None or not store.has(sha):
-        raise NotInCatalogError(f"no verified local file for {ref}",
-                                hint=f"Run `assetmgr pull {ref}` first." if text.isdigit() else "Pull or import it first.")
+        raise NotInCatalogError(
+            f"no verified local file for {ref}",
+            hint=f"Run `assetmgr pull {ref}` first."
+            if text.isdigit()
+            else "Pull or import it first.",
+        )
     return store.blob_path(sha)
 
 
 def files_for_version(session: Session, version_id: int) -> list[ModelFile]:
     version = session.get(ModelVersion, version_id)
     return list(version.files) if version else []
+
+
+# --- delete: plan first, then execute (the TUI confirms the plan) ----------------------------
+
+_LOCAL = LocalFile.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class DeletePlan:
+    """What deleting one local file would remove; nothing happens until `execute`.
+
+    The blob goes only when no other `LocalFile` row and no other name link uses it: two
+    catalog files with the same bytes share one blob.
+    """
+
+    local_id: int
+    file_id: int | None
+    sha256: str | None
+    links: tuple[Path, ...]
+    blob_path: Path | None
+    """The blob to remove, or None when it stays (shared, or not in the store)."""
+    shared_with: tuple[int, ...]
+    """Ids of the other `LocalFile` rows that keep the blob alive."""
+    expected_freed_bytes: int
+
+    def execute(self, engine: Engine, store: BlobStore) -> int:
+        """Remove the links, the row and (if planned) the blob; returns the bytes freed."""
+        for link in self.links:
+            if link.is_symlink():
+                link.unlink()
+        with Session(engine) as session, session.begin():
+            row = session.get(LocalFile, self.local_id)
+            if row is not None:
+                session.delete(row)
+        freed = 0
+        if self.blob_path is not None and self.sha256 is not None:
+            # Re-check under the final state: a pull may have reused the blob meanwhile.
+            with Session(engine) as session:
+                still_used = session.execute(
+                    select(_LOCAL.c.id).where(_LOCAL.c.sha256 == self.sha256)
+                ).first()
+            unused = still_used is None and not _links_to(store, self.blob_path)
+            if unused and self.blob_path.exists():
+                freed = self.blob_path.stat().st_size
+                self.blob_path.unlink()
+        store.record_provenance(
+            {
+                "event": "delete",
+                "file_id": self.file_id,
+                "sha256": self.sha256,
+                "links": [str(p) for p in self.links],
+                "blob_removed": freed > 0,
+            }
+        )
+        return freed
+
+
+def _links_to(store: BlobStore, blob: Path, *, skip: Sequence[Path] = ()) -> list[Path]:
+    """Name links under ``names/`` that resolve to `blob`."""
+    if not store.names_dir.exists():
+        return []
+    target = blob.resolve()
+    found = []
+    for link in store.names_dir.rglob("*"):
+        if link in skip or not link.is_symlink():
+            continue
+        try:
+            if link.resolve() == target:
+                found.append(link)
+        except OSError:
+            continue
+    return found
+
+
+def plan_delete(
+    engine: Engine, store: BlobStore, *, file_id: int | None = None, local_id: int | None = None
+) -> DeletePlan:
+    """Plan removing the local copy of a catalog file (`file_id`) or a `LocalFile` row."""
+    if (file_id is None) == (local_id is None):
+        raise ValueError("pass exactly one of file_id and local_id")
+    with Session(engine) as session:
+        if local_id is not None:
+            row = session.get(LocalFile, local_id)
+        else:
+            row = (
+                session.execute(select(LocalFile).where(col(LocalFile.file_id) == file_id))
+                .scalars()
+                .first()
+            )
+        if row is None or row.id is None:
+            raise NotInCatalogError(
+                f"no local file for {'file ' + str(file_id) if file_id is not None else local_id}",
+                hint="Nothing to delete: the file is not in the store.",
+            )
+        sha = (row.sha256 or "").upper() or None
+        others: tuple[int, ...] = ()
+        if sha is not None:
+            others = tuple(
+                int(i)
+                for i in session.execute(
+                    select(_LOCAL.c.id).where(_LOCAL.c.sha256 == sha, _LOCAL.c.id != row.id)
+                ).scalars()
+            )
+        own = (row.id, row.file_id)
+    links: list[Path] = []
+    blob: Path | None = None
+    if sha is not None and len(sha) == 64:
+        blob = store.blob_path(sha)
+        all_links = _links_to(store, blob)
+        # Link names start with the catalog file id (`download.link_name_for`).
+        prefix = f"{own[1]}-" if own[1] is not None else None
+        links = [p for p in all_links if prefix is not None and p.name.startswith(prefix)]
+        foreign = [p for p in all_links if p not in links]
+        if others or foreign or not blob.exists():
+            blob = None
+    freed = blob.stat().st_size if blob is not None else 0
+    return DeletePlan(
+        local_id=own[0],
+        file_id=own[1],
+        sha256=sha,
+        links=tuple(links),
+        blob_path=blob,
+        shared_with=others,
+        expected_freed_bytes=freed,
+    )

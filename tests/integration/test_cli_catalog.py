@@ -22,7 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def assetmgr(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "assetmgr", *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, **kw,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"assetmgr {args} failed ({result.returncode}):\n{result.stderr}")
@@ -52,7 +56,9 @@ def test_sync_list_show_lookup_json_contract(fake: FakeCivitai, fake_catalog: Fa
     assert summary["models"] == len(fake_catalog.expected_listing_ids())
     assert summary["errors"] == []
 
-    listed = json.loads(assetmgr("models", "list", "--type", "LORA", "--limit", "500", "--json").stdout)
+    listed = json.loads(
+        assetmgr("models", "list", "--type", "LORA", "--limit", "500", "--json").stdout
+    )
     assert listed and all(m["type"] == "LORA" for m in listed)
     for obj in listed:
         check_model_object(obj)
@@ -64,13 +70,18 @@ def test_sync_list_show_lookup_json_contract(fake: FakeCivitai, fake_catalog: Fa
     assert v["trained_words"] == ["inkwash style", "monochrome brush strokes"]
     assert v["files"][0]["hashes"]["AutoV3"] == "DDC056E1336E"
 
-    for digest in ("ddc056e1336e", "790108F174",
-                   "790108f1746c751f69059aeb091392f14970c1a82454f1462ef124fc7c48d8ca"):
+    for digest in (
+        "ddc056e1336e",
+        "790108F174",
+        "790108f1746c751f69059aeb091392f14970c1a82454f1462ef124fc7c48d8ca",
+    ):
         matches = json.loads(assetmgr("lookup", digest, "--offline", "--json").stdout)
         assert [m["file_id"] for m in matches] == [900305]
 
 
-def test_lookup_falls_back_to_civitai_and_caches(fake: FakeCivitai, fake_catalog: FakeCatalog) -> None:
+def test_lookup_falls_back_to_civitai_and_caches(
+    fake: FakeCivitai, fake_catalog: FakeCatalog
+) -> None:
     file = fake_catalog.files[900305]
     digest = file.hashes["BLAKE3"].lower()
     first = json.loads(assetmgr("lookup", digest, "--api-base", fake.base_url, "--json").stdout)
@@ -109,9 +120,20 @@ def test_sync_killed_with_sigkill_resumes(fake: FakeCivitai, fake_catalog: FakeC
     db = home / "catalog.sqlite3"
     fake.faults.fail_every(1, "delay:0.4", path="/api/v1/models")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "assetmgr", "sync", "--api-base", fake.base_url,
-         "--page-size", "10", "--json"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "assetmgr",
+            "sync",
+            "--api-base",
+            fake.base_url,
+            "--page-size",
+            "10",
+            "--json",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     pages = 0

@@ -34,14 +34,21 @@ def open_version(fake_catalog: FakeCatalog) -> int:
     for m in fake_catalog.models.values():
         if m.mode is None and m.status == "Published" and not m.nsfw:
             for v in m.published_versions:
-                if not v.require_auth and v.usage_control == "Download" and v.early_access_deadline is None:
+                if (
+                    not v.require_auth
+                    and v.usage_control == "Download"
+                    and v.early_access_deadline is None
+                ):
                     return v.id
     raise AssertionError("no open version in the fake catalog")
 
 
 def lora_bytes(size_hint: int = 300_000, seed: float = 1.0) -> bytes:
-    return make_safetensors({"lora_unet_down.weight": [seed, 2.0, 3.0, 4.0]},
-                            metadata={"ss_output_name": "demo"}, filler_bytes=size_hint)
+    return make_safetensors(
+        {"lora_unet_down.weight": [seed, 2.0, 3.0, 4.0]},
+        metadata={"ss_output_name": "demo"},
+        filler_bytes=size_hint,
+    )
 
 
 @pytest.fixture
@@ -59,11 +66,17 @@ def service(engine: Engine, store: BlobStore, client: CivitaiClient) -> StoreSer
 
 def local_row(engine: Engine, file_id: int) -> LocalFile | None:
     with Session(engine) as session:
-        return session.execute(select(LocalFile).where(LocalFile.file_id == file_id)).scalars().first()
+        return (
+            session.execute(select(LocalFile).where(LocalFile.file_id == file_id)).scalars().first()
+        )
 
 
 def test_good_pull_is_verified_read_only_and_recorded(
-    service: StoreService, store: BlobStore, engine: Engine, fake: FakeCivitai, fake_catalog: FakeCatalog
+    service: StoreService,
+    store: BlobStore,
+    engine: Engine,
+    fake: FakeCivitai,
+    fake_catalog: FakeCatalog,
 ) -> None:
     vid = open_version(fake_catalog)
     f = fake_catalog.add_file_bytes(vid, lora_bytes())
@@ -152,7 +165,13 @@ def test_login_required_without_and_with_key_and_key_stays_on_the_api(
 
 @pytest.mark.parametrize(
     "hostile_name",
-    ["../../../../etc/passwd", "/abs/path.safetensors", "a\x1b[31mred\x07.safetensors", "..", "CON.safetensors"],
+    [
+        "../../../../etc/passwd",
+        "/abs/path.safetensors",
+        "a\x1b[31mred\x07.safetensors",
+        "..",
+        "CON.safetensors",
+    ],
 )
 def test_hostile_filenames_stay_inside_the_store(
     service: StoreService, store: BlobStore, fake_catalog: FakeCatalog, hostile_name: str
@@ -172,12 +191,22 @@ def test_pickle_and_flagged_files_are_refused(
     service: StoreService, store: BlobStore, fake_catalog: FakeCatalog
 ) -> None:
     vid = open_version(fake_catalog)
-    fake_catalog.add_file_bytes(vid, b"\x80\x04\x95" + b"\x00" * 64, name="evil.ckpt", format="PickleTensor")
+    fake_catalog.add_file_bytes(
+        vid, b"\x80\x04\x95" + b"\x00" * 64, name="evil.ckpt", format="PickleTensor"
+    )
     with pytest.raises(PolicyRefusedError, match="pickle"):
         service.pull(vid)
-    vid2 = next(v.id for m in fake_catalog.models.values() for v in m.published_versions
-                if v.id != vid and not v.require_auth and m.mode is None and not m.nsfw
-                and v.usage_control == "Download" and v.early_access_deadline is None)
+    vid2 = next(
+        v.id
+        for m in fake_catalog.models.values()
+        for v in m.published_versions
+        if v.id != vid
+        and not v.require_auth
+        and m.mode is None
+        and not m.nsfw
+        and v.usage_control == "Download"
+        and v.early_access_deadline is None
+    )
     f = fake_catalog.add_file_bytes(vid2, lora_bytes())
     f.pickle_scan_result = "Danger"
     fake_catalog.touch()
@@ -220,8 +249,14 @@ def test_verify_catches_a_flipped_byte(
 
 
 def run_cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "assetmgr", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "assetmgr", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
 
 
 def test_cli_pull_killed_with_sigkill_resumes(fake: FakeCivitai, fake_catalog: FakeCatalog) -> None:
@@ -230,8 +265,12 @@ def test_cli_pull_killed_with_sigkill_resumes(fake: FakeCivitai, fake_catalog: F
     f = fake_catalog.add_file_bytes(vid, data)
     fake.storage_faults.throttle(400_000)
     home = Path(os.environ["ASSETMGR_HOME"])
-    proc = subprocess.Popen([sys.executable, "-m", "assetmgr", "pull", str(vid), "--api-base", fake.base_url],
-                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assetmgr", "pull", str(vid), "--api-base", fake.base_url],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     part = home / "store" / "partial" / f"file-{f.id}.part"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < 600_000):
@@ -250,12 +289,16 @@ def test_cli_pull_killed_with_sigkill_resumes(fake: FakeCivitai, fake_catalog: F
     gets = [r for r in fake.storage_requests if r.method == "GET"]
     assert gets[0].headers["range"] == f"bytes={res['resumed_from']}-"
     # models show now reports the local file.
-    shown = json.loads(run_cli("models", "show", str(fake_catalog.versions[vid].model_id), "--json").stdout)
+    shown = json.loads(
+        run_cli("models", "show", str(fake_catalog.versions[vid].model_id), "--json").stdout
+    )
     local = [fl["local"] for v in shown["versions"] for fl in v["files"] if fl["id"] == f.id][0]
     assert local["state"] == "verified" and local["path"] == res["path"]
 
 
-def test_cli_pull_mismatch_exits_non_zero_with_expected_vs_got(fake: FakeCivitai, fake_catalog: FakeCatalog) -> None:
+def test_cli_pull_mismatch_exits_non_zero_with_expected_vs_got(
+    fake: FakeCivitai, fake_catalog: FakeCatalog
+) -> None:
     vid = open_version(fake_catalog)
     from tests.fakeciv import civitai_hashes
 

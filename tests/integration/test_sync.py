@@ -24,8 +24,16 @@ def snapshot(engine: Engine) -> dict[int, Any]:
         for model in session.execute(select(Model)).scalars():
             versions = {}
             for v in model.versions:
-                files = {f.id: (f.name, f.sha256, f.autov2, f.autov3, f.crc32, f.blake3) for f in v.files}
-                versions[v.id] = (v.name, v.base_model, v.state, [w.word for w in v.trained_words], files)
+                files = {
+                    f.id: (f.name, f.sha256, f.autov2, f.autov3, f.crc32, f.blake3) for f in v.files
+                }
+                versions[v.id] = (
+                    v.name,
+                    v.base_model,
+                    v.state,
+                    [w.word for w in v.trained_words],
+                    files,
+                )
             out[model.id] = (model.name, model.type, model.state, sorted(model.tag_names), versions)
     return out
 
@@ -62,8 +70,12 @@ def test_full_sync_lands_every_listed_model(
     engine: Engine, client: CivitaiClient, fake: FakeCivitai, fake_catalog: FakeCatalog
 ) -> None:
     progress: list[int] = []
-    summary = run_sync(engine, client, SyncRequest(filters=ModelFilters(limit=20)),
-                       progress=lambda p: progress.append(p.models))
+    summary = run_sync(
+        engine,
+        client,
+        SyncRequest(filters=ModelFilters(limit=20)),
+        progress=lambda p: progress.append(p.models),
+    )
     expected = fake_catalog.expected_listing_ids(nsfw=False)
     assert summary.models == len(expected)
     assert summary.errors == []
@@ -79,9 +91,15 @@ def test_full_sync_lands_every_listed_model(
     assert n_versions > len(expected)  # models have several versions
     # A fixture version with ordered trigger words survives exactly.
     with Session(engine) as session:
-        words = session.execute(
-            select(TrainedWord.word).where(TrainedWord.version_id == 800205).order_by(TrainedWord.position)
-        ).scalars().all()
+        words = (
+            session.execute(
+                select(TrainedWord.word)
+                .where(TrainedWord.version_id == 800205)
+                .order_by(TrainedWord.position)
+            )
+            .scalars()
+            .all()
+        )
     assert words == ["inkwash style", "monochrome brush strokes"]
 
 
@@ -98,7 +116,10 @@ def test_nsfw_flag_includes_nsfw_models(
     [
         (ModelFilters(types=("LORA",)), lambda m: m.type == "LORA"),
         (ModelFilters(types=("LORA", "Checkpoint")), lambda m: m.type in ("LORA", "Checkpoint")),
-        (ModelFilters(base_models=("Pony",)), lambda m: all(v.base_model == "Pony" for v in m.versions)),
+        (
+            ModelFilters(base_models=("Pony",)),
+            lambda m: all(v.base_model == "Pony" for v in m.versions),
+        ),
         (ModelFilters(tag="style"), lambda m: "style" in m.tag_names),
     ],
     ids=["type", "two-types", "base-model", "tag"],
@@ -136,9 +157,7 @@ def test_sync_by_username_query_and_ids(
         assert session.get(Model, 700101) is not None
 
 
-def test_identical_second_sync_writes_nothing(
-    engine: Engine, client: CivitaiClient
-) -> None:
+def test_identical_second_sync_writes_nothing(engine: Engine, client: CivitaiClient) -> None:
     request = SyncRequest(filters=ModelFilters(limit=25))
     first = run_sync(engine, client, request)
     assert first.models_written == first.models
@@ -202,7 +221,11 @@ def test_cancelled_sync_resumes_from_its_cursor(
 
 
 def test_flaky_server_still_gives_a_complete_catalog(
-    engine: Engine, client: CivitaiClient, fake: FakeCivitai, fake_catalog: FakeCatalog, tmp_path: Any
+    engine: Engine,
+    client: CivitaiClient,
+    fake: FakeCivitai,
+    fake_catalog: FakeCatalog,
+    tmp_path: Any,
 ) -> None:
     from catalog.db import open_catalog
 
@@ -224,14 +247,30 @@ def test_hostile_payloads_never_crash_the_sync(
     ids = sorted(fake_catalog.expected_listing_ids())
     # A model without a usable id or name cannot be stored: reported and skipped.
     broken_identity = {
-        ids[0]: "missing_id", ids[1]: "id_string", ids[2]: "missing_name", ids[18]: "nulls"
+        ids[0]: "missing_id",
+        ids[1]: "id_string",
+        ids[2]: "missing_name",
+        ids[18]: "nulls",
     }
     for mid, kind in broken_identity.items():
         fake_catalog.set_hostile(mid, kind)
-    survivable = ["stats_string", "wrong_types", "files_dict", "images_junk",
-                  "extra_keys", "bad_hashes", "unknown_type", "huge_description", "huge_lists",
-                  "script", "nul", "path_traversal", "version_missing_id", "file_missing_id"]
-    survivors = ids[3:3 + len(survivable)]
+    survivable = [
+        "stats_string",
+        "wrong_types",
+        "files_dict",
+        "images_junk",
+        "extra_keys",
+        "bad_hashes",
+        "unknown_type",
+        "huge_description",
+        "huge_lists",
+        "script",
+        "nul",
+        "path_traversal",
+        "version_missing_id",
+        "file_missing_id",
+    ]
+    survivors = ids[3 : 3 + len(survivable)]
     assert ids[18] not in survivors
     for mid, kind in zip(survivors, survivable, strict=True):
         fake_catalog.set_hostile(mid, kind)

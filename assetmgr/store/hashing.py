@@ -1,0 +1,629 @@
+"""The six Civitai file hashes, computed in one pass over the bytes.
+
+Definitions follow Civitai's scanner (shared/docs/civitai-api.md section 7):
+
+* SHA256: SHA-256 of the whole file.
+* AutoV2: the first 10 hex digits of SHA256.
+* AutoV1: SHA-256 of the 64 KiB at offset 1 MiB, first 8 hex digits; absent for files < 2 MiB.
+* AutoV3: SHA-256 of the bytes after the safetensors header, first 12 hex digits. The first 8 bytes
+  are a u64 little-endian length ``n``; hashing starts at ``8 + n``, or at 8 when ``n >= 16 MiB``.
+  Files shorter than 8 bytes (and headers running past the end) hash the empty input.
+* CRC32: CRC-32 (IEEE, as zlib) of the whole file, the 32-bit value's bytes in little-endian order.
+* BLAKE3: BLAKE3 (32-byte output) of the whole file.
+
+All values are upper-case hex.
+
+Speed: `compute_hashes` maps the file and runs the hashes on worker threads (hashlib, blake3 and
+zlib release the GIL), grouped so each CPU has about the same work. On two cores the whole job takes
+about 1.1x one ``openssl dgst -sha256``. If the optional ``isal`` or ``zlib-ng`` package is
+installed, its CRC-32 (about 4x faster than zlib's) is used.
+
+Mapping a file that another process truncates while it is hashed kills this process with SIGBUS.
+Files of the store are never rewritten in place; pass ``use_mmap=False`` for files that may be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mmap
+import os
+import re
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, cast
+
+import blake3
+
+from assetmgr.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int], None]
+"""Called with the number of bytes hashed so far."""
+
+
+_Crc32Fn = Callable[[bytes | memoryview, int], int]
+
+
+def _pick_crc32() -> _Crc32Fn:
+    # Optional accelerators: same polynomial and result as zlib.crc32, about 4x faster.
+    try:
+        from isal import isal_zlib
+
+        return cast(_Crc32Fn, isal_zlib.crc32)
+    except ImportError:
+        pass
+    try:
+        from zlib_ng import zlib_ng
+
+        return cast(_Crc32Fn, zlib_ng.crc32)
+    except ImportError:
+        pass
+    return zlib.crc32
+
+
+_crc32 = _pick_crc32()
+
+ONE_MIB = 1 << 20
+AUTOV1_OFFSET = ONE_MIB
+AUTOV1_LENGTH = 0x10000
+AUTOV1_MIN_SIZE = 2 * ONE_MIB
+AUTOV3_MAX_HEADER = 16 * ONE_MIB
+
+# Work unit of a worker thread. Small enough that the second hash of a group finds the bytes the
+# first one just pulled into L2, big enough that per-call overhead does not show.
+_SLICE = 256 * 1024
+# Below this, threads cost more than they save.
+_PARALLEL_MIN = 4 * ONE_MIB
+_PROGRESS_INTERVAL_S = 0.05
+
+_HEX_RE = {
+    "sha256": re.compile(r"[0-9A-F]{64}"),
+    "autov1": re.compile(r"[0-9A-F]{8}"),
+    "autov2": re.compile(r"[0-9A-F]{10}"),
+    "autov3": re.compile(r"[0-9A-F]{12}"),
+    "crc32": re.compile(r"[0-9A-F]{8}"),
+    "blake3": re.compile(r"[0-9A-F]{64}"),
+}
+
+
+class HashingCancelled(StoreError):
+    """Hashing stopped because the caller's cancel event was set."""
+
+    title = "Hashing cancelled"
+    hint = "Start it again; nothing was written."
+
+
+class FileChangedError(StoreError):
+    """The file changed size or mtime while it was being hashed."""
+
+    title = "File changed while hashing"
+    hint = "Wait until no other program writes the file, then try again."
+
+
+@dataclass(frozen=True, slots=True)
+class FileHashes:
+    """The Civitai hashes of one file (upper-case hex) and its size in bytes."""
+
+    sha256: str
+    autov1: str | None
+    """None for files smaller than 2 MiB, as Civitai stores none for them."""
+    autov2: str
+    autov3: str
+    crc32: str
+    blake3: str
+    size: int
+
+    def as_civitai_dict(self) -> dict[str, str]:
+        """Hashes keyed by Civitai type name (``SHA256``, ``AutoV1``...); absent ones left out."""
+        out = {
+            "SHA256": self.sha256,
+            "AutoV1": self.autov1,
+            "AutoV2": self.autov2,
+            "AutoV3": self.autov3,
+            "CRC32": self.crc32,
+            "BLAKE3": self.blake3,
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+    def matches(self, value: str) -> bool:
+        """Whether `value` (any case) equals one of the hashes, as Civitai's by-hash lookup does."""
+        wanted = value.strip().upper()
+        return bool(wanted) and wanted in self.as_civitai_dict().values()
+
+    @classmethod
+    def _from_row(cls, row: Sequence[object]) -> FileHashes | None:
+        sha256, autov1, autov3, crc32, blake3_hex, size = row
+        if not (isinstance(sha256, str) and isinstance(autov3, str) and isinstance(crc32, str)):
+            return None
+        if not (isinstance(blake3_hex, str) and isinstance(size, int)):
+            return None
+        if autov1 is not None and not isinstance(autov1, str):
+            return None
+        hashes = cls(sha256, autov1, sha256[:10], autov3, crc32, blake3_hex, size)
+        for field, pattern in _HEX_RE.items():
+            got = getattr(hashes, field)
+            if got is not None and not pattern.fullmatch(got):
+                return None
+        if (autov1 is None) != (size < AUTOV1_MIN_SIZE) or size < 0:
+            return None
+        return hashes
+
+
+class _Lane(Protocol):
+    """One hash fed the byte stream in order; each lane is touched by one thread at a time."""
+
+    def feed(self, data: memoryview) -> None: ...
+
+
+class _Sha256Lane:
+    def __init__(self) -> None:
+        self.h = hashlib.sha256()
+
+    def feed(self, data: memoryview) -> None:
+        self.h.update(data)
+
+
+class _Blake3Lane:
+    def __init__(self) -> None:
+        self.h = blake3.blake3()
+
+    def feed(self, data: memoryview) -> None:
+        self.h.update(data)
+
+
+class _Crc32Lane:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def feed(self, data: memoryview) -> None:
+        self.value = _crc32(data, self.value)
+
+
+class _AutoV1Lane:
+    """Keeps the 64 KiB window at 1 MiB."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self.window = bytearray()
+
+    def feed(self, data: memoryview) -> None:
+        start, end = self.pos, self.pos + len(data)
+        self.pos = end
+        lo, hi = max(start, AUTOV1_OFFSET), min(end, AUTOV1_OFFSET + AUTOV1_LENGTH)
+        if lo < hi:
+            self.window += data[lo - start : hi - start]
+
+
+class _AutoV3Lane:
+    """SHA-256 of everything after the header whose length the first 8 bytes give."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self.head = bytearray()
+        self.skip_to: int | None = None
+        self.h = hashlib.sha256()
+
+    def feed(self, data: memoryview) -> None:
+        start = self.pos
+        self.pos += len(data)
+        if self.skip_to is None:
+            self.head += data[: 8 - len(self.head)]
+            if len(self.head) < 8:
+                return
+            (n,) = struct.unpack("<Q", self.head)
+            self.skip_to = 8 + n if n < AUTOV3_MAX_HEADER else 8
+        lo = self.skip_to - start
+        if lo <= 0:
+            self.h.update(data)
+        elif lo < len(data):
+            self.h.update(data[lo:])
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class Hasher:
+    """Incremental hasher for all six hashes, for bytes that arrive in pieces.
+
+    Feed the bytes in order with `update` (or `update_from_file` for a stretch already on disk, such
+    as the partial file of a resumed download), then call `finalize` once.
+
+    Example:
+        hasher = Hasher()
+        hasher.update_from_file(part_path, length=resume_offset)
+        for chunk in response.iter_bytes():
+            hasher.update(chunk)
+        hashes = hasher.finalize()
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything fed so far (say, when a server restarts a download from byte 0)."""
+        self._sha256 = _Sha256Lane()
+        self._autov1 = _AutoV1Lane()
+        self._autov3 = _AutoV3Lane()
+        self._crc32 = _Crc32Lane()
+        self._blake3 = _Blake3Lane()
+        self._size = 0
+        self._state: str | None = None  # None while open, else why it is closed
+
+    @property
+    def size(self) -> int:
+        """Bytes fed so far."""
+        return self._size
+
+    def _groups(self, threads: int) -> list[list[_Lane]]:
+        # Costs per byte on x86 with SHA-NI: SHA-256 1, BLAKE3 0.5, zlib CRC-32 0.5 (isal 0.1).
+        a: list[_Lane] = [self._sha256, self._autov1, self._crc32]
+        b: list[_Lane] = [self._autov3, self._blake3]
+        if threads <= 1:
+            return [a + b]
+        if threads < 4:
+            return [a, b]
+        return [[self._sha256, self._autov1], [self._autov3], [self._blake3], [self._crc32]]
+
+    def _check_open(self) -> None:
+        if self._state is not None:
+            raise RuntimeError(f"hasher is {self._state}; make a new one")
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed the next bytes. Large inputs are hashed on several threads."""
+        self._check_open()
+        view = memoryview(data).cast("B")
+        if len(view) >= _PARALLEL_MIN and _cpu_count() > 1:
+            self._run(_view_source(view), len(view), None, None)
+        else:
+            for lane in self._groups(1)[0]:
+                lane.feed(view)
+        self._size += len(view)
+
+    def update_from_file(
+        self,
+        file: str | os.PathLike[str] | int,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        use_mmap: bool = True,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        """Feed `length` bytes of `file` (a path or an open descriptor) from `offset` on.
+
+        `length=None` reads to the end of the file. Returns the number of bytes fed. Raises
+        `FileChangedError` if the file ends early or changes while it is read, and
+        `HashingCancelled` once `cancel` is set; the hasher is unusable after either.
+        """
+        self._check_open()
+        with _open_fd(file) as fd:
+            before = os.fstat(fd)
+            end = before.st_size if length is None else offset + length
+            if offset < 0 or end < offset:
+                raise ValueError(f"bad range: offset={offset} length={length}")
+            if end > before.st_size:
+                raise FileChangedError(
+                    f"file holds {before.st_size} bytes, fewer than the {end} to hash"
+                )
+            count = end - offset
+            reported = -1
+            if count:
+                if use_mmap:
+                    with _mapped(fd, end) as view:
+                        reported = self._run(_view_source(view, offset), count, progress, cancel)
+                else:
+                    reported = self._run(_pread_source(fd, offset), count, progress, cancel)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                self._state = "broken (file changed)"
+                raise FileChangedError("the file changed while it was being hashed")
+        self._size += count
+        if progress is not None and reported != count:
+            progress(count)
+        return count
+
+    def _run(
+        self,
+        source: _SourceFactory,
+        count: int,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> int:
+        """Feed `count` bytes from `source` to every lane; returns the last progress reported."""
+        groups = self._groups(_cpu_count() if count >= _PARALLEL_MIN else 1)
+        done = [0] * len(groups)
+        errors: list[BaseException] = []
+        abort = threading.Event()
+        reported = -1
+
+        def work(index: int, lanes: list[_Lane]) -> None:
+            try:
+                read = source()
+                pos = 0
+                while pos < count:
+                    if abort.is_set() or (cancel is not None and cancel.is_set()):
+                        return
+                    piece = read(pos, min(_SLICE, count - pos))
+                    for lane in lanes:
+                        lane.feed(piece)
+                    pos += len(piece)
+                    done[index] = pos
+            except BaseException as exc:  # handed to the calling thread below
+                errors.append(exc)
+                abort.set()
+
+        if len(groups) == 1 and progress is None:
+            work(0, groups[0])
+        else:
+            threads = [
+                threading.Thread(target=work, args=(i, g), name=f"hash-{i}", daemon=True)
+                for i, g in enumerate(groups)
+            ]
+            for t in threads:
+                t.start()
+            try:
+                for t in threads:
+                    while t.is_alive():
+                        t.join(_PROGRESS_INTERVAL_S)
+                        if cancel is not None and cancel.is_set():
+                            abort.set()
+                        if progress is not None and (low := min(done)) != reported:
+                            reported = low
+                            progress(low)
+            except BaseException:
+                # Workers must be gone before the caller unmaps or closes what they read.
+                abort.set()
+                for t in threads:
+                    t.join()
+                self._state = "broken (interrupted)"
+                raise
+        if errors:
+            self._state = "broken (read failed)"
+            raise errors[0]
+        if cancel is not None and cancel.is_set() and min(done) < count:
+            self._state = "cancelled"
+            raise HashingCancelled("hashing cancelled")
+        return reported
+
+    def finalize(self) -> FileHashes:
+        """Finish and return the hashes; the hasher cannot be fed afterwards."""
+        self._check_open()
+        self._state = "finalized"
+        sha256 = self._sha256.h.hexdigest().upper()
+        window = bytes(self._autov1.window)
+        autov1 = None
+        if self._size >= AUTOV1_MIN_SIZE:
+            autov1 = hashlib.sha256(window).hexdigest()[:8].upper()
+        return FileHashes(
+            sha256=sha256,
+            autov1=autov1,
+            autov2=sha256[:10],
+            autov3=self._autov3.h.hexdigest()[:12].upper(),
+            crc32=struct.pack("<I", self._crc32.value & 0xFFFFFFFF).hex().upper(),
+            blake3=self._blake3.h.hexdigest().upper(),
+            size=self._size,
+        )
+
+
+_Reader = Callable[[int, int], memoryview]
+"""read(pos, n): n bytes at position pos of the stretch being hashed."""
+_SourceFactory = Callable[[], _Reader]
+"""Makes one reader per worker thread (pread readers own a buffer each)."""
+
+
+def _view_source(view: memoryview, base: int = 0) -> _SourceFactory:
+    def make() -> _Reader:
+        return lambda pos, n: view[base + pos : base + pos + n]
+
+    return make
+
+
+def _pread_source(fd: int, base: int) -> _SourceFactory:
+    def make() -> _Reader:
+        # Each thread reads into its own small buffer: the copy stays in cache for the hashes.
+        buf = bytearray(_SLICE)
+        whole = memoryview(buf)
+
+        def read(pos: int, n: int) -> memoryview:
+            got = os.preadv(fd, [whole[:n]], base + pos)
+            if got <= 0:
+                raise FileChangedError("the file got shorter while it was being hashed")
+            return whole[:got]
+
+        return read
+
+    return make
+
+
+@contextmanager
+def _open_fd(file: str | os.PathLike[str] | int) -> Iterator[int]:
+    if isinstance(file, int):
+        yield file
+        return
+    fd = os.open(file, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _mapped(fd: int, length: int) -> Iterator[memoryview]:
+    mapping = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+    try:
+        if hasattr(mapping, "madvise"):
+            mapping.madvise(mmap.MADV_SEQUENTIAL)
+        view = memoryview(mapping)
+        try:
+            yield view
+        finally:
+            view.release()
+    finally:
+        try:
+            mapping.close()
+        except BufferError:
+            pass  # a slice is still referenced (say, by a traceback); unmapped once it is freed
+
+
+def _hash_file(
+    path: str | os.PathLike[str],
+    *,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+    use_mmap: bool,
+) -> tuple[FileHashes, os.stat_result]:
+    hasher = Hasher()
+    with _open_fd(path) as fd:
+        st = os.fstat(fd)
+        hasher.update_from_file(fd, use_mmap=use_mmap, progress=progress, cancel=cancel)
+    return hasher.finalize(), st
+
+
+def compute_hashes(
+    path: str | os.PathLike[str],
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    use_mmap: bool = True,
+) -> FileHashes:
+    """All six Civitai hashes of the file at `path`, in one read pass.
+
+    Args:
+        path: The file.
+        progress: Called now and then, from the calling thread, with the bytes hashed so far.
+        cancel: When set, hashing stops within milliseconds and `HashingCancelled` is raised.
+        use_mmap: Map the file (fastest). Pass False for files other programs may truncate
+            meanwhile (see the module docstring); then each worker reads with pread.
+
+    Raises:
+        HashingCancelled: `cancel` was set.
+        FileChangedError: the file changed size or mtime meanwhile.
+        OSError: the file cannot be opened or read.
+    """
+    return _hash_file(path, progress=progress, cancel=cancel, use_mmap=use_mmap)[0]
+
+
+class HashCache:
+    """Remembers hashes by (st_dev, st_ino, st_size, st_mtime_ns) in a small SQLite file.
+
+    Safe to share between threads and processes (each call opens its own connection; SQLite
+    locks). A damaged cache file is replaced, and any cache failure only costs a re-hash.
+    The cache is for lookups and display: integrity checks (``assetmgr verify``) re-hash.
+
+    Files modified within `racy_window_s` of being hashed are not cached: a rewrite in the same
+    mtime tick would keep the key and make the entry stale.
+    """
+
+    FILENAME = "hashes.sqlite3"
+
+    def __init__(self, directory: str | os.PathLike[str], *, racy_window_s: float = 2.0) -> None:
+        self.path = Path(directory) / self.FILENAME
+        self.racy_window_s = racy_window_s
+        self._lock = threading.Lock()
+        self._ready = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+        if not self._ready:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS hashes (dev INTEGER, ino INTEGER, size INTEGER,"
+                " mtime_ns INTEGER, sha256 TEXT, autov1 TEXT, autov3 TEXT, crc32 TEXT,"
+                " blake3 TEXT, PRIMARY KEY (dev, ino))"
+            )
+            self._ready = True
+        return conn
+
+    def get(self, st: os.stat_result) -> FileHashes | None:
+        """The cached hashes for a file with this stat, or None."""
+        if not self.path.exists():
+            return None
+        try:
+            with closing(self._connect()) as conn:
+                row = conn.execute(
+                    "SELECT sha256, autov1, autov3, crc32, blake3, size FROM hashes"
+                    " WHERE dev = ? AND ino = ? AND size = ? AND mtime_ns = ?",
+                    (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+                ).fetchone()
+        except sqlite3.Error as exc:
+            log.warning("hash cache %s unreadable, ignored: %s", self.path, exc)
+            return None
+        return None if row is None else FileHashes._from_row(row)
+
+    def put(self, st: os.stat_result, hashes: FileHashes) -> None:
+        """Remember `hashes` for a file with this stat (skipped for just-modified files)."""
+        if time.time() - st.st_mtime_ns / 1e9 < self.racy_window_s:
+            return
+        row = (
+            st.st_dev,
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            hashes.sha256,
+            hashes.autov1,
+            hashes.autov3,
+            hashes.crc32,
+            hashes.blake3,
+        )
+        for attempt in (1, 2):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self._lock, closing(self._connect()) as conn:
+                    conn.execute("INSERT OR REPLACE INTO hashes VALUES (?,?,?,?,?,?,?,?,?)", row)
+                return
+            except sqlite3.OperationalError as exc:  # locked, read-only, disk full: skip
+                log.warning("hash cache %s not updated: %s", self.path, exc)
+                return
+            except sqlite3.DatabaseError as exc:  # not a database / malformed: start over
+                log.warning("hash cache %s is damaged (%s); recreating it", self.path, exc)
+                self._ready = False
+                if attempt == 1:
+                    self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("hash cache %s not updated: %s", self.path, exc)
+                return
+
+
+def cached_hashes(
+    path: str | os.PathLike[str],
+    cache: HashCache | None,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    use_mmap: bool = True,
+) -> FileHashes:
+    """Like `compute_hashes`, but answered from `cache` when the file has not changed."""
+    if cache is not None:
+        hit = cache.get(os.stat(path))
+        if hit is not None:
+            if progress is not None:
+                progress(hit.size)
+            return hit
+    hashes, st = _hash_file(path, progress=progress, cancel=cancel, use_mmap=use_mmap)
+    if cache is not None:
+        cache.put(st, hashes)
+    return hashes
+
+
+__all__ = [
+    "FileChangedError",
+    "FileHashes",
+    "HashCache",
+    "Hasher",
+    "HashingCancelled",
+    "ProgressCallback",
+    "cached_hashes",
+    "compute_hashes",
+]
