@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
@@ -33,3 +34,15 @@ def seed_demo(engine: Engine) -> dict[str, int]:
     versions = sum(len(m.model_versions) for m in models)
     files = sum(len(v.files) for m in models for v in m.model_versions)
     return {"models": len(models), "versions": versions, "files": files}
+
+
+DEMO_PREVIEWS_DIR = Path(__file__).resolve().parent / "demo_previews"
+
+
+def demo_preview_path(version_id: int) -> Path | None:
+    """The bundled preview PNG of a demo version (``demo_previews/<id>.png``), if there is one.
+
+    Demo image URLs point nowhere, so offline UIs show these instead.
+    """
+    path = DEMO_PREVIEWS_DIR / f"{int(version_id)}.png"
+    return path if path.is_file() else None
