@@ -58,7 +58,15 @@ def test_sandbox_host_side_never_imports_torch_or_ui() -> None:
 def test_worker_never_imports_host_libraries() -> None:
     # Worker modules import torch lazily, inside functions, so this works on any host.
     loaded = _loaded_after_import(_modules("sandbox.worker"))
-    assert not loaded & {"docker", "sqlmodel", "sqlalchemy", "httpx", "textual", "catalog", "assetmgr"}
+    assert not loaded & {
+        "docker",
+        "sqlmodel",
+        "sqlalchemy",
+        "httpx",
+        "textual",
+        "catalog",
+        "assetmgr",
+    }
 
 
 def test_store_and_core_modules_do_not_import_ui() -> None:
