@@ -1,207 +1,165 @@
-"""Update detection: a local model whose newest version in the same base-model family is not local.
-
-A version counts as local when one of its files has a verified `LocalFile`. Versions are
-grouped by base-model family (`base_model_family`) so that a new Pony version is not reported as
-an update of an SDXL file the user has (peers.md: LoRA Manager's per-base grouping). Within a
-family the newest version is the latest ``published_at`` (then ``created_at``), ties going to
-Civitai's order (`position` 0 first). Gone versions are never offered as updates.
-"""
+"""Which local models have a newer version, and which local files are duplicates."""
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sqlmodel import SQLModel
+from sqlmodel import col
 
-import catalog.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from catalog.models import LocalFile, Model, ModelFile, ModelVersion
 
-_VARIANT_WORDS = frozenset({"lightning", "turbo", "hyper", "lcm", "inpainting", "refiner"})
-_SPACES = re.compile(r"\s+")
-_EPOCH = datetime.min.replace(tzinfo=UTC)
-_IN_CHUNK = 500
-
-
-def _table(name: str) -> Table:
-    return SQLModel.metadata.tables[name]
+_FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("sd 1", "SD 1.x"),
+    ("sd 2", "SD 2.x"),
+    ("sdxl", "SDXL"),
+    ("pony", "Pony"),
+    ("illustrious", "Illustrious"),
+    ("noobai", "NoobAI"),
+    ("flux.1", "Flux.1"),
+    ("flux.2", "Flux.2"),
+    ("sd 3", "SD 3.x"),
+)
 
 
 def base_model_family(base_model: str | None) -> str:
-    """The compatibility family of a Civitai base model ("SDXL Lightning" -> "sdxl").
+    """Group base models whose LoRAs and checkpoints are interchangeable (SD 1.4/1.5 → SD 1.x).
 
-    Speed-up variants (Lightning, Turbo, Hyper, LCM) share their base's weights layout; the
-    version number of SD 1.x/2.x and SDXL releases does not split a family.
+    Pony, Illustrious and NoobAI are SDXL architectures but separate families in practice: a
+    Pony LoRA is no update for an SDXL 1.0 LoRA user.
     """
-    if not base_model:
-        return "unknown"
-    words = [w for w in _SPACES.split(base_model.strip().lower()) if w]
-    words = [w for w in words if w not in _VARIANT_WORDS] or words
-    text = " ".join(words)
-    if text.startswith("sdxl"):
-        return "sdxl"
-    match = re.match(r"^sd\s*([12])(\.\d+)?", text)
-    if match:
-        return f"sd{match.group(1)}"
-    if re.match(r"^sd\s*3(\.\d+)?", text):
-        return "sd3"
-    return text
+    text = (base_model or "").strip().lower()
+    for prefix, family in _FAMILY_PREFIXES:
+        if text.startswith(prefix):
+            return family
+    return base_model or "Other"
 
 
 @dataclass(frozen=True)
 class UpdateInfo:
-    """One model with a newer version in a family the user already has locally."""
-
     model_id: int
     model_name: str
     family: str
     local_version_id: int
     local_version_name: str | None
-    latest_version_id: int
-    latest_version_name: str | None
-    latest_base_model: str | None
-    latest_published_at: datetime | None
+    newest_version_id: int
+    newest_version_name: str | None
+    newest_published_at: datetime | None
+
+    @property
+    def latest_version_id(self) -> int:
+        return self.newest_version_id
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "model_name": self.model_name,
+            "base_model_family": self.family,
+            "local_version": {"id": self.local_version_id, "name": self.local_version_name},
+            "newest_version": {
+                "id": self.newest_version_id,
+                "name": self.newest_version_name,
+                "published_at": self.newest_published_at.isoformat()
+                if self.newest_published_at
+                else None,
+            },
+        }
 
 
-@dataclass(frozen=True)
-class _Version:
-    id: int
-    model_id: int
-    name: str | None
-    base_model: str | None
-    published_at: datetime | None
-    created_at: datetime | None
-    position: int
-
-    def newness(self) -> tuple[datetime, int, int]:
-        when = self.published_at or self.created_at or _EPOCH
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return (when, -self.position, self.id)
+def _newness(v: ModelVersion) -> tuple[int, datetime | None, int]:
+    # Civitai's position 0 is the newest; published_at breaks ties for versions from lookups.
+    return (-v.position, v.published_at, v.id)
 
 
-def _local_version_ids(session: Session, model_ids: Collection[int] | None) -> dict[int, int]:
-    """Version id -> model id of every version with a verified local file."""
-    local = _table("local_file")
-    file = _table("model_file")
-    version = _table("model_version")
+def find_updates(session: Session, *, model_ids: Sequence[int] | None = None) -> list[UpdateInfo]:
+    """Local models whose newest version in the same base-model family is not local.
+
+    `model_ids` limits the check to these models (the TUI's detail pane asks for one).
+    """
     query = (
-        select(version.c.id, version.c.model_id)
-        .select_from(
-            local.join(file, file.c.id == local.c.file_id).join(
-                version, version.c.id == file.c.version_id
-            )
-        )
-        .where(local.c.state == "verified")
-        .distinct()
+        select(col(ModelFile.version_id))
+        .join(LocalFile, col(LocalFile.file_id) == col(ModelFile.id))
+        .where(col(LocalFile.state) == "verified")
     )
-    found: dict[int, int] = {}
-    if model_ids is None:
-        for row in session.execute(query):
-            found[int(row[0])] = int(row[1])
-        return found
-    ids = sorted(set(model_ids))
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[start : start + _IN_CHUNK]
-        for row in session.execute(query.where(version.c.model_id.in_(chunk))):
-            found[int(row[0])] = int(row[1])
-    return found
-
-
-def _versions_of(session: Session, model_ids: Collection[int]) -> list[_Version]:
-    version = _table("model_version")
-    ids = sorted(set(model_ids))
-    rows: list[_Version] = []
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[start : start + _IN_CHUNK]
-        query = select(
-            version.c.id,
-            version.c.model_id,
-            version.c.name,
-            version.c.base_model,
-            version.c.published_at,
-            version.c.created_at,
-            version.c.position,
-        ).where(version.c.model_id.in_(chunk))
-        for row in session.execute(query):
-            values: Any = row
-            rows.append(
-                _Version(
-                    id=int(values[0]),
-                    model_id=int(values[1]),
-                    name=values[2],
-                    base_model=values[3],
-                    published_at=values[4],
-                    created_at=values[5],
-                    position=int(values[6] or 0),
+    local_version_ids = set(session.execute(query).scalars())
+    if not local_version_ids:
+        return []
+    local_models = set(
+        session.execute(
+            select(col(ModelVersion.model_id)).where(col(ModelVersion.id).in_(local_version_ids))
+        ).scalars()
+    )
+    if model_ids is not None:
+        local_models &= set(model_ids)
+    updates: list[UpdateInfo] = []
+    for model in session.execute(
+        select(Model).where(col(Model.id).in_(local_models), col(Model.source) == "civitai")
+    ).scalars():
+        by_family: dict[str, list[ModelVersion]] = defaultdict(list)
+        for v in model.versions:
+            if v.state == "active":
+                by_family[base_model_family(v.base_model)].append(v)
+        for family, versions in sorted(by_family.items()):
+            local = [v for v in versions if v.id in local_version_ids]
+            if not local:
+                continue
+            newest = max(versions, key=lambda v: (v.published_at is not None, _newness(v)))
+            if newest.id in local_version_ids:
+                continue
+            mine = max(local, key=lambda v: (v.published_at is not None, _newness(v)))
+            updates.append(
+                UpdateInfo(
+                    model.id,
+                    model.name,
+                    family,
+                    mine.id,
+                    mine.name,
+                    newest.id,
+                    newest.name,
+                    newest.published_at,
                 )
             )
-    return rows
+    return sorted(updates, key=lambda u: (u.model_name.lower(), u.family))
 
 
-def find_updates(session: Session, *, model_ids: Collection[int] | None = None) -> list[UpdateInfo]:
-    """Updates for local models (all of them, or those in `model_ids`), sorted by model name."""
-    local = _local_version_ids(session, model_ids)
-    if not local:
-        return []
-    version = _table("model_version")
-    model = _table("model")
-    gone = {
-        int(i)
-        for i in session.execute(
-            select(version.c.id).where(
-                version.c.model_id.in_(sorted(set(local.values()))), version.c.state == "gone"
-            )
-        ).scalars()
-    }
-    names = {
-        int(row[0]): str(row[1])
-        for row in session.execute(
-            select(model.c.id, model.c.name).where(model.c.id.in_(sorted(set(local.values()))))
-        )
-    }
-    by_family: dict[tuple[int, str], list[_Version]] = defaultdict(list)
-    for v in _versions_of(session, set(local.values())):
-        by_family[(v.model_id, base_model_family(v.base_model))].append(v)
-    updates: list[UpdateInfo] = []
-    for (model_id, family), versions in by_family.items():
-        mine = [v for v in versions if v.id in local]
-        if not mine:
-            continue
-        offered = [v for v in versions if v.id not in gone]
-        if not offered:
-            continue
-        newest = max(offered, key=_Version.newness)
-        if newest.id in local:
-            continue
-        have = max(mine, key=_Version.newness)
-        updates.append(
-            UpdateInfo(
-                model_id=model_id,
-                model_name=names.get(model_id, str(model_id)),
-                family=family,
-                local_version_id=have.id,
-                local_version_name=have.name,
-                latest_version_id=newest.id,
-                latest_version_name=newest.name,
-                latest_base_model=newest.base_model,
-                latest_published_at=newest.published_at,
-            )
-        )
-    updates.sort(key=lambda u: (u.model_name.lower(), u.model_id, u.family))
-    return updates
+def find_duplicates(session: Session) -> dict[str, list[dict[str, Any]]]:
+    """Local files grouped by SHA256 (same bytes) and by AutoV3 (same tensors, other header).
 
-
-def models_with_updates(session: Session, model_ids: Collection[int]) -> set[int]:
-    """The subset of `model_ids` that has an update (cheap for a page of a listing)."""
-    if not model_ids:
-        return set()
-    return {u.model_id for u in find_updates(session, model_ids=model_ids)}
-
-
-__all__ = ["UpdateInfo", "base_model_family", "find_updates", "models_with_updates"]
+    Only groups with more than one member are returned; an AutoV3 group lists files whose
+    SHA256 differ (identical bytes are already a SHA256 group).
+    """
+    rows = session.execute(
+        select(LocalFile, ModelFile, ModelVersion, Model)
+        .join(ModelFile, col(ModelFile.id) == col(LocalFile.file_id), isouter=True)
+        .join(ModelVersion, col(ModelVersion.id) == col(ModelFile.version_id), isouter=True)
+        .join(Model, col(Model.id) == col(ModelVersion.model_id), isouter=True)
+        .where(col(LocalFile.state) == "verified")
+    ).all()
+    by_sha: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_v3: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for local, file, version, model in rows:
+        entry = {
+            "file_id": local.file_id,
+            "file_name": file.name if file else None,
+            "model_id": model.id if model else None,
+            "model_name": model.name if model else None,
+            "version_id": version.id if version else None,
+            "sha256": local.sha256,
+            "autov3": local.autov3,
+            "path": local.path,
+        }
+        if local.sha256:
+            by_sha[local.sha256].append(entry)
+        if local.autov3:
+            by_v3[local.autov3].append(entry)
+    sha_groups = [{"sha256": k, "files": v} for k, v in sorted(by_sha.items()) if len(v) > 1]
+    v3_groups = []
+    for key, members in sorted(by_v3.items()):
+        if len({m["sha256"] for m in members}) > 1:
+            v3_groups.append({"autov3": key, "files": members})
+    return {"by_sha256": sha_groups, "by_autov3": v3_groups}

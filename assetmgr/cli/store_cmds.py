@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -16,6 +17,10 @@ def register(app: typer.Typer) -> None:
     app.command("pull")(pull)
     app.command("verify")(verify)
     app.command("path")(path)
+    app.command("import")(import_cmd)
+    app.command("export")(export_cmd)
+    app.command("updates")(updates)
+    app.command("duplicates")(duplicates)
 
 
 def _store() -> Any:
@@ -210,3 +215,125 @@ def path(
 
     engine = open_engine(Settings.load())
     sys.stdout.write(f"{local_path(engine, _store(), ref)}\n")
+
+
+def import_cmd(
+    folder: Path = typer.Argument(..., help="An A1111 or ComfyUI models folder."),
+    copy: bool = typer.Option(False, "--copy", help="Copy files instead of hardlinking."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also store pickle files."),
+    offline: bool = typer.Option(False, "--offline", help="Do not ask Civitai; use sidecars."),
+    api_base: str | None = typer.Option(None, "--api-base", help="API root."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Hash a models folder, identify its files on Civitai and add them (never modifies them)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from assetmgr.cli.progress import stderr_console
+    from assetmgr.context import make_client, open_engine
+    from assetmgr.store.importer import import_folder
+
+    settings = Settings.load(api_base=api_base)
+    engine = open_engine(settings)
+    client = None if offline else make_client(settings)
+    try:
+        with Progress(
+            TextColumn("import"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[name]}"),
+            console=stderr_console,
+            disable=as_json or not sys.stderr.isatty(),
+        ) as bars:
+            task = bars.add_task("import", total=None, name="")
+
+            def on_progress(done: int, total: int, name: str) -> None:
+                bars.update(task, completed=done, total=total, name=Path(name).name[:40])
+
+            report = import_folder(
+                engine,
+                _store(),
+                client,
+                folder.expanduser(),
+                mode="copy" if copy else "auto",
+                allow_pickle=allow_pickle,
+                progress=on_progress,
+            )
+    finally:
+        if client is not None:
+            client.close()
+    data = report.as_json()
+    if as_json:
+        print_json(data)
+    else:
+        sys.stderr.write(
+            f"imported {len(report.imported)} of {report.scanned} files "
+            f"({data['civitai']} known to Civitai, {data['local']} local)\n"
+        )
+        for s in report.skipped:
+            sys.stderr.write(f"skipped {s['path']}: {s['reason']}\n")
+
+
+def export_cmd(
+    dest: Path = typer.Argument(..., help="Folder to write the layout into."),
+    layout: str = typer.Option(..., "--layout", help="a1111 or comfyui."),
+    hardlink: bool = typer.Option(False, "--hardlink", help="Hard links instead of symlinks."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Write the store as an A1111 or ComfyUI models folder (links plus sidecars)."""
+    from assetmgr.context import open_engine
+    from assetmgr.store.exporter import export_library
+
+    engine = open_engine(Settings.load())
+    report = export_library(engine, _store(), dest.expanduser(), layout=layout, hardlink=hardlink)
+    if as_json:
+        print_json({"written": report.written, "skipped": report.skipped})
+    else:
+        sys.stderr.write(f"exported {len(report.written)} files to {dest}\n")
+
+
+def updates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Models whose newest version (same base-model family) is not in the store."""
+    from assetmgr.context import open_engine
+    from catalog.db import session_scope
+    from catalog.updates import find_updates
+
+    with session_scope(open_engine(Settings.load())) as session:
+        found = [u.as_json() for u in find_updates(session)]
+    if as_json:
+        print_json(found)
+        return
+    for u in found:
+        sys.stdout.write(
+            f"{u['model_name']} [{u['base_model_family']}]: have {u['local_version']['name']}"
+            f" (#{u['local_version']['id']}), newest {u['newest_version']['name']}"
+            f" (#{u['newest_version']['id']}) -> assetmgr pull {u['newest_version']['id']}\n"
+        )
+    if not found:
+        sys.stderr.write("everything local is up to date\n")
+
+
+def duplicates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Local files with the same bytes (SHA256) or the same tensors (AutoV3)."""
+    from assetmgr.context import open_engine
+    from catalog.db import session_scope
+    from catalog.updates import find_duplicates
+
+    with session_scope(open_engine(Settings.load())) as session:
+        groups = find_duplicates(session)
+    if as_json:
+        print_json(groups)
+        return
+    for g in groups["by_sha256"]:
+        sys.stdout.write(
+            f"same bytes {g['sha256'][:16]}…: "
+            + ", ".join(str(f["file_name"]) for f in g["files"])
+            + "\n"
+        )
+    for g in groups["by_autov3"]:
+        sys.stdout.write(
+            f"same tensors {g['autov3']}: "
+            + ", ".join(str(f["file_name"]) for f in g["files"])
+            + "\n"
+        )
+    if not groups["by_sha256"] and not groups["by_autov3"]:
+        sys.stderr.write("no duplicates\n")

@@ -200,6 +200,7 @@ class BlobStore:
         if dest.exists():
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
+        source = source.resolve()
         if mode in ("auto", "hardlink"):
             try:
                 os.link(source, dest)

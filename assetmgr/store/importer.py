@@ -84,8 +84,12 @@ class ImportReport:
 
 
 def local_id(sha256: str) -> int:
-    """A stable negative id for a local-only model/version/file (re-imports reuse it)."""
-    return -(int(sha256[:12], 16) % (2**47) + 1)
+    """A stable negative id for a local-only model/version/file (re-imports reuse it).
+
+    It fits a 32-bit INTEGER column (PostgreSQL); `_add_local_model` probes downwards on the
+    rare collision with another file's id.
+    """
+    return -(int(sha256[:8], 16) % (2**31 - 1) + 1)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -93,7 +97,9 @@ def _walk(folder: Path) -> Iterator[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = Path(root) / name
-            if path.suffix.lower() in MODEL_SUFFIXES and path.is_file() and not path.is_symlink():
+            # Symlinked files are read through (a library of links is common); symlinked
+            # folders are not walked, so a link loop or a link to / cannot run away.
+            if path.suffix.lower() in MODEL_SUFFIXES and path.is_file():
                 yield path
 
 
@@ -333,10 +339,14 @@ def _add_local_model(session: Session, c: _Candidate, now: datetime) -> tuple[in
     """Catalog a file Civitai does not know, named after the file; ids are stable per hash."""
     sha = c.hashes.sha256.upper()
     new_id = local_id(sha)
-    existing = session.get(ModelFile, new_id)
-    if existing is not None:
-        version = existing.version
-        return existing.id, version.id, version.model_id
+    while True:
+        existing = session.get(ModelFile, new_id)
+        if existing is None:
+            break
+        if (existing.sha256 or "").upper() == sha:
+            version = existing.version
+            return existing.id, version.id, version.model_id
+        new_id = new_id - 1 if new_id > -(2**31) else -1
     model_type, base_model = c.detected
     words: list[str] = []
     if c.a1111 and isinstance(c.a1111.get("activation text"), str):
