@@ -1,0 +1,119 @@
+"""Errors of the sandbox host side, all under `assetmgr.errors.SandboxError`.
+
+    SandboxError                   (assetmgr.errors)
+    ├── EngineUnavailableError     the Docker engine cannot be reached
+    ├── ImageError                 building, importing or verifying the pinned image failed
+    │   ├── ImageMismatchError     the engine's image no longer matches the recorded one
+    │   └── BuildCancelledError    the caller cancelled the build
+    ├── HostConfigError            a container's HostConfig is not the hardened one (static check)
+    └── JobError                   a job ran but did not produce an acceptable result
+        ├── JobTimeoutError        killed at its wall-clock limit
+        ├── JobCancelledError      cancelled by the caller
+        ├── JobFailedError         the worker exited non-zero, was OOM-killed or sent no result
+        ├── WorkerProtocolError    the worker's stdout broke the protocol (flood, forged result)
+        └── HostileOutputError     the output archive held something outside the allowlist
+
+Only the host side imports this module (it needs `assetmgr.errors`); the worker reports errors
+as protocol messages instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from assetmgr.errors import SandboxError
+
+
+class EngineUnavailableError(SandboxError):
+    title = "Docker engine unavailable"
+    hint = "Start the Docker engine (or set DOCKER_HOST) and check `docker info` works."
+
+
+class ImageError(SandboxError):
+    title = "Sandbox image error"
+    hint = "Run `assetmgr sandbox build` to build the pinned image."
+
+
+class ImageMismatchError(ImageError):
+    title = "Sandbox image changed"
+    hint = (
+        "The engine's image no longer matches the recorded build; "
+        "run `assetmgr sandbox build` to rebuild and re-record it."
+    )
+
+
+class BuildCancelledError(ImageError):
+    title = "Sandbox build cancelled"
+    hint = "Run `assetmgr sandbox build` again; finished steps are cached."
+
+
+class HostConfigError(SandboxError):
+    title = "Unsafe container configuration"
+    hint = "This is a bug in assetmgr's sandbox runner; please report it."
+
+    def __init__(self, violations: Sequence[str]) -> None:
+        super().__init__("container HostConfig failed the static checks: " + "; ".join(violations))
+        self.violations = list(violations)
+
+
+class JobError(SandboxError):
+    title = "Sandbox job failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str,
+        container_exit_code: int | None = None,
+        oom_killed: bool = False,
+        log_tail: Sequence[str] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.job_id = job_id
+        self.container_exit_code = container_exit_code
+        self.oom_killed = oom_killed
+        self.log_tail = list(log_tail)
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    title = "Sandbox job timed out"
+    hint = "Raise the job's time limit, or check the log tail for where it hung."
+
+
+class JobCancelledError(JobError):
+    title = "Sandbox job cancelled"
+
+
+class JobFailedError(JobError):
+    hint = "See the worker's log tail; an OOM kill means the memory limit is too low."
+
+
+class WorkerProtocolError(JobError):
+    title = "Sandbox protocol violation"
+    hint = "The worker (or a plugin inside it) misbehaved; its output was discarded."
+
+
+class HostileOutputError(JobError):
+    title = "Sandbox output rejected"
+    hint = "The job wrote files outside the allowlist; none of its outputs were kept."
+
+    def __init__(self, message: str, *, job_id: str, rejected: Sequence[tuple[str, str]]) -> None:
+        super().__init__(message, job_id=job_id)
+        self.rejected = list(rejected)
+
+
+__all__ = [
+    "BuildCancelledError",
+    "EngineUnavailableError",
+    "HostConfigError",
+    "HostileOutputError",
+    "ImageError",
+    "ImageMismatchError",
+    "JobCancelledError",
+    "JobError",
+    "JobFailedError",
+    "JobTimeoutError",
+    "SandboxError",
+    "WorkerProtocolError",
+]

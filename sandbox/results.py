@@ -1,0 +1,214 @@
+"""Host side: turn the worker's output archive into trusted files, or refuse it.
+
+Everything in the archive is hostile. We read at most `OutputLimits.max_archive_bytes` from the
+engine, parse it as an *uncompressed* tar, and accept only:
+
+- the directory ``out`` itself,
+- regular files named ``out/<name>.png`` (see `sandbox.protocol.OUTPUT_PNG_RE`), each re-decoded
+  with Pillow under a pixel cap (checked on the header, before any pixel is decoded) and
+  re-encoded from raw pixels, so no chunk, metadata or trailing bytes of the original survive,
+- ``out/result.json``: a JSON object, size-capped, re-serialised.
+
+Links, devices, traversal, absolute names, duplicates, unknown names and oversize members are
+rejected; `tarfile.data_filter` (PEP 706) runs on every member as a second opinion. Any
+rejection rejects the whole archive and nothing is left in the destination.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import uuid
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from PIL import Image
+
+from sandbox.protocol import OUTPUT_PNG_RE, OUTPUT_RESULT_JSON
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    max_archive_bytes: int = 300 * MiB
+    max_members: int = 64
+    max_file_bytes: int = 64 * MiB
+    max_pixels: int = 4096 * 4096
+    max_side: int = 16384
+    max_json_bytes: int = 1 * MiB
+
+
+@dataclass
+class Outputs:
+    images: list[Path] = field(default_factory=list)
+    result_json: dict[str, Any] | None = None
+    result_json_path: Path | None = None
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+class ArchiveTooLargeError(ValueError):
+    pass
+
+
+def spool_bounded(chunks: Iterable[bytes], max_bytes: int) -> IO[bytes]:
+    """Copy a chunk stream into a temp file, refusing more than `max_bytes`."""
+    spool = tempfile.SpooledTemporaryFile(max_size=8 * MiB)
+    total = 0
+    try:
+        for chunk in chunks:
+            total += len(chunk)
+            if total > max_bytes:
+                raise ArchiveTooLargeError(f"output archive exceeds {max_bytes} bytes")
+            spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
+
+
+def _reencode_png(data: bytes, limits: OutputLimits) -> bytes:
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ValueError("not a PNG file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+            width, height = im.size
+            if width <= 0 or height <= 0 or width > limits.max_side or height > limits.max_side:
+                raise ValueError(f"bad image size {width}x{height}")
+            if width * height > limits.max_pixels:
+                raise ValueError(f"{width}x{height} exceeds {limits.max_pixels} pixels")
+            im.load()
+            mode = im.mode if im.mode in ("RGB", "RGBA", "L", "LA") else "RGBA"
+            pixels = im.convert(mode) if mode != im.mode else im
+            clean = Image.frombytes(mode, pixels.size, pixels.tobytes())
+    out = io.BytesIO()
+    clean.save(out, format="PNG", optimize=False)
+    return out.getvalue()
+
+
+def _parse_result_json(data: bytes) -> dict[str, Any]:
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    obj = json.loads(data.decode("utf-8"), parse_constant=no_constants)
+    if not isinstance(obj, dict):
+        raise ValueError("result.json is not a JSON object")
+    return obj
+
+
+def _member_problem(member: tarfile.TarInfo, staging: Path, seen: set[str]) -> str | None:
+    name = member.name.rstrip("/")
+    try:
+        tarfile.data_filter(member, str(staging))
+    except tarfile.FilterError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if member.issym() or member.islnk():
+        return "links are not allowed"
+    if name in seen:
+        return "duplicate member"
+    if member.isdir():
+        return None if name == "out" else "unexpected directory"
+    if not member.isfile():
+        return "not a regular file"
+    if name != OUTPUT_RESULT_JSON and not OUTPUT_PNG_RE.match(name):
+        return "name not in the output allowlist"
+    return None
+
+
+def extract_outputs(archive: IO[bytes], dest: Path, limits: OutputLimits | None = None) -> Outputs:
+    """Validate the archive read from ``/job/out`` and write clean copies into `dest`.
+
+    Returns the accepted files, or an `Outputs` whose `rejected` lists (member, reason); in that
+    case nothing is written to `dest`.
+    """
+    limits = limits or OutputLimits()
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".sandbox-out-", dir=dest))
+    outputs = Outputs()
+    kept: list[tuple[Path, str]] = []
+    try:
+        try:
+            tar = tarfile.open(fileobj=archive, mode="r:")  # plain tar only: no decompression
+        except tarfile.TarError as exc:
+            outputs.rejected.append(("<archive>", f"not a tar archive: {exc}"))
+            return outputs
+        with tar:
+            seen: set[str] = set()
+            total = 0
+            count = 0
+            while True:
+                try:
+                    member = tar.next()
+                except tarfile.TarError as exc:
+                    outputs.rejected.append(("<archive>", f"corrupt archive: {exc}"))
+                    break
+                if member is None:
+                    break
+                count += 1
+                if count > limits.max_members:
+                    outputs.rejected.append(
+                        ("<archive>", f"more than {limits.max_members} members")
+                    )
+                    break
+                name = member.name.rstrip("/")
+                problem = _member_problem(member, staging, seen)
+                seen.add(name)
+                if problem is None and member.isfile():
+                    total += member.size
+                    if member.size > limits.max_file_bytes:
+                        problem = f"larger than {limits.max_file_bytes} bytes"
+                    elif total > limits.max_archive_bytes:
+                        problem = "outputs too large in total"
+                if problem is not None:
+                    outputs.rejected.append((name, problem))
+                    continue
+                if member.isdir():
+                    continue
+                fileobj = tar.extractfile(member)
+                if fileobj is None:
+                    outputs.rejected.append((name, "unreadable member"))
+                    continue
+                data = fileobj.read(limits.max_file_bytes + 1)
+                try:
+                    if name == OUTPUT_RESULT_JSON:
+                        if len(data) > limits.max_json_bytes:
+                            raise ValueError(f"larger than {limits.max_json_bytes} bytes")
+                        parsed = _parse_result_json(data)
+                        clean = json.dumps(parsed, ensure_ascii=True, sort_keys=True).encode()
+                        outputs.result_json = parsed
+                    else:
+                        clean = _reencode_png(data, limits)
+                except Exception as exc:  # any decoder failure is a rejection
+                    outputs.rejected.append((name, f"{type(exc).__name__}: {exc}"))
+                    continue
+                base = name.split("/", 1)[1]
+                tmp = staging / f"{uuid.uuid4().hex}.tmp"
+                tmp.write_bytes(clean)
+                kept.append((tmp, base))
+        if outputs.rejected:
+            outputs.result_json = None
+            return outputs
+        for tmp, base in kept:
+            final = dest / base
+            os.replace(tmp, final)
+            if base == OUTPUT_RESULT_JSON.split("/", 1)[1]:
+                outputs.result_json_path = final
+            else:
+                outputs.images.append(final)
+        outputs.images.sort()
+        return outputs
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+__all__ = ["ArchiveTooLargeError", "OutputLimits", "Outputs", "extract_outputs", "spool_bounded"]

@@ -1,0 +1,839 @@
+"""Host side: run one job in a fresh, hardened, network-less container (docker-py).
+
+`run_job` is the entry point. Per job it:
+
+1. checks the pinned image against its record (`verify_image`),
+2. creates a fresh tmpfs-backed volume for ``/job`` and a container from the image *id*
+   (``containers.create``, never ``run``, which pulls on a miss) with the hardening of
+   docs/sandbox.md sections 0-1 (`ContainerPlan`), models bind-mounted read-only one file at a time,
+3. checks the created container's ``HostConfig`` statically (`check_host_config`) before it starts,
+4. starts it, copies the spec in with ``put_archive``, parses stdout with `ProtocolReader`,
+5. on the nonce-carrying result line, reads ``/job/out`` with ``get_archive`` and validates it
+   (`sandbox.results`), then kills the container,
+6. removes the container and the volume in every case; on a timeout the log tail is attached to
+   the exception with ``add_note``.
+
+The job volume is a tmpfs (size = ``limits.output_bytes``; its pages are charged to the job's
+memory cgroup), so a job cannot fill the host's disk. A tmpfs volume only exists while the
+container runs, which is why the spec goes in after start and outputs come out before the kill.
+Inputs and outputs travel through the engine API, so a remote engine (``DOCKER_HOST``) works
+unchanged; model bind-mount sources are paths on the engine's host, so on a remote engine the
+model files must be pre-staged there at the same paths (`plan_job(check_local_paths=False)`).
+
+GPUs: when the engine reports the NVIDIA runtime, ``device_requests`` asks for all GPUs (or the
+given ids) with ``capabilities=[["gpu"]]``; otherwise the job runs on CPU. The GPU path cannot
+be tested on the CI machine (no GPU there).
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import tarfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import docker.errors
+from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
+
+from sandbox.engine import (
+    engine_client,
+    engine_security_problems,
+    has_nvidia_runtime,
+    is_local_engine,
+)
+from sandbox.errors import (
+    HostConfigError,
+    HostileOutputError,
+    JobCancelledError,
+    JobFailedError,
+    JobTimeoutError,
+    SandboxError,
+    WorkerProtocolError,
+)
+from sandbox.image.record import LABEL_PREFIX, ImageRecord, verify_image
+from sandbox.protocol import (
+    JOB_DIR,
+    OUT_DIR,
+    SPEC_PATH,
+    JobSpec,
+    Limits,
+    ModelRef,
+    ProtocolReader,
+    ResultMessage,
+    StreamLimits,
+    WorkerMessage,
+    sanitize_text,
+)
+from sandbox.results import ArchiveTooLargeError, OutputLimits, extract_outputs, spool_bounded
+
+LABEL_JOB = f"{LABEL_PREFIX}job"
+LABEL_VERSION = f"{LABEL_PREFIX}version"
+LABEL_SESSION = f"{LABEL_PREFIX}session"
+LABEL_ROLE = f"{LABEL_PREFIX}role"
+#: Identifies this host process's containers and volumes (for `prune(session=...)`).
+SESSION_ID = uuid.uuid4().hex[:16]
+
+SANDBOX_USER = "65534:65534"
+HOSTNAME = "sandbox"
+WORKER_COMMAND = ("/opt/venv/bin/python", "-I", "-B", "-m", "sandbox.worker", SPEC_PATH)
+#: The only environment a job sees (plus the image's PATH). Nothing is inherited from the host.
+BASE_ENVIRONMENT: Mapping[str, str] = {
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "XDG_CACHE_HOME": "/tmp/.cache",
+    "HF_HOME": "/tmp/hf",
+    "TORCH_HOME": "/tmp/torch",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "LANG": "C.UTF-8",
+    "TZ": "UTC",
+}
+GPU_ENVIRONMENT: Mapping[str, str] = {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+DNS_PLACEHOLDER = "127.0.0.1"
+LOG_MAX_SIZE = "10m"
+LOG_MAX_FILE = "2"
+TMPFS_OPTIONS = "rw,noexec,nosuid,nodev"
+
+GpuRequest = Literal["auto", "none", "all"] | Sequence[str]
+MessageCallback = Callable[[WorkerMessage], None]
+
+
+def _app_version() -> str:
+    from assetmgr import __version__
+
+    return __version__
+
+
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex[:20]}"
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(32)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: every create() argument, and what the static check expects
+
+
+@dataclass(frozen=True)
+class ModelMount:
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Every setting of a job's container, derived from the spec; also what the check expects."""
+
+    image_id: str
+    name: str
+    volume_name: str
+    limits: Limits
+    environment: Mapping[str, str]
+    labels: Mapping[str, str]
+    models: tuple[ModelMount, ...] = ()
+    gpu: DeviceRequest | None = None
+    command: tuple[str, ...] = WORKER_COMMAND
+    stdin_open: bool = False
+    """Only warm workers read job specs from stdin (through the engine's attach API)."""
+
+    def mounts(self) -> list[Mount]:
+        mounts = [Mount(JOB_DIR, self.volume_name, type="volume", no_copy=True)]
+        mounts += [
+            Mount(m.target, m.source, type="bind", read_only=True, propagation="rprivate")
+            for m in self.models
+        ]
+        return mounts
+
+    def create_kwargs(self) -> dict[str, Any]:
+        lim = self.limits
+        kwargs: dict[str, Any] = {
+            "image": self.image_id,
+            "command": list(self.command),
+            "name": self.name,
+            "hostname": HOSTNAME,
+            "user": SANDBOX_USER,
+            "working_dir": "/tmp",
+            "network_mode": "none",
+            # resolv.conf would otherwise carry the host's resolver and search domains
+            "dns": [DNS_PLACEHOLDER],
+            "dns_search": ["."],
+            "read_only": True,
+            "tmpfs": {"/tmp": f"{TMPFS_OPTIONS},size={lim.tmpfs_bytes}"},
+            "cap_drop": ["ALL"],
+            "privileged": False,
+            "security_opt": ["no-new-privileges:true"],  # default seccomp stays on
+            "pids_limit": lim.pids,
+            "mem_limit": lim.memory_bytes,
+            "memswap_limit": lim.memory_bytes,  # equal: no swap
+            "nano_cpus": int(lim.cpus * 1e9),
+            "ulimits": [
+                Ulimit(name="nofile", soft=lim.nofile, hard=lim.nofile),
+                Ulimit(name="core", soft=0, hard=0),
+            ],
+            "ipc_mode": "private",
+            "shm_size": lim.shm_bytes,
+            "init": True,
+            "log_config": LogConfig(
+                type="local", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}
+            ),
+            "use_config_proxy": False,
+            "environment": dict(self.environment),
+            "labels": dict(self.labels),
+            "mounts": self.mounts(),
+            "detach": True,
+            "stdin_open": self.stdin_open,
+            "tty": False,
+            "auto_remove": False,
+        }
+        if self.gpu is not None:
+            kwargs["device_requests"] = [self.gpu]
+        return kwargs
+
+
+def _gpu_request(client: Any, gpus: GpuRequest) -> DeviceRequest | None:
+    if gpus == "none":
+        return None
+    if gpus == "auto":
+        if not has_nvidia_runtime(client):
+            return None
+        return DeviceRequest(count=-1, capabilities=[["gpu"]])
+    if gpus == "all":
+        return DeviceRequest(count=-1, capabilities=[["gpu"]])
+    return DeviceRequest(device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])
+
+
+def plan_job(
+    spec: JobSpec,
+    image: ImageRecord,
+    models: Mapping[str, Path] | None = None,
+    *,
+    client: Any = None,
+    gpus: GpuRequest = "auto",
+    check_local_paths: bool = True,
+) -> ContainerPlan:
+    """The container plan for `spec`; `models` maps each `ModelRef.name` to its host file.
+
+    Only the files the spec names are mounted, each read-only at its own path. With
+    `check_local_paths` each source must be an existing regular file on this machine (symlinks
+    are resolved, so a store's relative links mount the blob itself).
+    """
+    return plan_container(
+        spec.job_id,
+        image,
+        spec.limits,
+        spec.models,
+        models,
+        client=client,
+        gpus=gpus,
+        check_local_paths=check_local_paths,
+    )
+
+
+def plan_container(
+    job_id: str,
+    image: ImageRecord,
+    limits: Limits,
+    model_refs: Sequence[ModelRef],
+    models: Mapping[str, Path] | None = None,
+    *,
+    client: Any = None,
+    gpus: GpuRequest = "auto",
+    check_local_paths: bool = True,
+    role: str = "job",
+    command: tuple[str, ...] = WORKER_COMMAND,
+    stdin_open: bool = False,
+) -> ContainerPlan:
+    """`plan_job` for any container role (one-shot job, or a warm worker)."""
+    models = dict(models or {})
+    wanted = {m.name for m in model_refs}
+    if set(models) != wanted:
+        raise SandboxError(
+            f"model files given {sorted(models)} do not match the spec's models {sorted(wanted)}"
+        )
+    mounts = []
+    for ref in model_refs:
+        source = Path(models[ref.name])
+        if check_local_paths:
+            try:
+                source = source.resolve(strict=True)
+            except OSError as exc:
+                raise SandboxError(f"model file for {ref.name!r} is missing: {exc}") from exc
+            if not source.is_file():
+                raise SandboxError(f"model source for {ref.name!r} is not a regular file")
+        elif not source.is_absolute():
+            raise SandboxError(f"model source for {ref.name!r} must be an absolute path")
+        mounts.append(ModelMount(str(source), ref.mount_path))
+    gpu = _gpu_request(client, gpus) if client is not None else None
+    env = dict(BASE_ENVIRONMENT)
+    threads = str(max(1, int(limits.cpus)))
+    env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    if gpu is not None:
+        env.update(GPU_ENVIRONMENT)
+    labels = {
+        LABEL_JOB: job_id,
+        LABEL_VERSION: _app_version(),
+        LABEL_SESSION: SESSION_ID,
+        LABEL_ROLE: role,
+    }
+    # a random suffix: a reused job id can never make cleanup hit another job's volume
+    name = f"assetmgr-{job_id}-{secrets.token_hex(3)}"
+    return ContainerPlan(
+        image_id=image.image_id,
+        name=name,
+        volume_name=name,
+        limits=limits,
+        environment=env,
+        labels=labels,
+        models=tuple(mounts),
+        gpu=gpu,
+        command=command,
+        stdin_open=stdin_open,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Static check of the created container (docker-bench style)
+
+
+def _env_dict(entries: Sequence[str] | None) -> dict[str, str]:
+    out = {}
+    for item in entries or []:
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out
+
+
+def check_host_config(
+    attrs: Mapping[str, Any], plan: ContainerPlan, image_env: Sequence[str] = ()
+) -> list[str]:
+    """Violations of the hardening in `attrs` (``container.attrs``); empty when all hold.
+
+    Catches a regression in the create() arguments even where no behaviour test could see it.
+    """
+    hc: Mapping[str, Any] = attrs.get("HostConfig") or {}
+    cfg: Mapping[str, Any] = attrs.get("Config") or {}
+    lim = plan.limits
+    bad: list[str] = []
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            bad.append(what)
+
+    need(hc.get("NetworkMode") == "none", f"NetworkMode is {hc.get('NetworkMode')!r}")
+    need(hc.get("ReadonlyRootfs") is True, "root filesystem is writable")
+    need(list(hc.get("CapDrop") or []) == ["ALL"], f"CapDrop is {hc.get('CapDrop')!r}")
+    need(not hc.get("CapAdd"), f"CapAdd is {hc.get('CapAdd')!r}")
+    need(hc.get("Privileged") is False, "privileged")
+    secopt = list(hc.get("SecurityOpt") or [])
+    need("no-new-privileges:true" in secopt, "no-new-privileges missing")
+    need(not any("unconfined" in s for s in secopt), f"unconfined profile in {secopt}")
+    need(
+        not any(s.startswith(("seccomp", "apparmor", "label")) for s in secopt),
+        f"custom security profile in {secopt}",
+    )
+    need(hc.get("PidsLimit") == lim.pids, f"PidsLimit is {hc.get('PidsLimit')!r}")
+    need(hc.get("Memory") == lim.memory_bytes, f"Memory is {hc.get('Memory')!r}")
+    need(hc.get("MemorySwap") == hc.get("Memory"), "MemorySwap != Memory (swap allowed)")
+    need(not hc.get("OomKillDisable"), "OOM killer disabled")
+    need((hc.get("NanoCpus") or 0) > 0, "no CPU limit")
+    need(hc.get("IpcMode") == "private", f"IpcMode is {hc.get('IpcMode')!r}")
+    need(hc.get("PidMode") in ("", None), f"PidMode is {hc.get('PidMode')!r}")
+    need(hc.get("UTSMode") in ("", None), f"UTSMode is {hc.get('UTSMode')!r}")
+    need(hc.get("UsernsMode") in ("", None), f"UsernsMode is {hc.get('UsernsMode')!r}")
+    need(hc.get("ShmSize") == lim.shm_bytes, f"ShmSize is {hc.get('ShmSize')!r}")
+    need(hc.get("Init") is True, "no init process")
+    need(hc.get("AutoRemove") is False, "auto-remove on (state would vanish)")
+    need((hc.get("RestartPolicy") or {}).get("Name") in ("", "no", None), "restart policy set")
+    need(not hc.get("PortBindings") and not hc.get("PublishAllPorts"), "ports published")
+    need(not hc.get("Links") and not hc.get("ExtraHosts"), "links or extra hosts")
+    need(not hc.get("Devices") and not hc.get("DeviceCgroupRules"), "host devices mapped")
+    need(not hc.get("Binds") and not hc.get("VolumesFrom"), "binds or volumes-from")
+    need(not hc.get("Sysctls"), "sysctls set")
+    need(list(hc.get("Dns") or []) == [DNS_PLACEHOLDER], f"DNS servers {hc.get('Dns')!r}")
+    log = hc.get("LogConfig") or {}
+    need(
+        log.get("Type") == "local" and bool((log.get("Config") or {}).get("max-size")),
+        f"log config {log!r} has no size cap",
+    )
+    tmpfs = hc.get("Tmpfs") or {}
+    need(set(tmpfs) == {"/tmp"}, f"tmpfs mounts {sorted(tmpfs)}")
+    opts = set(str(tmpfs.get("/tmp", "")).split(","))
+    need({"noexec", "nosuid", "nodev"} <= opts, f"/tmp options {sorted(opts)}")
+    ulimits = {u.get("Name"): u for u in hc.get("Ulimits") or []}
+    need(ulimits.get("core", {}).get("Hard") == 0, "core dumps allowed")
+    need(ulimits.get("nofile", {}).get("Hard") == lim.nofile, "nofile ulimit missing")
+    requests_ = hc.get("DeviceRequests") or []
+    need(len(requests_) == (1 if plan.gpu is not None else 0), f"device requests {requests_!r}")
+
+    mounts = list(hc.get("Mounts") or [])
+    expected = {(m.target, m.source) for m in plan.models}
+    seen_models = set()
+    job_volume = 0
+    for m in mounts:
+        target, source, kind = m.get("Target"), m.get("Source"), m.get("Type")
+        need(
+            "docker.sock" not in str(source) and "containerd" not in str(source),
+            f"engine socket mounted from {source}",
+        )
+        if kind == "volume" and target == JOB_DIR and source == plan.volume_name:
+            job_volume += 1
+        elif kind == "bind" and (target, source) in expected:
+            seen_models.add((target, source))
+            need(m.get("ReadOnly") is True, f"{target} is writable")
+            prop = (m.get("BindOptions") or {}).get("Propagation", "rprivate")
+            need(prop in ("private", "rprivate"), f"{target} propagation {prop}")
+        else:
+            bad.append(f"unexpected mount {kind} {source} -> {target}")
+    need(job_volume == 1, "job volume not mounted exactly once")
+    need(seen_models == expected, "model mounts differ from the plan")
+
+    need(cfg.get("Image") == plan.image_id, f"image {cfg.get('Image')!r} is not the pinned id")
+    need(cfg.get("User") == SANDBOX_USER, f"user is {cfg.get('User')!r}")
+    need(cfg.get("Hostname") == HOSTNAME, f"hostname is {cfg.get('Hostname')!r}")
+    need(not cfg.get("ExposedPorts"), "exposed ports")
+    need(not cfg.get("AttachStdin") and not cfg.get("Tty"), "stdin or tty attached")
+    need(bool(cfg.get("OpenStdin")) == plan.stdin_open, "stdin open unexpectedly")
+    need(list(cfg.get("Cmd") or []) == list(plan.command), f"command is {cfg.get('Cmd')!r}")
+    labels = cfg.get("Labels") or {}
+    need(all(labels.get(k) == v for k, v in plan.labels.items()), "job labels missing")
+    env = _env_dict(cfg.get("Env"))
+    allowed = dict(_env_dict(image_env))
+    allowed.update(plan.environment)
+    extra = sorted(k for k in env if k not in allowed or env[k] != allowed[k])
+    need(not extra, f"environment not in the allowlist: {extra}")
+    need(all(env.get(k) == v for k, v in plan.environment.items()), "allowlisted env missing")
+    return bad
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class JobResult:
+    """A finished job whose outputs passed validation."""
+
+    job_id: str
+    result: ResultMessage
+    images: list[Path]
+    result_json: dict[str, Any] | None
+    output_dir: Path
+    log_tail: list[str]
+    violations: list[str]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+class _LogTail:
+    """Bounded view of the worker's stderr: last lines, sanitised, with a byte cap."""
+
+    def __init__(self, max_lines: int = 200, max_line: int = 1000, max_bytes: int = 64 << 20):
+        self.lines: deque[str] = deque(maxlen=max_lines)
+        self.max_line = max_line
+        self.max_bytes = max_bytes
+        self.total = 0
+        self.flooded = False
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        if self.total > self.max_bytes:
+            self.flooded = True
+            return
+        data = self._partial + chunk
+        *complete, self._partial = data.split(b"\n")
+        if len(self._partial) > self.max_line:
+            complete.append(self._partial)
+            self._partial = b""
+        for raw in complete[-200:]:
+            self.lines.append(sanitize_text(raw[: self.max_line].decode("utf-8", "replace")))
+
+
+class _Pump(threading.Thread):
+    """Follows one log stream of the container and hands chunks to `sink` until it ends."""
+
+    def __init__(
+        self,
+        client: Any,
+        container_id: str,
+        *,
+        stdout: bool,
+        sink: Callable[[bytes], None],
+        wake: threading.Event,
+    ) -> None:
+        super().__init__(daemon=True, name=f"sandbox-{'stdout' if stdout else 'stderr'}")
+        self._stream: Iterator[bytes] = client.api.logs(
+            container_id, stdout=stdout, stderr=not stdout, stream=True, follow=True
+        )
+        self._sink = sink
+        self._wake = wake
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for chunk in self._stream:
+                self._sink(chunk)
+                self._wake.set()
+        except Exception as exc:  # the stream breaks when the container is removed
+            self.error = exc
+        finally:
+            self.finished.set()
+            self._wake.set()
+
+    def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                pass
+
+
+def _spec_archive(spec: JobSpec) -> bytes:
+    """job.json (root, read-only), the empty out/ (sandbox user) and, last, the ready marker."""
+    buf = io.BytesIO()
+    data = spec.to_json_bytes()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        out = tarfile.TarInfo("out")
+        out.type = tarfile.DIRTYPE
+        out.mode = 0o700
+        out.uid = out.gid = 65534
+        tar.addfile(out)
+        for name, payload in (("job.json", data), ("job.ready", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            info.mode = 0o444
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+class JobContainer:
+    """One job's volume and container; a context manager that always removes both.
+
+    ``__enter__`` creates them and runs the static HostConfig check; if anything fails there,
+    whatever was created is removed before the error propagates.
+    """
+
+    def __init__(self, client: Any, plan: ContainerPlan) -> None:
+        self.client = client
+        self.plan = plan
+        self.container: Any = None
+        self.volume: Any = None
+        self.created_at = 0.0
+
+    def __enter__(self) -> JobContainer:
+        try:
+            self.create()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def create(self) -> None:
+        lim = self.plan.limits
+        self.created_at = time.monotonic()
+        self.volume = self.client.volumes.create(
+            name=self.plan.volume_name,
+            driver="local",
+            driver_opts={
+                "type": "tmpfs",
+                "device": "tmpfs",
+                "o": f"size={lim.output_bytes},mode=0755,nosuid,nodev,noexec",
+            },
+            labels=dict(self.plan.labels),
+        )
+        self.container = self.client.containers.create(**self.plan.create_kwargs())
+        self.container.reload()
+        image_env = self.client.images.get(self.plan.image_id).attrs["Config"].get("Env") or []
+        violations = check_host_config(self.container.attrs, self.plan, image_env)
+        if violations:
+            raise HostConfigError(violations)
+
+    def kill(self) -> None:
+        if self.container is None:
+            return
+        try:
+            self.container.kill()
+        except docker.errors.APIError:
+            pass  # already stopped
+
+    def remove(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError:
+                pass  # prune() catches what this missed, by label
+            self.container = None
+        if self.volume is not None:
+            for _ in range(20):
+                try:
+                    self.volume.remove(force=True)
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError:
+                    time.sleep(0.1)  # "volume in use" right after the container's removal
+            self.volume = None
+
+    def state(self) -> dict[str, Any]:
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return {}
+        return dict(self.container.attrs.get("State") or {})
+
+    def run(
+        self,
+        spec: JobSpec,
+        output_dir: Path,
+        *,
+        on_message: MessageCallback | None = None,
+        cancel: threading.Event | None = None,
+        stream_limits: StreamLimits | None = None,
+        output_limits: OutputLimits | None = None,
+    ) -> JobResult:
+        """Start the container, feed it the spec, follow it, collect and validate outputs."""
+        cancel = cancel or threading.Event()
+        reader = ProtocolReader(
+            job_id=spec.job_id, nonce=spec.nonce, limits=stream_limits or StreamLimits()
+        )
+        tail = _LogTail()
+        wake = threading.Event()
+        lock = threading.Lock()
+        timings: dict[str, float] = {}
+        pending: list[WorkerMessage] = []
+
+        def on_stdout(chunk: bytes) -> None:
+            with lock:
+                messages = reader.feed(chunk)
+                if reader.ready is not None and "ready" not in timings:
+                    timings["ready"] = time.monotonic() - self.created_at
+                pending.extend(messages)
+
+        ct = self.container
+        t0 = time.monotonic()
+        ct.start()
+        timings["start"] = time.monotonic() - self.created_at
+        pumps = [
+            _Pump(self.client, ct.id, stdout=True, sink=on_stdout, wake=wake),
+            _Pump(self.client, ct.id, stdout=False, sink=tail.feed, wake=wake),
+        ]
+        for p in pumps:
+            p.start()
+        deadline = t0 + spec.limits.timeout_s
+
+        def fail(exc_type: type[Any], message: str, **kw: Any) -> Any:
+            return exc_type(message, job_id=spec.job_id, log_tail=list(tail.lines), **kw)
+
+        try:
+            ct.put_archive(JOB_DIR, _spec_archive(spec))
+            while True:
+                with lock:
+                    batch, pending[:] = list(pending), []
+                if on_message is not None:
+                    for m in batch:
+                        on_message(m)
+                if reader.flooded or tail.flooded or reader.tampered:
+                    self.kill()
+                    why = "; ".join(reader.violations) or "stderr flood"
+                    raise fail(WorkerProtocolError, f"worker output rejected: {why}")
+                if reader.result is not None:
+                    break
+                if pumps[0].finished.is_set():
+                    break
+                if cancel.is_set():
+                    self.kill()
+                    raise fail(JobCancelledError, f"job {spec.job_id} cancelled")
+                if time.monotonic() > deadline:
+                    self.kill()
+                    exc = fail(
+                        JobTimeoutError, f"job {spec.job_id} exceeded {spec.limits.timeout_s:g}s"
+                    )
+                    exc.add_note("worker log tail:\n" + "\n".join(list(tail.lines)[-20:]))
+                    raise exc
+                wake.wait(0.05)
+                wake.clear()
+
+            if reader.result is None:
+                pumps[0].join(timeout=5)
+                with lock:
+                    reader.finish()
+                state = self.state()
+                err = reader.errors[-1].message if reader.errors else ""
+                oom = bool(state.get("OOMKilled"))
+                code = state.get("ExitCode")
+                why = "killed by the OOM killer" if oom else f"exited with code {code}"
+                raise fail(
+                    JobFailedError,
+                    f"job {spec.job_id} {why} without a result" + (f": {err}" if err else ""),
+                    container_exit_code=code,
+                    oom_killed=oom,
+                )
+
+            timings["result"] = time.monotonic() - self.created_at
+            limits = output_limits or OutputLimits(
+                max_archive_bytes=spec.limits.output_bytes + (1 << 20)
+            )
+            try:
+                stream, _stat = self.client.api.get_archive(ct.id, OUT_DIR)
+                spool = spool_bounded(stream, limits.max_archive_bytes)
+            except ArchiveTooLargeError as exc:
+                raise fail(WorkerProtocolError, str(exc)) from exc
+            except docker.errors.NotFound as exc:
+                raise fail(JobFailedError, "the job's output directory vanished") from exc
+            with spool:
+                outputs = extract_outputs(spool, output_dir, limits)
+            timings["collected"] = time.monotonic() - self.created_at
+            self.kill()
+            for p in pumps:
+                p.join(timeout=5)
+            with lock:
+                reader.finish()
+            if reader.tampered or reader.flooded:
+                raise fail(
+                    WorkerProtocolError, "worker output rejected: " + "; ".join(reader.violations)
+                )
+            if outputs.rejected:
+                detail = "; ".join(f"{n}: {why}" for n, why in outputs.rejected[:10])
+                raise HostileOutputError(
+                    f"job {spec.job_id} wrote outputs outside the allowlist: {detail}",
+                    job_id=spec.job_id,
+                    rejected=outputs.rejected,
+                )
+            return JobResult(
+                job_id=spec.job_id,
+                result=reader.result,
+                images=outputs.images,
+                result_json=outputs.result_json,
+                output_dir=output_dir,
+                log_tail=list(tail.lines),
+                violations=list(reader.violations),
+                timings_s={k: round(v, 4) for k, v in timings.items()},
+            )
+        finally:
+            for p in pumps:
+                p.close()
+
+
+_CHECKED_ENGINES: set[int] = set()
+
+
+def check_engine(client: Any) -> None:
+    """Refuse engines that would run jobs without seccomp (checked once per client)."""
+    if id(client) in _CHECKED_ENGINES:
+        return
+    problems = engine_security_problems(client)
+    if problems:
+        raise SandboxError(
+            "unsafe Docker engine: " + "; ".join(problems),
+            hint="Run the Docker engine with its default seccomp profile.",
+        )
+    _CHECKED_ENGINES.add(id(client))
+
+
+def run_job(
+    spec: JobSpec,
+    *,
+    image: ImageRecord,
+    output_dir: Path,
+    models: Mapping[str, Path] | None = None,
+    client: Any = None,
+    gpus: GpuRequest = "auto",
+    on_message: MessageCallback | None = None,
+    cancel: threading.Event | None = None,
+    stream_limits: StreamLimits | None = None,
+    output_limits: OutputLimits | None = None,
+) -> JobResult:
+    """Run `spec` in a fresh hardened container from the pinned `image`; return its outputs.
+
+    Raises a `sandbox.errors.JobError` subclass when the job times out, fails, is cancelled,
+    breaks the protocol or writes hostile outputs; the container and its volume are removed in
+    every case.
+    """
+    client = client or engine_client()
+    check_engine(client)
+    verify_image(image, client)
+    plan = plan_job(
+        spec, image, models, client=client, gpus=gpus, check_local_paths=is_local_engine(client)
+    )
+    with JobContainer(client, plan) as job:
+        return job.run(
+            spec,
+            output_dir,
+            on_message=on_message,
+            cancel=cancel,
+            stream_limits=stream_limits,
+            output_limits=output_limits,
+        )
+
+
+@dataclass
+class PruneReport:
+    containers: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+
+
+def prune(client: Any = None, *, session: str | None = None) -> PruneReport:
+    """Remove stray job containers and volumes found by label (all sessions, or one)."""
+    client = client or engine_client()
+    label = f"{LABEL_JOB}" if session is None else f"{LABEL_SESSION}={session}"
+    report = PruneReport()
+    for ct in client.containers.list(all=True, filters={"label": label}):
+        if LABEL_JOB not in (ct.labels or {}):
+            continue
+        try:
+            ct.remove(force=True, v=True)
+            report.containers.append(ct.name)
+        except docker.errors.APIError:
+            pass
+    for vol in client.volumes.list(filters={"label": label}):
+        if LABEL_JOB not in ((vol.attrs or {}).get("Labels") or {}):
+            continue
+        try:
+            vol.remove(force=True)
+            report.volumes.append(vol.name)
+        except docker.errors.APIError:
+            pass
+    return report
+
+
+__all__ = [
+    "BASE_ENVIRONMENT",
+    "LABEL_JOB",
+    "LABEL_SESSION",
+    "SESSION_ID",
+    "WORKER_COMMAND",
+    "ContainerPlan",
+    "JobContainer",
+    "JobResult",
+    "PruneReport",
+    "check_engine",
+    "check_host_config",
+    "new_job_id",
+    "new_nonce",
+    "plan_container",
+    "plan_job",
+    "prune",
+    "run_job",
+]

@@ -1,0 +1,303 @@
+"""Warm worker: one long-lived hardened container that takes jobs over stdin (no ports).
+
+The per-job container (`sandbox.runner.run_job`) stays the default for untrusted plugins. A
+warm worker saves the container start and, later, the model load, at a price: code that runs
+in one job (a plugin) can persist into the next (monkeypatching, files in /tmp) and can read
+every later job's nonce. So use one warm worker per trust domain and fixed plugin set, and
+recycle it after `max_jobs` jobs and after any error, timeout or protocol violation (done
+here automatically).
+
+Transport: the container is created with ``stdin_open``; the host attaches once through the
+engine API (``attach_socket``: stdin + stdout, multiplexed frames since there is no TTY),
+sends one `JobSpec` JSON line per job, and parses the stdout frames with a fresh
+`ProtocolReader` per job. Outputs go to ``/job/work/<job_id>/out`` in the job volume (a
+tmpfs) and come back with ``get_archive``, exactly like one-shot jobs. Same hardening, same
+static HostConfig check; the container's limits are fixed when it starts (only a job's
+``timeout_s`` applies per job).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import tarfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+from sandbox.engine import engine_client, is_local_engine
+from sandbox.errors import (
+    JobCancelledError,
+    JobFailedError,
+    JobTimeoutError,
+    SandboxError,
+    WorkerProtocolError,
+)
+from sandbox.image.record import ImageRecord, verify_image
+from sandbox.protocol import (
+    JOB_DIR,
+    WORK_DIR,
+    ErrorMessage,
+    JobSpec,
+    Limits,
+    ModelRef,
+    ProtocolReader,
+    StreamLimits,
+)
+from sandbox.results import ArchiveTooLargeError, OutputLimits, extract_outputs, spool_bounded
+from sandbox.runner import (
+    WORKER_COMMAND,
+    GpuRequest,
+    JobContainer,
+    JobResult,
+    MessageCallback,
+    check_engine,
+    new_job_id,
+    plan_container,
+)
+
+_STDOUT = 1
+
+
+def _work_archive() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        work = tarfile.TarInfo(WORK_DIR.removeprefix(JOB_DIR + "/"))
+        work.type = tarfile.DIRTYPE
+        work.mode = 0o700
+        work.uid = work.gid = 65534
+        tar.addfile(work)
+    return buf.getvalue()
+
+
+class _Demux:
+    """Splits the attach stream's 8-byte-header frames; keeps stdout payloads only."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= 8:
+            stream, size = self._buf[0], struct.unpack(">I", self._buf[4:8])[0]
+            if len(self._buf) < 8 + size:
+                break
+            payload = bytes(self._buf[8 : 8 + size])
+            del self._buf[: 8 + size]
+            if stream == _STDOUT:
+                out.append(payload)
+        return out
+
+
+class WarmWorker:
+    """A reusable worker container; `run` is the warm counterpart of `run_job`."""
+
+    def __init__(
+        self,
+        image: ImageRecord,
+        *,
+        client: Any = None,
+        limits: Limits | None = None,
+        models: Sequence[ModelRef] = (),
+        model_files: Mapping[str, Path] | None = None,
+        gpus: GpuRequest = "auto",
+        max_jobs: int = 50,
+        stream_limits: StreamLimits | None = None,
+    ) -> None:
+        self.client = client or engine_client()
+        self.image = image
+        self.limits = limits or Limits()
+        self.models = list(models)
+        self.model_files = dict(model_files or {})
+        self.gpus = gpus
+        self.max_jobs = max_jobs
+        self.stream_limits = stream_limits or StreamLimits()
+        self.jobs_done = 0
+        self.ready_s: float | None = None
+        self._container: JobContainer | None = None
+        self._sock: Any = None
+        self._demux = _Demux()
+
+    def __enter__(self) -> WarmWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._container is not None
+
+    def start(self) -> None:
+        """Create, check and start the container, and wait for its ready line."""
+        if self._container is not None:
+            return
+        check_engine(self.client)
+        verify_image(self.image, self.client)
+        plan = plan_container(
+            new_job_id().replace("job-", "warm-"),
+            self.image,
+            self.limits,
+            self.models,
+            self.model_files,
+            client=self.client,
+            gpus=self.gpus,
+            check_local_paths=is_local_engine(self.client),
+            role="warm-worker",
+            command=(*WORKER_COMMAND[:-1], "--serve"),
+            stdin_open=True,
+        )
+        job = JobContainer(self.client, plan)
+        job.__enter__()
+        self._container = job
+        try:
+            ct = job.container
+            self._sock = self.client.api.attach_socket(
+                ct.id, params={"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1}
+            )
+            ct.start()
+            ct.put_archive(JOB_DIR, _work_archive())
+            reader = ProtocolReader(job_id="warm", nonce="0" * 32, limits=self.stream_limits)
+            deadline = time.monotonic() + 60
+            while reader.ready is None:
+                self._pump(reader, deadline, what="worker start")
+            self.ready_s = time.monotonic() - job.created_at
+            self.jobs_done = 0
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Remove the container and its volume (also ends the worker's stdin)."""
+        if self._sock is not None:
+            try:
+                self._raw_socket().close()
+            except OSError:
+                pass
+            self._sock = None
+        if self._container is not None:
+            self._container.remove()
+            self._container = None
+        self._demux = _Demux()
+
+    def _raw_socket(self) -> socket.socket:
+        raw = getattr(self._sock, "_sock", self._sock)
+        assert isinstance(raw, socket.socket)
+        return raw
+
+    def _pump(self, reader: ProtocolReader, deadline: float, *, what: str) -> list[Any]:
+        """Read what is available (up to the deadline) into `reader`; return new messages."""
+        sock = self._raw_socket()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(what)
+        sock.settimeout(min(remaining, 0.25))
+        try:
+            data = sock.recv(1 << 16)
+        except TimeoutError:
+            return []
+        if not data:
+            raise EOFError("the warm worker closed its output")
+        messages = []
+        for payload in self._demux.feed(data):
+            messages += reader.feed(payload)
+        return messages
+
+    def run(
+        self,
+        spec: JobSpec,
+        output_dir: Path,
+        *,
+        on_message: MessageCallback | None = None,
+        cancel: threading.Event | None = None,
+        output_limits: OutputLimits | None = None,
+    ) -> JobResult:
+        """Run one job in the warm container; recycles it on any failure or after max_jobs."""
+        mounted = {(m.name, m.mount_path, m.sha256) for m in self.models}
+        if not {(m.name, m.mount_path, m.sha256) for m in spec.models} <= mounted:
+            raise SandboxError("the job needs models this warm worker was not started with")
+        if self.jobs_done >= self.max_jobs:
+            self.close()
+        self.start()
+        assert self._container is not None
+        cancel = cancel or threading.Event()
+        created = time.monotonic()
+        reader = ProtocolReader(job_id=spec.job_id, nonce=spec.nonce, limits=self.stream_limits)
+        deadline = created + spec.limits.timeout_s
+        ok = False
+        try:
+            self._raw_socket().sendall(spec.to_json_bytes() + b"\n")
+            while reader.result is None:
+                if cancel.is_set():
+                    raise JobCancelledError(f"job {spec.job_id} cancelled", job_id=spec.job_id)
+                try:
+                    messages = self._pump(reader, deadline, what="job")
+                except TimeoutError as exc:
+                    raise JobTimeoutError(
+                        f"job {spec.job_id} exceeded {spec.limits.timeout_s:g}s",
+                        job_id=spec.job_id,
+                    ) from exc
+                except EOFError as exc:
+                    state = self._container.state()
+                    raise JobFailedError(
+                        f"warm worker exited during job {spec.job_id}",
+                        job_id=spec.job_id,
+                        container_exit_code=state.get("ExitCode"),
+                        oom_killed=bool(state.get("OOMKilled")),
+                    ) from exc
+                for m in messages:
+                    if on_message is not None:
+                        on_message(m)
+                    if isinstance(m, ErrorMessage) and m.job_id in (None, spec.job_id):
+                        raise JobFailedError(
+                            f"job {spec.job_id} failed: {m.code}: {m.message}", job_id=spec.job_id
+                        )
+                if reader.flooded or reader.tampered:
+                    raise WorkerProtocolError(
+                        "worker output rejected: " + "; ".join(reader.violations),
+                        job_id=spec.job_id,
+                    )
+            limits = output_limits or OutputLimits(
+                max_archive_bytes=self.limits.output_bytes + (1 << 20)
+            )
+            try:
+                stream, _ = self.client.api.get_archive(
+                    self._container.container.id, f"{WORK_DIR}/{spec.job_id}/out"
+                )
+                spool = spool_bounded(stream, limits.max_archive_bytes)
+            except (ArchiveTooLargeError, docker.errors.NotFound) as exc:
+                raise WorkerProtocolError(str(exc), job_id=spec.job_id) from exc
+            with spool:
+                outputs = extract_outputs(spool, output_dir, limits)
+            if outputs.rejected:
+                from sandbox.errors import HostileOutputError
+
+                raise HostileOutputError(
+                    f"job {spec.job_id} wrote outputs outside the allowlist",
+                    job_id=spec.job_id,
+                    rejected=outputs.rejected,
+                )
+            ok = True
+            self.jobs_done += 1
+            return JobResult(
+                job_id=spec.job_id,
+                result=reader.result,
+                images=outputs.images,
+                result_json=outputs.result_json,
+                output_dir=output_dir,
+                log_tail=[],
+                violations=list(reader.violations),
+                timings_s={"result": round(time.monotonic() - created, 4)},
+            )
+        finally:
+            if not ok:
+                self.close()  # never reuse a worker after a failure
+
+
+__all__ = ["WarmWorker"]
