@@ -24,11 +24,15 @@ def _modules(package: str) -> list[str]:
 
 
 def _loaded_after_import(modules: list[str]) -> set[str]:
+    # httpx imports its optional CLI (httpx._main), which pulls in rich when rich is installed;
+    # stub it so the check sees only what our own modules import.
     code = (
-        "import importlib, json, sys\n"
+        "import importlib, json, sys, types\n"
+        "stub = types.ModuleType('httpx._main'); stub.main = lambda: None\n"
+        "sys.modules['httpx._main'] = stub\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules if m != 'httpx._main'})))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
