@@ -21,10 +21,13 @@ The sequence for one file:
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
+import queue
 import re
+import ssl
 import threading
 import time
 import urllib.parse
@@ -34,8 +37,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from assetmgr.errors import StoreError
 from assetmgr.store.blobs import BlobStore, sanitize_filename, sanitize_relative_path
 from assetmgr.store.hashing import FileHashes, Hasher
@@ -44,8 +45,12 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[["DownloadProgress"], None]
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 8 << 20
+POOL_BLOCKS = 4
+SYNC_EVERY_BYTES = 256 << 20
 MAX_RESUME_ATTEMPTS = 8
+MAX_STORAGE_REDIRECTS = 5
+USER_AGENT = "assetmgr/0.1"
 
 
 class HashMismatchError(StoreError):
@@ -212,25 +217,22 @@ class Downloader:
         store: BlobStore,
         resolve_url: Callable[[FileTarget], str],
         *,
-        storage_http: httpx.Client | None = None,
+        timeout: float = 60.0,
         chunk_bytes: int = CHUNK_BYTES,
         max_attempts: int = MAX_RESUME_ATTEMPTS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.resolve_url = resolve_url
-        # The storage client never carries the API key: it is a separate client with no auth.
-        self.http = storage_http or httpx.Client(
-            follow_redirects=True,
-            timeout=httpx.Timeout(30.0, read=60.0),
-            headers={"User-Agent": "assetmgr/0.1"},
-        )
+        # Storage requests go out on their own connections with no Authorization header: the
+        # API key never leaves the API origin (signed URLs carry their own credentials).
+        self.timeout = timeout
         self.chunk_bytes = chunk_bytes
         self.max_attempts = max_attempts
         self.sleep = sleep
 
     def close(self) -> None:
-        self.http.close()
+        """Nothing to release: every transfer opens and closes its own connection."""
 
     def __enter__(self) -> Downloader:
         return self
@@ -353,105 +355,166 @@ class Downloader:
         progress: ProgressCallback | None,
         cancel: threading.Event | None,
     ) -> tuple[int, str | None, int]:
-        headers: dict[str, str] = {}
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if state.etag:
                 headers["If-Range"] = state.etag
-        received = 0
         try:
-            with self.http.stream("GET", url, headers=headers) as response:
-                status = response.status_code
-                if status in (401, 403, 404, 410):
-                    # An expired or revoked signed URL: ask the API for a fresh one.
-                    raise _ResumableFailure(f"storage answered {status} for {redact_url(url)}")
-                if status >= 500 or status == 429:
-                    raise _ResumableFailure(f"storage answered {status}")
-                if status == 416:
-                    raise _ResumableFailure("storage refused the range")
-                if status not in (200, 206):
-                    raise IncompleteDownloadError(
-                        f"unexpected storage answer {status} for {redact_url(url)}"
-                    )
-                if status == 200 and offset:
-                    log.info("storage ignored the range for %s; restarting from zero", target.name)
-                    out.seek(0)
-                    out.truncate()
-                    hasher.reset()
-                    offset = 0
-                if status == 206:
-                    start, total = _parse_content_range(response.headers.get("content-range"))
-                    if start != offset:
-                        raise IncompleteDownloadError(
-                            f"storage resumed at byte {start}, expected {offset}"
-                        )
-                    if total is not None:
-                        state.total = total
-                else:
-                    length = response.headers.get("content-length")
-                    state.total = int(length) if length and length.isdigit() else None
-                etag = response.headers.get("etag")
-                if etag and not etag.startswith("W/"):
-                    state.etag = etag
-                state.save(state_path)
-                expected_total = target.expected_size or state.total
-                server_name = filename_from_content_disposition(
-                    response.headers.get("content-disposition")
-                )
-                last_report = 0.0
-                # Network chunks are small; gather them so the hasher gets big blocks it can
-                # spread over threads, and flush whatever arrived if the connection drops.
-                pending = bytearray()
-                try:
-                    for chunk in response.iter_raw():
-                        pending += chunk
-                        if len(pending) < self.chunk_bytes:
-                            continue
-                        offset = self._flush(pending, out, hasher, offset, expected_total, target)
-                        received += self.chunk_bytes
-                        if cancel is not None and cancel.is_set():
-                            raise DownloadCancelled(
-                                f"download of {target.name} cancelled; progress saved"
-                            )
-                        now = time.monotonic()
-                        if progress is not None and now - last_report > 0.1:
-                            last_report = now
-                            progress(
-                                DownloadProgress(
-                                    target.file_id, target.name, expected_total, offset
-                                )
-                            )
-                finally:
-                    if pending:
-                        received += len(pending)
-                        offset = self._flush(pending, out, hasher, offset, expected_total, target)
-                    out.flush()
-                if state.total is not None and offset < state.total:
-                    raise _ResumableFailure(f"connection ended at byte {offset} of {state.total}")
-                if progress is not None:
-                    progress(DownloadProgress(target.file_id, target.name, expected_total, offset))
-                return offset, server_name, received
-        except httpx.TransportError as exc:
+            response, conn = _open_storage(url, headers, self.timeout)
+        except (OSError, http.client.HTTPException) as exc:
             raise _ResumableFailure(f"{type(exc).__name__}: {exc}") from None
+        try:
+            status = response.status
+            if status in (401, 403, 404, 410):
+                # An expired or revoked signed URL: ask the API for a fresh one.
+                raise _ResumableFailure(f"storage answered {status} for {redact_url(url)}")
+            if status >= 500 or status == 429:
+                raise _ResumableFailure(f"storage answered {status}")
+            if status == 416:
+                raise _ResumableFailure("storage refused the range")
+            if status not in (200, 206):
+                raise IncompleteDownloadError(
+                    f"unexpected storage answer {status} for {redact_url(url)}"
+                )
+            if status == 200 and offset:
+                log.info("storage ignored the range for %s; restarting from zero", target.name)
+                out.seek(0)
+                out.truncate()
+                hasher.reset()
+                offset = 0
+            if status == 206:
+                start, total = _parse_content_range(response.getheader("content-range"))
+                if start != offset:
+                    raise IncompleteDownloadError(
+                        f"storage resumed at byte {start}, expected {offset}"
+                    )
+                if total is not None:
+                    state.total = total
+            else:
+                length = response.getheader("content-length")
+                state.total = int(length) if length and length.isdigit() else None
+            etag = response.getheader("etag")
+            if etag and not etag.startswith("W/"):
+                state.etag = etag
+            state.save(state_path)
+            expected_total = target.expected_size or state.total
+            server_name = filename_from_content_disposition(
+                response.getheader("content-disposition")
+            )
+            offset, received = self._pump(
+                response, out, hasher, offset, expected_total, target, progress, cancel
+            )
+        finally:
+            conn.close()
+        if state.total is not None and offset < state.total:
+            raise _ResumableFailure(f"connection ended at byte {offset} of {state.total}")
+        if progress is not None:
+            progress(DownloadProgress(target.file_id, target.name, expected_total, offset))
+        return offset, server_name, received
 
-    @staticmethod
-    def _flush(
-        pending: bytearray,
+    def _pump(
+        self,
+        response: http.client.HTTPResponse,
         out: Any,
         hasher: Hasher,
         offset: int,
         expected_total: int | None,
         target: FileTarget,
-    ) -> int:
-        if expected_total is not None and offset + len(pending) > expected_total:
-            raise IncompleteDownloadError(
-                f"{target.name}: server sent more than the expected {expected_total} bytes"
-            )
-        out.write(pending)
-        hasher.update(pending)
-        offset += len(pending)
-        del pending[:]
-        return offset
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> tuple[int, int]:
+        """Receive into pooled buffers while a second thread writes and hashes them.
+
+        The socket read (`readinto`), the file write and the hashing all release the GIL, so
+        receiving the next block overlaps with writing and hashing the last one. Whatever was
+        received before an error is written and hashed, so a resume loses nothing.
+        """
+        blocks: queue.Queue[tuple[bytearray, int] | None] = queue.Queue(maxsize=POOL_BLOCKS - 1)
+        free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(POOL_BLOCKS):
+            free.put(bytearray(self.chunk_bytes))
+        written = [offset]
+        failure: list[BaseException] = []
+
+        def writer() -> None:
+            fd = out.fileno()
+            since_sync = 0
+            while True:
+                item = blocks.get()
+                if item is None:
+                    return
+                buf, n = item
+                try:
+                    if not failure:
+                        view = memoryview(buf)[:n]
+                        while view:
+                            k = os.write(fd, view)
+                            view = view[k:]
+                        hasher.update(memoryview(buf)[:n])
+                        written[0] += n
+                        since_sync += n
+                        if since_sync >= SYNC_EVERY_BYTES:
+                            # Start writeback during the transfer so the final fsync is short.
+                            os.fdatasync(fd)
+                            since_sync = 0
+                except BaseException as exc:  # reported to the receiving thread
+                    failure.append(exc)
+                finally:
+                    free.put(buf)
+
+        thread = threading.Thread(target=writer, name="download-writer", daemon=True)
+        thread.start()
+        received = 0
+        pos = offset
+        last_report = 0.0
+        try:
+            while True:
+                if failure:
+                    break
+                if cancel is not None and cancel.is_set():
+                    raise DownloadCancelled(f"download of {target.name} cancelled; progress saved")
+                buf = free.get()
+                filled = 0
+                try:
+                    # Fill the whole block unless the body ends: fewer, larger hash updates.
+                    while filled < len(buf):
+                        n = response.readinto(memoryview(buf)[filled:])
+                        if not n:
+                            break
+                        filled += n
+                except (OSError, http.client.HTTPException) as exc:
+                    if filled:
+                        blocks.put((buf, filled))
+                        pos += filled
+                        received += filled
+                    else:
+                        free.put(buf)
+                    raise _ResumableFailure(f"{type(exc).__name__}: {exc}") from None
+                if not filled:
+                    free.put(buf)
+                    break
+                if expected_total is not None and pos + filled > expected_total:
+                    free.put(buf)
+                    raise IncompleteDownloadError(
+                        f"{target.name}: server sent more than the expected {expected_total} bytes"
+                    )
+                blocks.put((buf, filled))
+                pos += filled
+                received += filled
+                now = time.monotonic()
+                if progress is not None and now - last_report > 0.1:
+                    last_report = now
+                    progress(DownloadProgress(target.file_id, target.name, expected_total, pos))
+                if filled < len(buf):
+                    break
+        finally:
+            blocks.put(None)
+            thread.join()
+            out.seek(0, os.SEEK_END)
+        if failure:
+            raise failure[0]
+        return written[0], received
 
     def _finish(
         self,
@@ -529,6 +592,40 @@ def link_name_for(target: FileTarget, server_name: str | None) -> Path:
     return sanitize_relative_path(
         [target.model_type or "Other", target.base_model or "unknown", f"{target.file_id}-{name}"]
     )
+
+
+def _open_storage(
+    url: str, headers: dict[str, str], timeout: float
+) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+    """GET a storage URL with plain `http.client` (fast `readinto`), following redirects.
+
+    Redirects are followed without any credentials, and never to a non-HTTP(S) scheme.
+    """
+    for _ in range(MAX_STORAGE_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise IncompleteDownloadError(f"refusing storage URL {redact_url(url)}")
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        if response.status in (301, 302, 303, 307, 308):
+            location = response.getheader("location")
+            conn.close()
+            if not location:
+                raise IncompleteDownloadError("storage redirect without a Location")
+            url = urllib.parse.urljoin(url, location)
+            continue
+        return response, conn
+    raise IncompleteDownloadError("too many storage redirects")
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
