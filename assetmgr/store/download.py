@@ -21,6 +21,7 @@ The sequence for one file:
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
@@ -40,6 +41,42 @@ from typing import Any
 from assetmgr.errors import StoreError
 from assetmgr.store.blobs import BlobStore, sanitize_filename, sanitize_relative_path
 from assetmgr.store.hashing import FileHashes, Hasher
+
+
+@dataclass(frozen=True)
+class StreamDigest:
+    """What a download computes while streaming: enough to verify the file's identity.
+
+    Equal SHA256 means the same bytes Civitai hashed, so the other five hashes are the
+    catalog's; `assetmgr verify` recomputes all six from disk.
+    """
+
+    sha256: str
+    size: int
+
+    def as_civitai_dict(self) -> dict[str, str]:
+        return {"SHA256": self.sha256, "AutoV2": self.sha256[:10]}
+
+
+class Sha256Stream:
+    """The download-time hasher: one SHA-256 stream (hashlib releases the GIL on big updates)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sha = hashlib.sha256()
+        self._size = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._sha.update(data)
+        self._size += len(data)
+
+    def finalize(self) -> StreamDigest:
+        return StreamDigest(self._sha.hexdigest().upper(), self._size)
+
+
+StreamHasher = Hasher | Sha256Stream
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +155,7 @@ class PullResult:
     downloaded_bytes: int
     resumed_from: int
     already_present: bool
-    hashes: FileHashes | None = None
+    hashes: FileHashes | StreamDigest | None = None
 
 
 def is_pickle_format(name: str, fmt: str | None) -> bool:
@@ -217,6 +254,7 @@ class Downloader:
         store: BlobStore,
         resolve_url: Callable[[FileTarget], str],
         *,
+        all_hashes: bool = False,
         timeout: float = 60.0,
         chunk_bytes: int = CHUNK_BYTES,
         max_attempts: int = MAX_RESUME_ATTEMPTS,
@@ -227,6 +265,9 @@ class Downloader:
         # Storage requests go out on their own connections with no Authorization header: the
         # API key never leaves the API origin (signed URLs carry their own credentials).
         self.timeout = timeout
+        # By default only SHA256 is computed while streaming (it is what verification needs);
+        # all_hashes computes the six hashes in the same pass, at about twice the CPU cost.
+        self.all_hashes = all_hashes
         self.chunk_bytes = chunk_bytes
         self.max_attempts = max_attempts
         self.sleep = sleep
@@ -285,7 +326,7 @@ class Downloader:
         self.store.check_free_space(target.expected_size or 0, already_have=offset)
         state.save(state_path)
 
-        hasher = Hasher()
+        hasher: StreamHasher = Hasher() if self.all_hashes else Sha256Stream()
         if offset:
             self._feed_existing(part_path, hasher, offset)
         resumed_from = offset
@@ -333,7 +374,7 @@ class Downloader:
             validate,
         )
 
-    def _feed_existing(self, part_path: Path, hasher: Hasher, length: int) -> None:
+    def _feed_existing(self, part_path: Path, hasher: StreamHasher, length: int) -> None:
         with open(part_path, "rb") as fh:
             remaining = length
             while remaining:
@@ -350,7 +391,7 @@ class Downloader:
         state: _PartialState,
         state_path: Path,
         out: Any,
-        hasher: Hasher,
+        hasher: StreamHasher,
         offset: int,
         progress: ProgressCallback | None,
         cancel: threading.Event | None,
@@ -417,7 +458,7 @@ class Downloader:
         self,
         response: http.client.HTTPResponse,
         out: Any,
-        hasher: Hasher,
+        hasher: StreamHasher,
         offset: int,
         expected_total: int | None,
         target: FileTarget,
@@ -522,7 +563,7 @@ class Downloader:
         expected: str,
         part_path: Path,
         state_path: Path,
-        hashes: FileHashes,
+        hashes: FileHashes | StreamDigest,
         resumed_from: int,
         downloaded: int,
         server_name: str | None,

@@ -67,6 +67,7 @@ def set_local_state(
     state: str,
     path: Path | None,
     hashes: FileHashes | None = None,
+    size_bytes: int | None = None,
 ) -> LocalFile:
     """Create or update the `LocalFile` row for a catalog file (or a local-only blob)."""
     row: LocalFile | None = None
@@ -94,6 +95,17 @@ def set_local_state(
     row.sha256 = sha256.upper()
     if state == "verified":
         row.verified_at = datetime.now(UTC)
+    if size_bytes is not None:
+        row.size_bytes = size_bytes
+    if hashes is None and file_id is not None:
+        # Same SHA256 as the catalog file, so its other hashes describe these bytes too.
+        catalog_file = session.get(ModelFile, file_id)
+        if catalog_file is not None and (catalog_file.sha256 or "").upper() == sha256.upper():
+            row.autov1 = catalog_file.autov1
+            row.autov2 = catalog_file.autov2 or sha256.upper()[:10]
+            row.autov3 = catalog_file.autov3
+            row.crc32 = catalog_file.crc32
+            row.blake3 = catalog_file.blake3
     if hashes is not None:
         row.size_bytes = hashes.size
         row.autov1 = hashes.autov1

@@ -28,7 +28,7 @@ from assetmgr.store.download import (
     PullResult,
     is_pickle_format,
 )
-from assetmgr.store.hashing import compute_hashes
+from assetmgr.store.hashing import FileHashes, compute_hashes
 from assetmgr.store.safetensors_check import detect_format, validate_safetensors
 from catalog import repo
 from catalog.models import LocalFile, ModelFile, ModelVersion
@@ -155,6 +155,7 @@ class StoreService:
                     ):
                         session.delete(row)
             raise
+        full = result.hashes if isinstance(result.hashes, FileHashes) else None
         with Session(self.engine) as session, session.begin():
             records.set_local_state(
                 session,
@@ -162,7 +163,8 @@ class StoreService:
                 sha256=result.sha256,
                 state="verified",
                 path=result.blob_path,
-                hashes=result.hashes,
+                hashes=full,
+                size_bytes=result.hashes.size if result.hashes is not None else None,
             )
         return result
 

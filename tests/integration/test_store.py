@@ -86,9 +86,14 @@ def test_good_pull_is_verified_read_only_and_recorded(
     assert result.blob_path.read_bytes() == f.content
     assert stat.S_IMODE(result.blob_path.stat().st_mode) == 0o444
     assert result.link_path is not None and result.link_path.resolve() == result.blob_path.resolve()
-    assert result.hashes is not None and result.hashes.as_civitai_dict() == f.hashes
+    assert result.hashes is not None and result.hashes.sha256 == f.hashes["SHA256"]
     row = local_row(engine, f.id)
     assert row is not None and row.state == "verified" and row.verified_at is not None
+    # Same bytes as Civitai hashed, so the row carries the other five hashes as well.
+    assert (row.autov2, row.autov3, row.crc32, row.blake3) == (
+        f.hashes["AutoV2"], f.hashes["AutoV3"], f.hashes["CRC32"], f.hashes["BLAKE3"]
+    )
+    assert row.size_bytes == len(f.content)
     assert local_path(engine, store, str(vid)) == result.blob_path
     prov = [json.loads(line) for line in store.provenance_path.read_text().splitlines()]
     assert prov[-1]["result"] == "verified" and prov[-1]["computed"]["SHA256"] == f.hashes["SHA256"]
@@ -97,6 +102,20 @@ def test_good_pull_is_verified_read_only_and_recorded(
     fake.reset_log()
     again = service.pull(vid)
     assert again.already_present and not fake.storage_requests
+
+
+def test_all_hashes_mode_computes_the_six_hashes_while_streaming(
+    engine: Engine, store: BlobStore, client: CivitaiClient, fake_catalog: FakeCatalog
+) -> None:
+    from assetmgr.store.download import Downloader
+
+    vid = open_version(fake_catalog)
+    f = fake_catalog.add_file_bytes(vid, lora_bytes(size_hint=3_000_000))  # > 2 MiB: AutoV1 too
+    svc = StoreService(engine, store, client)
+    svc.downloader = Downloader(store, svc._resolve_url, all_hashes=True)
+    result = svc.pull(vid)
+    svc.close()
+    assert result.hashes is not None and result.hashes.as_civitai_dict() == f.hashes
 
 
 def test_tampered_bytes_are_quarantined_and_never_loadable(
