@@ -10,12 +10,12 @@ required prefix term ("ink was" finds "Ink Wash"):
 * PostgreSQL: ``ink:* & was:*`` with ``to_tsquery('simple', …)`` against the generated
   ``search_vector`` column (GIN index), ranked by ``ts_rank``.
 
-Ranking on SQLite: bm25 with column weights (`BM25_WEIGHTS`) costs about a microsecond per
-*matching* row, so it is only used when the query matches fewer than `RANK_CAP` models. A
-broader query (one or two letters typed so far, a word in every description) lists models
-whose name matches first, then the other matches, newest first within each group; FTS5 reads
-those straight off its index in rowid order and stops at the limit. The two backends agree on
-which models match; only the order of broad queries differs.
+Ranking on SQLite: bm25 with column weights (`BM25_WEIGHTS`) reads the whole document list of
+every query term, so it is only used when each term matches fewer than `RANK_CAP` models. A
+query with a broader term (one or two letters typed so far, a word found in most
+descriptions) lists models whose name matches first, then the other matches, newest first
+within each group; FTS5 reads those straight off its index in rowid order and stops at the
+limit. The two backends agree on which models match; only the order of broad queries differs.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from catalog.text import search_tokens
 # hit outranks a tag or trigger-word hit, which outranks a version name or base model, which
 # outranks prose in a description.
 BM25_WEIGHTS: tuple[float, ...] = (10.0, 5.0, 5.0, 4.0, 3.0, 1.0)
-RANK_CAP = 4_000
-"""Queries matching at least this many models are ordered without bm25 (see module docstring)."""
+RANK_CAP = 2_000
+"""Queries with a term matching at least this many models skip bm25 (see module docstring)."""
 _MAX_QUERY_TOKENS = 16
 
 _FTS = table("model_fts", column("rowid", Integer))
@@ -185,7 +185,7 @@ def search_models(
     fts = fts5_query(text)
     if fts is None:
         return []
-    if not _is_broad(session, fts):
+    if not _has_broad_term(session, fts):
         ranked = (
             _sqlite_matches(fts, filters)
             .order_by(func.bm25(_FTS_DOCUMENT, *BM25_WEIGHTS), _FTS.c.rowid)
@@ -216,17 +216,13 @@ def _sqlite_matches(expression: str, filters: list[ColumnElement[bool]]) -> Sele
     )
 
 
-def _is_broad(session: Session, fts: str) -> bool:
-    """Whether `fts` matches at least `RANK_CAP` models.
+def _has_broad_term(session: Session, fts: str) -> bool:
+    """Whether any term of `fts` matches at least `RANK_CAP` models.
 
-    A rare term bounds an AND query, so terms are counted one by one first (each count stops
-    at the cap) and the whole expression only when every term is broad.
+    bm25 scans the whole document list of every term (for its IDF), so one broad term makes
+    ranking slow even when the query as a whole is selective.
     """
-    terms = fts.split(" ")
-    for term in terms:
-        if _count_matches(session, term, RANK_CAP) < RANK_CAP:
-            return False
-    return len(terms) == 1 or _count_matches(session, fts, RANK_CAP) >= RANK_CAP
+    return any(_count_matches(session, term, RANK_CAP) >= RANK_CAP for term in fts.split(" "))
 
 
 def _count_matches(session: Session, expression: str, cap: int) -> int:

@@ -10,7 +10,7 @@ Search: `model_search` holds one pre-tokenized document per model (written by ca
   model id), so the text is stored once. Three triggers on `model_search` keep it in sync:
   insert adds the row to the index, delete removes it with FTS5's 'delete' command (which needs
   the old values, hence triggers rather than application code), update does both. Prefix
-  indexes for 1-3 characters serve search-as-you-type. Ranking (bm25 weights) lives in
+  indexes for 1-4 characters serve search-as-you-type. Ranking (bm25 weights) lives in
   catalog.search. Recovery after manual edits: ``INSERT INTO model_fts(model_fts)
   VALUES ('rebuild')``.
 * PostgreSQL: `model_search.search_vector` is a generated (STORED) weighted tsvector of the
@@ -301,14 +301,14 @@ def upgrade() -> None:
 
 
 def _create_sqlite_fts() -> None:
-    # prefix='1 2 3': index entries for 1- to 3-character prefixes, the common
+    # prefix='1 2 3 4': index entries for 1- to 4-character prefixes, the common
     # search-as-you-type queries, so they don't merge thousands of terms' doclists.
     op.execute(
         f"""
         CREATE VIRTUAL TABLE model_fts USING fts5(
             {_FTS_COLUMNS},
             content='model_search', content_rowid='model_id',
-            tokenize='unicode61 remove_diacritics 2', prefix='1 2 3'
+            tokenize='unicode61 remove_diacritics 2', prefix='1 2 3 4'
         )
         """
     )
