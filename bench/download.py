@@ -158,7 +158,7 @@ def run(base: str, version_id: int, repeat: int, work: Path) -> None:
     c, o = min(curl_times), min(our_times)
     print(f"download of {size_gib:.2f} GiB from the fake's storage (loopback)")
     print(f"  curl -o FILE          : best {c:.2f} s ({size_gib / c:.2f} GiB/s)")
-    print(f"  assetmgr pull (SHA256 verify, fsync, promote): best {o:.2f} s ({size_gib / o:.2f} GiB/s)")
+    print(f"  assetmgr pull (verify, fsync, promote): best {o:.2f} s ({size_gib / o:.2f} GiB/s)")
     print(f"  ratio ours/curl       : {o / c:.2f}  (goal <= 1.11)")
 
 
