@@ -51,7 +51,7 @@ MODEL_TYPES: tuple[str, ...] = (
 _MODEL_TYPES_BY_LOWER = {t.lower(): t for t in MODEL_TYPES}
 HASH_TYPES: tuple[str, ...] = ("SHA256", "AutoV1", "AutoV2", "AutoV3", "CRC32", "BLAKE3")
 _HASH_TYPES_BY_LOWER = {t.lower(): t for t in HASH_TYPES}
-_HEX_DIGITS = frozenset("0123456789ABCDEF")
+_HASH_TYPE_SET = frozenset(HASH_TYPES)
 SCAN_RESULTS: tuple[str, ...] = ("Pending", "Success", "Danger", "Error")
 COMMERCIAL_USES: tuple[str, ...] = ("None", "Image", "RentCivit", "Rent", "Sell", "Video")
 _IMAGE_NSFW_STRINGS = {"None": 1, "Soft": 3, "Mature": 7, "X": 31, "Blocked": 32}
@@ -68,6 +68,13 @@ def normalize_model_type(raw: object) -> str:
 _NO_NUL = r"^[^\x00]*$"
 Name = Annotated[str | None, StringConstraints(max_length=MAX_NAME_CHARS, pattern=_NO_NUL)]
 Text = Annotated[str | None, StringConstraints(max_length=MAX_TEXT_CHARS, pattern=_NO_NUL)]
+HexDigest = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, to_upper=True, min_length=1, max_length=128,
+        pattern=r"^[0-9A-Fa-f]+$",
+    ),
+]
 OptInt = int | None
 OptFloat = float | None
 OptBool = bool | None
@@ -159,12 +166,13 @@ def _repair(cls: type[ApiObject], data: dict[str, Any], error: ValidationError) 
         fixable = detail["type"] in ("string_too_long", "string_pattern_mismatch")
         if len(loc) == 1 and loc[0] in cls.identity_fields and not fixable:
             return False
-        changed |= _repair_at(data, loc, detail["type"])
+        limit = (detail.get("ctx") or {}).get("max_length")
+        changed |= _repair_at(data, loc, detail["type"], limit)
     _drop_marked(data)
     return changed
 
 
-def _repair_at(data: Any, loc: list[Any], kind: str) -> bool:
+def _repair_at(data: Any, loc: list[Any], kind: str, max_length: int | None = None) -> bool:
     # Walk as far as the data goes; pydantic may add union-member tags that are not keys.
     parents: list[tuple[Any, Any]] = []
     node = data
@@ -191,11 +199,12 @@ def _repair_at(data: Any, loc: list[Any], kind: str) -> bool:
         if kind == "missing":
             return False
     value = container[key]
-    if kind == "string_too_long" and isinstance(value, str):
-        limit = MAX_TEXT_CHARS if key == "description" else MAX_NAME_CHARS
-        container[key] = value[:limit].replace("\x00", "")
+    in_hashes = len(parents) > 1 and parents[-2][1] == "hashes"
+    if kind == "string_too_long" and isinstance(value, str) and not in_hashes:
+        # Long text is cut to its cap; a too-long digest is wrong, so it is dropped below.
+        container[key] = value[: max_length or MAX_NAME_CHARS].replace("\x00", "")
         return True
-    if kind == "string_pattern_mismatch" and isinstance(value, str):
+    if kind == "string_pattern_mismatch" and isinstance(value, str) and "\x00" in value:
         container[key] = value.replace("\x00", "")
         return True
     if isinstance(container, list):
@@ -247,21 +256,22 @@ class ModelFile(ApiObject):
     pickle_scan_message: Text = None
     scanned_at: OptDateTime = None
     metadata: FileMetadata = Field(default_factory=FileMetadata)
-    hashes: dict[str, Any] = Field(default_factory=dict)
+    # Values are checked and upper-cased in pydantic-core; a bad value fails only its own key,
+    # which the repair step drops.
+    hashes: dict[str, HexDigest] = Field(default_factory=dict)
     download_url: Name = None
     primary: OptBool = None
 
     @field_validator("hashes", mode="after")
     @classmethod
-    def _normalize_hashes(cls, value: dict[str, Any]) -> dict[str, str]:
-        """Canonical key spelling, uppercase hex; drop unknown types and non-hex values."""
+    def _canonical_hash_names(cls, value: dict[str, str]) -> dict[str, str]:
+        """Canonical key spelling (``sha256`` -> ``SHA256``); unknown hash types dropped."""
+        if value.keys() <= _HASH_TYPE_SET:  # the usual case: nothing to do
+            return value
         out: dict[str, str] = {}
         for key, digest in value.items():
-            canonical = _HASH_TYPES_BY_LOWER.get(str(key).lower())
-            if canonical is None or not isinstance(digest, str):
-                continue
-            digest = digest.strip().upper()
-            if 0 < len(digest) <= 128 and _HEX_DIGITS.issuperset(digest):
+            canonical = _HASH_TYPES_BY_LOWER.get(key.lower())
+            if canonical is not None:
                 out[canonical] = digest
         return out
 
