@@ -140,7 +140,7 @@ class _PageFetcher(threading.Thread):
         filters: ModelFilters,
         start_cursor: str | None,
         cancel: threading.Event,
-        depth: int = 3,
+        depth: int = 4,
     ) -> None:
         super().__init__(name="civitai-page-fetcher", daemon=True)
         self.client = client
@@ -159,9 +159,14 @@ class _PageFetcher(threading.Thread):
         return False
 
     def run(self) -> None:
+        # Only the HTTP request and the JSON parse happen here, so the next page is requested
+        # as soon as this one's cursor is known; validation and writes run on the consumer.
         try:
-            for page in self.client.iter_model_pages(self.filters, start_cursor=self.start_cursor):
-                if not self._put(page):
+            raw_pages = self.client.iter_raw_model_pages(
+                self.filters, start_cursor=self.start_cursor
+            )
+            for raw_page in raw_pages:
+                if not self._put(raw_page):
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._put(exc)
@@ -236,8 +241,8 @@ def run_sync(
                 break
             if isinstance(item, BaseException):
                 raise item
-            assert isinstance(item, Page)
-            page: Page[Model] = item
+            assert isinstance(item, tuple)
+            page: Page[Model] = client.validate_model_items(*item)
             models = page.items
             stop = False
             if request.max_models is not None:

@@ -450,10 +450,13 @@ class CivitaiClient:
 
     # -- models ------------------------------------------------------------------------------
 
-    def list_models_page(self, filters: ModelFilters, cursor: str | None = None) -> Page[Model]:
-        """One page of `GET /api/v1/models`; items that fail validation go to `page.rejected`.
+    def list_models_raw(
+        self, filters: ModelFilters, cursor: str | None = None
+    ) -> tuple[list[Any], str | None]:
+        """One page of `GET /api/v1/models` as parsed JSON items plus the next cursor.
 
-        Validating item by item keeps one hostile or odd model from losing the whole page.
+        Only the envelope is checked here; `validate_model_items` checks the items. Splitting
+        the two lets a caller fetch the next page while it validates this one.
         """
         params = filters.to_params()
         if cursor is not None:
@@ -462,8 +465,14 @@ class CivitaiClient:
         items = data.get("items") if isinstance(data, dict) else None
         if not isinstance(items, list):
             raise CivitaiResponseValidationError("list page has no items list")
-        next_cursor = _next_cursor(data.get("metadata"))
+        return items, _next_cursor(data.get("metadata"))
 
+    @staticmethod
+    def validate_model_items(items: list[Any], next_cursor: str | None) -> Page[Model]:
+        """Validate list items one by one; those that fail go to `page.rejected`.
+
+        Validating item by item keeps one hostile or odd model from losing the whole page.
+        """
         validate = Model.model_validate
         good: list[Model] = []
         rejected: list[tuple[int, int | None, str]] = []
@@ -479,10 +488,14 @@ class CivitaiClient:
         # Items are validated already; model_construct avoids a second pass over them.
         return _ModelPage.model_construct(items=good, next_cursor=next_cursor, rejected=rejected)
 
-    def iter_model_pages(
+    def list_models_page(self, filters: ModelFilters, cursor: str | None = None) -> Page[Model]:
+        """One validated page of `GET /api/v1/models`."""
+        return self.validate_model_items(*self.list_models_raw(filters, cursor))
+
+    def iter_raw_model_pages(
         self, filters: ModelFilters, *, start_cursor: str | None = None
-    ) -> Iterator[Page[Model]]:
-        """Pages from `start_cursor` on, following `nextCursor` until a page has none.
+    ) -> Iterator[tuple[list[Any], str | None]]:
+        """Raw pages (items, next cursor) from `start_cursor` on, following `nextCursor`.
 
         Empty pages with a cursor are followed (Civitai filters after cutting a page); a
         cursor seen before raises instead of looping forever.
@@ -490,9 +503,8 @@ class CivitaiClient:
         cursor = start_cursor
         seen: set[str] = set() if cursor is None else {cursor}
         while True:
-            page = self.list_models_page(filters, cursor)
-            yield page
-            next_cursor = page.next_cursor
+            items, next_cursor = self.list_models_raw(filters, cursor)
+            yield items, next_cursor
             if next_cursor is None:
                 return
             if next_cursor in seen:
@@ -502,6 +514,13 @@ class CivitaiClient:
                 )
             seen.add(next_cursor)
             cursor = next_cursor
+
+    def iter_model_pages(
+        self, filters: ModelFilters, *, start_cursor: str | None = None
+    ) -> Iterator[Page[Model]]:
+        """Validated pages from `start_cursor` on (see `iter_raw_model_pages`)."""
+        for items, next_cursor in self.iter_raw_model_pages(filters, start_cursor=start_cursor):
+            yield self.validate_model_items(items, next_cursor)
 
     def iter_models(
         self, filters: ModelFilters, *, start_cursor: str | None = None
