@@ -2,7 +2,9 @@
 
 Host side: `sandbox.image` (build, record, verify), `sandbox.runner` (run a job),
 `sandbox.warm` (a reusable worker container), `sandbox.results` (validate outputs),
-`sandbox.engine` (the docker-py client), `sandbox.errors`. Shared: `sandbox.protocol`. Inside the
+`sandbox.plugins` (vet, hash and re-verify plugins), `sandbox.service` (what the CLI and TUI
+use: plugins in the catalog, image status, running jobs), `sandbox.engine` (the docker-py
+client), `sandbox.errors`. Shared: `sandbox.protocol`. Inside the
 container: `sandbox.worker`, which must never import the host side, so this module imports
 nothing eagerly; the names below resolve on first use (PEP 562).
 """
@@ -14,6 +16,7 @@ from typing import Any
 
 _EXPORTS = {
     "ImageRecord": "sandbox.image",
+    "InstalledPlugin": "sandbox.plugins",
     "JobContainer": "sandbox.runner",
     "JobResult": "sandbox.runner",
     "JobSpec": "sandbox.protocol",
@@ -24,6 +27,7 @@ _EXPORTS = {
     "prune": "sandbox.runner",
     "run_job": "sandbox.runner",
     "verify_image": "sandbox.image",
+    "SandboxService": "sandbox.service",
     "WarmWorker": "sandbox.warm",
 }
 

@@ -4,7 +4,12 @@
     ├── EngineUnavailableError     the Docker engine cannot be reached
     ├── ImageError                 building, importing or verifying the pinned image failed
     │   ├── ImageMismatchError     the engine's image no longer matches the recorded one
+    │   ├── ImageStaleError        the image lacks what a job needs (plugin requirements)
     │   └── BuildCancelledError    the caller cancelled the build
+    ├── PluginError                a plugin could not be added, found or used
+    │   ├── PluginManifestError    the plugin directory or its manifest was refused
+    │   ├── PluginTamperedError    a stored plugin's files no longer match their recorded hashes
+    │   └── PluginNotFoundError    no plugin of that name was added
     ├── HostConfigError            a container's HostConfig is not the hardened one (static check)
     └── JobError                   a job ran but did not produce an acceptable result
         ├── JobTimeoutError        killed at its wall-clock limit
@@ -42,9 +47,46 @@ class ImageMismatchError(ImageError):
     )
 
 
+class ImageStaleError(ImageError):
+    title = "Sandbox image out of date"
+    hint = "Run `assetmgr sandbox build` to rebuild the image with every added plugin's wheels."
+
+
 class BuildCancelledError(ImageError):
     title = "Sandbox build cancelled"
     hint = "Run `assetmgr sandbox build` again; finished steps are cached."
+
+
+class PluginError(SandboxError):
+    title = "Plugin error"
+    hint = "See `assetmgr plugins list` and `assetmgr plugins verify`."
+
+
+class PluginManifestError(PluginError):
+    title = "Plugin refused"
+    hint = (
+        "Fix the plugin directory; the manifest format is documented in "
+        "sandbox/worker/plugin_api.py."
+    )
+
+
+class PluginTamperedError(PluginError):
+    title = "Plugin files changed"
+    hint = (
+        "Nothing was run. Check `assetmgr plugins verify`, then re-add the plugin from a "
+        "trusted copy (`assetmgr plugins remove NAME`, then `assetmgr plugins add DIR`)."
+    )
+
+    def __init__(self, message: str, *, plugin: str, problems: Sequence[str]) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.problems = list(problems)
+
+
+class PluginNotFoundError(PluginError, LookupError):
+    title = "No such plugin"
+    hint = "See `assetmgr plugins list`; add one with `assetmgr plugins add DIR`."
+    exit_code = 3
 
 
 class HostConfigError(SandboxError):
@@ -110,10 +152,15 @@ __all__ = [
     "HostileOutputError",
     "ImageError",
     "ImageMismatchError",
+    "ImageStaleError",
     "JobCancelledError",
     "JobError",
     "JobFailedError",
     "JobTimeoutError",
+    "PluginError",
+    "PluginManifestError",
+    "PluginNotFoundError",
+    "PluginTamperedError",
     "SandboxError",
     "WorkerProtocolError",
 ]

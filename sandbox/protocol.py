@@ -63,6 +63,8 @@ OUT_DIR: Final = "/job/out"
 #: Warm workers (`sandbox.warm`) keep one directory per job here, owned by the sandbox user.
 WORK_DIR: Final = "/job/work"
 MODELS_DIR: Final = "/models"
+#: Each vetted plugin a job asks for is bind-mounted read-only at ``/plugins/<name>``.
+PLUGINS_DIR: Final = "/plugins"
 
 MAX_SPEC_BYTES: Final = 256 * 1024
 MAX_PARAMS_BYTES: Final = 128 * 1024
@@ -71,6 +73,15 @@ MAX_TEXT: Final = 4096
 #: Output names the host accepts, relative to ``/job`` (the archive holds ``out/...``).
 OUTPUT_PNG_RE: Final = re.compile(r"^out/[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.png$")
 OUTPUT_RESULT_JSON: Final = "out/result.json"
+#: Text and JSON side outputs (plugins' `extra_outputs`); validated and re-encoded by the host.
+OUTPUT_EXTRA_RE: Final = re.compile(r"^out/[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.(txt|json)$")
+
+#: Plugin names: lower case, usable as a directory, a module-name part and an output prefix.
+PLUGIN_NAME_RE: Final = r"^[a-z][a-z0-9_-]{0,47}$"
+PLUGIN_VERSION_RE: Final = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
+PLUGIN_ENTRY_RE: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+#: The hooks a plugin may declare (see `sandbox.worker.plugin_api`, which repeats them).
+PLUGIN_HOOKS: Final = ("prompt_transform", "sampler_provider", "post_process", "extra_outputs")
 
 _NAME_RE: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _JOB_ID_RE: Final = r"^[a-z0-9][a-z0-9-]{0,63}$"
@@ -119,11 +130,32 @@ class ModelRef(_Strict):
 
 
 class PluginRef(_Strict):
-    """A vetted plugin (filled in by the plugin issue; the current worker accepts none)."""
+    """A vetted plugin the job uses, mounted read-only at ``/plugins/<name>``.
 
-    name: str = Field(pattern=_NAME_RE)
-    version: str = Field(max_length=64)
+    The host re-hashes the plugin's files against the catalog before every run; `sha256` is
+    the plugin's tree hash (over every file's path and sha256), so the worker and the logs can
+    tell exactly which content ran. `entry` and `hooks` come from the vetted manifest.
+    """
+
+    name: str = Field(pattern=PLUGIN_NAME_RE)
+    version: str = Field(pattern=PLUGIN_VERSION_RE)
     sha256: str = Field(pattern=_SHA256_RE)
+    entry: str = Field(pattern=PLUGIN_ENTRY_RE)
+    hooks: tuple[str, ...] = Field(min_length=1, max_length=len(PLUGIN_HOOKS))
+
+    @field_validator("hooks")
+    @classmethod
+    def _known_hooks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [h for h in value if h not in PLUGIN_HOOKS]
+        if unknown:
+            raise ValueError(f"unknown plugin hooks {unknown} (known: {', '.join(PLUGIN_HOOKS)})")
+        if len(set(value)) != len(value):
+            raise ValueError("plugin hooks must be unique")
+        return value
+
+    @property
+    def mount_path(self) -> str:
+        return f"{PLUGINS_DIR}/{self.name}"
 
 
 class ProbeCall(_Strict):
@@ -156,7 +188,28 @@ class EchoParams(BaseModel):
         return value
 
 
-_KIND_PARAMS: dict[str, type[BaseModel]] = {"probe": ProbeParams, "echo": EchoParams}
+class PluginDemoParams(BaseModel):
+    """Params of kind ``plugin_demo``: the plugin hooks on a prompt and a synthetic image.
+
+    The prompt goes through every ``prompt_transform`` hook, a seeded gradient PNG through every
+    ``post_process`` hook; ``out/result.json`` records the transformed prompt.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt: str = Field(default="", max_length=MAX_TEXT)
+    negative: str = Field(default="", max_length=MAX_TEXT)
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    width: int = Field(default=64, ge=8, le=1024)
+    height: int = Field(default=64, ge=8, le=1024)
+    plugin_options: dict[str, dict[str, JsonValue]] = Field(default_factory=dict)
+    """Per-plugin options, keyed by plugin name (each plugin sees only its own)."""
+
+
+_KIND_PARAMS: dict[str, type[BaseModel]] = {
+    "probe": ProbeParams,
+    "echo": EchoParams,
+    "plugin_demo": PluginDemoParams,
+}
 
 
 def register_kind(kind: str, params_model: type[BaseModel]) -> None:
@@ -195,6 +248,9 @@ class JobSpec(_Strict):
         paths = [m.mount_path for m in self.models]
         if len(set(names)) != len(names) or len(set(paths)) != len(paths):
             raise ValueError("model names and mount paths must be unique")
+        plugin_names = [p.name for p in self.plugins]
+        if len(set(plugin_names)) != len(plugin_names):
+            raise ValueError("plugin names must be unique")
         return self
 
     def typed_params(self) -> BaseModel:
@@ -422,9 +478,15 @@ __all__ = [
     "JOB_DIR",
     "MAX_SPEC_BYTES",
     "MODELS_DIR",
+    "OUTPUT_EXTRA_RE",
     "OUTPUT_PNG_RE",
     "OUTPUT_RESULT_JSON",
     "OUT_DIR",
+    "PLUGINS_DIR",
+    "PLUGIN_ENTRY_RE",
+    "PLUGIN_HOOKS",
+    "PLUGIN_NAME_RE",
+    "PLUGIN_VERSION_RE",
     "PROTOCOL_VERSION",
     "READY_MARKER",
     "SPEC_PATH",
@@ -435,6 +497,7 @@ __all__ = [
     "Limits",
     "LogMessage",
     "ModelRef",
+    "PluginDemoParams",
     "PluginRef",
     "ProbeCall",
     "ProbeParams",

@@ -7,7 +7,10 @@ engine, parse it as an *uncompressed* tar, and accept only:
 - regular files named ``out/<name>.png`` (see `sandbox.protocol.OUTPUT_PNG_RE`), each re-decoded
   with Pillow under a pixel cap (checked on the header, before any pixel is decoded) and
   re-encoded from raw pixels, so no chunk, metadata or trailing bytes of the original survive,
-- ``out/result.json``: a JSON object, size-capped, re-serialised.
+- ``out/result.json``: a JSON object, size-capped, re-serialised,
+- side outputs ``out/<name>.txt`` (strict UTF-8 without control characters other than tab and
+  newline, re-encoded) and ``out/<name>.json`` (any JSON value, re-serialised); plugins write
+  these through their ``extra_outputs`` hook (see `sandbox.protocol.OUTPUT_EXTRA_RE`).
 
 Links, devices, traversal, absolute names, duplicates, unknown names and oversize members are
 rejected; `tarfile.data_filter` (PEP 706) runs on every member as a second opinion. Any
@@ -22,6 +25,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import unicodedata
 import uuid
 import warnings
 from collections.abc import Iterable
@@ -31,7 +35,7 @@ from typing import IO, Any
 
 from PIL import Image
 
-from sandbox.protocol import OUTPUT_PNG_RE, OUTPUT_RESULT_JSON
+from sandbox.protocol import OUTPUT_EXTRA_RE, OUTPUT_PNG_RE, OUTPUT_RESULT_JSON
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MiB = 1024 * 1024
@@ -52,6 +56,8 @@ class Outputs:
     images: list[Path] = field(default_factory=list)
     result_json: dict[str, Any] | None = None
     result_json_path: Path | None = None
+    files: list[Path] = field(default_factory=list)
+    """Accepted side outputs (``.txt`` and ``.json`` other than result.json)."""
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -96,14 +102,30 @@ def _reencode_png(data: bytes, limits: OutputLimits) -> bytes:
     return out.getvalue()
 
 
-def _parse_result_json(data: bytes) -> dict[str, Any]:
+def _parse_json(data: bytes) -> Any:
     def no_constants(name: str) -> Any:
         raise ValueError(f"non-standard JSON constant {name}")
 
-    obj = json.loads(data.decode("utf-8"), parse_constant=no_constants)
+    return json.loads(data.decode("utf-8"), parse_constant=no_constants)
+
+
+def _parse_result_json(data: bytes) -> dict[str, Any]:
+    obj = _parse_json(data)
     if not isinstance(obj, dict):
         raise ValueError("result.json is not a JSON object")
     return obj
+
+
+_TEXT_CONTROLS_OK = frozenset("\t\n")
+
+
+def _clean_text(data: bytes) -> bytes:
+    """Strict UTF-8 with no control or format characters (tab and newline allowed)."""
+    text = data.decode("utf-8").replace("\r\n", "\n")
+    for ch in text:
+        if ch not in _TEXT_CONTROLS_OK and unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co"):
+            raise ValueError(f"control character U+{ord(ch):04X} in a text output")
+    return text.encode("utf-8")
 
 
 def _member_problem(member: tarfile.TarInfo, staging: Path, seen: set[str]) -> str | None:
@@ -120,7 +142,9 @@ def _member_problem(member: tarfile.TarInfo, staging: Path, seen: set[str]) -> s
         return None if name == "out" else "unexpected directory"
     if not member.isfile():
         return "not a regular file"
-    if name != OUTPUT_RESULT_JSON and not OUTPUT_PNG_RE.match(name):
+    if name != OUTPUT_RESULT_JSON and not (
+        OUTPUT_PNG_RE.match(name) or OUTPUT_EXTRA_RE.match(name)
+    ):
         return "name not in the output allowlist"
     return None
 
@@ -186,6 +210,16 @@ def extract_outputs(archive: IO[bytes], dest: Path, limits: OutputLimits | None 
                         parsed = _parse_result_json(data)
                         clean = json.dumps(parsed, ensure_ascii=True, sort_keys=True).encode()
                         outputs.result_json = parsed
+                    elif name.endswith(".json"):
+                        if len(data) > limits.max_json_bytes:
+                            raise ValueError(f"larger than {limits.max_json_bytes} bytes")
+                        clean = json.dumps(
+                            _parse_json(data), ensure_ascii=True, sort_keys=True
+                        ).encode()
+                    elif name.endswith(".txt"):
+                        if len(data) > limits.max_json_bytes:
+                            raise ValueError(f"larger than {limits.max_json_bytes} bytes")
+                        clean = _clean_text(data)
                     else:
                         clean = _reencode_png(data, limits)
                 except Exception as exc:  # any decoder failure is a rejection
@@ -203,9 +237,12 @@ def extract_outputs(archive: IO[bytes], dest: Path, limits: OutputLimits | None 
             os.replace(tmp, final)
             if base == OUTPUT_RESULT_JSON.split("/", 1)[1]:
                 outputs.result_json_path = final
-            else:
+            elif base.endswith(".png"):
                 outputs.images.append(final)
+            else:
+                outputs.files.append(final)
         outputs.images.sort()
+        outputs.files.sort()
         return outputs
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -51,13 +51,16 @@ from sandbox.engine import (
 from sandbox.errors import (
     HostConfigError,
     HostileOutputError,
+    ImageStaleError,
     JobCancelledError,
     JobFailedError,
     JobTimeoutError,
+    PluginError,
     SandboxError,
     WorkerProtocolError,
 )
 from sandbox.image.record import LABEL_PREFIX, ImageRecord, verify_image
+from sandbox.plugins import InstalledPlugin, verify_installed
 from sandbox.protocol import (
     JOB_DIR,
     OUT_DIR,
@@ -65,6 +68,7 @@ from sandbox.protocol import (
     JobSpec,
     Limits,
     ModelRef,
+    PluginRef,
     ProtocolReader,
     ResultMessage,
     StreamLimits,
@@ -137,6 +141,11 @@ class ModelMount:
 
 
 @dataclass(frozen=True)
+class PluginMount(ModelMount):
+    """A vetted plugin's stored copy, bind-mounted read-only at ``/plugins/<name>``."""
+
+
+@dataclass(frozen=True)
 class ContainerPlan:
     """Every setting of a job's container, derived from the spec; also what the check expects."""
 
@@ -147,6 +156,7 @@ class ContainerPlan:
     environment: Mapping[str, str]
     labels: Mapping[str, str]
     models: tuple[ModelMount, ...] = ()
+    plugins: tuple[PluginMount, ...] = ()
     gpu: DeviceRequest | None = None
     command: tuple[str, ...] = WORKER_COMMAND
     stdin_open: bool = False
@@ -156,7 +166,7 @@ class ContainerPlan:
         mounts = [Mount(JOB_DIR, self.volume_name, type="volume", no_copy=True)]
         mounts += [
             Mount(m.target, m.source, type="bind", read_only=True, propagation="rprivate")
-            for m in self.models
+            for m in (*self.models, *self.plugins)
         ]
         return mounts
 
@@ -226,12 +236,15 @@ def plan_job(
     client: Any = None,
     gpus: GpuRequest = "auto",
     check_local_paths: bool = True,
+    plugin_dirs: Mapping[str, Path] | None = None,
 ) -> ContainerPlan:
     """The container plan for `spec`; `models` maps each `ModelRef.name` to its host file.
 
     Only the files the spec names are mounted, each read-only at its own path. With
     `check_local_paths` each source must be an existing regular file on this machine (symlinks
-    are resolved, so a store's relative links mount the blob itself).
+    are resolved, so a store's relative links mount the blob itself). `plugin_dirs` maps each
+    `PluginRef.name` of the spec to its stored (already verified) copy, mounted read-only at
+    ``/plugins/<name>``; only the plugins the spec names are mounted.
     """
     return plan_container(
         spec.job_id,
@@ -242,6 +255,8 @@ def plan_job(
         client=client,
         gpus=gpus,
         check_local_paths=check_local_paths,
+        plugin_refs=spec.plugins,
+        plugin_dirs=plugin_dirs,
     )
 
 
@@ -258,8 +273,30 @@ def plan_container(
     role: str = "job",
     command: tuple[str, ...] = WORKER_COMMAND,
     stdin_open: bool = False,
+    plugin_refs: Sequence[PluginRef] = (),
+    plugin_dirs: Mapping[str, Path] | None = None,
 ) -> ContainerPlan:
     """`plan_job` for any container role (one-shot job, or a warm worker)."""
+    plugin_dirs = dict(plugin_dirs or {})
+    wanted_plugins = {p.name for p in plugin_refs}
+    if set(plugin_dirs) != wanted_plugins:
+        raise SandboxError(
+            f"plugin directories given {sorted(plugin_dirs)} do not match the spec's plugins "
+            f"{sorted(wanted_plugins)}"
+        )
+    plugin_mounts = []
+    for pref in plugin_refs:
+        psource = Path(plugin_dirs[pref.name])
+        if check_local_paths:
+            try:
+                psource = psource.resolve(strict=True)
+            except OSError as exc:
+                raise SandboxError(f"plugin directory of {pref.name!r} is missing: {exc}") from exc
+            if not psource.is_dir():
+                raise SandboxError(f"plugin source of {pref.name!r} is not a directory")
+        elif not psource.is_absolute():
+            raise SandboxError(f"plugin source of {pref.name!r} must be an absolute path")
+        plugin_mounts.append(PluginMount(str(psource), pref.mount_path))
     models = dict(models or {})
     wanted = {m.name for m in model_refs}
     if set(models) != wanted:
@@ -301,6 +338,7 @@ def plan_container(
         environment=env,
         labels=labels,
         models=tuple(mounts),
+        plugins=tuple(plugin_mounts),
         gpu=gpu,
         command=command,
         stdin_open=stdin_open,
@@ -382,7 +420,7 @@ def check_host_config(
     need(len(requests_) == (1 if plan.gpu is not None else 0), f"device requests {requests_!r}")
 
     mounts = list(hc.get("Mounts") or [])
-    expected = {(m.target, m.source) for m in plan.models}
+    expected = {(m.target, m.source) for m in (*plan.models, *plan.plugins)}
     seen_models = set()
     job_volume = 0
     for m in mounts:
@@ -401,7 +439,7 @@ def check_host_config(
         else:
             bad.append(f"unexpected mount {kind} {source} -> {target}")
     need(job_volume == 1, "job volume not mounted exactly once")
-    need(seen_models == expected, "model mounts differ from the plan")
+    need(seen_models == expected, "model or plugin mounts differ from the plan")
 
     need(cfg.get("Image") == plan.image_id, f"image {cfg.get('Image')!r} is not the pinned id")
     need(cfg.get("User") == SANDBOX_USER, f"user is {cfg.get('User')!r}")
@@ -711,6 +749,9 @@ class JobContainer:
             with lock:
                 reader.finish()
             if reader.tampered or reader.flooded:
+                for path in (*outputs.images, *outputs.files, outputs.result_json_path):
+                    if path is not None:
+                        path.unlink(missing_ok=True)  # nothing of a rejected job is kept
                 raise fail(
                     WorkerProtocolError, "worker output rejected: " + "; ".join(reader.violations)
                 )
@@ -734,6 +775,39 @@ class JobContainer:
         finally:
             for p in pumps:
                 p.close()
+
+
+def check_plugins(
+    spec: JobSpec, plugins: Sequence[InstalledPlugin], image: ImageRecord
+) -> dict[str, Path]:
+    """Re-verify the job's plugins on the host, before anything runs; their mount sources.
+
+    Each plugin the spec names must be given, match the spec's ref (name, version, tree hash,
+    entry, hooks), still hash exactly as recorded (`verify_installed`, which raises
+    `PluginTamperedError` naming the file with expected and actual sha256), and have its
+    requirements in the image's lock (else `ImageStaleError`).
+    """
+    given = {p.name: p for p in plugins}
+    wanted = [r.name for r in spec.plugins]
+    if sorted(given) != sorted(wanted):
+        raise PluginError(
+            f"plugins given {sorted(given)} do not match the spec's plugins {sorted(wanted)}"
+        )
+    in_image = set(image.plugin_requirements)
+    dirs = {}
+    for ref in spec.plugins:
+        plugin = given[ref.name]
+        if plugin.ref() != ref:
+            raise PluginError(f"the job's reference to plugin {ref.name} is not the added one")
+        verify_installed(plugin)
+        missing = sorted(set(plugin.requirements) - in_image)
+        if missing:
+            raise ImageStaleError(
+                f"the sandbox image was built without plugin {plugin.name}'s requirements "
+                f"{', '.join(missing)}"
+            )
+        dirs[ref.name] = plugin.path
+    return dirs
 
 
 _CHECKED_ENGINES: set[int] = set()
@@ -764,18 +838,28 @@ def run_job(
     cancel: threading.Event | None = None,
     stream_limits: StreamLimits | None = None,
     output_limits: OutputLimits | None = None,
+    plugins: Sequence[InstalledPlugin] = (),
 ) -> JobResult:
     """Run `spec` in a fresh hardened container from the pinned `image`; return its outputs.
 
-    Raises a `sandbox.errors.JobError` subclass when the job times out, fails, is cancelled,
-    breaks the protocol or writes hostile outputs; the container and its volume are removed in
-    every case.
+    `plugins` are the added plugins the spec names; they are re-verified by hash first
+    (`check_plugins`) and mounted read-only. Raises `PluginTamperedError` or `ImageStaleError`
+    before anything starts, and a `sandbox.errors.JobError` subclass when the job times out,
+    fails, is cancelled, breaks the protocol or writes hostile outputs; the container and its
+    volume are removed in every case.
     """
+    plugin_dirs = check_plugins(spec, plugins, image)
     client = client or engine_client()
     check_engine(client)
     verify_image(image, client)
     plan = plan_job(
-        spec, image, models, client=client, gpus=gpus, check_local_paths=is_local_engine(client)
+        spec,
+        image,
+        models,
+        client=client,
+        gpus=gpus,
+        check_local_paths=is_local_engine(client),
+        plugin_dirs=plugin_dirs,
     )
     with JobContainer(client, plan) as job:
         return job.run(
@@ -794,13 +878,21 @@ class PruneReport:
     volumes: list[str] = field(default_factory=list)
 
 
-def prune(client: Any = None, *, session: str | None = None) -> PruneReport:
-    """Remove stray job containers and volumes found by label (all sessions, or one)."""
+def prune(
+    client: Any = None, *, session: str | None = None, include_running: bool = True
+) -> PruneReport:
+    """Remove stray job containers and volumes found by label (all sessions, or one).
+
+    With ``include_running=False`` running containers (another process's jobs or warm workers)
+    and the volumes they use are left alone.
+    """
     client = client or engine_client()
     label = f"{LABEL_JOB}" if session is None else f"{LABEL_SESSION}={session}"
     report = PruneReport()
     for ct in client.containers.list(all=True, filters={"label": label}):
         if LABEL_JOB not in (ct.labels or {}):
+            continue
+        if not include_running and ct.status in ("running", "restarting", "paused"):
             continue
         try:
             ct.remove(force=True, v=True)
@@ -827,9 +919,11 @@ __all__ = [
     "ContainerPlan",
     "JobContainer",
     "JobResult",
+    "PluginMount",
     "PruneReport",
     "check_engine",
     "check_host_config",
+    "check_plugins",
     "new_job_id",
     "new_nonce",
     "plan_container",

@@ -14,6 +14,12 @@ sends one `JobSpec` JSON line per job, and parses the stdout frames with a fresh
 tmpfs) and come back with ``get_archive``, exactly like one-shot jobs. Same hardening, same
 static HostConfig check; the container's limits are fixed when it starts (only a job's
 ``timeout_s`` applies per job).
+
+Plugins: a warm worker is started with a fixed plugin set (mounted read-only, like one-shot
+jobs) and serves only jobs that ask for exactly that set. Before every job the host re-checks
+the image against its record and re-hashes the plugins' stored copies (`check_plugins`); a
+mismatch refuses the job and recycles the worker. Whether a plugin set may use a warm worker
+at all (only trusted ones) is decided by `sandbox.service`.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from sandbox.errors import (
     WorkerProtocolError,
 )
 from sandbox.image.record import ImageRecord, verify_image
+from sandbox.plugins import InstalledPlugin
 from sandbox.protocol import (
     JOB_DIR,
     WORK_DIR,
@@ -57,6 +64,7 @@ from sandbox.runner import (
     JobResult,
     MessageCallback,
     check_engine,
+    check_plugins,
     new_job_id,
     plan_container,
 )
@@ -109,8 +117,10 @@ class WarmWorker:
         gpus: GpuRequest = "auto",
         max_jobs: int = 50,
         stream_limits: StreamLimits | None = None,
+        plugins: Sequence[InstalledPlugin] = (),
     ) -> None:
         self.client = client or engine_client()
+        self.plugins = list(plugins)
         self.image = image
         self.limits = limits or Limits()
         self.models = list(models)
@@ -152,6 +162,8 @@ class WarmWorker:
             role="warm-worker",
             command=(*WORKER_COMMAND[:-1], "--serve"),
             stdin_open=True,
+            plugin_refs=[p.ref() for p in self.plugins],
+            plugin_dirs={p.name: p.path for p in self.plugins},
         )
         job = JobContainer(self.client, plan)
         job.__enter__()
@@ -222,6 +234,15 @@ class WarmWorker:
         mounted = {(m.name, m.mount_path, m.sha256) for m in self.models}
         if not {(m.name, m.mount_path, m.sha256) for m in spec.models} <= mounted:
             raise SandboxError("the job needs models this warm worker was not started with")
+        if {p.name for p in spec.plugins} != {p.name for p in self.plugins}:
+            raise SandboxError("the job's plugins are not this warm worker's plugin set")
+        try:
+            check_plugins(spec, self.plugins, self.image)
+            if self.running:
+                verify_image(self.image, self.client)
+        except SandboxError:
+            self.close()
+            raise
         if self.jobs_done >= self.max_jobs:
             self.close()
         self.start()

@@ -38,6 +38,7 @@ from sandbox.image.wheels import (
     REQUIREMENTS_IN,
     TorchVariant,
     WheelhouseInputs,
+    extend_wheelhouse,
     prepare_wheelhouse,
 )
 
@@ -110,6 +111,11 @@ def _digest_files(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
+def plugin_requirements_digest(requirements: list[str]) -> str:
+    """Hash of a set of plugin requirements: what decides the plugin part of an image."""
+    return hashlib.sha256("".join(f"{r}\n" for r in sorted(set(requirements))).encode()).hexdigest()
+
+
 def worker_digest() -> str:
     """Hash of what `worker_sources` would copy into the image (an image label)."""
     return _digest_files(worker_sources())
@@ -168,11 +174,11 @@ def _pull_pinned_base(client: Any, base_ref: str, progress: ProgressCallback) ->
 
 
 def _prepare_context(
-    ctx: Path, wheel_dir: Path, lock_text: str, sources: dict[str, bytes], dockerfile: str
+    ctx: Path, wheels: list[Path], lock_text: str, sources: dict[str, bytes], dockerfile: str
 ) -> None:
     shutil.rmtree(ctx, ignore_errors=True)
     (ctx / "wheels").mkdir(parents=True)
-    for wheel in sorted(wheel_dir.iterdir()):
+    for wheel in wheels:
         target = ctx / "wheels" / wheel.name
         try:
             os.link(wheel, target)  # same filesystem: no copy of ~250 MB
@@ -270,6 +276,9 @@ def build_image(
     force: bool = False,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    plugin_requirements: list[str] | None = None,
+    find_links: list[Path] | None = None,
+    no_index: bool = False,
 ) -> ImageRecord:
     """Build (or re-use) the pinned sandbox image and persist its `ImageRecord`.
 
@@ -288,6 +297,10 @@ def build_image(
         force: rebuild even when an image with identical inputs exists.
         progress: ``(stage, fraction or None)`` callback.
         cancel: set it to stop; raises `BuildCancelledError`.
+        plugin_requirements: exact pins (``name==version``) of the added plugins; their wheels
+            (and dependencies) join the hash-locked wheelhouse, and the image gets its own tag
+            (``...-p<hash>``) so images for different plugin sets coexist.
+        find_links, no_index: where plugin wheels may also come from (pip options).
     """
     from assetmgr import paths
 
@@ -363,10 +376,29 @@ def build_image(
             wheel_inputs, cache_dir, progress=report, cancel=cancel, offline=offline
         ),
     )
+    plugin_reqs = sorted(set(plugin_requirements or []))
+    if plugin_reqs:
+        base_house = house
+        house = timed(
+            "plugin_wheels",
+            lambda: extend_wheelhouse(
+                base_house,
+                plugin_reqs,
+                wheel_inputs,
+                cache_dir,
+                progress=report,
+                cancel=cancel,
+                offline=offline,
+                find_links=find_links,
+                no_index=no_index,
+            ),
+        )
+    plugin_reqs_sha = plugin_requirements_digest(plugin_reqs) if plugin_reqs else None
     build_inputs["wheels"] = {
         "count": len(house.wheels),
         "cached": house.cached,
         "torch_index_url": index,
+        "plugin_requirements": list(plugin_reqs),
     }
 
     sources = worker_sources()
@@ -399,6 +431,9 @@ def build_image(
         f"{LABEL_PREFIX}inputs.sha256": inputs_sha,
     }
     tag = f"{IMAGE_REPOSITORY}:{version}-{torch_variant}"
+    if plugin_reqs_sha:
+        labels[f"{LABEL_PREFIX}plugins.requirements.sha256"] = plugin_reqs_sha
+        tag += f"-p{plugin_reqs_sha[:12]}"
 
     image_id = None
     if not force:
@@ -411,7 +446,7 @@ def build_image(
             pass
     if image_id is None:
         ctx = cache_dir / "context"
-        _prepare_context(ctx, house.directory, house.lock_text, sources, dockerfile)
+        _prepare_context(ctx, house.wheel_paths(), house.lock_text, sources, dockerfile)
         try:
             image_id = timed(
                 "docker_build", lambda: _docker_build(client, ctx, tag, labels, report, cancel)
@@ -436,6 +471,8 @@ def build_image(
         size_bytes=int(image.attrs.get("Size") or 0),
         build_inputs=build_inputs,
         timings_s={**timings, "total": round(time.monotonic() - started, 2)},
+        plugin_requirements=list(plugin_reqs),
+        plugin_requirements_sha256=plugin_reqs_sha,
     )
     report("verify", None)
     verify_image(record, client)

@@ -41,6 +41,9 @@ class ImageRecord(BaseModel):
     size_bytes: int = 0
     build_inputs: dict[str, JsonValue] = Field(default_factory=dict)
     timings_s: dict[str, float] = Field(default_factory=dict)
+    plugin_requirements: list[str] = Field(default_factory=list)
+    """The added plugins' pinned requirements whose wheels the image's lock includes."""
+    plugin_requirements_sha256: str | None = None
 
 
 def default_record_path() -> Path:

@@ -79,6 +79,15 @@ class Wheelhouse:
     lock_sha256: str
     wheels: tuple[LockedWheel, ...]
     cached: bool
+    extra_directories: tuple[Path, ...] = ()
+    """More wheel directories (plugin wheels on top of the base wheelhouse)."""
+    plugin_requirements: tuple[str, ...] = ()
+
+    def wheel_paths(self) -> list[Path]:
+        out = []
+        for directory in (self.directory, *self.extra_directories):
+            out += [p for p in sorted(directory.iterdir()) if not p.name.startswith(".")]
+        return out
 
 
 def platform_tags(machine: str, glibc: tuple[int, int]) -> list[str]:
@@ -312,5 +321,136 @@ def prepare_wheelhouse(
             tuple(wheels),
             cached=False,
         )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plugin requirements on top of the base wheelhouse
+
+
+def _plugin_key(
+    base: Wheelhouse, requirements: list[str], find_links: list[Path], no_index: bool
+) -> str:
+    blob = json.dumps(
+        {
+            "base_lock": base.lock_sha256,
+            "requirements": requirements,
+            "find_links": [str(p) for p in find_links],
+            "no_index": no_index,
+            "lock_format": LOCK_FORMAT,
+        },
+        sort_keys=True,
+    ).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _merged(
+    base: Wheelhouse,
+    extra_dir: Path,
+    extras: list[LockedWheel],
+    inputs: WheelhouseInputs,
+    requirements: list[str],
+    cached: bool,
+) -> Wheelhouse:
+    wheels = [*base.wheels, *extras]
+    lock_text = render_lock(wheels, inputs) + "".join(
+        f"# plugin requirement: {r}\n" for r in requirements
+    )
+    return Wheelhouse(
+        directory=base.directory,
+        lock_path=extra_dir.parent / "requirements.lock",
+        lock_text=lock_text,
+        lock_sha256=hashlib.sha256(lock_text.encode()).hexdigest(),
+        wheels=tuple(sorted(wheels, key=lambda w: w.name)),
+        cached=cached,
+        extra_directories=(extra_dir,),
+        plugin_requirements=tuple(requirements),
+    )
+
+
+def extend_wheelhouse(
+    base: Wheelhouse,
+    plugin_requirements: list[str],
+    inputs: WheelhouseInputs,
+    cache_dir: Path,
+    *,
+    progress: ProgressCallback,
+    cancel: threading.Event,
+    offline: bool = False,
+    find_links: list[Path] | None = None,
+    no_index: bool = False,
+) -> Wheelhouse:
+    """The base wheelhouse plus the wheels that plugins' pinned requirements need.
+
+    ``pip download --only-binary :all:`` resolves the requirements for the image's platform,
+    constrained to the base lock (a plugin can add packages, never change a pinned one), with
+    the base wheels as a local source. Only wheels the base lacks are kept, in their own cache
+    entry keyed by the base lock and the requirement set; the merged lock (base + extras, and a
+    comment per plugin requirement) is what the image installs with ``--require-hashes``.
+    `find_links` and `no_index` let a wheel come from a local directory (offline tests, vetted
+    private wheels).
+    """
+    requirements = sorted(set(plugin_requirements))
+    if not requirements:
+        return base
+    links = [Path(p).resolve() for p in find_links or []]
+    entry = cache_dir / "plugin-wheels" / _plugin_key(base, requirements, links, no_index)[:24]
+    extra_dir = entry / "wheels"
+    base_locked = {w.name: (w.version, w.sha256) for w in base.wheels}
+    lock_path = entry / "requirements.lock"
+    if lock_path.is_file() and extra_dir.is_dir():
+        extras = _scan(extra_dir)
+        merged = _merged(base, extra_dir, extras, inputs, requirements, cached=True)
+        if merged.lock_text == lock_path.read_text() and not set(base_locked) & {
+            w.name for w in extras
+        }:
+            progress("verify cached plugin wheels", 1.0)
+            return merged
+    if offline and not no_index:
+        raise ImageError(
+            "plugin requirements are not in the cache and --offline was given",
+            hint="Build once with access to the package index.",
+        )
+    entry.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="download-", dir=entry))
+    try:
+        constraints = scratch / ".constraints.txt"
+        constraints.write_text("".join(f"{n}=={v}\n" for n, (v, _) in sorted(base_locked.items())))
+        args = ["-c", str(constraints), "--find-links", str(base.directory)]
+        for link in links:
+            args += ["--find-links", str(link)]
+        if no_index:
+            args.append("--no-index")
+        progress("download plugin wheels", None)
+        try:
+            _pip_download([*args, *requirements], inputs, scratch, cancel, progress)
+        except ImageError as exc:
+            raise ImageError(
+                f"cannot resolve plugin requirements {', '.join(requirements)} as wheels "
+                f"compatible with the sandbox's pinned packages: {exc}",
+                hint="Pin versions that exist as wheels for CPython 3.11 on Linux and agree with "
+                "sandbox/image/requirements.in.",
+            ) from exc
+        constraints.unlink()
+        extras = []
+        for wheel in _scan(scratch):
+            pinned = base_locked.get(wheel.name)
+            if pinned is None:
+                extras.append(wheel)
+            elif pinned[0] != wheel.version:
+                raise ImageError(
+                    f"plugin requirements need {wheel.name} {wheel.version}, "
+                    f"the image pins {pinned[0]}"
+                )
+            else:
+                (scratch / wheel.filename).unlink()  # the base already has it
+        shutil.rmtree(extra_dir, ignore_errors=True)
+        scratch.rename(extra_dir)
+        merged = _merged(base, extra_dir, extras, inputs, requirements, cached=False)
+        tmp_lock = entry / ".requirements.lock.tmp"
+        tmp_lock.write_text(merged.lock_text)
+        tmp_lock.replace(lock_path)
+        return merged
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

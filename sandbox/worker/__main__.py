@@ -44,7 +44,7 @@ def _wait_for(path: str, timeout_s: float) -> bool:
     return True
 
 
-def serve(channel: Channel, work_root: Path) -> int:
+def serve(channel: Channel, work_root: Path, plugins_root: Path | None = None) -> int:
     """Warm mode: one JSON job spec per line on stdin, until EOF.
 
     Each job writes under ``<work_root>/<job_id>/out``; the previous job's directory is removed
@@ -71,7 +71,7 @@ def serve(channel: Channel, work_root: Path) -> int:
             continue
         previous = work_root / spec.job_id
         try:
-            execute(spec, previous / "out", channel)
+            execute(spec, previous / "out", channel, plugins_root=plugins_root)
         except Exception as exc:
             channel.send(
                 ErrorMessage(code=type(exc).__name__, message=str(exc)[:2000], job_id=spec.job_id)
@@ -85,11 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=OUT_DIR)
     parser.add_argument("--no-linger", action="store_true")
     parser.add_argument("--serve", action="store_true", help="warm mode: job specs on stdin")
+    parser.add_argument("--plugins-root", type=Path, help="where plugins are mounted (tests)")
     args = parser.parse_args(argv)
 
     channel.send(ReadyMessage(worker_version=WORKER_VERSION))
     if args.serve:
-        return serve(channel, Path(WORK_DIR))
+        return serve(channel, Path(WORK_DIR), args.plugins_root)
     if args.spec == SPEC_PATH and not _wait_for(READY_MARKER, SPEC_WAIT_S):
         channel.send(ErrorMessage(code="no_spec", message="the job spec never arrived"))
         return 2
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         channel.send(ErrorMessage(code="bad_spec", message=str(exc)[:2000]))
         return 2
     try:
-        execute(spec, Path(args.out), channel)
+        execute(spec, Path(args.out), channel, plugins_root=args.plugins_root)
     except Exception as exc:
         channel.send(
             ErrorMessage(code=type(exc).__name__, message=str(exc)[:2000], job_id=spec.job_id)

@@ -72,12 +72,15 @@ def test_failures_recycle_the_worker(
             w.run(probe("write_output", {"kind": "symlink", "name": "x.png"}), tmp_path / "2")
         assert not w.running
         with pytest.raises(JobFailedError):
-            bad = JobSpec(
+            # a spec the worker refuses (the host would never build it: unknown kind)
+            bad = JobSpec.model_construct(
                 job_id=new_job_id(),
                 nonce=new_nonce(),
-                kind="echo",
+                kind="no_such_kind",
                 params={},
-                plugins=[{"name": "p", "version": "1", "sha256": "0" * 64}],  # type: ignore[list-item]
+                models=[],
+                plugins=[],
+                limits=LIMITS,
             )
             w.run(bad, tmp_path / "3")
         assert w.run(echo("again"), tmp_path / "4").result.data["text"] == "again"

@@ -41,16 +41,20 @@ def test_probe_job_reports_each_probe(tmp_path: Path) -> None:
     assert probes[1] == {"name": "no_such_probe", "ok": False, "exception": "unknown probe"}
 
 
-def test_plugins_are_refused_for_now(tmp_path: Path) -> None:
+def test_plugins_that_are_not_mounted_are_refused(tmp_path: Path) -> None:
+    from sandbox.worker.plugin_host import PluginError
+
     s = JobSpec(
         job_id="job-p",
         nonce="3" * 32,
         kind="echo",
         params={},
-        plugins=[PluginRef(name="p", version="1", sha256="0" * 64)],
+        plugins=[
+            PluginRef(name="p", version="1", sha256="0" * 64, entry="p", hooks=("post_process",))
+        ],
     )
-    with pytest.raises(ValueError, match="plugins"):
-        execute(s, tmp_path, CollectingChannel())
+    with pytest.raises(PluginError, match="'p' load: not mounted"):
+        execute(s, tmp_path / "out", CollectingChannel(), plugins_root=tmp_path)
 
 
 def test_print_never_reaches_the_protocol_channel(tmp_path: Path) -> None:
