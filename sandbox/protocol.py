@@ -205,10 +205,26 @@ class PluginDemoParams(BaseModel):
     """Per-plugin options, keyed by plugin name (each plugin sees only its own)."""
 
 
+class GenerateParams(BaseModel):
+    """Params of kind ``generate``: a `sandbox.worker.genspec.GenSpec` as JSON.
+
+    Checked here only for its shape; the worker validates it fully as a ``GenSpec`` (the
+    protocol module cannot import the worker package without an import cycle).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    prompt: str = Field(max_length=MAX_TEXT)
+    model_path: str = Field(max_length=4096)
+    model_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    seed: int = Field(ge=0, lt=2**32)
+
+
 _KIND_PARAMS: dict[str, type[BaseModel]] = {
     "probe": ProbeParams,
     "echo": EchoParams,
     "plugin_demo": PluginDemoParams,
+    "generate": GenerateParams,
 }
 
 
@@ -510,5 +526,6 @@ __all__ = [
     "encode_message",
     "known_kinds",
     "register_kind",
+    "GenerateParams",
     "sanitize_text",
 ]

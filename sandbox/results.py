@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from sandbox.protocol import OUTPUT_EXTRA_RE, OUTPUT_PNG_RE, OUTPUT_RESULT_JSON
 
@@ -97,9 +97,28 @@ def _reencode_png(data: bytes, limits: OutputLimits) -> bytes:
             mode = im.mode if im.mode in ("RGB", "RGBA", "L", "LA") else "RGBA"
             pixels = im.convert(mode) if mode != im.mode else im
             clean = Image.frombytes(mode, pixels.size, pixels.tobytes())
+            parameters = _parameters_text(im)
     out = io.BytesIO()
-    clean.save(out, format="PNG", optimize=False)
+    info = None
+    if parameters is not None:
+        # Generation metadata (A1111's "parameters" chunk) is the one text chunk kept;
+        # everything else in the container's PNG is dropped with the re-encode.
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters)
+    clean.save(out, format="PNG", optimize=False, pnginfo=info)
     return out.getvalue()
+
+
+MAX_PARAMETERS_CHARS = 64 * 1024
+
+
+def _parameters_text(im: Image.Image) -> str | None:
+    """The ``parameters`` text chunk, if present, bounded and without control characters."""
+    text = getattr(im, "text", {}).get("parameters")
+    if not isinstance(text, str) or not text:
+        return None
+    text = text[:MAX_PARAMETERS_CHARS]
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch)[0] != "C")
 
 
 def _parse_json(data: bytes) -> Any:

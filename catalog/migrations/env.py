@@ -14,6 +14,7 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
+import catalog.runs  # noqa: F401  (generation_run)
 import catalog.sandbox_records  # noqa: F401  (plugin, plugin_file, sandbox_image tables)
 import catalog.usermeta  # noqa: F401  (its table is part of the target metadata)
 from catalog.db import include_name, make_engine

@@ -128,10 +128,17 @@ def _job_seed(spec: JobSpec) -> int:
     return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
 
 
+def _run_generate_job(spec: JobSpec, out_dir: Path, channel: Channel) -> dict[str, Any]:
+    from sandbox.worker.kind_generate import run_generate_job
+
+    return run_generate_job(spec, out_dir, channel)
+
+
 _KINDS = {
     "probe": _run_probe_job,
     "echo": _run_echo_job,
     "plugin_demo": _run_plugin_demo_job,
+    "generate": _run_generate_job,
 }
 
 

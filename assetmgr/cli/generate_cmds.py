@@ -1,0 +1,189 @@
+"""Generation commands: generate, rerun, runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from assetmgr.cli import print_json
+from assetmgr.config import Settings
+from assetmgr.errors import AssetMgrError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)
+    app.command("rerun")(rerun)
+    app.command("runs")(runs)
+
+
+def _parse_lora(text: str) -> tuple[str, float]:
+    ref, sep, weight = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        return ref, float(weight)
+    except ValueError:
+        raise AssetMgrError(
+            f"bad --lora {text!r}", hint="Use --lora REF:WEIGHT, e.g. --lora inkwash:0.8"
+        ) from None
+
+
+def _services() -> tuple[Any, Any, Any]:
+    from assetmgr import paths
+    from assetmgr.context import open_engine
+    from assetmgr.store.blobs import BlobStore
+    from sandbox.service import SandboxService
+
+    engine = open_engine(Settings.load())
+    return engine, BlobStore(paths.store_dir()), SandboxService(engine)
+
+
+def _progress_printer(enabled: bool) -> Any:
+    if not enabled:
+        return None
+
+    def on_message(message: Any) -> None:
+        if getattr(message, "type", "") == "progress" and getattr(message, "total", None):
+            sys.stderr.write(f"\r{message.stage}: step {message.step}/{message.total}   ")
+            sys.stderr.flush()
+
+    return on_message
+
+
+def generate(
+    model: str = typer.Option(..., "--model", help="Checkpoint: version id or catalog name."),
+    prompt: str = typer.Option(..., "--prompt", help="A1111 prompt; <lora:NAME:W> tags work."),
+    loras: list[str] = typer.Option([], "--lora", help="REF:WEIGHT (repeatable)."),
+    negative: str = typer.Option("", "--negative", help="Negative prompt."),
+    steps: int = typer.Option(20, "--steps", min=1, max=150),
+    cfg: float = typer.Option(7.0, "--cfg", min=0.0, max=30.0),
+    seed: int = typer.Option(0, "--seed", min=0),
+    width: int = typer.Option(512, "--width", min=64, max=2048),
+    height: int = typer.Option(512, "--height", min=64, max=2048),
+    batch: int = typer.Option(1, "--batch", min=1, max=16),
+    sampler: str = typer.Option("Euler a", "--sampler", help="A1111 sampler name."),
+    clip_skip: int = typer.Option(1, "--clip-skip", min=1, max=12),
+    plugins: list[str] = typer.Option([], "--plugin", help="Added plugin to run (repeatable)."),
+    triggers: bool = typer.Option(False, "--add-trigger-words", help="Prepend LoRA triggers."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (CPU) or float16."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Torch threads (part of the spec)."),
+    timeout: float = typer.Option(1800.0, "--timeout", help="Seconds before the job is killed."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+) -> None:
+    """Generate images in the sandbox from catalog models; the run is recorded."""
+    from assetmgr import paths
+    from assetmgr.generation import GenerateRequest, build_spec, run_generation
+    from catalog.db import session_scope
+
+    engine, store, sandbox = _services()
+    req = GenerateRequest(
+        model=model,
+        prompt=prompt,
+        negative=negative,
+        loras=[_parse_lora(x) for x in loras],
+        steps=steps,
+        cfg=cfg,
+        seed=seed,
+        width=width,
+        height=height,
+        batch=batch,
+        sampler=sampler,
+        clip_skip=clip_skip,
+        plugins=list(plugins),
+        add_trigger_words=triggers,
+        dtype=dtype,
+        device=device,
+        threads=threads,
+        timeout_s=timeout,
+    )
+    with session_scope(engine) as session:
+        spec, mounts, models = build_spec(session, store, req)
+    out_dir = out or paths.runs_dir() / "latest"
+    record = run_generation(
+        engine,
+        store,
+        sandbox,
+        spec,
+        mounts,
+        models,
+        plugins=plugins,
+        out_dir=out_dir,
+        timeout_s=timeout,
+        on_message=_progress_printer(not as_json and sys.stderr.isatty()),
+    )
+    if as_json:
+        print_json(record.as_json())
+        return
+    sys.stderr.write(f"\nrun {record.run_id} done\n")
+    for o in record.outputs:
+        sys.stdout.write(f"{o['path']}\n")
+
+
+def rerun(
+    run_id: int = typer.Argument(..., help="A run id from `assetmgr runs`."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+) -> None:
+    """Repeat a recorded run and report whether the output bytes match."""
+    from assetmgr import paths
+    from assetmgr.generation import rerun as do_rerun
+
+    engine, store, sandbox = _services()
+    record = do_rerun(
+        engine, store, sandbox, run_id, out_dir=out or paths.runs_dir() / f"rerun-{run_id}"
+    )
+    if as_json:
+        print_json(record.as_json())
+    else:
+        verdict = "identical bytes" if record.identical else "DIFFERENT bytes"
+        sys.stdout.write(f"run {record.run_id} repeats run {run_id}: {verdict}\n")
+    if not record.identical:
+        raise SystemExit(5)
+
+
+def runs(
+    limit: int = typer.Option(20, "--limit", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Recorded generation runs, newest first."""
+    from sqlalchemy import select
+    from sqlmodel import col
+
+    from catalog.db import session_scope
+    from catalog.runs import GenerationRun
+
+    engine, _, _ = _services()
+    with session_scope(engine) as session:
+        rows = (
+            session.execute(
+                select(GenerationRun).order_by(col(GenerationRun.id).desc()).limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+        data = [
+            {
+                "run_id": r.id,
+                "created_at": r.created_at.isoformat(),
+                "status": r.status,
+                "prompt": r.spec.get("prompt"),
+                "seed": r.spec.get("seed"),
+                "outputs": [o.get("sha256") for o in r.outputs],
+                "rerun_of": r.rerun_of,
+                "error": r.error,
+            }
+            for r in rows
+        ]
+    if as_json:
+        print_json(data)
+        return
+    for r in data:
+        sys.stdout.write(
+            f"#{r['run_id']} {r['created_at']} {r['status']} seed={r['seed']} "
+            f"{(r['prompt'] or '')[:60]!r}\n"
+        )

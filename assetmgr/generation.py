@@ -1,0 +1,392 @@
+"""`assetmgr generate` and `assetmgr rerun`: resolve catalog references, run in the sandbox,
+record the run.
+
+References (`--model`, `--lora`, and ``<lora:NAME:W>`` tags in the prompt) are a version id,
+a model name, or a file name / A1111 alias (the file name without extension); they must be
+verified files in the local store. The job spec records everything that changes pixels
+(see `sandbox.worker.genspec.GenSpec`), and the run is stored in the catalog with the image id
+and the hashes of every input and output, so `rerun` can repeat it and compare bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from assetmgr.errors import AssetMgrError, NotInCatalogError
+from assetmgr.store.blobs import BlobStore
+from catalog.models import LocalFile, Model, ModelFile, ModelVersion
+from catalog.runs import GenerationRun
+from catalog.usermeta import UserMeta
+
+_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>")
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class GenerationError(AssetMgrError):
+    title = "Generation failed"
+    hint = "Run with -v for the worker log; `assetmgr sandbox status` checks the image."
+
+
+@dataclass(frozen=True)
+class LocalAsset:
+    """A verified local file of a catalog version, ready to mount."""
+
+    version_id: int
+    file_id: int | None
+    model_name: str
+    model_type: str
+    alias: str
+    """A1111's name for it: the file name without extension."""
+    base_model: str | None
+    sha256: str
+    autov3: str | None
+    blob_path: Path
+    trained_words: list[str] = field(default_factory=list)
+    preferred_weight: float | None = None
+
+    @property
+    def mount_name(self) -> str:
+        stem = _SAFE.sub("_", self.alias).strip("._-")[:80] or "model"
+        return f"{stem}-{self.sha256[:12].lower()}.safetensors"
+
+
+def _verified_files(session: Session, version_ids: Sequence[int]) -> list[tuple[Any, ...]]:
+    return list(
+        session.execute(
+            select(LocalFile, ModelFile, ModelVersion, Model)
+            .join(ModelFile, col(ModelFile.id) == col(LocalFile.file_id))
+            .join(ModelVersion, col(ModelVersion.id) == col(ModelFile.version_id))
+            .join(Model, col(Model.id) == col(ModelVersion.model_id))
+            .where(col(ModelVersion.id).in_(version_ids), col(LocalFile.state) == "verified")
+            .order_by(col(ModelFile.is_primary).desc(), col(ModelFile.id))
+        ).all()
+    )
+
+
+def resolve_asset(
+    session: Session, store: BlobStore, ref: str, *, kinds: Sequence[str] = ()
+) -> LocalAsset:
+    """A version id, model name or file alias -> its verified local file."""
+    text = ref.strip()
+    version_ids: list[int] = []
+    if text.lstrip("-").isdigit():
+        version_ids = [int(text)]
+    else:
+        lowered = text.lower()
+        by_file = (
+            session.execute(
+                select(col(ModelFile.version_id))
+                .join(LocalFile, col(LocalFile.file_id) == col(ModelFile.id))
+                .where(col(LocalFile.state) == "verified")
+                .where(
+                    func.lower(ModelFile.name).in_(
+                        [lowered, f"{lowered}.safetensors", f"{lowered}.ckpt"]
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        version_ids = list(by_file)
+        if not version_ids:
+            query = (
+                select(col(ModelVersion.id))
+                .join(Model, col(Model.id) == col(ModelVersion.model_id))
+                .where(func.lower(Model.name) == lowered)
+                .order_by(col(ModelVersion.position), col(ModelVersion.id).desc())
+            )
+            if kinds:
+                query = query.where(col(Model.type).in_(kinds))
+            version_ids = list(session.execute(query).scalars().all())
+    rows = _verified_files(session, version_ids) if version_ids else []
+    if kinds:
+        rows = [r for r in rows if r[3].type in kinds]
+    for local, file, version, model in rows:
+        if local.sha256 and store.has(local.sha256):
+            meta = session.get(UserMeta, version.id)
+            return LocalAsset(
+                version_id=version.id,
+                file_id=file.id,
+                model_name=model.name,
+                model_type=model.type,
+                alias=Path(file.name or f"file-{file.id}").stem,
+                base_model=version.base_model,
+                sha256=local.sha256.upper(),
+                autov3=local.autov3,
+                blob_path=store.blob_path(local.sha256),
+                trained_words=[w.word for w in version.trained_words],
+                preferred_weight=meta.preferred_weight if meta else None,
+            )
+    what = "/".join(kinds) if kinds else "model"
+    raise NotInCatalogError(
+        f"no verified local {what} file for {ref!r}",
+        hint="Pull it first (`assetmgr pull VERSION_ID`) or import it (`assetmgr import DIR`).",
+    )
+
+
+@dataclass
+class GenerateRequest:
+    model: str
+    prompt: str
+    negative: str = ""
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    steps: int = 20
+    cfg: float = 7.0
+    seed: int = 0
+    width: int = 512
+    height: int = 512
+    batch: int = 1
+    sampler: str = "Euler a"
+    clip_skip: int = 1
+    plugins: list[str] = field(default_factory=list)
+    add_trigger_words: bool = False
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = 2
+    timeout_s: float = 1800.0
+
+
+@dataclass
+class RunRecord:
+    run_id: int
+    outputs: list[dict[str, Any]]
+    spec: dict[str, Any]
+    image_id: str | None
+    identical_to: int | None = None
+    identical: bool | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "run_id": self.run_id,
+            "image_id": self.image_id,
+            "outputs": self.outputs,
+            "spec": self.spec,
+        }
+        if self.identical_to is not None:
+            data["rerun_of"] = self.identical_to
+            data["identical"] = self.identical
+        return data
+
+
+def build_spec(
+    session: Session, store: BlobStore, req: GenerateRequest
+) -> tuple[dict[str, Any], dict[str, Path], dict[str, Any]]:
+    """(GenSpec params, mount name -> host file, models record) for a request."""
+    from sandbox.worker.genspec import GenSpec  # pure pydantic; no torch on the host
+
+    checkpoint = resolve_asset(session, store, req.model, kinds=("Checkpoint",))
+    mounts: dict[str, Path] = {checkpoint.mount_name: checkpoint.blob_path}
+    models: dict[str, Any] = {
+        checkpoint.mount_name: {
+            "sha256": checkpoint.sha256,
+            "version_id": checkpoint.version_id,
+            "file_id": checkpoint.file_id,
+        }
+    }
+    wanted: dict[str, float | None] = dict(req.loras)
+    for name in _LORA_TAG.findall(req.prompt):
+        wanted.setdefault(name, None)
+    loras = []
+    tagged = set(_LORA_TAG.findall(req.prompt))
+    for ref, weight in wanted.items():
+        asset = resolve_asset(session, store, ref, kinds=("LORA", "LoCon", "DoRA"))
+        mounts[asset.mount_name] = asset.blob_path
+        models[asset.mount_name] = {
+            "sha256": asset.sha256,
+            "version_id": asset.version_id,
+            "file_id": asset.file_id,
+        }
+        loras.append(
+            {
+                # The worker matches <lora:NAME:...> tags by this name.
+                "name": ref if ref in tagged else asset.alias,
+                "path": f"/models/{asset.mount_name}",
+                "sha256": asset.sha256.lower(),
+                "te_weight": weight,
+                "unet_weight": weight,
+                "base_model": asset.base_model,
+                "trigger_words": asset.trained_words,
+            }
+        )
+    spec = GenSpec.model_validate(
+        {
+            "model_path": f"/models/{checkpoint.mount_name}",
+            "model_sha256": checkpoint.sha256.lower(),
+            "model_name": checkpoint.alias,
+            "base_model": checkpoint.base_model,
+            "loras": loras,
+            "prepend_trigger_words": req.add_trigger_words,
+            "prompt": req.prompt,
+            "negative_prompt": req.negative,
+            "steps": req.steps,
+            "cfg_scale": req.cfg,
+            "seed": req.seed,
+            "width": req.width,
+            "height": req.height,
+            "batch_size": req.batch,
+            "sampler": req.sampler,
+            "clip_skip": req.clip_skip,
+            "dtype": req.dtype,
+            "device": req.device,
+            "threads": req.threads,
+        }
+    )
+    return spec.model_dump(mode="json"), mounts, models
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest().upper()
+
+
+def run_generation(
+    engine: Engine,
+    store: BlobStore,
+    sandbox: Any,
+    spec: dict[str, Any],
+    mounts: dict[str, Path],
+    models: dict[str, Any],
+    *,
+    plugins: Sequence[str],
+    out_dir: Path,
+    timeout_s: float = 1800.0,
+    rerun_of: int | None = None,
+    on_message: Callable[[Any], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> RunRecord:
+    """Run a generation spec in the sandbox and record it; raises `GenerationError`."""
+    from sandbox.protocol import Limits, ModelRef
+
+    refs = [
+        ModelRef(name=name, mount_path=f"/models/{name}", sha256=info["sha256"].lower())
+        for name, info in models.items()
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image = sandbox.load_image()
+    try:
+        result = sandbox.run(
+            "generate",
+            spec,
+            out_dir,
+            plugins=list(plugins),
+            limits=Limits(
+                timeout_s=timeout_s,
+                memory_bytes=16 * 2**30,
+                cpus=2.0,
+                tmpfs_bytes=1 << 30,
+                shm_bytes=1 << 30,
+            ),
+            models=refs,
+            model_files=mounts,
+            on_message=on_message,
+            cancel=cancel,
+            image=image,
+        )
+    except AssetMgrError as exc:
+        with Session(engine) as session, session.begin():
+            session.add(
+                GenerationRun(
+                    status="failed",
+                    spec=spec,
+                    models=models,
+                    plugins=list(plugins),
+                    image_id=image.image_id,
+                    model_sha256=spec.get("model_sha256"),
+                    error=exc.message,
+                    rerun_of=rerun_of,
+                )
+            )
+        raise
+    data = result.result.data or {}
+    outputs: list[dict[str, Any]] = []
+    by_name = {f"out/{p.name}": p for p in result.images}
+    for item in data.get("images", []):
+        path = by_name.get(item.get("name"))
+        if path is None:
+            continue
+        outputs.append(
+            {
+                "path": str(path),
+                "sha256": _sha256_file(path),
+                "seed": item.get("seed"),
+                "infotext": item.get("infotext"),
+            }
+        )
+    lora_hashes = {lo["name"]: lo["sha256"] for lo in spec.get("loras", [])}
+    with Session(engine) as session, session.begin():
+        run = GenerationRun(
+            spec=spec,
+            models=models,
+            plugins=list(plugins),
+            image_id=image.image_id,
+            model_sha256=spec.get("model_sha256"),
+            lora_hashes=lora_hashes,
+            outputs=outputs,
+            rerun_of=rerun_of,
+        )
+        session.add(run)
+        session.flush()
+        run_id = int(run.id or 0)
+    return RunRecord(run_id, outputs, spec, image.image_id)
+
+
+def load_run(engine: Engine, run_id: int) -> GenerationRun:
+    with Session(engine) as session:
+        run = session.get(GenerationRun, run_id)
+        if run is None:
+            raise NotInCatalogError(
+                f"no generation run {run_id}", hint="`assetmgr runs` lists recorded runs."
+            )
+        session.expunge(run)
+        return run
+
+
+def rerun(
+    engine: Engine,
+    store: BlobStore,
+    sandbox: Any,
+    run_id: int,
+    *,
+    out_dir: Path,
+    on_message: Callable[[Any], None] | None = None,
+) -> RunRecord:
+    """Repeat a recorded run with the same spec and inputs; report whether the bytes match."""
+    old = load_run(engine, run_id)
+    mounts: dict[str, Path] = {}
+    for name, info in old.models.items():
+        sha = str(info["sha256"]).upper()
+        if not store.has(sha):
+            raise NotInCatalogError(
+                f"input {name} (sha256 {sha}) of run {run_id} is no longer in the store",
+                hint=f"Pull or import that file again (version {info.get('version_id')}).",
+            )
+        mounts[name] = store.blob_path(sha)
+    record = run_generation(
+        engine,
+        store,
+        sandbox,
+        dict(old.spec),
+        mounts,
+        dict(old.models),
+        plugins=list(old.plugins),
+        out_dir=out_dir,
+        rerun_of=run_id,
+        on_message=on_message,
+    )
+    record.identical_to = run_id
+    old_hashes = [o.get("sha256") for o in old.outputs]
+    record.identical = old_hashes == [o["sha256"] for o in record.outputs] and bool(old_hashes)
+    return record
