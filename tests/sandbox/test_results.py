@@ -19,16 +19,21 @@ from PIL import Image
 from sandbox.results import ArchiveTooLargeError, OutputLimits, extract_outputs, spool_bounded
 
 
-def png(width: int = 4, height: int = 4, text: bytes | None = None) -> bytes:
+def png(
+    width: int = 4, height: int = 4, text: bytes | None = None, parameters: str | None = None
+) -> bytes:
     im = Image.new("RGB", (width, height), (1, 2, 3))
     buf = io.BytesIO()
-    if text is None:
+    if text is None and parameters is None:
         im.save(buf, format="PNG")
     else:
         from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
-        info.add_text("parameters", text.decode())
+        if text is not None:
+            info.add_text("Comment", text.decode())
+        if parameters is not None:
+            info.add_text("parameters", parameters)
         im.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
@@ -72,10 +77,11 @@ def make_tar(*entries: tuple[str, bytes | None, bytes]) -> io.BytesIO:
 D, F = tarfile.DIRTYPE, tarfile.REGTYPE
 
 
-def test_good_outputs_are_reencoded_without_metadata(tmp_path: Path) -> None:
+def test_good_outputs_are_reencoded_keeping_only_the_parameters_chunk(tmp_path: Path) -> None:
+    params = "a heron\x07 at dawn\nSteps: 2, Sampler: Euler, Seed: 1"
     tar = make_tar(
         ("out", None, D),
-        ("out/a.png", png(text=b"secret prompt") + b"trailing-junk", F),
+        ("out/a.png", png(text=b"secret prompt", parameters=params) + b"trailing-junk", F),
         ("out/result.json", json.dumps({"seed": 1}).encode(), F),
     )
     outputs = extract_outputs(tar, tmp_path)
@@ -86,7 +92,9 @@ def test_good_outputs_are_reencoded_without_metadata(tmp_path: Path) -> None:
     assert b"secret prompt" not in data and b"trailing-junk" not in data
     with Image.open(tmp_path / "a.png") as im:
         assert im.size == (4, 4) and im.getpixel((0, 0)) == (1, 2, 3)
-        assert "parameters" not in im.info
+        # A1111 metadata survives, without control characters; every other chunk is gone.
+        assert im.info["parameters"] == "a heron at dawn\nSteps: 2, Sampler: Euler, Seed: 1"
+        assert "Comment" not in im.info
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "result.json"]
 
 
