@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import ssl
 import statistics
@@ -59,6 +60,12 @@ def external(argv: list[str]) -> Callable[[], str]:
     return run
 
 
+def cpu_seconds() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def with_zlib_crc(path: Path) -> str:
     """compute_hashes with the optional CRC-32 accelerator switched off, to show its gain."""
     fast = hashing._crc32
@@ -97,14 +104,17 @@ def main() -> int:
     print(f"hashlib backend: {ssl.OPENSSL_VERSION}; CRC-32 from: {crc}")
 
     times: dict[str, list[float]] = {name: [] for name in tools}
+    cpu: dict[str, list[float]] = {name: [] for name in tools}
     outputs: dict[str, str] = {}
     for name, run in tools.items():  # warm-up, untimed
         outputs[name] = run()
     for _ in range(args.repeat):
         for name, run in tools.items():
+            cpu_start = cpu_seconds()
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(cpu_seconds() - cpu_start)
 
     ours = hashing.compute_hashes(path).sha256.lower()
     for name, out in outputs.items():
@@ -113,9 +123,14 @@ def main() -> int:
 
     gib = args.size_mib / 1024
     best = {name: min(ts) for name, ts in times.items()}
-    print(f"\n{'tool':32} {'best s':>8} {'median s':>9} {'GiB/s':>7}")
+    # CPU seconds (user + sys, threads and child processes included) do not depend on other load,
+    # so they tell a busy machine from a slow implementation.
+    print(f"\n{'tool':32} {'best s':>8} {'median s':>9} {'GiB/s':>7} {'CPU s':>7}")
     for name, ts in times.items():
-        print(f"{name:32} {best[name]:8.3f} {statistics.median(ts):9.3f} {gib / best[name]:7.2f}")
+        print(
+            f"{name:32} {best[name]:8.3f} {statistics.median(ts):9.3f} "
+            f"{gib / best[name]:7.2f} {min(cpu[name]):7.2f}"
+        )
     mine = best["compute_hashes (6 hashes)"]
     print()
     for ref in ("openssl dgst -sha256", "sha256sum"):

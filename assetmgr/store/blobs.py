@@ -201,7 +201,10 @@ class BlobStore:
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         source = source.resolve()
-        if mode in ("auto", "hardlink"):
+        # A hardlink shares the original's permissions, and we never chmod a user's file: a
+        # file the sandbox user (another uid) could not read is copied instead.
+        readable = source.stat().st_mode & 0o004
+        if mode == "hardlink" or (mode == "auto" and readable):
             try:
                 os.link(source, dest)
                 return dest

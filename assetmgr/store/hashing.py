@@ -321,11 +321,12 @@ class Hasher:
             count = end - offset
             reported = -1
             if count:
-                if use_mmap:
-                    with _mapped(fd, end) as view:
-                        reported = self._run(_view_source(view, offset), count, progress, cancel)
-                else:
-                    reported = self._run(_pread_source(fd, offset), count, progress, cancel)
+                with _mapped(fd, end, use_mmap) as view:
+                    source = (
+                        _pread_source(fd, offset) if view is None else _view_source(view, offset)
+                    )
+                    reported = self._run(source, count, progress, cancel)
+                    del source  # holds a slice of the mapping, which must go before it closes
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 self._state = "broken (file changed)"
@@ -461,8 +462,17 @@ def _open_fd(file: str | os.PathLike[str] | int) -> Iterator[int]:
 
 
 @contextmanager
-def _mapped(fd: int, length: int) -> Iterator[memoryview]:
-    mapping = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+def _mapped(fd: int, length: int, wanted: bool = True) -> Iterator[memoryview | None]:
+    """A read-only view of the file's first `length` bytes; None if not wanted or not mappable."""
+    mapping = None
+    if wanted:
+        try:
+            mapping = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+        except (OSError, ValueError):  # some FUSE and network file systems cannot map
+            log.debug("cannot map fd %d; reading it instead", fd)
+    if mapping is None:
+        yield None
+        return
     try:
         if hasattr(mapping, "madvise"):
             mapping.madvise(mmap.MADV_SEQUENTIAL)

@@ -199,6 +199,15 @@ def test_update_from_file_offset_and_fd(tmp_path: Path) -> None:
     assert hasher.finalize().as_civitai_dict() == reference(data)
 
 
+def test_unmappable_file_is_read_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(hashing.mmap, "mmap", refuse)
+    data = three_mib()
+    assert compute_hashes(write(tmp_path, data)).as_civitai_dict() == reference(data)
+
+
 def test_update_from_file_past_end(tmp_path: Path) -> None:
     path = write(tmp_path, b"x" * 10)
     with pytest.raises(FileChangedError):
@@ -262,6 +271,14 @@ def test_file_growing_while_hashed(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(hashing, "_crc32", crc_and_append)
     with pytest.raises(FileChangedError):
         compute_hashes(path)
+
+
+def test_reset_starts_over() -> None:
+    hasher = Hasher()
+    hasher.update(b"partial bytes from a download that restarted")
+    hasher.reset()
+    hasher.update(b"hello world")
+    assert hasher.size == 11 and hasher.finalize().as_civitai_dict() == HELLO
 
 
 def test_finalize_once() -> None:
