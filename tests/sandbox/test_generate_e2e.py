@@ -1,0 +1,166 @@
+"""Generation end to end: synthetic SD1.5 checkpoint and kohya LoRAs in the store, `assetmgr
+generate` through the real sandbox container (CPU, 64x64, 2 steps), reruns compared by bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.sandbox.conftest import CACHE_DIR, RECORD_PATH
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.docker, pytest.mark.worker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def synth() -> Any:
+    pytest.importorskip("torch")
+    from sandbox.worker.synth import SynthCache
+
+    root = os.environ.get("ASSETMGR_SYNTH_CACHE") or str(REPO_ROOT / ".cache" / "synth")
+    return SynthCache(root)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory, synth: Any, sandbox_image: Any) -> Path:
+    """An ASSETMGR_HOME with the synthetic models imported (hardlinks, no copies)."""
+    home = tmp_path_factory.mktemp("gen-home")
+    src = tmp_path_factory.mktemp("gen-models")
+    for path, name in (
+        (synth.sd15(), "synth15.safetensors"),
+        (synth.lora("sd15", "lora15_a", seed=1), "inkwash15.safetensors"),
+        (synth.lora("sdxl", "loraxl_a", seed=3), "xl_only.safetensors"),
+    ):
+        try:
+            os.link(path, src / name)
+        except OSError:
+            (src / name).symlink_to(path)
+    env = {**os.environ, "ASSETMGR_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, "-m", "assetmgr", "import", str(src), "--offline", "--json"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["local"] == 3, report
+    return home
+
+
+def generate(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "ASSETMGR_HOME": str(home),
+        "ASSETMGR_SANDBOX_RECORD": str(RECORD_PATH),
+        "ASSETMGR_SANDBOX_CACHE": str(CACHE_DIR),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "assetmgr", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+COMMON = (
+    "--model",
+    "synth15",
+    "--steps",
+    "2",
+    "--width",
+    "64",
+    "--height",
+    "64",
+    "--seed",
+    "42",
+    "--sampler",
+    "Euler",
+    "--threads",
+    "2",
+    "--json",
+)
+
+
+def run_json(home: Path, *args: str) -> dict[str, Any]:
+    return json.loads(generate(home, "generate", *args, *COMMON).stdout)
+
+
+def output_bytes(record: dict[str, Any]) -> bytes:
+    return Path(record["outputs"][0]["path"]).read_bytes()
+
+
+def test_generate_in_the_sandbox_is_reproducible_with_a1111_metadata(library: Path) -> None:
+    from PIL import Image
+
+    from sandbox.worker.infotext import parse_parameters
+
+    plain = run_json(library, "--prompt", "a heron in reeds at dawn", "--negative", "blurry")
+    again = run_json(library, "--prompt", "a heron in reeds at dawn", "--negative", "blurry")
+    assert output_bytes(plain) == output_bytes(again)  # same spec + image: same bytes
+    assert plain["outputs"][0]["sha256"] == again["outputs"][0]["sha256"]
+    with Image.open(plain["outputs"][0]["path"]) as im:
+        assert len(set(im.convert("RGB").tobytes())) > 50  # a real image, not a flat one
+
+    zero = run_json(
+        library, "--prompt", "a heron in reeds at dawn <lora:inkwash15:0>", "--negative", "blurry"
+    )
+    with Image.open(plain["outputs"][0]["path"]) as a, Image.open(zero["outputs"][0]["path"]) as b:
+        assert a.tobytes() == b.tobytes()  # weight 0 == no LoRA, pixel for pixel
+
+    with Image.open(zero["outputs"][0]["path"]) as im:
+        params = parse_parameters(im.info["parameters"])
+    assert params["prompt"].startswith("a heron in reeds at dawn")
+    assert params["negative_prompt"] == "blurry"
+    assert params["Steps"] == "2" and params["Seed"] == "42" and params["Size"] == "64x64"
+    assert params["Sampler"] == "Euler"
+    assert params["Model hash"] == zero["spec"]["model_sha256"][:10].lower()
+    assert "inkwash15" in params["Lora hashes"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: inside the container a LoRA at weight 1 leaves the pixels unchanged at "
+    "64x64/2 steps, while the same spec in-process changes them (tests/worker); not found yet",
+)
+def test_a_nonzero_lora_weight_changes_the_image_in_the_sandbox(library: Path) -> None:
+    from PIL import Image
+
+    plain = run_json(library, "--prompt", "a heron in reeds at dawn", "--negative", "blurry")
+    one = run_json(
+        library, "--prompt", "a heron in reeds at dawn <lora:inkwash15:1>", "--negative", "blurry"
+    )
+    with Image.open(one["outputs"][0]["path"]) as c, Image.open(plain["outputs"][0]["path"]) as a:
+        assert c.tobytes() != a.tobytes()
+
+
+def test_rerun_repeats_bytes_and_runs_are_listed(library: Path) -> None:
+    first = run_json(library, "--prompt", "lighthouse at night <lora:inkwash15:0.7>")
+    out = generate(library, "rerun", str(first["run_id"]), "--json")
+    record = json.loads(out.stdout)
+    assert record["identical"] is True and record["rerun_of"] == first["run_id"]
+    listed = json.loads(generate(library, "runs", "--json").stdout)
+    assert {first["run_id"], record["run_id"]} <= {r["run_id"] for r in listed}
+
+
+def test_mismatched_lora_fails_clearly(library: Path) -> None:
+    result = generate(library, "generate", "--prompt", "x <lora:xl_only:1>", *COMMON, check=False)
+    assert result.returncode != 0
+    err = result.stderr.lower()
+    assert "error:" in err and ("sdxl" in err or "lora" in err)
+    assert "traceback" not in err
