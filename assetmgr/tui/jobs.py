@@ -1,0 +1,98 @@
+"""The state of long jobs (sync, downloads, verify, delete, import, generation), UI-free.
+
+The App owns one `JobBoard`; worker messages update it and the jobs bar draws it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+RUNNING_STATES = ("queued", "running")
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    """``sync``, ``download``, ``verify``, ``delete``, ``import`` or ``generate``."""
+    label: str
+    status: str = "queued"
+    """``queued``, ``running``, ``done``, ``failed`` or ``cancelled``."""
+    done: float = 0.0
+    total: float | None = None
+    text: str = ""
+    summary: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in RUNNING_STATES
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return max(0.0, min(1.0, self.done / self.total))
+
+
+class JobBoard:
+    """Jobs by id, oldest first; finished ones stay visible until `prune`."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._ids = itertools.count(1)
+
+    def add(self, kind: str, label: str, *, status: str = "running") -> Job:
+        job = Job(id=f"{kind}-{next(self._ids)}", kind=kind, label=label, status=status)
+        self._jobs[job.id] = job
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def all(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    def active(self, kind: str | None = None) -> list[Job]:
+        return [j for j in self._jobs.values() if j.active and (kind is None or j.kind == kind)]
+
+    def newest_active(self) -> Job | None:
+        running = self.active()
+        return running[-1] if running else None
+
+    def progress(self, job_id: str, done: float, total: float | None, text: str = "") -> None:
+        job = self._jobs.get(job_id)
+        if job is None or not job.active:
+            return
+        job.status = "running"
+        job.done, job.total = done, total
+        if text:
+            job.text = text
+
+    def finish(self, job_id: str, status: str, summary: str = "") -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or not job.active:
+            return job
+        job.status = status
+        job.summary = summary
+        job.finished_at = time.monotonic()
+        if status == "done" and job.total:
+            job.done = job.total
+        return job
+
+    def prune(self, keep_finished: int = 3, older_than_s: float | None = None) -> None:
+        """Forget all but the newest `keep_finished` finished jobs, and (with `older_than_s`)
+        those finished longer ago than that."""
+        finished = [j for j in self._jobs.values() if not j.active]
+        drop = finished[:-keep_finished] if keep_finished else finished
+        if older_than_s is not None:
+            cutoff = time.monotonic() - older_than_s
+            drop += [j for j in finished if (j.finished_at or 0) < cutoff and j not in drop]
+        for job in drop:
+            del self._jobs[job.id]
+
+
+__all__ = ["Job", "JobBoard"]

@@ -1,0 +1,1 @@
+"""Screens: the catalog browser, Generate, Sandbox, Settings, and the modal dialogs."""

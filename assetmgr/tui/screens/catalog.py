@@ -1,0 +1,383 @@
+"""The catalog browser: filter bar, paged model table, detail pane, jobs bar.
+
+Thin: it keeps the view state (the current query and its generation number, what is loaded,
+which version is shown) and asks the App's workers for data; the App's handlers call the
+``show_*`` methods when results arrive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from PIL.Image import Image as PILImage
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from assetmgr.tui.actions import bindings_for
+from assetmgr.tui.queries import SORT_KEYS, BrowseQuery, ModelDetail, VersionDetail
+from assetmgr.tui.widgets.detail import DetailPane
+from assetmgr.tui.widgets.filter_bar import ASCENDING_FIRST, FilterBar
+from assetmgr.tui.widgets.jobs import JobsBar
+from assetmgr.tui.widgets.model_table import COLUMNS, ModelTable
+from assetmgr.tui.widgets.preview import PreviewPane
+
+if TYPE_CHECKING:
+    from assetmgr.tui.app import AssetMgrApp
+    from assetmgr.tui.messages import ModelsPageLoaded
+
+SEARCH_DEBOUNCE_S = 0.15
+DETAIL_DEBOUNCE_S = 0.08
+
+
+class CatalogScreen(Screen[None]):
+    BINDINGS = bindings_for("catalog")
+
+    def __init__(self) -> None:
+        super().__init__(id="catalog")
+        self.query_state = BrowseQuery()
+        self.generation = 0
+        self.loaded = 0
+        self.total: int | None = None
+        self.exhausted = False
+        self.page_loading = False
+        self.first_rows_at: float | None = None
+        """When the first rows were shown (monotonic seconds); the bench reads it."""
+        self.first_page_at: float | None = None
+        """When the first page (possibly empty) was shown."""
+        self._first_paint_scheduled = False
+        self.selected_model_id: int | None = None
+        self.keep_selection = False
+        self.revealed: set[int] = set()
+        self._search_timer: Timer | None = None
+        self._detail_timer: Timer | None = None
+
+    @property
+    def mgr(self) -> AssetMgrApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield FilterBar(id="filters")
+        with Horizontal(id="browser"):
+            yield ModelTable(id="models")
+            yield DetailPane(id="detail")
+        yield Static("", id="status")
+        yield JobsBar(id="jobs")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(JobsBar).display = False
+        self.query_one(ModelTable).focus()
+        self.refresh_listing()
+
+    # --- the listing -----------------------------------------------------------------------
+
+    def refresh_listing(
+        self, query: BrowseQuery | None = None, *, keep_selection: bool = False
+    ) -> None:
+        """Start over: a new generation, so pages of the previous query are dropped.
+
+        `keep_selection` (after a sync, pull or delete) keeps the shown model and reloads it.
+        """
+        if query is not None:
+            self.query_state = query
+        self.keep_selection = keep_selection
+        self.generation += 1
+        self.loaded = 0
+        self.total = None
+        self.exhausted = False
+        self.page_loading = True
+        self.query_one(ModelTable).reset()
+        self._update_status("loading…")
+        self.mgr.load_page(self.query_state, self.generation, 0)
+        self.mgr.count_models(self.query_state, self.generation)
+
+    def show_page(self, message: ModelsPageLoaded) -> None:
+
+        table = self.query_one(ModelTable)
+        if message.offset == 0:
+            table.reset()
+        table.append_rows(message.rows)
+        self.loaded = table.row_count
+        self.exhausted = message.exhausted
+        self.page_loading = False
+        if message.offset == 0:
+            first = not self._first_paint_scheduled
+            if first:
+                self._first_paint_scheduled = True
+                # The first page goes on screen before anything else competes for the CPU:
+                # the detail, the filter bar's choices and the update marks come after it.
+                self.call_after_refresh(self._after_first_paint, bool(message.rows))
+            kept = self.selected_model_id if self.keep_selection else None
+            if kept is not None:
+                if kept in table.rows_by_id:
+                    table.move_cursor(row=table.get_row_index(str(kept)))
+                self._request_detail(kept, immediate=True)
+            elif message.rows:
+                if first:
+                    self.selected_model_id = message.rows[0].id
+                else:
+                    self._request_detail(message.rows[0].id, immediate=True)
+            else:
+                self.query_one(DetailPane).show_message(
+                    "No models match. Change the filters, or press s to sync from Civitai."
+                )
+        self._update_status()
+
+    def _after_first_paint(self, with_rows: bool) -> None:
+        import time
+
+        now = time.monotonic()
+        self.first_page_at = now
+        if with_rows:
+            self.first_rows_at = now
+        if self.selected_model_id is not None:
+            self._request_detail(self.selected_model_id, immediate=True)
+        self.mgr.load_facets()
+        self.mgr.mark_updates()
+
+    def show_count(self, total: int) -> None:
+        self.total = total
+        self._update_status()
+
+    def _update_status(self, note: str = "") -> None:
+        total = "…" if self.total is None else f"{self.total:,}"
+        q = self.query_state
+        arrow = "↓" if q.descending else "↑"
+        parts = [f"{self.loaded:,} of {total} models", f"sort: {q.effective_sort} {arrow}"]
+        if q.search.strip():
+            parts.append(f"search: {q.search.strip()!r}")
+        if note:
+            parts.append(note)
+        self.query_one("#status", Static).update("  ·  ".join(parts))
+
+    @on(ModelTable.MoreWanted)
+    def more_wanted(self) -> None:
+        if self.page_loading or self.exhausted:
+            return
+        self.page_loading = True
+        self.mgr.load_page(self.query_state, self.generation, self.loaded)
+
+    @on(FilterBar.SearchTyped)
+    def search_typed(self) -> None:
+        # Debounced: the exclusive worker would cancel stale queries anyway, but not
+        # starting one per keystroke keeps the CPU for the UI.
+        if self._search_timer is not None:
+            self._search_timer.stop()
+        self._search_timer = self.set_timer(SEARCH_DEBOUNCE_S, self._apply_filters)
+
+    @on(FilterBar.Changed)
+    def _apply_filters(self) -> None:
+        query = self.query_one(FilterBar).build_query(self.query_state)
+        if (
+            query.search.strip()
+            and not self.query_state.search.strip()
+            and query.sort == "downloads"
+        ):
+            query = replace(query, sort="relevance")
+            self.query_one(FilterBar).set_sort("relevance")
+        if query != self.query_state:
+            self.refresh_listing(query)
+
+    @on(DataTable.HeaderSelected)
+    def header_selected(self, event: DataTable.HeaderSelected) -> None:
+        sort = {key: s for key, _, s, _ in COLUMNS}.get(str(event.column_key.value))
+        if sort is None:
+            return
+        q = self.query_state
+        descending = not q.descending if q.sort == sort else sort not in ASCENDING_FIRST
+        self.query_one(FilterBar).set_sort(sort)
+        self.refresh_listing(replace(q, sort=sort, descending=descending))
+
+    # --- the detail pane -------------------------------------------------------------------
+
+    @on(DataTable.RowHighlighted, "#models")
+    def row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key.value is not None:
+            self._request_detail(int(event.row_key.value))
+
+    def _request_detail(self, model_id: int, *, immediate: bool = False) -> None:
+        if model_id == self.selected_model_id and not immediate:
+            return
+        self.selected_model_id = model_id
+        if self._detail_timer is not None:
+            self._detail_timer.stop()
+        if immediate:
+            self.mgr.load_detail(model_id)
+        else:
+            self._detail_timer = self.set_timer(
+                DETAIL_DEBOUNCE_S, lambda: self.mgr.load_detail(model_id)
+            )
+
+    def show_detail(self, detail: ModelDetail) -> None:
+        if detail.id != self.selected_model_id:
+            return
+        pane = self.query_one(DetailPane)
+        keep = pane.version_index if pane.detail is not None and pane.detail.id == detail.id else 0
+        pane.show_detail(detail, version_index=keep)
+        self._load_preview()
+
+    @on(DetailPane.VersionChosen)
+    def version_chosen(self, event: DetailPane.VersionChosen) -> None:
+        self.query_one(DetailPane).show_version(event.index)
+        self._load_preview()
+
+    def action_version(self, step: int) -> None:
+        pane = self.query_one(DetailPane)
+        pane.show_version(pane.version_index + step)
+        self._load_preview()
+
+    @property
+    def version(self) -> VersionDetail | None:
+        return self.query_one(DetailPane).version
+
+    def _load_preview(self) -> None:
+        pane = self.query_one(DetailPane)
+        version = pane.version
+        if version is None or pane.detail is None:
+            return
+        hidden = (pane.detail.nsfw or any(i.is_nsfw for i in version.images)) and (
+            version.id not in self.revealed
+        )
+        if hidden:
+            self.mgr.load_preview(version.id, None, "NSFW preview hidden · press r to reveal")
+        elif version.preview_path is None:
+            note = "No preview on disk"
+            if version.images:
+                note += " (Civitai previews need the network)"
+            self.mgr.load_preview(version.id, None, note)
+        else:
+            self.mgr.load_preview(version.id, version.preview_path, "")
+
+    def show_preview(self, version_id: int, image: PILImage | None, note: str) -> None:
+        version = self.version
+        if version is None or version.id != version_id:
+            return
+        preview = self.query_one("#preview", PreviewPane)
+        if isinstance(image, PILImage):
+            preview.show_image(image)
+        else:
+            preview.show_note(note)
+
+    def action_reveal_preview(self) -> None:
+        version = self.version
+        if version is not None:
+            self.revealed.add(version.id)
+            self._load_preview()
+
+    # --- trigger words ---------------------------------------------------------------------
+
+    @on(DetailPane.WordAction)
+    def word_action(self, event: DetailPane.WordAction) -> None:
+        if event.action == "copy" and event.word:
+            self.app.copy_to_clipboard(event.word)
+            self.notify(f"Copied “{event.word}”", timeout=2)
+        elif event.action == "copy-all":
+            self.action_copy_words()
+        elif event.action == "to-prompt":
+            self.action_to_prompt()
+
+    def action_copy_words(self) -> None:
+        version = self.version
+        if version is None or not version.trained_words:
+            self.notify("This version has no trigger words.", severity="warning", timeout=3)
+            return
+        text = ", ".join(version.trained_words)
+        self.app.copy_to_clipboard(text)
+        self.notify(f"Copied: {text}", timeout=3)
+
+    def prompt_snippet(self) -> str | None:
+        """The LoRA tag (for LoRA types) and the trigger words of the shown version."""
+        pane = self.query_one(DetailPane)
+        version, detail = pane.version, pane.detail
+        if version is None or detail is None:
+            return None
+        parts = []
+        if detail.type in ("LORA", "LoCon", "DoRA") and version.files:
+            stem = version.files[0].name.rsplit(".", 1)[0]
+            parts.append(f"<lora:{stem}:{version.weight.value:g}>")
+        parts.extend(version.trained_words)
+        return ", ".join(parts) if parts else None
+
+    def action_to_prompt(self) -> None:
+        snippet = self.prompt_snippet()
+        if snippet is None:
+            self.notify("Nothing to insert for this version.", severity="warning", timeout=3)
+            return
+        self.mgr.insert_into_prompt(snippet)
+        self.notify("Added to the Generate prompt (F3)", timeout=3)
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def action_focus_search(self) -> None:
+        self.query_one("#search", Input).focus()
+
+    def action_escape(self) -> None:
+        if isinstance(self.focused, Input) or self.query_one(FilterBar).has_focus_within:
+            self.query_one(ModelTable).focus()
+            return
+        self.mgr.action_cancel_job()
+
+    def action_cycle_sort(self) -> None:
+        current = self.query_state.sort
+        keys = list(SORT_KEYS)
+        sort = keys[(keys.index(current) + 1) % len(keys)]
+        if sort == "relevance" and not self.query_state.search.strip():
+            sort = keys[(keys.index(sort) + 1) % len(keys)]
+        self.query_one(FilterBar).set_sort(sort)
+        self.refresh_listing(
+            replace(self.query_state, sort=sort, descending=sort not in ASCENDING_FIRST)
+        )
+
+    def action_reverse_sort(self) -> None:
+        q = self.query_state
+        self.refresh_listing(replace(q, descending=not q.descending))
+
+    def action_toggle_local(self) -> None:
+        self.query_one(FilterBar).toggle("#local-filter")
+
+    def action_toggle_nsfw(self) -> None:
+        self.query_one(FilterBar).toggle("#nsfw-filter")
+
+    def action_sync(self) -> None:
+        self.mgr.start_sync(self.query_state)
+
+    def action_pull(self) -> None:
+        pane = self.query_one(DetailPane)
+        version, detail = pane.version, pane.detail
+        if version is None or detail is None:
+            self.notify("Select a model first.", severity="warning", timeout=3)
+            return
+        self.mgr.enqueue_pull(version.id, f"{detail.name} {version.name or version.id}")
+
+    def action_delete_local(self) -> None:
+        pane = self.query_one(DetailPane)
+        version, detail = pane.version, pane.detail
+        if version is None or detail is None:
+            return
+        local = [f for f in version.files if f.local_state is not None]
+        if not local:
+            self.notify("This version has no local file.", severity="warning", timeout=3)
+            return
+        self.mgr.plan_delete(local[0].id, f"{detail.name} {version.name or ''} · {local[0].name}")
+
+    def action_verify(self) -> None:
+        self.mgr.start_verify()
+
+    def action_check_updates(self) -> None:
+        self.mgr.check_updates()
+
+    def action_import_folder(self) -> None:
+        self.mgr.ask_import()
+
+    def select_model(self, model_id: int) -> None:
+        """Show a model that may not be in the loaded pages (from the updates dialog)."""
+        table = self.query_one(ModelTable)
+        if model_id in table.rows_by_id:
+            table.move_cursor(row=table.get_row_index(str(model_id)))
+        self._request_detail(model_id, immediate=True)

@@ -1,0 +1,392 @@
+"""Generate: prompt with completion, checkpoint and LoRAs, sampler settings, run and history.
+
+LoRAs live in the prompt as A1111 ``<lora:name:weight>`` tags (the sandbox worker parses them
+the same way); the LoRA picker inserts such a tag, and the line under the editor says which
+tags resolve to local files.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import (
+    Button,
+    Footer,
+    Header,
+    Input,
+    Label,
+    OptionList,
+    ProgressBar,
+    Select,
+    SelectionList,
+    Static,
+    TextArea,
+)
+from textual.widgets.option_list import Option
+
+from assetmgr.tui.actions import bindings_for
+from assetmgr.tui.queries import Completion, LocalModel
+from assetmgr.tui.services import (
+    SAMPLERS,
+    GenerationRequest,
+    GenerationResult,
+    LoraChoice,
+    RunRecord,
+    ServiceState,
+)
+from assetmgr.tui.widgets.jobs import JobsBar
+from assetmgr.tui.widgets.preview import PreviewPane
+from assetmgr.tui.widgets.prompt import PromptEditor, lora_tags
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+    from assetmgr.tui.app import AssetMgrApp
+
+COMPLETION_DEBOUNCE_S = 0.12
+SIZES = ("512", "640", "768", "832", "896", "1024", "1152", "1216")
+
+
+class GenerateScreen(Screen[None]):
+    BINDINGS = bindings_for("generate")
+
+    def __init__(self) -> None:
+        super().__init__(id="generate")
+        self.checkpoints: list[LocalModel] = []
+        self.loras: list[LocalModel] = []
+        self.completions: list[Completion] = []
+        self.completion_prefix = ""
+        self.state = ServiceState(False, "checking…")
+        self.runs: list[RunRecord] = []
+        self._completion_timer: Timer | None = None
+
+    @property
+    def mgr(self) -> AssetMgrApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        with Horizontal(id="gen-main"):
+            with VerticalScroll(id="gen-form"):
+                yield Static("", id="gen-state")
+                yield Label("Prompt", classes="section")
+                yield PromptEditor(id="prompt", soft_wrap=True, show_line_numbers=False)
+                yield OptionList(id="completions")
+                yield Static("", id="lora-summary")
+                yield Label("Negative prompt", classes="section")
+                yield TextArea(id="negative", soft_wrap=True)
+                yield Label("Checkpoint", classes="section")
+                yield Select[int]([], prompt="No local checkpoint", id="checkpoint")
+                with Horizontal(classes="form-row"):
+                    yield Select[int]([], prompt="Add a local LoRA…", id="lora-pick")
+                    yield Input("1.0", id="lora-weight", type="number", tooltip="LoRA weight")
+                    yield Button("Add LoRA", id="add-lora", compact=True)
+                with Horizontal(classes="label-row"):
+                    yield Label("Sampler", classes="w-select")
+                    yield Label("Steps", classes="w-num")
+                    yield Label("CFG", classes="w-num")
+                    yield Label("Seed", classes="w-seed")
+                with Horizontal(classes="form-row"):
+                    yield Select[str](
+                        [(s, s) for s in SAMPLERS],
+                        value=SAMPLERS[0],
+                        allow_blank=False,
+                        id="sampler",
+                        classes="w-select",
+                    )
+                    yield Input("20", id="steps", type="integer", classes="w-num")
+                    yield Input("7", id="cfg", type="number", classes="w-num")
+                    yield Input(
+                        str(random.randrange(2**32)), id="seed", type="integer", classes="w-seed"
+                    )
+                    yield Button("New seed", id="new-seed", compact=True)
+                with Horizontal(classes="label-row"):
+                    yield Label("Width", classes="w-size")
+                    yield Label("Height", classes="w-size")
+                with Horizontal(classes="form-row"):
+                    yield Select[str](
+                        [(s, s) for s in SIZES],
+                        value="512",
+                        allow_blank=False,
+                        id="width",
+                        classes="w-size",
+                    )
+                    yield Select[str](
+                        [(s, s) for s in SIZES],
+                        value="512",
+                        allow_blank=False,
+                        id="height",
+                        classes="w-size",
+                    )
+                yield Label("Plugins", classes="section")
+                yield SelectionList[str](id="plugins")
+                yield Static("", id="plugins-note")
+                with Horizontal(classes="form-row"):
+                    yield Button("Generate", id="run", variant="success")
+                    yield ProgressBar(total=1.0, show_eta=False, id="gen-progress")
+                    yield Label("", id="gen-text")
+            with Vertical(id="gen-output"):
+                yield PreviewPane(id="output")
+                yield Label("History", classes="section")
+                yield OptionList(id="history")
+                yield Button("Rerun selected", id="rerun", compact=True)
+        yield JobsBar(id="jobs")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(JobsBar).display = False
+        self.query_one("#completions").display = False
+        self.query_one("#output", PreviewPane).show_note("No image yet.")
+        self.mgr.load_local_models()
+        self.mgr.check_generation()
+        self.mgr.load_history()
+        for text in self.mgr.pending_prompt:
+            self.insert_prompt_text(text)
+        self.mgr.pending_prompt.clear()
+        self.mgr._jobs_changed()
+
+    # --- data from the App -----------------------------------------------------------------
+
+    def show_state(
+        self, state: ServiceState, samplers: list[str], plugins: list[tuple[str, str]]
+    ) -> None:
+        self.state = state
+        banner = self.query_one("#gen-state", Static)
+        if state.available and state.note:
+            banner.update(Text.assemble(("Sandbox: ", "bold"), state.note))
+            banner.display = True
+        elif state.available:
+            banner.update("")
+            banner.display = False
+        else:
+            banner.update(Text.assemble(("Generation not available: ", "bold"), state.reason))
+            banner.display = True
+        self.query_one("#run", Button).disabled = not state.available
+        if samplers:
+            sampler = self.query_one("#sampler", Select)
+            current = sampler.value
+            sampler.set_options([(s, s) for s in samplers])
+            sampler.value = current if current in samplers else samplers[0]
+        selection = self.query_one("#plugins", SelectionList)
+        selection.clear_options()
+        for name, sha in plugins:
+            selection.add_option((f"{name}  {sha[:12]}", name))
+        selection.display = bool(plugins)
+        self.query_one("#plugins-note", Static).update(
+            "" if plugins else "No vetted plugins (see the Sandbox screen, F4)."
+        )
+
+    def show_local_models(self, checkpoints: list[LocalModel], loras: list[LocalModel]) -> None:
+        self.checkpoints, self.loras = checkpoints, loras
+        select = self.query_one("#checkpoint", Select)
+        select.set_options([(c.label, i) for i, c in enumerate(checkpoints)])
+        if checkpoints:
+            select.value = 0
+        self.query_one("#lora-pick", Select).set_options(
+            [(lora.label, i) for i, lora in enumerate(loras)]
+        )
+        self._update_lora_summary()
+
+    def show_completions(self, prefix: str, items: list[Completion]) -> None:
+        editor = self.query_one(PromptEditor)
+        if prefix != editor.current_token():
+            return  # typed on since
+        self.completions, self.completion_prefix = items, prefix
+        options = self.query_one("#completions", OptionList)
+        options.clear_options()
+        for item in items:
+            label = Text(item.text, style="bold")
+            label.append(f"  {item.kind} · {item.detail}", style="dim")
+            options.add_option(Option(label))
+        visible = bool(items)
+        options.display = visible
+        editor.completion_open = visible
+        if visible:
+            options.highlighted = 0
+
+    def show_progress(self, fraction: float | None, text: str) -> None:
+        bar = self.query_one("#gen-progress", ProgressBar)
+        if fraction is None:
+            bar.update(total=None)
+        else:
+            bar.update(total=1.0, progress=fraction)
+        self.query_one("#gen-text", Label).update(text)
+
+    def show_result(self, result: GenerationResult, image: PILImage | None) -> None:
+        done = f"done in {result.elapsed_s:.1f} s · seed {result.seed}"
+        self.show_progress(1.0, f"{done} · {result.info}" if result.info else done)
+        output = self.query_one("#output", PreviewPane)
+        if image is not None:
+            output.show_image(image)
+        else:
+            output.show_note("The run produced no image.")
+
+    def show_history(self, runs: list[RunRecord]) -> None:
+        self.runs = runs
+        history = self.query_one("#history", OptionList)
+        history.clear_options()
+        for run in runs:
+            history.add_option(Option(run.label, id=run.run_id))
+        if not runs:
+            history.add_option(Option(Text("No runs yet.", style="dim"), disabled=True))
+
+    # --- the prompt ------------------------------------------------------------------------
+
+    def insert_prompt_text(self, text: str) -> None:
+        editor = self.query_one(PromptEditor)
+        current = editor.text.rstrip()
+        editor.text = f"{current}, {text}" if current else text
+        editor.move_cursor(editor.document.end)
+        self._update_lora_summary()
+
+    @on(PromptEditor.CompletionWanted)
+    def completion_wanted(self, event: PromptEditor.CompletionWanted) -> None:
+        if self._completion_timer is not None:
+            self._completion_timer.stop()
+        prefix = event.prefix
+        self._completion_timer = self.set_timer(
+            COMPLETION_DEBOUNCE_S, lambda: self.mgr.find_completions(prefix)
+        )
+
+    @on(PromptEditor.CompletionKey)
+    def completion_key(self, event: PromptEditor.CompletionKey) -> None:
+        options = self.query_one("#completions", OptionList)
+        if event.key == "down":
+            options.action_cursor_down()
+        elif event.key == "up":
+            options.action_cursor_up()
+        elif event.key == "tab" and options.highlighted is not None:
+            self._accept_completion(options.highlighted)
+        else:
+            self._close_completions()
+
+    @on(OptionList.OptionSelected, "#completions")
+    def completion_clicked(self, event: OptionList.OptionSelected) -> None:
+        self._accept_completion(event.option_index)
+        self.query_one(PromptEditor).focus()
+
+    def _accept_completion(self, index: int) -> None:
+        if not 0 <= index < len(self.completions):
+            return
+        editor = self.query_one(PromptEditor)
+        token = editor.current_token() or self.completion_prefix
+        editor.replace_token(token, self.completions[index].text)
+        self._close_completions()
+        self._update_lora_summary()
+
+    def _close_completions(self) -> None:
+        self.query_one("#completions").display = False
+        self.query_one(PromptEditor).completion_open = False
+        self.completions = []
+
+    def action_complete(self) -> None:
+        self.query_one(PromptEditor).request_completion()
+
+    @on(TextArea.Changed, "#prompt")
+    def prompt_changed(self) -> None:
+        self._update_lora_summary()
+
+    def _resolve_loras(self) -> tuple[list[LoraChoice], list[str]]:
+        by_name = {lora.lora_name.lower(): lora for lora in self.loras}
+        chosen, missing = [], []
+        for name, weight in lora_tags(self.query_one(PromptEditor).text):
+            model = by_name.get(name.lower())
+            if model is None:
+                missing.append(name)
+            else:
+                chosen.append(LoraChoice(model, weight))
+        return chosen, missing
+
+    def _update_lora_summary(self) -> None:
+        chosen, missing = self._resolve_loras()
+        text = Text()
+        for choice in chosen:
+            text.append(f"✓ {choice.model.lora_name} ({choice.weight:g})  ", style="green")
+        for name in missing:
+            text.append(f"✗ {name} (not local)  ", style="red")
+        if not chosen and not missing:
+            text.append("No LoRAs in the prompt.", style="dim")
+        self.query_one("#lora-summary", Static).update(text)
+
+    @on(Button.Pressed, "#add-lora")
+    def add_lora(self) -> None:
+        index = self.query_one("#lora-pick", Select).value
+        if not isinstance(index, int):
+            self.notify("Pick a local LoRA first.", severity="warning", timeout=3)
+            return
+        lora = self.loras[index]
+        try:
+            weight = float(self.query_one("#lora-weight", Input).value or "1")
+        except ValueError:
+            weight = 1.0
+        words = ", ".join(lora.trained_words)
+        self.insert_prompt_text(
+            f"<lora:{lora.lora_name}:{weight:g}>" + (f", {words}" if words else "")
+        )
+
+    # --- running ---------------------------------------------------------------------------
+
+    def _int(self, widget_id: str, default: int) -> int:
+        try:
+            return int(self.query_one(widget_id, Input).value)
+        except ValueError:
+            return default
+
+    def build_request(self) -> GenerationRequest:
+        checkpoint_index = self.query_one("#checkpoint", Select).value
+        checkpoint = (
+            self.checkpoints[checkpoint_index] if isinstance(checkpoint_index, int) else None
+        )
+        try:
+            cfg = float(self.query_one("#cfg", Input).value)
+        except ValueError:
+            cfg = 7.0
+        chosen, _ = self._resolve_loras()
+        return GenerationRequest(
+            prompt=self.query_one(PromptEditor).text,
+            negative_prompt=self.query_one("#negative", TextArea).text,
+            checkpoint=checkpoint,
+            loras=tuple(chosen),
+            sampler=str(self.query_one("#sampler", Select).value),
+            steps=self._int("#steps", 20),
+            cfg_scale=cfg,
+            seed=self._int("#seed", 0),
+            width=int(str(self.query_one("#width", Select).value)),
+            height=int(str(self.query_one("#height", Select).value)),
+            plugins=tuple(self.query_one("#plugins", SelectionList).selected),
+        )
+
+    @on(Button.Pressed, "#run")
+    def action_run_generation(self) -> None:
+        if not self.state.available:
+            self.notify(f"Generation not available: {self.state.reason}", severity="error")
+            return
+        request = self.build_request()
+        if not request.prompt.strip():
+            self.notify("Write a prompt first.", severity="warning", timeout=3)
+            return
+        self.show_progress(0.0, "starting…")
+        self.mgr.start_generation(request)
+
+    @on(Button.Pressed, "#rerun")
+    def action_rerun(self) -> None:
+        index = self.query_one("#history", OptionList).highlighted
+        if index is None or index >= len(self.runs):
+            self.notify("Select a run in the history first.", severity="warning", timeout=3)
+            return
+        if not self.state.available:
+            self.notify(f"Generation not available: {self.state.reason}", severity="error")
+            return
+        self.show_progress(0.0, "starting…")
+        self.mgr.start_generation(None, rerun_id=self.runs[index].run_id)
+
+    @on(Button.Pressed, "#new-seed")
+    def action_new_seed(self) -> None:
+        self.query_one("#seed", Input).value = str(random.randrange(2**32))

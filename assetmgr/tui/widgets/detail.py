@@ -1,0 +1,219 @@
+"""The detail pane: one model's description, versions, files with hashes, trigger words, preview."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from assetmgr.tui.queries import FileDetail, ModelDetail, VersionDetail
+from assetmgr.tui.widgets.preview import PreviewPane
+
+DESCRIPTION_CHARS = 4_000
+_STATE_STYLE = {
+    "verified": ("✓ verified", "green"),
+    "downloading": ("↓ partial download", "yellow"),
+    "quarantined": ("✗ quarantined (hash mismatch)", "red"),
+    "missing": ("? missing from the store", "red"),
+}
+_CHECK_MARK = {"match": ("✓", "green"), "mismatch": ("✗", "bold red"), "unchecked": ("·", "dim")}
+
+
+def _size(kb: float | None) -> str:
+    if kb is None:
+        return "?"
+    if kb >= 1024 * 1024:
+        return f"{kb / 1024 / 1024:.2f} GiB"
+    if kb >= 1024:
+        return f"{kb / 1024:.1f} MiB"
+    return f"{kb:.0f} KiB"
+
+
+def files_renderable(files: list[FileDetail]) -> RenderableType:
+    if not files:
+        return Text("No files in the catalog for this version.", style="dim")
+    parts: list[RenderableType] = []
+    for f in files:
+        state, style = _STATE_STYLE.get(f.local_state or "", ("not local", "dim"))
+        head = Text.assemble(
+            ("★ " if f.primary else "  ", "yellow"),
+            (f.name, "bold"),
+            f"  {_size(f.size_kb)}  {f.format or ''}  ",
+            (state, style),
+        )
+        scans = f"pickle scan: {f.pickle_scan or '?'} · virus scan: {f.virus_scan or '?'}"
+        table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
+        table.add_column(style="dim", no_wrap=True)
+        table.add_column(overflow="fold")
+        table.add_column(no_wrap=True)
+        for check in f.hashes:
+            if not check.expected and not check.local:
+                continue
+            mark, mark_style = _CHECK_MARK[check.state]
+            table.add_row(check.name, check.expected or check.local or "", Text(mark, mark_style))
+        parts.extend([head, Text(scans, style="dim"), table])
+    return Group(*parts)
+
+
+class DetailPane(VerticalScroll):
+    """Fills from a `ModelDetail`; the screen tells it which version to show."""
+
+    @dataclass
+    class VersionChosen(Message):
+        pane: DetailPane
+        index: int
+
+        @property
+        def control(self) -> DetailPane:
+            return self.pane
+
+    @dataclass
+    class WordAction(Message):
+        """A trigger-word button: copy one word, copy all, or send them to the prompt."""
+
+        pane: DetailPane
+        action: str
+        word: str | None = None
+
+        @property
+        def control(self) -> DetailPane:
+            return self.pane
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.detail: ModelDetail | None = None
+        self.version_index = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static("Select a model", id="detail-title")
+        yield Static("", id="detail-meta")
+        yield OptionList(id="versions")
+        with Horizontal(id="version-row"):
+            yield PreviewPane(id="preview")
+            yield Static("", id="version-info")
+        yield Label("Trigger words", classes="section")
+        yield Vertical(id="words")
+        yield Horizontal(id="word-actions")
+        yield Label("Files", classes="section")
+        yield Static("", id="files")
+        yield Label("About", classes="section")
+        yield Static("", id="description")
+
+    def show_message(self, text: str) -> None:
+        for title in self.query("#detail-title").results(Static):
+            title.update(text)
+
+    @property
+    def version(self) -> VersionDetail | None:
+        if self.detail is None or not self.detail.versions:
+            return None
+        return self.detail.versions[min(self.version_index, len(self.detail.versions) - 1)]
+
+    def show_detail(self, detail: ModelDetail, *, version_index: int = 0) -> None:
+        self.detail = detail
+        title = Text(detail.name, style="bold")
+        title.append(f"  {detail.type}", style="cyan")
+        if detail.nsfw:
+            title.append("  NSFW", style="bold red")
+        self.query_one("#detail-title", Static).update(title)
+        meta = Text()
+        meta.append(f"by {detail.creator or 'unknown'}")
+        if detail.downloads is not None:
+            meta.append(f" · {detail.downloads:,} downloads")
+        if detail.tags:
+            meta.append(" · " + ", ".join(detail.tags[:12]), style="dim")
+        self.query_one("#detail-meta", Static).update(meta)
+        versions = self.query_one("#versions", OptionList)
+        versions.clear_options()
+        for v in detail.versions:
+            label = Text(f"{v.name or v.id}", style="bold" if v.is_local else "")
+            label.append(f"  {v.base_model or '?'}", style="cyan")
+            if v.published_at:
+                label.append(f"  {v.published_at:%Y-%m-%d}", style="dim")
+            if v.is_local:
+                label.append("  ✓ local", style="green")
+            if v.id in detail.update_version_ids:
+                label.append("  ↑ update", style="bold cyan")
+            if v.state != "active":
+                label.append(f"  {v.state}", style="red")
+            versions.add_option(Option(label, id=str(v.id)))
+        text = detail.description or "No description."
+        if len(text) > DESCRIPTION_CHARS:
+            text = text[:DESCRIPTION_CHARS].rstrip() + " …"
+        self.query_one("#description", Static).update(Text(text))
+        self.show_version(version_index)
+
+    def show_version(self, index: int) -> None:
+        if self.detail is None or not self.detail.versions:
+            self.query_one("#version-info", Static).update("No versions.")
+            return
+        index = max(0, min(index, len(self.detail.versions) - 1))
+        self.version_index = index
+        versions = self.query_one("#versions", OptionList)
+        if versions.highlighted != index:
+            with self.prevent(OptionList.OptionHighlighted):
+                versions.highlighted = index
+        v = self.detail.versions[index]
+        info = Text()
+        info.append(f"{v.name or v.id}\n", style="bold")
+        info.append(f"base model  {v.base_model or '?'}\n")
+        if v.published_at:
+            info.append(f"published   {v.published_at:%Y-%m-%d}\n")
+        info.append(f"version id  {v.id}\n", style="dim")
+        if self.detail.type in ("LORA", "LoCon", "DoRA"):
+            info.append(f"weight      {v.weight.label()}\n")
+        if v.description:
+            info.append("\n" + v.description[:600], style="italic")
+        self.query_one("#version-info", Static).update(info)
+        words = self.query_one("#words", Vertical)
+        words.remove_children()
+        if v.trained_words:
+            words.mount_all(
+                Button(word, classes="word", compact=True, tooltip=f"Copy “{word}”")
+                for word in v.trained_words
+            )
+        else:
+            words.mount(Label("none", classes="dim"))
+        actions = self.query_one("#word-actions", Horizontal)
+        if not actions.children:
+            actions.mount_all(
+                [
+                    Button(
+                        "Copy all",
+                        classes="copy-words",
+                        compact=True,
+                        variant="primary",
+                        tooltip="Copy every trigger word (y)",
+                    ),
+                    Button(
+                        "→ Prompt",
+                        classes="to-prompt",
+                        compact=True,
+                        variant="success",
+                        tooltip="Insert into the Generate prompt (g)",
+                    ),
+                ]
+            )
+        actions.query_one(".copy-words").display = bool(v.trained_words)
+        self.query_one("#files", Static).update(files_renderable(v.files))
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        event.stop()
+        if event.option_index != self.version_index:
+            self.post_message(self.VersionChosen(self, event.option_index))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.has_class("copy-words"):
+            self.post_message(self.WordAction(self, "copy-all"))
+        elif event.button.has_class("to-prompt"):
+            self.post_message(self.WordAction(self, "to-prompt"))
+        elif event.button.has_class("word"):
+            self.post_message(self.WordAction(self, "copy", str(event.button.label)))

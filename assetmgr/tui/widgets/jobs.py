@@ -1,0 +1,74 @@
+"""The jobs bar: one line per running (or just finished) job, with progress and Cancel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Button, Label, ProgressBar
+
+from assetmgr.tui.jobs import Job
+
+
+class JobLine(Horizontal):
+    def __init__(self, job: Job) -> None:
+        super().__init__(id=f"job-{job.id}", classes="job-line")
+        self.job_id = job.id
+        self._job = job
+
+    def compose(self) -> ComposeResult:
+        yield Label(self._job.label, classes="job-label")
+        yield ProgressBar(total=None, show_eta=False, classes="job-bar")
+        yield Label("", classes="job-text")
+        yield Button("Cancel", classes="job-cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self._show(self._job)
+
+    def update_job(self, job: Job) -> None:
+        self._job = job
+        if self.is_mounted:  # otherwise on_mount shows it
+            self._show(job)
+
+    def _show(self, job: Job) -> None:
+        bar = self.query_one(ProgressBar)
+        if job.total:
+            bar.update(total=job.total, progress=job.done)
+        elif not job.active:
+            bar.update(total=1, progress=1)
+        text = job.summary if not job.active else job.text
+        status = "" if job.status in ("running", "done") else f"[{job.status}] "
+        self.query_one(".job-text", Label).update(f"{status}{text}")
+        self.set_class(not job.active, "-finished")
+        self.set_class(job.status == "failed", "-failed")
+        self.query_one(".job-cancel", Button).display = job.active
+
+
+class JobsBar(Vertical):
+    """Mirrors the App's `JobBoard`; hidden when there is nothing to show."""
+
+    @dataclass
+    class CancelPressed(Message):
+        job_id: str
+
+    def sync_jobs(self, jobs: list[Job]) -> None:
+        wanted = {job.id: job for job in jobs}
+        for line in list(self.query(JobLine)):
+            if line.job_id not in wanted:
+                line.remove()
+        existing = {line.job_id: line for line in self.query(JobLine)}
+        for job in jobs:
+            found = existing.get(job.id)
+            if found is None:
+                self.mount(JobLine(job))
+            else:
+                found.update_job(job)
+        self.display = bool(jobs)
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        line = next((a for a in event.button.ancestors if isinstance(a, JobLine)), None)
+        if line is not None:
+            event.stop()
+            self.post_message(self.CancelPressed(line.job_id))

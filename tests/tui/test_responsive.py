@@ -1,0 +1,125 @@
+"""The UI keeps answering while a sync, a download and a generation run in the background.
+
+The API answers every request 0.3 s late (a sync of 30 one-model pages), the storage sends
+20 MB at 2 MB/s and the generation takes ~15 s; meanwhile typing in the search box must still
+echo at once and update the table quickly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from textual import events
+from textual.widgets import Input
+
+from assetmgr.tui import workers
+from assetmgr.tui.app import AssetMgrApp
+from assetmgr.tui.widgets.model_table import ModelTable
+from assetmgr.tui.widgets.prompt import PromptEditor
+from tests.tui.conftest import (
+    SIZE,
+    FakeGeneration,
+    lora_bytes,
+    open_version,
+    settle,
+    sync_models,
+    wait_until,
+)
+from tests.tui.test_actions import show_version
+from tests.tui.test_generate import make_local
+
+# Generous for a shared 2-core CI box; typically tens (echo) and hundreds (answer) of ms.
+MAX_ECHO_S = 1.0
+MAX_ANSWER_S = 2.0
+
+
+def send_keys(app: AssetMgrApp, keys: Iterable[str]) -> None:
+    """Queue key events like a terminal would, without Pilot's wait-for-idle after each key
+    (that waits for the whole process to go quiet, which busy workers never let happen)."""
+    driver = app._driver
+    assert driver is not None
+    for key in keys:
+        name = {" ": "space"}.get(key, key)
+        event = events.Key(name, key if len(key) == 1 else None)
+        event.set_sender(app)
+        driver.send_message(event)
+
+
+async def test_ui_answers_during_sync_download_and_generation(
+    build_fake_app: Callable[..., AssetMgrApp],
+    engine: Engine,
+    fake: Any,
+    fake_catalog: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model_id, version_id = open_version(fake_catalog)
+    fake_catalog.add_file_bytes(version_id, lora_bytes(filler=20_000_000))
+    sync_models(engine, fake, [model_id])
+    make_local(engine, 920005, tmp_path)  # a checkpoint for the generation
+    monkeypatch.setattr(workers, "SYNC_PAGE_SIZE", 1)  # 30 models: 30 slow pages
+    fake.faults.fail_every(1, "delay:0.3")
+    fake.storage_faults.throttle(2_000_000)
+    generation = FakeGeneration(tmp_path / "runs", step_delay=0.1, steps=150)
+    app = build_fake_app(generation=generation)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("f3")
+        await wait_until(pilot, lambda: app.generate_screen.state.available, what="generate ready")
+        app.generate_screen.query_one(PromptEditor).text = "a lighthouse"
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: bool(app.jobs.active("generate")), what="generating")
+        await pilot.press("f2")
+        await wait_until(pilot, lambda: app.screen.id == "catalog", what="back to the catalog")
+        await show_version(app, pilot, model_id, version_id)
+        await pilot.press("d", "s")  # download, then sync
+        await wait_until(
+            pilot,
+            lambda: {j.kind for j in app.jobs.active()} == {"download", "sync", "generate"},
+            what="all three jobs running",
+        )
+        table = app.catalog.query_one(ModelTable)
+        search = app.catalog.query_one("#search", Input)
+        echoes: list[float] = []  # key presses until the search box shows the text
+        answers: list[float] = []  # key presses until the table shows the matching model
+        for text, expected in (
+            ("harborlight", "Harborlight Mix"),
+            ("pixel spr", "Retro Pixel Sprites"),
+        ):
+            search.focus()
+            search.value = ""
+            started = time.monotonic()
+            send_keys(app, text)
+            await wait_until(
+                pilot,
+                lambda: search.value == text,  # noqa: B023  (awaited right here)
+                what=f"echo {text!r}",
+            )
+            echoes.append(time.monotonic() - started)
+            await wait_until(
+                pilot,
+                lambda: [r.name for r in table.rows_by_id.values()] == [expected],  # noqa: B023
+                what=f"search {text!r}",
+            )
+            answers.append(time.monotonic() - started)
+            assert {j.kind for j in app.jobs.active()} & {"sync", "download", "generate"}
+        table.focus()
+        before = table.cursor_row
+        started = time.monotonic()
+        send_keys(app, ["down"])
+        await wait_until(pilot, lambda: table.cursor_row == before + 1 or table.row_count == 1)
+        echoes.append(time.monotonic() - started)
+        print(f"echo {max(echoes) * 1000:.0f} ms, search answer {max(answers) * 1000:.0f} ms")
+        assert max(echoes) < MAX_ECHO_S, echoes
+        assert max(answers) < MAX_ANSWER_S, answers
+        await wait_until(pilot, lambda: not app.jobs.active(), timeout=60, what="jobs finished")
+        assert {j.kind: j.status for j in app.jobs.all()} == {
+            "download": "done",
+            "sync": "done",
+            "generate": "done",
+        }
