@@ -217,7 +217,7 @@ def bench_search(target_versions: int, queries: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--models", type=int, default=4200, help="models in the fake (about 2.5 versions each)"
+        "--models", type=int, default=4600, help="models in the fake (about 2.5 versions each)"
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--search-versions", type=int, default=100_000)
