@@ -31,6 +31,14 @@ def _parse_lora(text: str) -> tuple[str, float]:
         ) from None
 
 
+def _new_run_dir(root: Path) -> Path:
+    """A fresh folder per run, so no run ever overwrites another's images."""
+    import uuid
+    from datetime import datetime
+
+    return root / f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
 def _services() -> tuple[Any, Any, Any]:
     from assetmgr import paths
     from assetmgr.context import open_engine
@@ -103,7 +111,7 @@ def generate(
     )
     with session_scope(engine) as session:
         spec, mounts, models = build_spec(session, store, req)
-    out_dir = out or paths.runs_dir() / "latest"
+    out_dir = out or _new_run_dir(paths.runs_dir())
     record = run_generation(
         engine,
         store,
