@@ -144,7 +144,7 @@ def build_search_catalog(db_path: Path, target_versions: int) -> list[str]:
     from tests.fakeciv.shapes import RenderContext, list_model
 
     engine = open_catalog(f"sqlite:///{db_path}")
-    n_models = int(target_versions / 2.5) + 500
+    n_models = int(target_versions / 2.2) + 2000
     catalog = FakeCatalog.generate(n_models, seed=5)
     ctx = RenderContext(base_url="https://civitai.com")
     total_versions = 0
