@@ -83,6 +83,8 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[["DownloadProgress"], None]
 
 CHUNK_BYTES = 8 << 20
+READ_SLICE_BYTES = 256 << 10
+HANDOFF_AFTER_S = 0.5
 POOL_BLOCKS = 4
 SYNC_EVERY_BYTES = 256 << 20
 MAX_RESUME_ATTEMPTS = 8
@@ -517,13 +519,21 @@ class Downloader:
                     raise DownloadCancelled(f"download of {target.name} cancelled; progress saved")
                 buf = free.get()
                 filled = 0
+                block_started = time.monotonic()
+                ended = False
                 try:
-                    # Fill the whole block unless the body ends: fewer, larger hash updates.
+                    # Fill the block (fewer, larger hash updates) unless the body ends or the
+                    # link is slow: then hand off what arrived, so the partial file keeps growing
+                    # and a kill loses little.
                     while filled < len(buf):
-                        n = response.readinto(memoryview(buf)[filled:])
+                        view = memoryview(buf)[filled : filled + READ_SLICE_BYTES]
+                        n = response.readinto(view)
                         if not n:
+                            ended = True
                             break
                         filled += n
+                        if time.monotonic() - block_started > HANDOFF_AFTER_S:
+                            break
                 except (OSError, http.client.HTTPException) as exc:
                     if filled:
                         blocks.put((buf, filled))
@@ -547,7 +557,7 @@ class Downloader:
                 if progress is not None and now - last_report > 0.1:
                     last_report = now
                     progress(DownloadProgress(target.file_id, target.name, expected_total, pos))
-                if filled < len(buf):
+                if ended:
                     break
         finally:
             blocks.put(None)

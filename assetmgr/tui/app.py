@@ -285,7 +285,7 @@ class AssetMgrApp(WorkersMixin, App[None]):
     def job_finished(self, message: m.JobFinished) -> None:
         self.jobs.finish(message.job_id, "done", message.summary)
         self._jobs_changed()
-        self.notify(message.summary, timeout=4)
+        self.notify(message.summary, timeout=4, markup=False)
 
     @on(m.CatalogChanged)
     def catalog_changed(self, message: m.CatalogChanged) -> None:
@@ -414,7 +414,7 @@ class AssetMgrApp(WorkersMixin, App[None]):
     def settings_saved(self, message: m.SettingsSaved) -> None:
         if self._live(self.settings_screen):
             self.settings_screen.show_settings()
-        self.notify(message.summary, timeout=4)
+        self.notify(message.summary, timeout=4, markup=False)
 
     async def on_unmount(self) -> None:
         self.services.close()

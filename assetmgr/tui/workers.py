@@ -32,7 +32,7 @@ else:
     _Base = object
 
 PAGE_SIZE = 200
-FIRST_PAGE_SIZE = 100
+FIRST_PAGE_SIZE = 60
 """Smaller, so the first rows are on screen sooner; a screenful is ~40 rows anyway."""
 PREVIEW_PIXELS = 512
 SYNC_MAX_MODELS = 500

@@ -99,7 +99,7 @@ async def test_help_lists_every_action(build_app: Callable[..., AssetMgrApp]) ->
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen))
         table = app.screen.query_one(DataTable)
         assert table.row_count == len(ACTIONS)
-        ids = {table.get_row_at(i)[-1] for i in range(table.row_count)}
+        ids = {table.get_row_at(i)[-1].plain for i in range(table.row_count)}
         assert ids == {spec.id for spec in ACTIONS}
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)

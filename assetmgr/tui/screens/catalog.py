@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from PIL.Image import Image as PILImage
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal
@@ -154,7 +155,7 @@ class CatalogScreen(Screen[None]):
             parts.append(f"search: {q.search.strip()!r}")
         if note:
             parts.append(note)
-        self.query_one("#status", Static).update("  ·  ".join(parts))
+        self.query_one("#status", Static).update(Text("  ·  ".join(parts)))
 
     @on(ModelTable.MoreWanted)
     def more_wanted(self) -> None:
@@ -276,7 +277,7 @@ class CatalogScreen(Screen[None]):
     def word_action(self, event: DetailPane.WordAction) -> None:
         if event.action == "copy" and event.word:
             self.app.copy_to_clipboard(event.word)
-            self.notify(f"Copied “{event.word}”", timeout=2)
+            self.notify(f"Copied “{event.word}”", timeout=2, markup=False)
         elif event.action == "copy-all":
             self.action_copy_words()
         elif event.action == "to-prompt":
@@ -289,7 +290,7 @@ class CatalogScreen(Screen[None]):
             return
         text = ", ".join(version.trained_words)
         self.app.copy_to_clipboard(text)
-        self.notify(f"Copied: {text}", timeout=3)
+        self.notify(f"Copied: {text}", timeout=3, markup=False)
 
     def prompt_snippet(self) -> str | None:
         """The LoRA tag (for LoRA types) and the trigger words of the shown version."""

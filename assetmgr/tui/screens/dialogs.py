@@ -25,7 +25,7 @@ class ErrorModal(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog error-dialog"):
-            yield Label(self.error_title, classes="dialog-title")
+            yield Label(Text(self.error_title), classes="dialog-title")
             yield Static(Text(self.message), classes="dialog-body")
             if self.hint:
                 yield Static(Text.assemble(("hint: ", "bold"), self.hint), classes="dialog-hint")
@@ -51,7 +51,7 @@ class ConfirmModal(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.confirm_title, classes="dialog-title")
+            yield Label(Text(self.confirm_title), classes="dialog-title")
             yield Static(Text(self.body), classes="dialog-body")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.yes, variant="error", id="yes")
@@ -111,7 +111,10 @@ class UpdatesModal(ModalScreen[tuple[str, list[tuple[int, int]]] | None]):
             yield Label(f"{len(self.updates)} update(s) available", classes="dialog-title")
             if self.updates:
                 yield OptionList(
-                    *(Option(label, id=str(i)) for i, (_, _, label) in enumerate(self.updates)),
+                    *(
+                        Option(Text(label), id=str(i))
+                        for i, (_, _, label) in enumerate(self.updates)
+                    ),
                     id="update-list",
                 )
             else:

@@ -177,7 +177,7 @@ class GenerateScreen(Screen[None]):
         selection = self.query_one("#plugins", SelectionList)
         selection.clear_options()
         for name, sha in plugins:
-            selection.add_option((f"{name}  {sha[:12]}", name))
+            selection.add_option((Text(f"{name}  {sha[:12]}"), name))
         selection.display = bool(plugins)
         self.query_one("#plugins-note", Static).update(
             "" if plugins else "No vetted plugins (see the Sandbox screen, F4)."
@@ -186,11 +186,11 @@ class GenerateScreen(Screen[None]):
     def show_local_models(self, checkpoints: list[LocalModel], loras: list[LocalModel]) -> None:
         self.checkpoints, self.loras = checkpoints, loras
         select = self.query_one("#checkpoint", Select)
-        select.set_options([(c.label, i) for i, c in enumerate(checkpoints)])
+        select.set_options([(Text(c.label), i) for i, c in enumerate(checkpoints)])
         if checkpoints:
             select.value = 0
         self.query_one("#lora-pick", Select).set_options(
-            [(lora.label, i) for i, lora in enumerate(loras)]
+            [(Text(lora.label), i) for i, lora in enumerate(loras)]
         )
         self._update_lora_summary()
 
@@ -217,7 +217,7 @@ class GenerateScreen(Screen[None]):
             bar.update(total=None)
         else:
             bar.update(total=1.0, progress=fraction)
-        self.query_one("#gen-text", Label).update(text)
+        self.query_one("#gen-text", Label).update(Text(text))
 
     def show_result(self, result: GenerationResult, image: PILImage | None) -> None:
         done = f"done in {result.elapsed_s:.1f} s · seed {result.seed}"
@@ -233,7 +233,7 @@ class GenerateScreen(Screen[None]):
         history = self.query_one("#history", OptionList)
         history.clear_options()
         for run in runs:
-            history.add_option(Option(run.label, id=run.run_id))
+            history.add_option(Option(Text(run.label), id=run.run_id))
         if not runs:
             history.add_option(Option(Text("No runs yet.", style="dim"), disabled=True))
 
@@ -366,7 +366,9 @@ class GenerateScreen(Screen[None]):
     @on(Button.Pressed, "#run")
     def action_run_generation(self) -> None:
         if not self.state.available:
-            self.notify(f"Generation not available: {self.state.reason}", severity="error")
+            self.notify(
+                f"Generation not available: {self.state.reason}", severity="error", markup=False
+            )
             return
         request = self.build_request()
         if not request.prompt.strip():
@@ -382,7 +384,9 @@ class GenerateScreen(Screen[None]):
             self.notify("Select a run in the history first.", severity="warning", timeout=3)
             return
         if not self.state.available:
-            self.notify(f"Generation not available: {self.state.reason}", severity="error")
+            self.notify(
+                f"Generation not available: {self.state.reason}", severity="error", markup=False
+            )
             return
         self.show_progress(0.0, "starting…")
         self.mgr.start_generation(None, rerun_id=self.runs[index].run_id)

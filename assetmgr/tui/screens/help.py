@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -40,10 +41,10 @@ class HelpScreen(ModalScreen[None]):
         table.add_columns("Where", "Key", "Action", "What it does", "Id")
         for spec in ACTIONS:
             key = self.keymap.get(spec.id, spec.key)
-            table.add_row(
-                _SCOPE_TITLES.get(spec.scope, spec.scope),
-                self.app.get_key_display(Binding(key, spec.action)),
-                spec.description,
-                spec.tooltip,
-                spec.id,
+            table.add_row(  # Text cells: a str cell is markup, and "[" is a key here
+                Text(_SCOPE_TITLES.get(spec.scope, spec.scope)),
+                Text(self.app.get_key_display(Binding(key, spec.action))),
+                Text(spec.description),
+                Text(spec.tooltip),
+                Text(spec.id),
             )

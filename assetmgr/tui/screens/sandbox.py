@@ -57,7 +57,7 @@ class SandboxScreen(Screen[None]):
             table.add_column(style="bold", no_wrap=True)
             table.add_column(overflow="fold")
             for key, value in info.image.items():
-                table.add_row(key, value)
+                table.add_row(key, Text(value))
             table.add_row("state", _note(info.image_note))
             self.query_one("#image-info", Static).update(table)
         else:
@@ -67,7 +67,7 @@ class SandboxScreen(Screen[None]):
             for column in ("name", "version", "sha256"):
                 plugins.add_column(column)
             for plugin in info.plugins:
-                plugins.add_row(plugin.name, plugin.version, plugin.sha256)
+                plugins.add_row(Text(plugin.name), Text(plugin.version), Text(plugin.sha256))
             self.query_one("#plugins-info", Static).update(plugins)
         else:
             self.query_one("#plugins-info", Static).update(_note(info.plugins_note))
@@ -76,7 +76,7 @@ class SandboxScreen(Screen[None]):
             for column in info.warm_workers[0]:
                 workers.add_column(column)
             for worker in info.warm_workers:
-                workers.add_row(*worker.values())
+                workers.add_row(*(Text(v) for v in worker.values()))
             self.query_one("#warm-info", Static).update(workers)
         else:
             self.query_one("#warm-info", Static).update(_note(info.warm_note))

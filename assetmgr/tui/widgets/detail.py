@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import Button, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -100,7 +101,21 @@ class DetailPane(VerticalScroll):
             yield Static("", id="version-info")
         yield Label("Trigger words", classes="section")
         yield Vertical(id="words")
-        yield Horizontal(id="word-actions")
+        with Horizontal(id="word-actions"):
+            yield Button(
+                "Copy all",
+                classes="copy-words",
+                compact=True,
+                variant="primary",
+                tooltip="Copy every trigger word (y)",
+            )
+            yield Button(
+                "→ Prompt",
+                classes="to-prompt",
+                compact=True,
+                variant="success",
+                tooltip="Insert into the Generate prompt (g)",
+            )
         yield Label("Files", classes="section")
         yield Static("", id="files")
         yield Label("About", classes="section")
@@ -176,32 +191,19 @@ class DetailPane(VerticalScroll):
         words.remove_children()
         if v.trained_words:
             words.mount_all(
-                Button(word, classes="word", compact=True, tooltip=f"Copy “{word}”")
+                # Content, not str: a Button parses a str label as markup.
+                Button(
+                    Content(word),
+                    name=word,
+                    classes="word",
+                    compact=True,
+                    tooltip=Text(f"Copy “{word}”"),
+                )
                 for word in v.trained_words
             )
         else:
             words.mount(Label("none", classes="dim"))
-        actions = self.query_one("#word-actions", Horizontal)
-        if not actions.children:
-            actions.mount_all(
-                [
-                    Button(
-                        "Copy all",
-                        classes="copy-words",
-                        compact=True,
-                        variant="primary",
-                        tooltip="Copy every trigger word (y)",
-                    ),
-                    Button(
-                        "→ Prompt",
-                        classes="to-prompt",
-                        compact=True,
-                        variant="success",
-                        tooltip="Insert into the Generate prompt (g)",
-                    ),
-                ]
-            )
-        actions.query_one(".copy-words").display = bool(v.trained_words)
+        self.query_one(".copy-words", Button).display = bool(v.trained_words)
         self.query_one("#files", Static).update(files_renderable(v.files))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
@@ -216,4 +218,4 @@ class DetailPane(VerticalScroll):
         elif event.button.has_class("to-prompt"):
             self.post_message(self.WordAction(self, "to-prompt"))
         elif event.button.has_class("word"):
-            self.post_message(self.WordAction(self, "copy", str(event.button.label)))
+            self.post_message(self.WordAction(self, "copy", event.button.name))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message
@@ -68,7 +69,7 @@ class FilterBar(Horizontal):
             select = self.query_one(select_id, Select)
             current = select.value
             with self.prevent(Select.Changed):
-                select.set_options([(f"{name} ({count:,})", name) for name, count in values])
+                select.set_options([(Text(f"{name} ({count:,})"), name) for name, count in values])
                 if current is not Select.NULL and any(v == current for v, _ in values):
                     select.value = current
         tags = [name for name, _ in facets.tags]

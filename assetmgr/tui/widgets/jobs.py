@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
@@ -19,7 +20,7 @@ class JobLine(Horizontal):
         self._job = job
 
     def compose(self) -> ComposeResult:
-        yield Label(self._job.label, classes="job-label")
+        yield Label(Text(self._job.label), classes="job-label")
         yield ProgressBar(total=None, show_eta=False, classes="job-bar")
         yield Label("", classes="job-text")
         yield Button("Cancel", classes="job-cancel", compact=True)
@@ -40,7 +41,7 @@ class JobLine(Horizontal):
             bar.update(total=1, progress=1)
         text = job.summary if not job.active else job.text
         status = "" if job.status in ("running", "done") else f"[{job.status}] "
-        self.query_one(".job-text", Label).update(f"{status}{text}")
+        self.query_one(".job-text", Label).update(Text(f"{status}{text}"))
         self.set_class(not job.active, "-finished")
         self.set_class(job.status == "failed", "-failed")
         self.query_one(".job-cancel", Button).display = job.active

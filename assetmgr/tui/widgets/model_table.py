@@ -58,7 +58,7 @@ def downloads_cell(value: int | None) -> Text:
     return Text(shown, justify="right")
 
 
-class ModelTable(DataTable[Text | str]):
+class ModelTable(DataTable[Text]):
     """Model rows keyed by model id; posts `MoreWanted` as the cursor nears the loaded end."""
 
     # In a list of rows, Home/End mean first/last row (DataTable's own are for columns).
@@ -108,11 +108,13 @@ class ModelTable(DataTable[Text | str]):
             name = Text(row.name)
             if row.nsfw:
                 name.append(" nsfw", style="dim red")
+            # Text, never str: DataTable reads str cells as markup, and Civitai names often
+            # contain brackets ("[Pony] …").
             self.add_row(
-                _TYPE_LABELS.get(row.type, row.type),
-                row.base_model or "",
+                Text(_TYPE_LABELS.get(row.type, row.type)),
+                Text(row.base_model or ""),
                 name,
-                row.creator or "",
+                Text(row.creator or ""),
                 downloads_cell(row.downloads),
                 local_cell(row.local_state, row.id in self.update_ids),
                 key=str(row.id),

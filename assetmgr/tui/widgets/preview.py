@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Container
 from textual.widgets import Static
@@ -40,4 +41,4 @@ class PreviewPane(Container):
     def show_note(self, note: str) -> None:
         self.query_one(".preview-image", TerminalImage).image = None
         self.set_class(False, "-has-image")
-        self.query_one(".preview-note", Static).update(note)
+        self.query_one(".preview-note", Static).update(Text(note))
