@@ -54,7 +54,7 @@ def sync(
     from assetmgr.context import make_client, open_engine
     from catalog.civitai.client import ModelFilters
     from catalog.civitai.errors import CivitaiConnectionError
-    from catalog.sync import SyncRequest, run_sync
+    from catalog.sync import POOL_MIN_MODELS, SyncRequest, run_sync, sync_pool
 
     settings = Settings.load(api_base=api_base)
     engine = open_engine(settings)
@@ -74,7 +74,15 @@ def sync(
     )
     cancel = threading.Event()
     try:
-        with make_client(settings) as client, sync_progress(not as_json) as on_progress:
+        # The page workers start first, while this process has one thread (see sync_pool).
+        workers = (
+            0 if model_ids or (max_models is not None and max_models < POOL_MIN_MODELS) else None
+        )
+        with (
+            sync_pool(workers) as pool,
+            make_client(settings) as client,
+            sync_progress(not as_json) as on_progress,
+        ):
             try:
                 summary = run_sync(
                     engine,
@@ -83,6 +91,7 @@ def sync(
                     progress=on_progress,  # type: ignore[arg-type]
                     cancel=cancel,
                     concurrency=settings.sync_concurrency,
+                    pool=pool,
                 )
             except KeyboardInterrupt:
                 cancel.set()

@@ -211,7 +211,7 @@ def _filename_from_location(location: httpx.URL) -> str | None:
     return None
 
 
-def _validation_reason(exc: ValidationError) -> str:
+def validation_reason(exc: ValidationError) -> str:
     """A short, input-free summary of a pydantic error, safe to log and store."""
     parts = []
     for err in exc.errors(include_url=False, include_input=False)[:3]:
@@ -445,7 +445,7 @@ class CivitaiClient:
             return model_cls.model_validate(data)
         except ValidationError as exc:
             raise CivitaiResponseValidationError(
-                f"{what} does not have the expected shape: {_validation_reason(exc)}"
+                f"{what} does not have the expected shape: {validation_reason(exc)}"
             ) from exc
 
     # -- models ------------------------------------------------------------------------------
@@ -482,7 +482,7 @@ class CivitaiClient:
             except ValidationError as exc:
                 raw_id = item.get("id") if isinstance(item, dict) else None
                 item_id = raw_id if type(raw_id) is int else None
-                reason = _validation_reason(exc)
+                reason = validation_reason(exc)
                 rejected.append((index, item_id, reason))
                 log.warning("skipped model item %d (id %s): %s", index, item_id, reason)
         # Items are validated already; model_construct avoids a second pass over them.
@@ -580,7 +580,7 @@ class CivitaiClient:
             try:
                 out.append(model_cls.model_validate(item))
             except ValidationError as exc:
-                log.warning("skipped %s item %d: %s", what, index, _validation_reason(exc))
+                log.warning("skipped %s item %d: %s", what, index, validation_reason(exc))
         return out
 
     # -- downloads ---------------------------------------------------------------------------
