@@ -1,0 +1,165 @@
+"""The sync's page workers (`catalog.bulk`): same catalog as in-process; collisions; deaths."""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, select, text
+from sqlmodel import Session
+
+from catalog import bulk
+from catalog.civitai.client import CivitaiClient, ModelFilters
+from catalog.db import open_catalog
+from catalog.models import Image, ModelVersion, TrainedWord
+from catalog.sync import SyncRequest, run_sync, sync_pool
+from tests.fakeciv import FakeCatalog
+
+# Columns that legitimately differ between two syncs: times, and ids the database assigns.
+_TIMES = {"first_seen_at", "last_seen_at", "changed_at", "updated_at"}
+_TABLES = {  # table -> (order, database-assigned columns)
+    "model": ("id", {"creator_id"}),
+    "model_version": ("id", set()),
+    "model_file": ("id", set()),
+    "image": ("version_id, position", {"id"}),
+    "trained_word": ("version_id, position", {"id"}),
+    "model_search": ("model_id", set()),
+}
+
+
+def dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the catalog's payload tables, minus volatile columns, in a fixed order."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with engine.connect() as conn:
+        for table, (order, assigned) in _TABLES.items():
+            result = conn.execute(text(f"SELECT * FROM {table} ORDER BY {order}"))
+            keys = list(result.keys())
+            keep = [i for i, k in enumerate(keys) if k not in _TIMES and k not in assigned]
+            out[table] = [tuple(row[i] for i in keep) for row in result]
+        tags = conn.execute(
+            text(
+                "SELECT mt.model_id, mt.position, t.name FROM model_tag mt "
+                "JOIN tag t ON t.id = mt.tag_id ORDER BY mt.model_id, mt.position"
+            )
+        )
+        out["model_tag"] = [tuple(row) for row in tags]
+        creators = conn.execute(
+            text(
+                "SELECT m.id, c.username, c.image_url FROM model m "
+                "LEFT JOIN creator c ON c.id = m.creator_id ORDER BY m.id"
+            )
+        )
+        out["creator"] = [tuple(row) for row in creators]
+    return out
+
+
+def test_worker_pool_and_in_process_write_the_same_catalog(
+    client: CivitaiClient, fake_catalog: FakeCatalog, tmp_path: Any
+) -> None:
+    # Both on SQLite, so values compare as stored (the other tests run the pool on both).
+    engine = open_catalog(f"sqlite:///{tmp_path / 'pooled.sqlite3'}")
+    ids = sorted(fake_catalog.expected_listing_ids())
+    for mid, kind in zip(
+        ids[:6],
+        ["wrong_types", "unknown_type", "huge_lists", "nul", "file_missing_id", "missing_id"],
+        strict=True,
+    ):
+        fake_catalog.set_hostile(mid, kind)
+    request = SyncRequest(filters=ModelFilters(limit=25))
+    with sync_pool(2) as pool:
+        assert pool is not None
+        pooled = run_sync(engine, client, request, pool=pool)
+    local_engine = open_catalog(f"sqlite:///{tmp_path / 'local.sqlite3'}")
+    local = run_sync(local_engine, client, request, pool=None)
+    assert pooled.as_json() == local.as_json()
+    assert pooled.models_written == pooled.models > 100
+    assert len(pooled.errors) == 1  # the item without an id
+    ours, theirs = dump(engine), dump(local_engine)
+    for table in theirs:
+        assert ours[table] == theirs[table], table
+    local_engine.dispose()
+    engine.dispose()
+
+
+def _item(model_id: int, version_id: int, file_id: int, word: str) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "name": f"Model {model_id}",
+        "type": "LORA",
+        "tags": ["style"],
+        "creator": {"username": "someone"},
+        "modelVersions": [
+            {
+                "id": version_id,
+                "name": "v1",
+                "baseModel": "SD 1.5",
+                "trainedWords": [word],
+                "files": [
+                    {"id": file_id, "name": "a.safetensors", "hashes": {"SHA256": "AB" * 32}}
+                ],
+                "images": [{"url": "https://example.invalid/1.jpeg", "width": 8, "height": 8}],
+            }
+        ],
+    }
+
+
+def _write(engine: Engine, items: list[dict[str, Any]]) -> Any:
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        plans = bulk.insert_plans(session)
+        page = bulk.prepare_page(items, None, now, plans)
+        result = bulk.write_prepared(session, page.models, items, seen_at=now, plans=plans)
+        session.commit()
+    return result
+
+
+def test_a_version_that_moved_to_a_new_model_takes_the_update_path(engine: Engine) -> None:
+    _write(engine, [_item(1, 10, 100, "first")])
+    # Version 10 now belongs to model 2, which the catalog has never seen: a plain INSERT of
+    # the version would collide, so the page falls back to the update path.
+    result = _write(engine, [_item(2, 10, 100, "second")])
+    assert result.models_inserted == 1
+    with Session(engine) as session:
+        version = session.get(ModelVersion, 10)
+        assert version is not None and version.model_id == 2
+        words = session.execute(select(TrainedWord.word).where(TrainedWord.version_id == 10))
+        assert list(words.scalars()) == ["second"]
+        images = session.execute(select(Image.id).where(Image.version_id == 10)).all()
+        assert len(images) == 1
+
+
+def test_a_repeated_model_in_one_page_keeps_the_last_payload(engine: Engine) -> None:
+    _write(engine, [_item(3, 30, 300, "old"), _item(3, 30, 300, "new")])
+    with Session(engine) as session:
+        words = session.execute(select(TrainedWord.word).where(TrainedWord.version_id == 30))
+        assert list(words.scalars()) == ["new"]
+
+
+def test_an_unchanged_page_is_not_rebuilt_and_writes_nothing(engine: Engine) -> None:
+    items = [_item(4, 40, 400, "w"), _item(5, 50, 500, "w")]
+    _write(engine, items)
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        plans = bulk.insert_plans(session)
+        stored = bulk.stored_payloads(session, items)
+        page = bulk.prepare_page(items, None, now, plans, stored)
+        assert [pm.rows for pm in page.models] == [None, None]  # hashed, not mapped
+        result = bulk.write_prepared(session, page.models, items, seen_at=now, plans=plans)
+    assert result.models_unchanged == 2 and result.models_written == 0
+
+
+def test_a_dead_worker_does_not_lose_pages(
+    engine: Engine, client: CivitaiClient, fake_catalog: FakeCatalog
+) -> None:
+    request = SyncRequest(filters=ModelFilters(limit=20))
+    with sync_pool(1) as pool:
+        assert pool is not None
+        pool.submit(int).result()  # the worker is up
+        for process in list(pool._processes.values()):  # type: ignore[attr-defined]
+            os.kill(process.pid, signal.SIGKILL)
+        summary = run_sync(engine, client, request, pool=pool)
+    assert summary.models == len(fake_catalog.expected_listing_ids())
+    with Session(engine) as session:
+        assert session.execute(text("SELECT count(*) FROM model")).scalar_one() == summary.models
