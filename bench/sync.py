@@ -3,7 +3,9 @@
 1. Sync: the fake Civitai runs in its own process (so its CPU use does not share our GIL) with
    enough models for >= 10,000 versions. In one run, alternating, it times
    (a) the baseline: bare httpx following the same cursor pages (GET + .json()), and
-   (b) ours: `catalog.sync.run_sync` into a fresh SQLite catalog, validation and writes included.
+   (b) ours: `catalog.sync.run_sync` into a fresh SQLite catalog, validation and writes included,
+       with its page workers (`catalog.bulk`; one per spare core, at most 4), and
+   (c) the same sync with pages prepared in-process (no workers), for context.
    It prints the ratio ours/baseline (goal <= 1.2) and the time of an unchanged re-sync.
 2. Search: a catalog of >= 100,000 versions is built in-process (payloads rendered by the fake's
    shape code, upserted through `catalog.repo`), then `catalog.search.search_models` answers a
@@ -15,6 +17,7 @@ Usage: python bench/sync.py [--models 4000] [--repeat 3] [--search-versions 1000
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import socket
@@ -33,7 +36,7 @@ import httpx  # noqa: E402
 
 from catalog.civitai.client import CivitaiClient, ModelFilters  # noqa: E402
 from catalog.db import open_catalog  # noqa: E402
-from catalog.sync import SyncRequest, run_sync  # noqa: E402
+from catalog.sync import SyncRequest, run_sync, sync_workers  # noqa: E402
 
 
 def free_port() -> int:
@@ -92,15 +95,17 @@ def bare_httpx(base: str) -> tuple[float, int, int]:
     return time.perf_counter() - start, pages, versions
 
 
-def ours(base: str, db_path: Path) -> tuple[float, int, float]:
+def ours(base: str, db_path: Path, *, workers: bool = True) -> tuple[float, int, float]:
     """A full sync into a fresh catalog, then an unchanged re-sync: (s, versions, resync s)."""
     engine = open_catalog(f"sqlite:///{db_path}")
+    request = SyncRequest(filters=ModelFilters(limit=100))
+    pool = "auto" if workers else None
     with CivitaiClient(base_url=base) as client:
         start = time.perf_counter()
-        summary = run_sync(engine, client, SyncRequest(filters=ModelFilters(limit=100)))
+        summary = run_sync(engine, client, request, pool=pool)  # type: ignore[arg-type]
         elapsed = time.perf_counter() - start
         start = time.perf_counter()
-        again = run_sync(engine, client, SyncRequest(filters=ModelFilters(limit=100)))
+        again = run_sync(engine, client, request, pool=pool)  # type: ignore[arg-type]
         resync = time.perf_counter() - start
     assert again.models_written == 0, "an unchanged re-sync wrote rows"
     engine.dispose()
@@ -111,7 +116,7 @@ def bench_sync(models: int, repeat: int) -> None:
     proc, base = start_fake(models)
     try:
         bare_httpx(base)  # warm the fake's caches and the page cache
-        base_times, our_times, resyncs = [], [], []
+        base_times, our_times, local_times, resyncs = [], [], [], []
         versions = 0
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(repeat):
@@ -121,14 +126,25 @@ def bench_sync(models: int, repeat: int) -> None:
                 assert our_versions == versions, (our_versions, versions)
                 our_times.append(o)
                 resyncs.append(resync)
-        b, o = min(base_times), min(our_times)
-        print(f"sync: {versions} versions in {pages} pages (fake in its own process)")
+                local, _, _ = ours(base, Path(tmp) / f"local{i}.sqlite3", workers=False)
+                local_times.append(local)
+        b, o, n = min(base_times), min(our_times), min(local_times)
+        cpus = os.cpu_count()
+        print(f"sync: {versions} versions in {pages} pages (fake in its own process), {cpus} CPUs")
         print(
             f"  bare httpx (GET + json) : best {b:.2f} s  all {[round(x, 2) for x in base_times]}"
         )
-        print(f"  assetmgr sync (SQLite)  : best {o:.2f} s  all {[round(x, 2) for x in our_times]}")
+        print(
+            f"  assetmgr sync (SQLite, {sync_workers()} page workers): best {o:.2f} s"
+            f"  all {[round(x, 2) for x in our_times]}"
+        )
+        print(
+            f"  assetmgr sync, pages prepared in-process: best {n:.2f} s"
+            f"  all {[round(x, 2) for x in local_times]}"
+        )
         print(f"  unchanged re-sync       : best {min(resyncs):.2f} s (0 rows written)")
         print(f"  ratio ours/baseline     : {o / b:.2f}  (goal <= 1.2)")
+        print(f"  ratio in-process/baseline: {n / b:.2f}")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, select, text
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from catalog import bulk
 from catalog.civitai.client import CivitaiClient, ModelFilters
@@ -124,16 +124,20 @@ def test_a_version_that_moved_to_a_new_model_takes_the_update_path(engine: Engin
     with Session(engine) as session:
         version = session.get(ModelVersion, 10)
         assert version is not None and version.model_id == 2
-        words = session.execute(select(TrainedWord.word).where(TrainedWord.version_id == 10))
+        words = session.execute(
+            select(col(TrainedWord.word)).where(col(TrainedWord.version_id) == 10)
+        )
         assert list(words.scalars()) == ["second"]
-        images = session.execute(select(Image.id).where(Image.version_id == 10)).all()
+        images = session.execute(select(col(Image.id)).where(col(Image.version_id) == 10)).all()
         assert len(images) == 1
 
 
 def test_a_repeated_model_in_one_page_keeps_the_last_payload(engine: Engine) -> None:
     _write(engine, [_item(3, 30, 300, "old"), _item(3, 30, 300, "new")])
     with Session(engine) as session:
-        words = session.execute(select(TrainedWord.word).where(TrainedWord.version_id == 30))
+        words = session.execute(
+            select(col(TrainedWord.word)).where(col(TrainedWord.version_id) == 30)
+        )
         assert list(words.scalars()) == ["new"]
 
 
@@ -157,7 +161,8 @@ def test_a_dead_worker_does_not_lose_pages(
     with sync_pool(1) as pool:
         assert pool is not None
         pool.submit(int).result()  # the worker is up
-        for process in list(pool._processes.values()):  # type: ignore[attr-defined]
+        for process in list(pool._processes.values()):
+            assert process.pid is not None
             os.kill(process.pid, signal.SIGKILL)
         summary = run_sync(engine, client, request, pool=pool)
     assert summary.models == len(fake_catalog.expected_listing_ids())
