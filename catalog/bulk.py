@@ -1,23 +1,27 @@
-"""The sync's fast path: pages prepared in worker processes, new models written in bulk.
+"""The sync's page work: validate, hash, map to rows and write, in worker processes.
 
-A page of the listing costs far more CPU to validate, hash and map to rows than to fetch, and
-that work holds the GIL. So `prepare_page` (pure: no database, no logging, picklable in and
-out) runs in a small process pool while the main process only fetches, binds and commits:
+A page of the listing costs far more CPU to validate, hash, map to rows and bind than to
+fetch, and all of that holds the GIL. So `sync_page` runs in a small process pool, one page per
+task, each in its own transaction, while the sync's process only follows the cursor:
 
-* a worker validates each item (the same lenient types and repairs as everywhere else),
-  computes the payload hashes and builds every row of the model, already converted to the
-  driver's parameter form by statements the main process compiled (`insert_plans`);
-* the main process compares the page with the catalog (`write_prepared`): unchanged models
-  write nothing, new models are inserted from the prepared rows, and the rest (changed
-  models, and the odd cases where ids collide) goes through `repo.upsert_models`, the one
-  place that knows how to update a stored model.
+* `prepare_page` validates each item (the same lenient types and repairs as everywhere else),
+  computes the payload hashes and builds every row of a model, already in the driver's
+  parameter form (statements compiled once by the caller, `insert_plans`); models whose
+  payload the catalog already holds are only hashed;
+* `write_prepared` compares with the catalog: unchanged models write nothing, new models are
+  inserted from the prepared rows, and the rest (changed models, and the odd cases where ids
+  collide) goes through `repo.upsert_models`, the one place that knows how to update a stored
+  model.
 
-Rows are kept per model, so whatever the main process decides per model, it only picks
-lists; nothing is re-validated unless the model needs the update path.
+Pages may land out of order; the caller advances the stored cursor only past pages that all
+landed, and every write is an idempotent upsert, so a resumed sync that redoes a page changes
+nothing. SQLite serializes the workers' transactions (``BEGIN IMMEDIATE``); PostgreSQL runs
+them side by side, and a concurrent duplicate insert falls back to the update path.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,13 +29,14 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Table, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, Table, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from catalog import repo
 from catalog.civitai import types as api
 from catalog.civitai.client import validation_reason
+from catalog.db import make_engine, session_scope
 from catalog.models import utcnow
 
 # Tables filled from prepared rows, in foreign-key order (after `model` and `model_tag`).
@@ -77,6 +82,57 @@ class PreparedPage:
     next_cursor: str | None
     models: list[PreparedModel]
     rejected: list[tuple[int, int | None, str]] = field(default_factory=list)
+
+
+@dataclass
+class PageOutcome:
+    """What `sync_page` did with one page (small: it travels back from a worker)."""
+
+    model_ids: list[int]
+    versions: int
+    files: int
+    models_written: int
+    rejected: list[tuple[int, int | None, str]]
+
+
+# Engines of this worker process, by (pid, url): a forked worker must never use connections
+# it inherited from its parent.
+_ENGINES: dict[tuple[int, str], Engine] = {}
+
+
+def sync_page(url: str, items: list[Any], seen_at: datetime, plans: InsertPlans) -> PageOutcome:
+    """Prepare and write one listing page in its own transaction (a worker process's task)."""
+    key = (os.getpid(), url)
+    engine = _ENGINES.get(key)
+    if engine is None:
+        engine = _ENGINES[key] = make_engine(url)
+    return write_page(engine, items, seen_at, plans)
+
+
+def write_page(
+    engine: Engine, items: list[Any], seen_at: datetime, plans: InsertPlans
+) -> PageOutcome:
+    """`prepare_page` then `write_prepared`, committed; retried once if PostgreSQL deadlocks."""
+    with Session(engine) as session:
+        stored = stored_payloads(session, items)
+    page = prepare_page(items, None, seen_at, plans, stored)
+    for attempt in (1, 2):
+        try:
+            with session_scope(engine, write=True) as session:
+                result = write_prepared(session, page.models, items, seen_at=seen_at, plans=plans)
+            break
+        except OperationalError:
+            # Two workers upserting the same new tags or creators in different orders can
+            # deadlock on PostgreSQL; the loser is rolled back and simply goes again.
+            if attempt == 2 or engine.dialect.name != "postgresql":
+                raise
+    return PageOutcome(
+        model_ids=[pm.id for pm in page.models],
+        versions=sum(pm.n_versions for pm in page.models),
+        files=sum(pm.n_files for pm in page.models),
+        models_written=result.models_written,
+        rejected=page.rejected,
+    )
 
 
 def _sample_model() -> api.Model:
@@ -304,13 +360,14 @@ def write_prepared(
 
 
 def _insert_fresh(session: Session, fresh: list[PreparedModel], plans: InsertPlans) -> None:
+    # Sorted, so concurrent writers (PostgreSQL) take the same rows' locks in the same order.
     creators = {
         pm.username: api.Creator.model_construct(username=pm.username, image=pm.creator_image)
         for pm in fresh
         if pm.username
     }
-    creator_ids = repo._ensure_creators(session, list(creators.values()))
-    tag_ids = repo._ensure_tags(session, [t for pm in fresh for t in pm.tags])
+    creator_ids = repo._ensure_creators(session, [creators[u] for u in sorted(creators)])
+    tag_ids = repo._ensure_tags(session, sorted({t for pm in fresh for t in pm.tags}))
     model_rows: list[dict[str, Any]] = []
     tag_rows: list[dict[str, Any]] = []
     for pm in fresh:
@@ -334,7 +391,10 @@ __all__ = [
     "PreparedModel",
     "PreparedPage",
     "insert_plans",
+    "PageOutcome",
     "prepare_page",
     "stored_payloads",
+    "sync_page",
+    "write_page",
     "write_prepared",
 ]

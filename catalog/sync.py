@@ -46,6 +46,7 @@ from catalog import bulk, repo
 from catalog.civitai.client import CivitaiClient, ModelFilters
 from catalog.civitai.errors import NotFoundError
 from catalog.civitai.types import Model
+from catalog.db import session_scope
 from catalog.models import Model as ModelRow
 from catalog.models import SyncState
 
@@ -53,11 +54,8 @@ log = logging.getLogger(__name__)
 
 SyncProgressCallback = Callable[["SyncProgress"], None]
 
-# A transaction closes after this much work or this many pages, whichever comes first: large
-# enough that commits (and the index pages each one rewrites) stay a small share, small
-# enough that a kill loses little.
-COMMIT_EVERY_S = 1.0
-COMMIT_EVERY_PAGES = 32
+# How often the stored cursor moves forward during a sync (see `_CursorKeeper`).
+CURSOR_EVERY_S = 1.0
 MAX_SYNC_WORKERS = 4
 # Below this many models a worker pool costs more to start than it saves.
 POOL_MIN_MODELS = 300
@@ -150,44 +148,43 @@ _DONE = object()
 
 
 class _Deferred:
-    """A page prepared in the consumer's thread, when `result` is asked for (no pool)."""
+    """A page written in the consumer's thread when `result` is asked for (no pool)."""
 
-    def __init__(self, *args: Any) -> None:
-        self.args = args
+    def __init__(self, engine: Engine, items: list[Any], plans: bulk.InsertPlans) -> None:
+        self.engine = engine
+        self.items = items
+        self.plans = plans
 
-    def result(self) -> bulk.PreparedPage:
-        return bulk.prepare_page(*self.args)
+    def result(self) -> bulk.PageOutcome:
+        return bulk.write_page(self.engine, self.items, _now(), self.plans)
 
 
-_Prepared = Future[bulk.PreparedPage] | _Deferred
+_PageWork = Future[bulk.PageOutcome] | _Deferred
 
 
 class _PageFetcher(threading.Thread):
-    """Follows the cursor in the background and queues pages (or the error that stopped it).
+    """Follows the cursor in the background, handing each page to a worker as it arrives.
 
-    Each queued page carries its preparation, already submitted to the pool, so a worker
-    starts on it the moment it arrives; the queue's bound also bounds the work in flight.
+    It queues (next cursor, is last, items, the page's work) in page order, or the error that
+    stopped it; the queue's bound also bounds the pages in flight. With `max_models`, items
+    past the cap are cut here, before any work is spent on them.
     """
 
     def __init__(
         self,
         client: CivitaiClient,
-        filters: ModelFilters,
+        request: SyncRequest,
         start_cursor: str | None,
         cancel: threading.Event,
-        engine: Engine,
-        pool: ProcessPoolExecutor | None,
-        plans: bulk.InsertPlans,
-        depth: int = 4,
+        submit: Callable[[list[Any]], _PageWork],
+        depth: int,
     ) -> None:
         super().__init__(name="civitai-page-fetcher", daemon=True)
-        self.engine = engine
         self.client = client
-        self.filters = filters
+        self.request = request
         self.start_cursor = start_cursor
         self.cancel = cancel
-        self.pool = pool
-        self.plans = plans
+        self.submit = submit
         self.pages: queue.Queue[object] = queue.Queue(maxsize=depth)
 
     def _put(self, item: object) -> bool:
@@ -199,31 +196,69 @@ class _PageFetcher(threading.Thread):
                 continue
         return False
 
-    def _submit(self, items: list[Any], next_cursor: str | None) -> _Prepared:
-        with Session(self.engine) as session:
-            stored = bulk.stored_payloads(session, items)
-        args = (items, next_cursor, _now(), self.plans, stored)
-        if self.pool is not None:
-            try:
-                return self.pool.submit(bulk.prepare_page, *args)
-            except (BrokenProcessPool, RuntimeError):  # broken or shut down: do it in-process
-                pass
-        return _Deferred(*args)
-
     def run(self) -> None:
         # Only the HTTP request and the JSON parse happen here, so the next page is requested
         # as soon as this one's cursor is known.
         try:
             raw_pages = self.client.iter_raw_model_pages(
-                self.filters, start_cursor=self.start_cursor
+                self.request.filters, start_cursor=self.start_cursor
             )
+            taken = 0
+            cap = self.request.max_models
             for items, next_cursor in raw_pages:
-                if not self._put((items, next_cursor, self._submit(items, next_cursor))):
+                last = next_cursor is None
+                if cap is not None and len(items) >= cap - taken:
+                    items = items[: cap - taken]
+                    last = True
+                taken += len(items)
+                if not self._put((next_cursor, last, items, self.submit(items))) or last:
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._put(exc)
             return
         self._put(_DONE)
+
+
+class _CursorKeeper:
+    """Stores the cursor past the pages that all landed; at most once a second, or on `flush`.
+
+    Each page commits on its own (in a worker); storing the cursor a little late only means
+    a resumed sync redoes a page or two, which writes nothing.
+    """
+
+    def __init__(self, engine: Engine, key: str) -> None:
+        self.engine = engine
+        self.key = key
+        self.pages = 0
+        self.written = 0
+        self.cursor: str | None = None
+        self.flushed_at = time.monotonic()
+
+    def landed(self, cursor: str | None, written: int) -> None:
+        self.pages += 1
+        self.written += written
+        self.cursor = cursor
+        if time.monotonic() - self.flushed_at >= CURSOR_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.flushed_at = time.monotonic()
+        if not self.pages:
+            return
+        now = _now()
+        with session_scope(self.engine) as session:
+            session.execute(
+                update(SyncState)
+                .where(col(SyncState.key) == self.key)
+                .values(
+                    cursor=self.cursor,
+                    pages=SyncState.pages + self.pages,
+                    models_written=SyncState.models_written + self.written,
+                    updated_at=now,
+                )
+            )
+        self.pages = 0
+        self.written = 0
 
 
 def sync_workers() -> int:
@@ -266,6 +301,51 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
         return None
 
 
+def _page_outcome(
+    work: _PageWork, items: list[Any], engine: Engine, plans: bulk.InsertPlans
+) -> bulk.PageOutcome:
+    try:
+        return work.result()
+    except BrokenProcessPool:
+        # A worker died (killed, out of memory) with this page: write it here instead.
+        log.warning("a sync worker process died; writing its page in-process")
+        return bulk.write_page(engine, items, _now(), plans)
+
+
+def _settle(
+    fetcher: _PageFetcher,
+    own_pool: ProcessPoolExecutor | None,
+    keeper: _CursorKeeper | None,
+) -> None:
+    """Cancel queued page work, wait for what already runs, and keep the cursor of the pages
+    that landed right after the last consumed one (`keeper`; None after a failed page)."""
+    queued: list[tuple[Any, ...]] = []
+    while True:
+        try:
+            item = fetcher.pages.get_nowait()
+        except queue.Empty:
+            break
+        if isinstance(item, tuple):
+            queued.append(item)
+    for _, _, _, work in queued:
+        if isinstance(work, Future):
+            work.cancel()
+    in_order = True
+    for next_cursor, last, _, work in queued:
+        if not isinstance(work, Future) or work.cancelled():
+            in_order = False
+            continue
+        try:
+            outcome = work.result(timeout=120)
+        except Exception:  # noqa: BLE001 - the next sync redoes this page
+            in_order = False
+            continue
+        if in_order and keeper is not None:
+            keeper.landed(None if last else next_cursor, outcome.models_written)
+    if own_pool is not None:
+        own_pool.shutdown(wait=True, cancel_futures=True)
+
+
 @contextlib.contextmanager
 def sync_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor | None]:
     """Worker processes for `run_sync`'s `pool`, shut down on exit.
@@ -278,18 +358,7 @@ def sync_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor | None
         yield pool
     finally:
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _prepared(
-    handle: _Prepared, items: list[Any], next_cursor: str | None, plans: bulk.InsertPlans
-) -> bulk.PreparedPage:
-    try:
-        return handle.result()
-    except BrokenProcessPool:
-        # A worker died (killed, out of memory): this page is prepared here instead.
-        log.warning("a sync worker process died; preparing the page in-process")
-        return bulk.prepare_page(items, next_cursor, _now(), plans)
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _now() -> datetime:
@@ -354,14 +423,25 @@ def run_sync(
     if pool == "auto":
         small = request.max_models is not None and request.max_models < POOL_MIN_MODELS
         pool = own_pool = None if small else _start_pool(sync_workers())
-    fetcher = _PageFetcher(client, request.filters, start_cursor, cancel, engine, pool, plans)
+    workers = pool._max_workers if pool is not None else 0  # type: ignore[attr-defined]
+    url = engine.url.render_as_string(hide_password=False)
+
+    def submit(items: list[Any]) -> _PageWork:
+        if pool is not None:
+            try:
+                return pool.submit(bulk.sync_page, url, items, _now(), plans)
+            except (BrokenProcessPool, RuntimeError):  # broken or shut down: do it here
+                pass
+        return _Deferred(engine, items, plans)
+
+    fetcher = _PageFetcher(client, request, start_cursor, cancel, submit, depth=workers + 2)
     fetcher.start()
+    keeper = _CursorKeeper(engine, key)
     completed = False
-    writer = _BatchWriter(engine, key)
+    page_failed = False
     try:
         while True:
             if cancel.is_set():
-                writer.commit()
                 raise SyncCancelled("sync cancelled; progress is saved")
             try:
                 item = fetcher.pages.get(timeout=0.1)
@@ -371,56 +451,45 @@ def run_sync(
                 completed = True
                 break
             if isinstance(item, BaseException):
-                writer.commit()  # the pages before the failure are whole: keep them
                 raise item
             assert isinstance(item, tuple)
-            items, next_cursor, handle = item
-            page = _prepared(handle, items, next_cursor, plans)
-            models = page.models
-            stop = False
-            if request.max_models is not None:
-                room = request.max_models - summary.models
-                if len(models) >= room:
-                    models = models[:room]
-                    stop = True
-            for index, item_id, reason in page.rejected:
+            next_cursor, last, items, work = item
+            page_failed = True
+            outcome = _page_outcome(work, items, engine, plans)
+            page_failed = False
+            for index, item_id, reason in outcome.rejected:
                 log.warning("skipped model item %d (id %s): %s", index, item_id, reason)
                 summary.errors.append(
                     {"page": summary.pages + 1, "index": index, "id": item_id, "error": reason}
                 )
-            last = stop or page.next_cursor is None
-            written = writer.write(models, items, page.next_cursor, plans, last=last)
-            seen_ids.update(m.id for m in models)
-            m = len(models)
-            v = sum(pm.n_versions for pm in models)
-            f = sum(pm.n_files for pm in models)
+            keeper.landed(None if last else next_cursor, outcome.models_written)
+            seen_ids.update(outcome.model_ids)
+            m, v, f = len(outcome.model_ids), outcome.versions, outcome.files
             summary.models += m
             summary.versions += v
             summary.files += f
-            summary.models_written += written
+            summary.models_written += outcome.models_written
             summary.pages += 1
             counters.pages = summary.pages
             counters.models += m
             counters.versions += v
             counters.files += f
-            counters.models_written += written
+            counters.models_written += outcome.models_written
             counters.rejected = len(summary.errors)
             report()
             if last:
                 completed = True
                 break
     except KeyboardInterrupt:
-        # Interrupted mid-statement perhaps: the open batch is dropped, not committed.
-        writer.close()
         raise SyncCancelled("sync interrupted; progress is saved") from None
     finally:
-        writer.close()
-        cancel_fetcher = not completed
-        if cancel_fetcher:
+        if not completed:
             cancel.set()
         fetcher.join(timeout=5)
-        if own_pool is not None:
-            own_pool.shutdown(wait=False, cancel_futures=True)
+        # Pages still in flight finish (or are dropped) before the cursor is stored, so
+        # nothing writes behind the caller's back once this returns.
+        _settle(fetcher, own_pool, None if page_failed else keeper)
+        keeper.flush()
 
     if completed:
         if request.is_full_listing and not summary.resumed:
@@ -449,70 +518,6 @@ def _begin_state(
         state.status = "running"
         state.updated_at = started_at
         state.finished_at = None
-
-
-class _BatchWriter:
-    """Writes prepared pages in order, several per transaction, each with its cursor.
-
-    A transaction is committed after `COMMIT_EVERY_S` of work or `COMMIT_EVERY_PAGES` pages,
-    on the last page, and by `commit` (a cancel); `close` drops an open, uncommitted batch.
-    """
-
-    def __init__(self, engine: Engine, key: str) -> None:
-        self.key = key
-        self.session = Session(engine)
-        self.pages = 0
-        self.written = 0
-        self.cursor: str | None = None
-        self.started = 0.0
-
-    def write(
-        self,
-        models: Sequence[bulk.PreparedModel],
-        items: Sequence[Any],
-        next_cursor: str | None,
-        plans: bulk.InsertPlans,
-        *,
-        last: bool,
-    ) -> int:
-        if not self.pages:
-            self.started = time.monotonic()
-        result = bulk.write_prepared(self.session, models, items, seen_at=_now(), plans=plans)
-        self.pages += 1
-        self.written += result.models_written
-        self.cursor = None if last else next_cursor
-        if (
-            last
-            or self.pages >= COMMIT_EVERY_PAGES
-            or time.monotonic() - self.started >= COMMIT_EVERY_S
-        ):
-            self.commit()
-        return result.models_written
-
-    def commit(self) -> None:
-        """Commit the open batch together with the cursor after its last page."""
-        if not self.pages:
-            return
-        now = _now()
-        self.session.execute(
-            update(SyncState)
-            .where(col(SyncState.key) == self.key)
-            .values(
-                cursor=self.cursor,
-                pages=SyncState.pages + self.pages,
-                models_written=SyncState.models_written + self.written,
-                updated_at=now,
-            )
-        )
-        self.session.commit()
-        self.pages = 0
-        self.written = 0
-
-    def close(self) -> None:
-        self.session.rollback()
-        self.session.close()
-        self.pages = 0
-        self.written = 0
 
 
 def _finish_state(engine: Engine, key: str) -> None:

@@ -43,10 +43,29 @@ MAX_LIST_ITEMS = 1_000
 _MAX_REPAIR_ROUNDS = 12
 
 MODEL_TYPES: tuple[str, ...] = (
-    "Checkpoint", "TextualInversion", "Hypernetwork", "AestheticGradient", "LORA", "LoCon",
-    "DoRA", "Controlnet", "Upscaler", "MotionModule", "VAE", "TextEncoder", "UNet",
-    "CLIPVision", "Poses", "Wildcards", "Workflows", "ComfyWorkflows", "Detection",
-    "VisionLanguage", "CLIP", "LLM", "Other",
+    "Checkpoint",
+    "TextualInversion",
+    "Hypernetwork",
+    "AestheticGradient",
+    "LORA",
+    "LoCon",
+    "DoRA",
+    "Controlnet",
+    "Upscaler",
+    "MotionModule",
+    "VAE",
+    "TextEncoder",
+    "UNet",
+    "CLIPVision",
+    "Poses",
+    "Wildcards",
+    "Workflows",
+    "ComfyWorkflows",
+    "Detection",
+    "VisionLanguage",
+    "CLIP",
+    "LLM",
+    "Other",
 )
 _MODEL_TYPES_BY_LOWER = {t.lower(): t for t in MODEL_TYPES}
 HASH_TYPES: tuple[str, ...] = ("SHA256", "AutoV1", "AutoV2", "AutoV3", "CRC32", "BLAKE3")
@@ -71,7 +90,10 @@ Text = Annotated[str | None, StringConstraints(max_length=MAX_TEXT_CHARS, patter
 HexDigest = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, to_upper=True, min_length=1, max_length=128,
+        strip_whitespace=True,
+        to_upper=True,
+        min_length=1,
+        max_length=128,
         pattern=r"^[0-9A-Fa-f]+$",
     ),
 ]
@@ -128,9 +150,7 @@ class ApiObject(BaseModel):
     identity_fields: ClassVar[frozenset[str]] = frozenset({"id"})
 
     @classmethod
-    def model_validate(
-        cls, obj: Any, *, strict: bool | None = None, **kwargs: Any
-    ) -> Any:
+    def model_validate(cls, obj: Any, *, strict: bool | None = None, **kwargs: Any) -> Any:
         """Validate natively; on errors, repair the reported spots and try again.
 
         Raises `ValidationError` only when an identity field of the object itself is bad.

@@ -162,12 +162,45 @@ def test_identical_second_sync_writes_nothing(engine: Engine, client: CivitaiCli
     first = run_sync(engine, client, request)
     assert first.models_written == first.models
     before = snapshot(engine)
+    # In-process, so every statement goes through this engine and its listener.
     with count_catalog_writes(engine) as writes:
-        second = run_sync(engine, client, request)
+        second = run_sync(engine, client, request, pool=None)
     assert second.models == first.models
     assert second.models_written == 0
     assert writes == []
     assert snapshot(engine) == before
+
+
+_AUDITED = ("model", "model_version", "model_file", "image", "trained_word", "model_tag", "tag")
+
+
+def test_identical_second_sync_with_page_workers_writes_nothing(
+    client: CivitaiClient, tmp_path: Any
+) -> None:
+    from catalog.db import open_catalog
+    from catalog.sync import sync_pool
+
+    # The workers write through their own connections: triggers see every row they touch.
+    engine = open_catalog(f"sqlite:///{tmp_path / 'audited.sqlite3'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE audit (tbl TEXT, op TEXT)")
+        for table in _AUDITED:
+            for op in ("INSERT", "UPDATE", "DELETE"):
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER audit_{table}_{op} AFTER {op} ON {table} "
+                    f"BEGIN INSERT INTO audit VALUES ('{table}', '{op}'); END"
+                )
+    request = SyncRequest(filters=ModelFilters(limit=25))
+    with sync_pool(2) as pool:
+        first = run_sync(engine, client, request, pool=pool)
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM audit").scalar_one() > first.models
+            conn.exec_driver_sql("DELETE FROM audit")
+        second = run_sync(engine, client, request, pool=pool)
+    assert second.models == first.models and second.models_written == 0
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT tbl, op FROM audit").all() == []
+    engine.dispose()
 
 
 def test_changes_archives_and_removals_are_marked_not_deleted(
