@@ -14,6 +14,15 @@ Flow of one job (per-job container; see `sandbox.runner`):
    tmpfs volume disappears when the container stops.
 4. The host reads the output archive with `get_archive` and throws the container away.
 
+Warm workers (`sandbox.warm`) send their outputs in-band instead, because ``get_archive`` costs
+the engine a re-exec and a mount per call (~70-90 ms): before the result line, the worker sends
+each entry of its ``out/`` directory as ``output`` lines (`OutputMessage`: name, size, offset,
+base64 data, the job's nonce). The host never parses a tar the worker wrote: it checks the
+pieces (`sandbox.results.InlineOutputs`), writes the archive itself and validates it exactly like
+a ``get_archive`` one (allowlist, caps, re-decode and re-encode). Output lines are accepted only
+when the reader is given an output budget (`StreamLimits.max_output_bytes`), count against that
+budget instead of `StreamLimits.max_total_bytes`, and only with this job's id and nonce.
+
 Wire format: one JSON object per line on the worker's *protocol* channel (the container's
 stdout); free-form logs go to stderr. The host parses stdout with `ProtocolReader`, which treats
 every byte as hostile: bounded line length, line count and total size, JSON parsed inside
@@ -67,6 +76,10 @@ MODELS_DIR: Final = "/models"
 PLUGINS_DIR: Final = "/plugins"
 
 MAX_SPEC_BYTES: Final = 256 * 1024
+#: In-band outputs (warm workers): raw bytes per `OutputMessage` piece (base64 on the wire).
+OUTPUT_CHUNK_BYTES: Final = 96 * 1024
+OUTPUT_CHUNK_B64: Final = 4 * OUTPUT_CHUNK_BYTES // 3
+MAX_OUTPUT_NAME: Final = 300
 MAX_PARAMS_BYTES: Final = 128 * 1024
 MAX_TEXT: Final = 4096
 
@@ -318,6 +331,27 @@ class ResultMessage(_Strict):
     data: dict[str, JsonValue] = Field(default_factory=dict)
 
 
+class OutputMessage(_Strict):
+    """Warm workers: one piece of one entry of the job's ``out/`` directory, before the result.
+
+    `name` is the entry as an archive member (``out/<name>``). `entry` says what else than a
+    regular file it is (a directory, a symbolic or hard link, a device or fifo: no data); the
+    host refuses the job for any such entry, as it does for them in a ``get_archive`` tar.
+    A file of `size` bytes comes as consecutive pieces (`offset` = bytes sent before), each
+    `OUTPUT_CHUNK_BYTES` long but the last; an empty file is one piece without data.
+    """
+
+    type: Literal["output"] = "output"
+    job_id: str = Field(pattern=_JOB_ID_RE)
+    nonce: str = Field(pattern=_NONCE_RE)
+    name: str = Field(min_length=1, max_length=MAX_OUTPUT_NAME)
+    entry: Literal["file", "dir", "link", "other"] = "file"
+    size: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0)
+    data: str = Field(default="", max_length=OUTPUT_CHUNK_B64 + 4)
+    """Base64 (standard alphabet, padded) of the piece."""
+
+
 class ErrorMessage(_Strict):
     type: Literal["error"] = "error"
     code: str = Field(default="error", max_length=64)
@@ -327,11 +361,11 @@ class ErrorMessage(_Strict):
 
 
 WorkerMessage = Annotated[
-    ReadyMessage | ProgressMessage | LogMessage | ResultMessage | ErrorMessage,
+    ReadyMessage | ProgressMessage | LogMessage | ResultMessage | ErrorMessage | OutputMessage,
     Field(discriminator="type"),
 ]
 _MESSAGE_ADAPTER: TypeAdapter[WorkerMessage] = TypeAdapter(WorkerMessage)
-_KNOWN_TYPES: Final = frozenset({"ready", "progress", "log", "result", "error"})
+_KNOWN_TYPES: Final = frozenset({"ready", "progress", "log", "result", "error", "output"})
 
 
 def encode_message(message: BaseModel) -> bytes:
@@ -360,6 +394,9 @@ class StreamLimits:
     max_line_bytes: int = 256 * 1024
     max_lines: int = 20_000
     max_total_bytes: int = 32 * 1024 * 1024
+    max_output_bytes: int = 0
+    """Wire bytes of accepted in-band ``output`` lines (warm workers), counted apart from
+    `max_total_bytes`; 0: output lines are not accepted at all (one-shot jobs)."""
 
 
 @dataclass
@@ -380,6 +417,9 @@ class ProtocolReader:
     flooded: bool = False
     tampered: bool = False
     total_bytes: int = 0
+    output_bytes: int = 0
+    """Wire bytes of the accepted output lines (part of `total_bytes`)."""
+    output_lines: int = 0
     lines: int = 0
     oversized_lines: int = 0
     invalid_lines: int = 0
@@ -391,7 +431,7 @@ class ProtocolReader:
         if self.flooded:
             return []
         self.total_bytes += len(chunk)
-        if self.total_bytes > self.limits.max_total_bytes:
+        if self.total_bytes > self.limits.max_total_bytes + self.limits.max_output_bytes:
             self._flood(f"stream exceeded {self.limits.max_total_bytes} bytes")
             return []
         accepted: list[WorkerMessage] = []
@@ -419,6 +459,15 @@ class ProtocolReader:
                 if self.flooded:
                     break
             start = nl + 1
+        # Everything but accepted output lines counts against max_total_bytes (a line still in
+        # the buffer is counted once it is complete).
+        if (
+            not self.flooded
+            and self.total_bytes - self.output_bytes - len(self._buffer)
+            > self.limits.max_total_bytes
+        ):
+            self._flood(f"stream exceeded {self.limits.max_total_bytes} bytes")
+            return []
         return accepted
 
     def finish(self) -> list[WorkerMessage]:
@@ -438,13 +487,19 @@ class ProtocolReader:
     def _line(self, raw: bytes) -> WorkerMessage | None:
         if not raw.strip():
             return None
+        obj: Any = None
+        if self.limits.max_output_bytes > 0 and raw.startswith(b'{"type":"output"'):
+            obj = self._json(raw)
+            output = self._output_line(obj, len(raw) + 1)
+            if output is not None or self.flooded:
+                return output
         self.lines += 1
         if self.lines > self.limits.max_lines:
             self._flood(f"more than {self.limits.max_lines} protocol lines")
             return None
-        try:
-            obj: Any = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
+        if obj is None:
+            obj = self._json(raw)
+        if obj is None:
             self.invalid_lines += 1
             return None
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
@@ -460,7 +515,38 @@ class ProtocolReader:
             return None
         return self._accept(message)
 
+    @staticmethod
+    def _json(raw: bytes) -> Any:
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None
+
+    def _output_line(self, obj: Any, wire_bytes: int) -> OutputMessage | None:
+        """An in-band output piece of this job, counted against the output budget; else None
+        (the line then goes through the ordinary path and counts like any other line)."""
+        if not isinstance(obj, dict) or obj.get("type") != "output" or self.result is not None:
+            return None
+        try:
+            message = OutputMessage.model_validate(obj)
+        except (ValidationError, RecursionError):
+            return None
+        if message.job_id != self.job_id or not hmac.compare_digest(
+            message.nonce.encode(), self.nonce.encode()
+        ):
+            return None
+        self.output_bytes += wire_bytes
+        self.output_lines += 1
+        if self.output_bytes > self.limits.max_output_bytes:
+            self._flood(f"in-band outputs exceeded {self.limits.max_output_bytes} bytes")
+            return None
+        return message
+
     def _accept(self, message: WorkerMessage) -> WorkerMessage | None:
+        if isinstance(message, OutputMessage):
+            # not taken by _output_line: no output budget, another job's nonce, or late
+            self.violations.append("output line ignored (not expected, or not this job's)")
+            return None
         if isinstance(message, ResultMessage):
             if message.job_id != self.job_id or not hmac.compare_digest(
                 message.nonce.encode(), self.nonce.encode()
@@ -493,7 +579,10 @@ class ProtocolReader:
 __all__ = [
     "JOB_DIR",
     "MAX_SPEC_BYTES",
+    "MAX_OUTPUT_NAME",
     "MODELS_DIR",
+    "OUTPUT_CHUNK_B64",
+    "OUTPUT_CHUNK_BYTES",
     "OUTPUT_EXTRA_RE",
     "OUTPUT_PNG_RE",
     "OUTPUT_RESULT_JSON",
@@ -513,6 +602,7 @@ __all__ = [
     "Limits",
     "LogMessage",
     "ModelRef",
+    "OutputMessage",
     "PluginDemoParams",
     "PluginRef",
     "ProbeCall",

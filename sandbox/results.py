@@ -15,10 +15,16 @@ engine, parse it as an *uncompressed* tar, and accept only:
 Links, devices, traversal, absolute names, duplicates, unknown names and oversize members are
 rejected; `tarfile.data_filter` (PEP 706) runs on every member as a second opinion. Any
 rejection rejects the whole archive and nothing is left in the destination.
+
+Warm workers send their outputs in-band instead (`sandbox.protocol.OutputMessage`);
+`InlineOutputs` checks those pieces and writes the archive *itself* (the host never parses a tar
+the worker wrote), which then goes through `extract_outputs` like an engine's archive.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import os
@@ -35,7 +41,13 @@ from typing import IO, Any
 
 from PIL import Image, PngImagePlugin
 
-from sandbox.protocol import OUTPUT_EXTRA_RE, OUTPUT_PNG_RE, OUTPUT_RESULT_JSON
+from sandbox.protocol import (
+    OUTPUT_CHUNK_BYTES,
+    OUTPUT_EXTRA_RE,
+    OUTPUT_PNG_RE,
+    OUTPUT_RESULT_JSON,
+    OutputMessage,
+)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MiB = 1024 * 1024
@@ -80,6 +92,133 @@ def spool_bounded(chunks: Iterable[bytes], max_bytes: int) -> IO[bytes]:
         raise
     spool.seek(0)
     return spool
+
+
+class InlineOutputError(ValueError):
+    """The worker's in-band output pieces break the protocol (order, offsets, sizes, base64)."""
+
+
+class HostileInlineOutput(ValueError):
+    """An in-band entry the archive check would reject (name, type, size, count)."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"{name}: {why}")
+        self.rejected = [(name, why)]
+
+
+_ENTRY_PROBLEMS = {
+    "dir": "unexpected directory",
+    "link": "links are not allowed",
+    "other": "not a regular file",
+}
+
+
+class InlineOutputs:
+    """Host side of a warm worker's in-band outputs: pieces in, a host-written tar out.
+
+    `add` takes each accepted `OutputMessage` in order and raises `InlineOutputError` on a
+    protocol break, `HostileInlineOutput` on the first entry `extract_outputs` would refuse
+    (checked early, so a hostile job stops at its first bad piece), and `ArchiveTooLargeError`
+    past `OutputLimits.max_archive_bytes`. Files must come whole, one after another, each
+    piece `OUTPUT_CHUNK_BYTES` long but the last. `archive` returns the finished tar (spooled
+    like `spool_bounded`: in memory up to 8 MiB, then a temp file) for `extract_outputs`.
+    """
+
+    def __init__(self, limits: OutputLimits | None = None) -> None:
+        self.limits = limits or OutputLimits()
+        self._spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=8 * MiB)
+        self._names: set[str] = set()
+        self._current: str | None = None
+        self._size = 0
+        self._received = 0
+        self.total_bytes = 0
+        out = tarfile.TarInfo("out")
+        out.type = tarfile.DIRTYPE
+        out.mode = 0o700
+        self._write_header(out)
+
+    def __enter__(self) -> InlineOutputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def _write_header(self, info: tarfile.TarInfo) -> None:
+        self._spool.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
+
+    def _end_file(self) -> None:
+        if self._current is not None:
+            if self._received != self._size:
+                raise InlineOutputError(
+                    f"{self._current}: {self._received} of {self._size} bytes arrived"
+                )
+            self._spool.write(b"\0" * (-self._size % tarfile.BLOCKSIZE))
+            self._current = None
+
+    def add(self, message: OutputMessage) -> None:
+        name = message.name
+        if name == self._current:
+            if message.entry != "file" or message.size != self._size:
+                raise InlineOutputError(f"{name}: pieces disagree on the entry")
+            if message.offset != self._received:
+                raise InlineOutputError(f"{name}: piece at {message.offset}, {self._received} sent")
+            if self._received % OUTPUT_CHUNK_BYTES or not self._received:
+                raise InlineOutputError(f"{name}: a piece after a short one")
+            self._data(message)
+            return
+        self._end_file()
+        if name in self._names:
+            raise HostileInlineOutput(name, "duplicate member")
+        self._names.add(name)
+        if len(self._names) + 1 > self.limits.max_members:  # + the out/ directory
+            raise HostileInlineOutput("<archive>", f"more than {self.limits.max_members} members")
+        if message.entry != "file":
+            raise HostileInlineOutput(name, _ENTRY_PROBLEMS[message.entry])
+        if name != OUTPUT_RESULT_JSON and not (
+            OUTPUT_PNG_RE.match(name) or OUTPUT_EXTRA_RE.match(name)
+        ):
+            raise HostileInlineOutput(name, "name not in the output allowlist")
+        if message.size > self.limits.max_file_bytes:
+            raise HostileInlineOutput(name, f"larger than {self.limits.max_file_bytes} bytes")
+        if message.offset != 0:
+            raise InlineOutputError(f"{name}: first piece at offset {message.offset}")
+        self.total_bytes += message.size
+        if self.total_bytes > self.limits.max_archive_bytes:
+            raise ArchiveTooLargeError(
+                f"output archive exceeds {self.limits.max_archive_bytes} bytes"
+            )
+        info = tarfile.TarInfo(name)
+        info.size = message.size
+        info.mode = 0o600
+        self._write_header(info)
+        self._current, self._size, self._received = name, message.size, 0
+        self._data(message)
+
+    def _data(self, message: OutputMessage) -> None:
+        try:
+            data = base64.b64decode(message.data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InlineOutputError(f"{message.name}: bad base64 ({exc})") from exc
+        if self._received + len(data) > self._size:
+            raise InlineOutputError(f"{message.name}: more data than its size")
+        if len(data) > OUTPUT_CHUNK_BYTES:
+            raise InlineOutputError(f"{message.name}: a piece over {OUTPUT_CHUNK_BYTES} bytes")
+        if not data and self._size:
+            raise InlineOutputError(f"{message.name}: an empty piece")
+        self._spool.write(data)
+        self._received += len(data)
+        if self._received == self._size:
+            self._end_file()
+
+    def archive(self) -> IO[bytes]:
+        """The finished tar, positioned at its start (the caller closes it)."""
+        self._end_file()
+        self._spool.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        self._spool.seek(0)
+        return self._spool
 
 
 def _reencode_png(data: bytes, limits: OutputLimits) -> bytes:
@@ -267,4 +406,13 @@ def extract_outputs(archive: IO[bytes], dest: Path, limits: OutputLimits | None 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-__all__ = ["ArchiveTooLargeError", "OutputLimits", "Outputs", "extract_outputs", "spool_bounded"]
+__all__ = [
+    "ArchiveTooLargeError",
+    "HostileInlineOutput",
+    "InlineOutputError",
+    "InlineOutputs",
+    "OutputLimits",
+    "Outputs",
+    "extract_outputs",
+    "spool_bounded",
+]

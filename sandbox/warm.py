@@ -11,9 +11,14 @@ Transport: the container is created with ``stdin_open``; the host attaches once 
 engine API (``attach_socket``: stdin + stdout, multiplexed frames since there is no TTY),
 sends one `JobSpec` JSON line per job, and parses the stdout frames with a fresh
 `ProtocolReader` per job. Outputs go to ``/job/work/<job_id>/out`` in the job volume (a
-tmpfs) and come back with ``get_archive``, exactly like one-shot jobs. Same hardening, same
-static HostConfig check; the container's limits are fixed when it starts (only a job's
-``timeout_s`` applies per job).
+tmpfs, which caps their size) and come back in-band, before the result line: ``output`` lines
+carrying the job's nonce (`sandbox.protocol.OutputMessage`), with their own byte budget. The
+host checks the pieces and writes the tar itself (`sandbox.results.InlineOutputs`), then
+validates it with `extract_outputs` exactly like a one-shot job's ``get_archive`` tar (same
+allowlist, caps, re-decode and re-encode). ``get_archive`` is not used per job: the engine
+re-executes itself and mounts the volume for every call, which cost ~70-90 ms a job here.
+Same hardening, same static HostConfig check; the container's limits are fixed when it starts
+(only a job's ``timeout_s`` applies per job).
 
 Plugins: a warm worker is started with a fixed plugin set (mounted read-only, like one-shot
 jobs) and serves only jobs that ask for exactly that set. Before every job the host re-checks
@@ -24,6 +29,7 @@ at all (only trusted ones) is decided by `sandbox.service`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import struct
@@ -34,10 +40,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-
 from sandbox.engine import engine_client, is_local_engine
 from sandbox.errors import (
+    HostileOutputError,
     JobCancelledError,
     JobFailedError,
     JobTimeoutError,
@@ -48,15 +53,26 @@ from sandbox.image.record import ImageRecord, verify_image
 from sandbox.plugins import InstalledPlugin
 from sandbox.protocol import (
     JOB_DIR,
+    MAX_OUTPUT_NAME,
+    OUTPUT_CHUNK_B64,
+    OUTPUT_CHUNK_BYTES,
     WORK_DIR,
     ErrorMessage,
     JobSpec,
     Limits,
     ModelRef,
+    OutputMessage,
     ProtocolReader,
     StreamLimits,
 )
-from sandbox.results import ArchiveTooLargeError, OutputLimits, extract_outputs, spool_bounded
+from sandbox.results import (
+    ArchiveTooLargeError,
+    HostileInlineOutput,
+    InlineOutputError,
+    InlineOutputs,
+    OutputLimits,
+    extract_outputs,
+)
 from sandbox.runner import (
     WORKER_COMMAND,
     GpuRequest,
@@ -70,6 +86,14 @@ from sandbox.runner import (
 )
 
 _STDOUT = 1
+#: Wire bytes of one output line besides its base64 data (type, ids, nonce, name, numbers).
+_OUTPUT_LINE_OVERHEAD = 512 + MAX_OUTPUT_NAME
+
+
+def output_budget(limits: OutputLimits) -> int:
+    """Wire bytes of the most output lines an archive within `limits` can take."""
+    pieces = -(-limits.max_archive_bytes // OUTPUT_CHUNK_BYTES) + limits.max_members
+    return pieces * (OUTPUT_CHUNK_B64 + _OUTPUT_LINE_OVERHEAD)
 
 
 def _work_archive() -> bytes:
@@ -249,9 +273,17 @@ class WarmWorker:
         assert self._container is not None
         cancel = cancel or threading.Event()
         created = time.monotonic()
-        reader = ProtocolReader(job_id=spec.job_id, nonce=spec.nonce, limits=self.stream_limits)
+        limits = output_limits or OutputLimits(
+            max_archive_bytes=self.limits.output_bytes + (1 << 20)
+        )
+        reader = ProtocolReader(
+            job_id=spec.job_id,
+            nonce=spec.nonce,
+            limits=dataclasses.replace(self.stream_limits, max_output_bytes=output_budget(limits)),
+        )
         deadline = created + spec.limits.timeout_s
         ok = False
+        inline = InlineOutputs(limits)
         try:
             self._raw_socket().sendall(spec.to_json_bytes() + b"\n")
             while reader.result is None:
@@ -273,6 +305,9 @@ class WarmWorker:
                         oom_killed=bool(state.get("OOMKilled")),
                     ) from exc
                 for m in messages:
+                    if isinstance(m, OutputMessage):
+                        self._take_output(inline, m, spec.job_id)
+                        continue
                     if on_message is not None:
                         on_message(m)
                     if isinstance(m, ErrorMessage) and m.job_id in (None, spec.job_id):
@@ -284,21 +319,14 @@ class WarmWorker:
                         "worker output rejected: " + "; ".join(reader.violations),
                         job_id=spec.job_id,
                     )
-            limits = output_limits or OutputLimits(
-                max_archive_bytes=self.limits.output_bytes + (1 << 20)
-            )
             try:
-                stream, _ = self.client.api.get_archive(
-                    self._container.container.id, f"{WORK_DIR}/{spec.job_id}/out"
-                )
-                spool = spool_bounded(stream, limits.max_archive_bytes)
-            except (ArchiveTooLargeError, docker.errors.NotFound) as exc:
-                raise WorkerProtocolError(str(exc), job_id=spec.job_id) from exc
-            with spool:
-                outputs = extract_outputs(spool, output_dir, limits)
+                archive = inline.archive()
+            except InlineOutputError as exc:
+                raise WorkerProtocolError(
+                    f"job {spec.job_id}: bad in-band outputs: {exc}", job_id=spec.job_id
+                ) from exc
+            outputs = extract_outputs(archive, output_dir, limits)
             if outputs.rejected:
-                from sandbox.errors import HostileOutputError
-
                 raise HostileOutputError(
                     f"job {spec.job_id} wrote outputs outside the allowlist",
                     job_id=spec.job_id,
@@ -317,8 +345,24 @@ class WarmWorker:
                 timings_s={"result": round(time.monotonic() - created, 4)},
             )
         finally:
+            inline.close()
             if not ok:
                 self.close()  # never reuse a worker after a failure
 
+    @staticmethod
+    def _take_output(inline: InlineOutputs, message: OutputMessage, job_id: str) -> None:
+        try:
+            inline.add(message)
+        except HostileInlineOutput as exc:
+            raise HostileOutputError(
+                f"job {job_id} wrote outputs outside the allowlist: {exc}",
+                job_id=job_id,
+                rejected=exc.rejected,
+            ) from exc
+        except (InlineOutputError, ArchiveTooLargeError) as exc:
+            raise WorkerProtocolError(
+                f"job {job_id}: bad in-band outputs: {exc}", job_id=job_id
+            ) from exc
 
-__all__ = ["WarmWorker"]
+
+__all__ = ["WarmWorker", "output_budget"]

@@ -77,20 +77,33 @@ def verify_image(record: ImageRecord, client: Any = None) -> None:
 
     Checks the image id, every layer DiffID, the rootfs layer against the tarball hash, every
     recorded label, and that the tag was not moved to another image (rebuilt or re-tagged).
+    Runs before every job (warm ones too), so the usual case costs one engine call: the tag is
+    inspected first, and when it resolves to the recorded id that inspection *is* the image's;
+    otherwise the id is inspected too, for the error.
     """
     import docker.errors
 
     from sandbox.engine import engine_client
 
     client = client or engine_client()
+    tagged: Any = None
     try:
-        image = client.images.get(record.image_id)
-    except docker.errors.ImageNotFound as exc:
-        raise ImageMismatchError(
-            f"the sandbox image {record.image_id[:19]} is not on this Docker engine"
-        ) from exc
+        tagged = client.images.get(record.tag)
+    except docker.errors.ImageNotFound:
+        pass
     except docker.errors.DockerException as exc:
         raise ImageError(f"cannot inspect the sandbox image: {exc}") from exc
+    if tagged is not None and tagged.id == record.image_id:
+        image = tagged
+    else:
+        try:
+            image = client.images.get(record.image_id)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageMismatchError(
+                f"the sandbox image {record.image_id[:19]} is not on this Docker engine"
+            ) from exc
+        except docker.errors.DockerException as exc:
+            raise ImageError(f"cannot inspect the sandbox image: {exc}") from exc
     problems = []
     if image.id != record.image_id:
         problems.append(f"id {image.id} != {record.image_id}")
@@ -103,11 +116,9 @@ def verify_image(record: ImageRecord, client: Any = None) -> None:
     for key, value in record.labels.items():
         if labels.get(key) != value:
             problems.append(f"label {key}={labels.get(key)!r}, recorded {value!r}")
-    try:
-        tagged = client.images.get(record.tag)
-        if tagged.id != record.image_id:
-            problems.append(f"tag {record.tag} now points at {tagged.id[:19]}")
-    except docker.errors.ImageNotFound:
+    if tagged is None:
         problems.append(f"tag {record.tag} was removed")
+    elif tagged.id != record.image_id:
+        problems.append(f"tag {record.tag} now points at {tagged.id[:19]}")
     if problems:
         raise ImageMismatchError("sandbox image does not match its record: " + "; ".join(problems))

@@ -143,11 +143,18 @@ _KINDS = {
 
 
 def execute(
-    spec: JobSpec, out_dir: Path, channel: Channel, *, plugins_root: Path | None = None
+    spec: JobSpec,
+    out_dir: Path,
+    channel: Channel,
+    *,
+    plugins_root: Path | None = None,
+    inline_outputs: bool = False,
 ) -> ResultMessage:
     """Run one validated job, write its files under `out_dir` and send its result line.
 
-    `plugins_root` is where the job's plugins are mounted (default ``/plugins``).
+    `plugins_root` is where the job's plugins are mounted (default ``/plugins``). With
+    `inline_outputs` (warm workers) the files also go out over `channel`, before the result
+    line (see `Channel.send_outputs`).
     """
     runner = _KINDS.get(spec.kind)
     if runner is None:
@@ -160,6 +167,8 @@ def execute(
             data = {**data, "plugins": host.summary(), "plugin_outputs": extra}
     outputs = sorted(f"out/{p.name}" for p in out_dir.iterdir() if p.is_file())
     result = ResultMessage(job_id=spec.job_id, nonce=spec.nonce, outputs=outputs, data=data)
+    if inline_outputs:
+        channel.send_outputs(out_dir, spec.job_id, spec.nonce)
     channel.send(result)
     return result
 

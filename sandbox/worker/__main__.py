@@ -48,7 +48,8 @@ def serve(channel: Channel, work_root: Path, plugins_root: Path | None = None) -
     """Warm mode: one JSON job spec per line on stdin, until EOF.
 
     Each job writes under ``<work_root>/<job_id>/out``; the previous job's directory is removed
-    when the next one starts, so the (tmpfs) volume holds at most one job's outputs.
+    when the next one starts, so the (tmpfs) volume holds at most one job's outputs. The
+    outputs go back in-band, before the result line (`Channel.send_outputs`).
     """
     stdin = sys.stdin.buffer
     previous: Path | None = None
@@ -71,7 +72,7 @@ def serve(channel: Channel, work_root: Path, plugins_root: Path | None = None) -
             continue
         previous = work_root / spec.job_id
         try:
-            execute(spec, previous / "out", channel, plugins_root=plugins_root)
+            execute(spec, previous / "out", channel, plugins_root=plugins_root, inline_outputs=True)
         except Exception as exc:
             channel.send(
                 ErrorMessage(code=type(exc).__name__, message=str(exc)[:2000], job_id=spec.job_id)

@@ -7,13 +7,16 @@ subprocesses write to the logs, never to the protocol stream the host parses.
 
 from __future__ import annotations
 
+import base64
 import os
+import stat
 import sys
 import threading
+from pathlib import Path
 
 from pydantic import BaseModel
 
-from sandbox.protocol import encode_message
+from sandbox.protocol import OUTPUT_CHUNK_BYTES, OutputMessage, encode_message
 
 
 class Channel:
@@ -34,6 +37,48 @@ class Channel:
 
     def send(self, message: BaseModel) -> None:
         self.write_raw(encode_message(message))
+
+    def send_outputs(self, out_dir: Path, job_id: str, nonce: str) -> None:
+        """Send every entry of `out_dir` in-band, as `OutputMessage` pieces (warm workers).
+
+        Anything but a regular file with one link goes out as a bare entry without data (the
+        host refuses the job for it). A file that shrinks while being read ends short, which
+        the host also refuses.
+        """
+        for entry in sorted(os.scandir(out_dir), key=lambda e: e.name):
+            name = "out/" + os.fsencode(entry.name).decode("utf-8", "replace")
+            st = entry.stat(follow_symlinks=False)
+            kind = (
+                "link"
+                if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1)
+                else "dir"
+                if stat.S_ISDIR(st.st_mode)
+                else "file"
+                if stat.S_ISREG(st.st_mode)
+                else "other"
+            )
+            if kind != "file":
+                self.send(OutputMessage(job_id=job_id, nonce=nonce, name=name, entry=kind))
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                offset = 0
+                while True:
+                    data = f.read(min(OUTPUT_CHUNK_BYTES, size - offset))
+                    self.send(
+                        OutputMessage(
+                            job_id=job_id,
+                            nonce=nonce,
+                            name=name,
+                            size=size,
+                            offset=offset,
+                            data=base64.b64encode(data).decode("ascii"),
+                        )
+                    )
+                    offset += len(data)
+                    if not data or offset >= size:
+                        break
 
     def write_raw(self, data: bytes) -> None:
         with self._lock:

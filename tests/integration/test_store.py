@@ -91,7 +91,10 @@ def test_good_pull_is_verified_read_only_and_recorded(
     assert row is not None and row.state == "verified" and row.verified_at is not None
     # Same bytes as Civitai hashed, so the row carries the other five hashes as well.
     assert (row.autov2, row.autov3, row.crc32, row.blake3) == (
-        f.hashes["AutoV2"], f.hashes["AutoV3"], f.hashes["CRC32"], f.hashes["BLAKE3"]
+        f.hashes["AutoV2"],
+        f.hashes["AutoV3"],
+        f.hashes["CRC32"],
+        f.hashes["BLAKE3"],
     )
     assert row.size_bytes == len(f.content)
     assert local_path(engine, store, str(vid)) == result.blob_path

@@ -12,6 +12,7 @@ from sandbox.protocol import (
     Limits,
     LogMessage,
     ModelRef,
+    OutputMessage,
     ProgressMessage,
     ProtocolReader,
     ReadyMessage,
@@ -176,3 +177,45 @@ def test_limits_defaults_are_sane() -> None:
     lim = Limits()
     assert lim.memory_bytes >= lim.tmpfs_bytes
     assert lim.pids > 0 and lim.timeout_s > 0
+
+
+def output_line(nonce: str = NONCE, job_id: str = JOB, data: bytes = b"x" * 3000) -> bytes:
+    import base64
+
+    return encode_message(
+        OutputMessage(
+            job_id=job_id,
+            nonce=nonce,
+            name="out/a.png",
+            size=len(data),
+            data=base64.b64encode(data).decode(),
+        )
+    )
+
+
+def test_output_lines_need_a_budget_and_this_jobs_nonce() -> None:
+    plain = ProtocolReader(job_id=JOB, nonce=NONCE)  # one-shot jobs: no in-band outputs
+    assert plain.feed(output_line()) == [] and plain.violations
+
+    limits = StreamLimits(max_total_bytes=2000, max_lines=3, max_output_bytes=30_000)
+    r = ProtocolReader(job_id=JOB, nonce=NONCE, limits=limits)
+    assert r.feed(output_line(nonce="cd" * 32)) == []  # another job's: an ordinary line
+    assert r.feed(output_line(job_id="job-2")) == []
+    assert r.flooded  # ... which counts against max_total_bytes
+
+    r = ProtocolReader(job_id=JOB, nonce=NONCE, limits=limits)
+    line = output_line()
+    got = [m for _ in range(5) for m in r.feed(line[:1000]) + r.feed(line[1000:])]
+    assert [m.type for m in got] == ["output"] * 5 and not r.flooded  # outside max_total_bytes
+    assert r.output_lines == 5 and r.lines == 0
+    assert [m.type for m in r.feed(result_line())] == ["result"]
+    assert r.feed(output_line()) == []  # after the result: an ordinary (too long) line
+    assert r.flooded and r.output_lines == 5
+
+    r = ProtocolReader(job_id=JOB, nonce=NONCE, limits=limits)
+    for _ in range(8):
+        r.feed(output_line())
+    assert r.flooded and r.output_lines < 8
+    r = ProtocolReader(job_id=JOB, nonce=NONCE, limits=limits)
+    r.feed(b'{"type":"output","job_id":"job-1","nonce":"' + b"ab" * 32 + b'","data":5}\n')
+    assert r.invalid_lines == 1 and r.lines == 1  # a broken output line is an ordinary line

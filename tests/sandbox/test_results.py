@@ -6,17 +6,29 @@ only come from a compromised or remote engine; they are tested here directly.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import os
 import struct
 import tarfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
-from sandbox.results import ArchiveTooLargeError, OutputLimits, extract_outputs, spool_bounded
+from sandbox.protocol import OUTPUT_CHUNK_BYTES, encode_message
+from sandbox.results import (
+    ArchiveTooLargeError,
+    HostileInlineOutput,
+    InlineOutputError,
+    InlineOutputs,
+    OutputLimits,
+    extract_outputs,
+    spool_bounded,
+)
 
 
 def png(
@@ -167,3 +179,135 @@ def test_spool_is_bounded() -> None:
         assert f.read() == b"x" * 10 + b"y" * 10
     with pytest.raises(ArchiveTooLargeError):
         spool_bounded(iter([b"x" * 15, b"y" * 15]), 20)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-band outputs (warm workers): the worker's pieces, checked, then a tar the host writes
+
+
+JOB, NONCE = "job-inline", "cd" * 32
+
+
+def _pieces(out_dir: Path) -> list[Any]:
+    """What a warm worker sends for `out_dir`, as the host's reader accepts it."""
+    from sandbox.protocol import OutputMessage, ProtocolReader, StreamLimits
+    from sandbox.worker.channel import CollectingChannel
+
+    channel = CollectingChannel()
+    channel.send_outputs(out_dir, JOB, NONCE)
+    reader = ProtocolReader(JOB, NONCE, limits=StreamLimits(max_output_bytes=64 << 20))
+    wire = b"".join(encode_message(m) for m in channel.messages)
+    accepted = [m for i in range(0, len(wire), 65536) for m in reader.feed(wire[i : i + 65536])]
+    assert len(accepted) == len(channel.messages) and not reader.violations
+    assert all(isinstance(m, OutputMessage) for m in accepted)
+    return accepted
+
+
+def _inline(messages: list[Any], limits: OutputLimits | None = None) -> InlineOutputs:
+    inline = InlineOutputs(limits)
+    for m in messages:
+        inline.add(m)
+    return inline
+
+
+def piece(name: str = "out/a.png", data: bytes = b"", size: int | None = None, **kw: Any) -> Any:
+    from sandbox.protocol import OutputMessage
+
+    return OutputMessage(
+        job_id=JOB,
+        nonce=NONCE,
+        name=name,
+        size=len(data) if size is None else size,
+        data=base64.b64encode(data).decode(),
+        **kw,
+    )
+
+
+def test_inline_outputs_match_the_archive_route(tmp_path: Path) -> None:
+    src = tmp_path / "out"
+    src.mkdir()
+    noise = Image.frombytes("RGB", (256, 256), os.urandom(256 * 256 * 3))
+    noise.save(src / "00000-1.png", format="PNG")  # ~200 KB: several pieces
+    assert (src / "00000-1.png").stat().st_size > 2 * OUTPUT_CHUNK_BYTES
+    (src / "b.png").write_bytes(png(parameters="Steps: 2") + b"trailing-junk")
+    (src / "result.json").write_text(json.dumps({"seed": 1}))
+    (src / "notes.txt").write_text("")  # an empty file is one piece without data
+
+    messages = _pieces(src)
+    assert len(messages) > 4
+    with _inline(messages) as inline, inline.archive() as archive:
+        inband = extract_outputs(archive, tmp_path / "inband")
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w") as tar:
+        tar.add(src, arcname="out")
+    reference.seek(0)
+    classic = extract_outputs(reference, tmp_path / "classic")
+    assert inband.rejected == [] == classic.rejected
+    assert [p.name for p in inband.images] == ["00000-1.png", "b.png"]
+    assert inband.result_json == {"seed": 1} == classic.result_json
+    for name in ("00000-1.png", "b.png", "result.json", "notes.txt"):
+        assert (tmp_path / "inband" / name).read_bytes() == (
+            tmp_path / "classic" / name
+        ).read_bytes()
+    assert b"trailing-junk" not in (tmp_path / "inband" / "b.png").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda d: (d / "link.png").symlink_to("/etc/passwd"), "links are not allowed"),
+        (lambda d: os.link(d / "a.png", d / "hard.png"), "links are not allowed"),
+        (lambda d: (d / "sub").mkdir(), "unexpected directory"),
+        (lambda d: os.mkfifo(d / "pipe.png"), "not a regular file"),
+        (lambda d: (d / "evil.sh").write_bytes(b"#!/bin/sh\n"), "allowlist"),
+        (lambda d: (d / ".hidden.png").write_bytes(png()), "allowlist"),
+        (lambda d: (d / "big.png").write_bytes(b"\0" * 2000), "larger than"),
+    ],
+)
+def test_inline_entries_the_archive_check_refuses_are_refused(
+    tmp_path: Path, make: Any, reason: str
+) -> None:
+    src = tmp_path / "out"
+    src.mkdir()
+    (src / "a.png").write_bytes(png())
+    make(src)
+    with pytest.raises(HostileInlineOutput) as info:
+        _inline(_pieces(src), OutputLimits(max_file_bytes=1000))
+    assert reason in info.value.rejected[0][1]
+
+
+def test_inline_caps_and_protocol_breaks() -> None:
+    data = b"x" * (OUTPUT_CHUNK_BYTES + 10)
+    first = piece(data=data[:OUTPUT_CHUNK_BYTES], size=len(data))
+    rest = piece(data=data[OUTPUT_CHUNK_BYTES:], size=len(data), offset=OUTPUT_CHUNK_BYTES)
+    with pytest.raises(HostileInlineOutput, match="duplicate"):
+        _inline([piece(data=b"1"), piece(data=b"1")])
+    with pytest.raises(HostileInlineOutput, match="more than 2 members"):
+        _inline([piece("out/a.png"), piece("out/b.png")], OutputLimits(max_members=2))
+    with pytest.raises(ArchiveTooLargeError):
+        _inline(
+            [piece("out/a.png", b"1" * 60), piece("out/b.png", b"2" * 60)],
+            OutputLimits(max_archive_bytes=100),
+        )
+    breaks = [
+        [first],  # never completed
+        [first, piece("out/b.png", b"1")],  # another file before the first ended
+        [first, piece(data=data[OUTPUT_CHUNK_BYTES:], size=len(data), offset=5)],  # a gap
+        [piece(data=b"abc", size=10), piece(data=b"defghij", size=10, offset=3)],  # after short
+        [piece(data=b"abc", size=2)],  # more than the size
+        [piece(data=b"", size=3)],  # an empty piece of a non-empty file
+        [
+            first,
+            piece(data=data[OUTPUT_CHUNK_BYTES:], size=len(data) + 1, offset=OUTPUT_CHUNK_BYTES),
+        ],
+    ]
+    for messages in breaks:
+        with pytest.raises(InlineOutputError):
+            _inline(messages).archive()
+    bad_b64 = piece(size=3).model_copy(update={"data": "!!!!"})
+    with pytest.raises(InlineOutputError, match="base64"):
+        _inline([bad_b64])
+    with _inline([first, rest]) as ok, ok.archive() as archive:
+        with tarfile.open(fileobj=archive, mode="r:") as tar:
+            member = tar.extractfile("out/a.png")
+            assert member is not None and member.read() == data

@@ -254,6 +254,28 @@ def test_verify_image_detects_changes() -> None:
         verify_image(RECORD, client)
 
 
+def test_verify_image_costs_one_engine_call_when_the_tag_holds() -> None:
+    client = MagicMock()
+    good = _image(IMAGE_ID, RECORD.layer_diff_ids, dict(RECORD.labels))
+    client.images.get.side_effect = lambda ref: good
+    verify_image(RECORD, client)
+    assert [c.args for c in client.images.get.call_args_list] == [(RECORD.tag,)]
+
+    def tag_removed(ref: str) -> Any:
+        if ref == RECORD.tag:
+            raise docker.errors.ImageNotFound("untagged")
+        return good
+
+    client.images.get.side_effect = tag_removed
+    with pytest.raises(ImageMismatchError, match="was removed"):
+        verify_image(RECORD, client)
+    # the tag inspected alone never vouches for an image with other layers or labels
+    tampered = _image(IMAGE_ID, ["sha256:" + "9" * 64], dict(RECORD.labels))
+    client.images.get.side_effect = lambda ref: tampered
+    with pytest.raises(ImageMismatchError, match="layer"):
+        verify_image(RECORD, client)
+
+
 def test_engines_without_seccomp_are_refused() -> None:
     from sandbox.engine import engine_security_problems
     from sandbox.runner import check_engine

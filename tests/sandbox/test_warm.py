@@ -98,3 +98,39 @@ def test_max_jobs_recycles(docker_client: Any, sandbox_image: Any, tmp_path: Pat
             assert w._container is not None
             ids.append(w._container.container.id)
         assert ids[0] == ids[1] != ids[2]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "reason"),
+    [
+        ("symlink", "link.png", "links are not allowed"),
+        ("hardlink", "hard.png", "links are not allowed"),
+        ("subdir", "sub", "unexpected directory"),
+        ("fifo", "pipe.png", "not a regular file"),
+        ("bad_name", "evil.sh", "allowlist"),
+        ("bomb_png", "bomb.png", "pixels"),
+        ("big_file", "big.png", "larger than"),
+    ],
+)
+def test_outputs_come_in_band_and_are_checked_like_archives(
+    docker_client: Any,
+    sandbox_image: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    name: str,
+    reason: str,
+) -> None:
+    def no_archive(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("warm jobs must not read outputs with get_archive")
+
+    monkeypatch.setattr(docker_client.api, "get_archive", no_archive)
+    with WarmWorker(sandbox_image, client=docker_client, limits=LIMITS, gpus="none") as w:
+        good = w.run(probe("write_output", {"kind": "good_png", "name": "g.png"}), tmp_path / "g")
+        assert [p.name for p in good.images] == ["g.png"]
+        args = {"kind": kind, "name": name, "side": 10000, "bytes": 70 << 20}
+        with pytest.raises(HostileOutputError) as info:
+            w.run(probe("write_output", args), tmp_path / "bad")
+        assert not w.running
+    assert any(reason in why for _, why in info.value.rejected), info.value.rejected
+    assert not list((tmp_path / "bad").glob("*"))
