@@ -17,8 +17,18 @@ The job volume is a tmpfs (size = ``limits.output_bytes``; its pages are charged
 memory cgroup), so a job cannot fill the host's disk. A tmpfs volume only exists while the
 container runs, which is why the spec goes in after start and outputs come out before the kill.
 Inputs and outputs travel through the engine API, so a remote engine (``DOCKER_HOST``) works
-unchanged; model bind-mount sources are paths on the engine's host, so on a remote engine the
-model files must be pre-staged there at the same paths (`plan_job(check_local_paths=False)`).
+unchanged. Models reach the container one of two ways (`model_transport`):
+
+- ``bind`` (a local engine, i.e. a unix socket): the store's file is bind-mounted read-only.
+- ``volume`` (a remote engine: tcp://, ssh://, https://...; or
+  ``ASSETMGR_SANDBOX_MODEL_TRANSPORT=volume``): each model file is copied once into a docker
+  volume labelled with its SHA256 (`ensure_model_volume`), through ``put_archive`` into a
+  never-started helper container of the pinned image (no network, read-only root), as a
+  streamed tar whose last member is a completion marker. Later jobs find the volume by label;
+  one without a valid marker is removed and rebuilt. Engine API 1.41 has no volume sub-paths,
+  so the job mounts the file *inside* the volume (its ``Mountpoint``, a path on the engine's
+  host that the engine itself reported) read-only at the same ``/models/<name>`` path a bind
+  mount uses, and the worker sees no difference. ``prune(models=True)`` removes these volumes.
 
 GPUs: when the engine reports the NVIDIA runtime, ``device_requests`` asks for all GPUs (or the
 given ids) with ``capabilities=[["gpu"]]``; otherwise the job runs on CPU. The GPU path cannot
@@ -27,7 +37,10 @@ be tested on the CI machine (no GPU there).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 import secrets
 import tarfile
 import threading
@@ -35,8 +48,9 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import docker.errors
@@ -81,6 +95,17 @@ LABEL_JOB = f"{LABEL_PREFIX}job"
 LABEL_VERSION = f"{LABEL_PREFIX}version"
 LABEL_SESSION = f"{LABEL_PREFIX}session"
 LABEL_ROLE = f"{LABEL_PREFIX}role"
+#: On a model volume (volume transport): the SHA256 of the one model file it holds.
+LABEL_MODEL_SHA256 = f"{LABEL_PREFIX}model.sha256"
+#: Chooses how models reach a job's container: ``bind``, ``volume`` or ``auto`` (the default).
+MODEL_TRANSPORT_ENV = "ASSETMGR_SANDBOX_MODEL_TRANSPORT"
+ModelTransport = Literal["bind", "volume"]
+#: In a model volume: the model file, and the marker written after it (its sha256 and size).
+MODEL_FILE = "model"
+MODEL_MARKER = ".assetmgr-complete"
+#: Where a model volume is mounted in its (never started) helper container.
+FILL_DIR = "/fill"
+MODEL_CHUNK = 1 << 20
 #: Identifies this host process's containers and volumes (for `prune(session=...)`).
 SESSION_ID = uuid.uuid4().hex[:16]
 
@@ -138,6 +163,18 @@ def new_nonce() -> str:
 class ModelMount:
     source: str
     target: str
+    volume: str | None = None
+    """The model volume `source` lies in (volume transport); None for a host file."""
+
+
+def _propagation(mount: ModelMount) -> str:
+    """``rprivate``; ``rslave`` for a file inside a model volume.
+
+    The engine refuses private binds from inside its own root (``/var/lib/docker``, where local
+    volumes live). ``rslave`` only lets the engine host's mount events reach the container,
+    never the other way; a single read-only file has nothing mounted below it.
+    """
+    return "rprivate" if mount.volume is None else "rslave"
 
 
 @dataclass(frozen=True)
@@ -165,7 +202,7 @@ class ContainerPlan:
     def mounts(self) -> list[Mount]:
         mounts = [Mount(JOB_DIR, self.volume_name, type="volume", no_copy=True)]
         mounts += [
-            Mount(m.target, m.source, type="bind", read_only=True, propagation="rprivate")
+            Mount(m.target, m.source, type="bind", read_only=True, propagation=_propagation(m))
             for m in (*self.models, *self.plugins)
         ]
         return mounts
@@ -237,6 +274,7 @@ def plan_job(
     gpus: GpuRequest = "auto",
     check_local_paths: bool = True,
     plugin_dirs: Mapping[str, Path] | None = None,
+    model_volumes: Mapping[str, StagedModel] | None = None,
 ) -> ContainerPlan:
     """The container plan for `spec`; `models` maps each `ModelRef.name` to its host file.
 
@@ -244,7 +282,8 @@ def plan_job(
     `check_local_paths` each source must be an existing regular file on this machine (symlinks
     are resolved, so a store's relative links mount the blob itself). `plugin_dirs` maps each
     `PluginRef.name` of the spec to its stored (already verified) copy, mounted read-only at
-    ``/plugins/<name>``; only the plugins the spec names are mounted.
+    ``/plugins/<name>``; only the plugins the spec names are mounted. `model_volumes` (from
+    `stage_models`, volume transport) replaces the host files by the files in model volumes.
     """
     return plan_container(
         spec.job_id,
@@ -257,6 +296,7 @@ def plan_job(
         check_local_paths=check_local_paths,
         plugin_refs=spec.plugins,
         plugin_dirs=plugin_dirs,
+        model_volumes=model_volumes,
     )
 
 
@@ -275,6 +315,7 @@ def plan_container(
     stdin_open: bool = False,
     plugin_refs: Sequence[PluginRef] = (),
     plugin_dirs: Mapping[str, Path] | None = None,
+    model_volumes: Mapping[str, StagedModel] | None = None,
 ) -> ContainerPlan:
     """`plan_job` for any container role (one-shot job, or a warm worker)."""
     plugin_dirs = dict(plugin_dirs or {})
@@ -305,6 +346,12 @@ def plan_container(
         )
     mounts = []
     for ref in model_refs:
+        if model_volumes is not None:
+            staged = model_volumes.get(ref.name)
+            if staged is None or staged.sha256 != ref.sha256.lower():
+                raise SandboxError(f"model {ref.name!r} was not staged into a volume")
+            mounts.append(ModelMount(staged.source, ref.mount_path, volume=staged.volume))
+            continue
         source = Path(models[ref.name])
         if check_local_paths:
             try:
@@ -421,6 +468,7 @@ def check_host_config(
 
     mounts = list(hc.get("Mounts") or [])
     expected = {(m.target, m.source) for m in (*plan.models, *plan.plugins)}
+    in_volume = {(m.target, m.source): m.volume for m in plan.models if m.volume is not None}
     seen_models = set()
     job_volume = 0
     for m in mounts:
@@ -435,7 +483,14 @@ def check_host_config(
             seen_models.add((target, source))
             need(m.get("ReadOnly") is True, f"{target} is writable")
             prop = (m.get("BindOptions") or {}).get("Propagation", "rprivate")
-            need(prop in ("private", "rprivate"), f"{target} propagation {prop}")
+            volume = in_volume.get((target, source))
+            modes = ("private", "rprivate") if volume is None else ("rslave",)
+            need(prop in modes, f"{target} propagation {prop}")
+            if volume is not None:  # the model file inside its volume, nothing else of it
+                need(
+                    PurePosixPath(str(source)).parts[-3:] == (volume, "_data", MODEL_FILE),
+                    f"{target} is not the model file of volume {volume}",
+                )
         else:
             bad.append(f"unexpected mount {kind} {source} -> {target}")
     need(job_volume == 1, "job volume not mounted exactly once")
@@ -777,6 +832,254 @@ class JobContainer:
                 p.close()
 
 
+# ---------------------------------------------------------------------------------------------
+# Models in volumes (remote engines)
+
+
+def engine_is_remote(client: Any) -> bool:
+    """Whether host paths of this machine mean nothing to the engine (decided by its URL).
+
+    docker-py's base URL is ``http+docker://localhost`` for a unix socket (and
+    ``http+docker://localnpipe`` for a Windows pipe): local. ``http(s)://host:port`` (tcp://)
+    and ``http+docker://ssh`` (ssh://) are remote, even when they point at this machine.
+    """
+    base_url = str(getattr(getattr(client, "api", None), "base_url", "") or "")
+    local = ("http+docker://localhost", "http+docker://localnpipe", "unix://", "npipe://")
+    return not base_url.startswith(local)
+
+
+def model_transport(client: Any) -> ModelTransport:
+    """``bind`` for a local engine, ``volume`` for a remote one; `MODEL_TRANSPORT_ENV` overrides."""
+    choice = os.environ.get(MODEL_TRANSPORT_ENV, "").strip().lower()
+    if choice in ("bind", "volume"):
+        return choice  # type: ignore[return-value]
+    if choice not in ("", "auto"):
+        raise SandboxError(
+            f"{MODEL_TRANSPORT_ENV}={choice!r} is not one of auto, bind, volume",
+            hint=f"Unset {MODEL_TRANSPORT_ENV} or set it to bind or volume.",
+        )
+    return "volume" if engine_is_remote(client) else "bind"
+
+
+@dataclass(frozen=True)
+class StagedModel:
+    """A model file in its volume: `source` is its path on the engine's host."""
+
+    sha256: str
+    volume: str
+    source: str
+
+
+def _marker(sha256: str, size: int) -> bytes:
+    return json.dumps({"sha256": sha256, "size": size}, sort_keys=True).encode()
+
+
+def _tar_member(name: str, size: int, mode: int = 0o444) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = mode
+    info.mtime = 0
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def model_tar_stream(path: Path, sha256: str, chunk: int = MODEL_CHUNK) -> Iterator[bytes]:
+    """A tar of the model file and, last, its marker, in chunks (never the whole file in memory).
+
+    The file is hashed on the way; if it is not `sha256` (or changes size), the generator
+    raises before the marker, so the volume stays incomplete. The copy is owned by root and
+    keeps the file's read/write bits (always readable), as a bind mount would show them; the
+    read-only mount is what stops writes.
+    """
+    st = path.stat()
+    size = st.st_size
+    yield _tar_member(MODEL_FILE, size, (st.st_mode & 0o666) | 0o444)
+    digest = hashlib.sha256()
+    sent = 0
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            sent += len(block)
+            if sent > size:
+                raise SandboxError(f"model file {path} grew while it was copied")
+            digest.update(block)
+            yield block
+    if sent != size or digest.hexdigest() != sha256:
+        raise SandboxError(f"model file {path} is not the blob {sha256} it should be")
+    yield b"\0" * (-size % 512)
+    marker = _marker(sha256, size)
+    yield _tar_member(MODEL_MARKER, len(marker)) + marker + b"\0" * (-len(marker) % 512)
+    yield b"\0" * 1024  # end of archive
+
+
+def _remove_volume(volume: Any) -> bool:
+    for _ in range(20):
+        try:
+            volume.remove(force=True)
+            return True
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError as exc:
+            if "in use" in str(exc):
+                return False  # another process is filling or using it
+            time.sleep(0.1)
+    return False
+
+
+@contextmanager
+def _volume_helper(
+    client: Any, image: ImageRecord, volume: str, *, writable: bool
+) -> Iterator[Any]:
+    """A created, never started container of the pinned image with only `volume` at FILL_DIR."""
+    labels = {
+        LABEL_JOB: f"model-helper-{secrets.token_hex(6)}",
+        LABEL_VERSION: _app_version(),
+        LABEL_SESSION: SESSION_ID,
+        LABEL_ROLE: "model-helper",
+    }
+    ct = client.containers.create(
+        image=image.image_id,
+        command=["/bin/false"],
+        name=f"assetmgr-model-helper-{secrets.token_hex(6)}",
+        user=SANDBOX_USER,
+        network_mode="none",
+        read_only=True,
+        cap_drop=["ALL"],
+        privileged=False,
+        security_opt=["no-new-privileges:true"],
+        pids_limit=16,
+        mem_limit=64 << 20,
+        labels=labels,
+        environment={},
+        mounts=[Mount(FILL_DIR, volume, type="volume", read_only=not writable, no_copy=True)],
+        stdin_open=False,
+        tty=False,
+        auto_remove=False,
+    )
+    try:
+        ct.reload()
+        hc = ct.attrs.get("HostConfig") or {}
+        mounts = [
+            (m.get("Type"), m.get("Source"), m.get("Target"), bool(m.get("ReadOnly")))
+            for m in hc.get("Mounts") or []
+        ]
+        bad = []
+        if mounts != [("volume", volume, FILL_DIR, not writable)]:
+            bad.append(f"helper mounts {mounts}")
+        if hc.get("NetworkMode") != "none" or hc.get("ReadonlyRootfs") is not True:
+            bad.append("helper has a network or a writable root")
+        if hc.get("Binds") or hc.get("Privileged") or list(hc.get("CapDrop") or []) != ["ALL"]:
+            bad.append("helper has binds, privileges or capabilities")
+        if bad:
+            raise HostConfigError(bad)
+        yield ct
+    finally:
+        try:
+            ct.remove(force=True, v=False)
+        except docker.errors.APIError:
+            pass  # prune() finds it by label
+
+
+def _volume_is_complete(
+    client: Any, image: ImageRecord, volume: str, sha256: str, size: int
+) -> bool:
+    """Whether `volume` holds the whole model: its marker names this sha256 and size."""
+    with _volume_helper(client, image, volume, writable=False) as ct:
+        try:
+            stream, _stat = client.api.get_archive(ct.id, f"{FILL_DIR}/{MODEL_MARKER}")
+        except docker.errors.NotFound:
+            return False
+        data = bytearray()
+        for chunk in stream:
+            data += chunk
+            if len(data) > 64 << 10:
+                return False
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:") as tar:
+            member = tar.next()
+            fh = tar.extractfile(member) if member is not None else None
+            payload = fh.read() if fh is not None else b""
+    except tarfile.TarError:
+        return False
+    return payload == _marker(sha256, size)
+
+
+def _staged(volume: Any, sha256: str) -> StagedModel:
+    volume.reload()
+    attrs = volume.attrs or {}
+    mountpoint = str(attrs.get("Mountpoint") or "")
+    if attrs.get("Driver") != "local" or not mountpoint.startswith("/"):
+        raise SandboxError(f"model volume {volume.name} has no local mountpoint on the engine")
+    if (attrs.get("Labels") or {}).get(LABEL_MODEL_SHA256) != sha256:
+        raise SandboxError(f"model volume {volume.name} lost its label (removed while filled?)")
+    return StagedModel(sha256=sha256, volume=volume.name, source=f"{mountpoint}/{MODEL_FILE}")
+
+
+def ensure_model_volume(client: Any, image: ImageRecord, sha256: str, path: Path) -> StagedModel:
+    """The volume holding the model `path` (blob `sha256`), filled now if none is complete.
+
+    Volumes are found by their `LABEL_MODEL_SHA256` label; one without a valid marker (an
+    interrupted copy) is removed, unless it is in use (another process filling it).
+    """
+    sha256 = sha256.lower()
+    size = path.stat().st_size
+    for vol in client.volumes.list(filters={"label": f"{LABEL_MODEL_SHA256}={sha256}"}):
+        if _volume_is_complete(client, image, vol.name, sha256, size):
+            return _staged(vol, sha256)
+        _remove_volume(vol)
+    volume = client.volumes.create(
+        name=f"assetmgr-model-{sha256[:32]}-{secrets.token_hex(3)}",
+        driver="local",
+        labels={
+            LABEL_MODEL_SHA256: sha256,
+            LABEL_VERSION: _app_version(),
+            LABEL_SESSION: SESSION_ID,
+            LABEL_ROLE: "model",
+        },
+    )
+    try:
+        with _volume_helper(client, image, volume.name, writable=True) as ct:
+            if not client.api.put_archive(ct.id, FILL_DIR, model_tar_stream(path, sha256)):
+                raise SandboxError(f"the engine refused the copy of model {sha256}")
+        return _staged(volume, sha256)
+    except BaseException:
+        _remove_volume(volume)
+        raise
+
+
+def stage_models(
+    client: Any, image: ImageRecord, refs: Sequence[ModelRef], files: Mapping[str, Path] | None
+) -> dict[str, StagedModel]:
+    """`ensure_model_volume` for each model of a job: `ModelRef.name` -> its staged file."""
+    files = dict(files or {})
+    wanted = {r.name for r in refs}
+    if set(files) != wanted:
+        raise SandboxError(
+            f"model files given {sorted(files)} do not match the spec's models {sorted(wanted)}"
+        )
+    staged: dict[str, StagedModel] = {}
+    by_sha: dict[str, StagedModel] = {}
+    for ref in refs:
+        sha = ref.sha256.lower()
+        if sha not in by_sha:
+            try:
+                path = Path(files[ref.name]).resolve(strict=True)
+            except OSError as exc:
+                raise SandboxError(f"model file for {ref.name!r} is missing: {exc}") from exc
+            if not path.is_file():
+                raise SandboxError(f"model source for {ref.name!r} is not a regular file")
+            by_sha[sha] = ensure_model_volume(client, image, sha, path)
+        staged[ref.name] = by_sha[sha]
+    return staged
+
+
+def prepare_models(
+    client: Any, image: ImageRecord, refs: Sequence[ModelRef], files: Mapping[str, Path] | None
+) -> tuple[dict[str, StagedModel] | None, bool]:
+    """What a plan needs for the engine's transport: (model volumes or None, check_local_paths)."""
+    if model_transport(client) == "volume" and refs:
+        return stage_models(client, image, refs, files), False
+    return None, is_local_engine(client)
+
+
 def check_plugins(
     spec: JobSpec, plugins: Sequence[InstalledPlugin], image: ImageRecord
 ) -> dict[str, Path]:
@@ -852,14 +1155,16 @@ def run_job(
     client = client or engine_client()
     check_engine(client)
     verify_image(image, client)
+    model_volumes, check_local = prepare_models(client, image, spec.models, models)
     plan = plan_job(
         spec,
         image,
         models,
         client=client,
         gpus=gpus,
-        check_local_paths=is_local_engine(client),
+        check_local_paths=check_local,
         plugin_dirs=plugin_dirs,
+        model_volumes=model_volumes,
     )
     with JobContainer(client, plan) as job:
         return job.run(
@@ -876,15 +1181,23 @@ def run_job(
 class PruneReport:
     containers: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
+    model_volumes: list[str] = field(default_factory=list)
 
 
 def prune(
-    client: Any = None, *, session: str | None = None, include_running: bool = True
+    client: Any = None,
+    *,
+    session: str | None = None,
+    include_running: bool = True,
+    models: bool = False,
 ) -> PruneReport:
     """Remove stray job containers and volumes found by label (all sessions, or one).
 
     With ``include_running=False`` running containers (another process's jobs or warm workers)
-    and the volumes they use are left alone.
+    and the volumes they use are left alone. With `models` the model volumes of the volume
+    transport (`LABEL_MODEL_SHA256`; of `session` only, if given) go too, except those a
+    container that is still there mounts a file of (jobs mount the file, not the volume, so the
+    engine alone would not refuse).
     """
     client = client or engine_client()
     label = f"{LABEL_JOB}" if session is None else f"{LABEL_SESSION}={session}"
@@ -907,12 +1220,28 @@ def prune(
             report.volumes.append(vol.name)
         except docker.errors.APIError:
             pass
+    if models:
+        filters = [LABEL_MODEL_SHA256] + ([label] if session is not None else [])
+        in_use: set[str] = set()
+        for ct in client.containers.list(all=True, filters={"label": LABEL_JOB}):
+            for m in (ct.attrs or {}).get("Mounts") or []:
+                parts = PurePosixPath(str(m.get("Source") or "")).parts
+                if len(parts) >= 3 and parts[-2:] == ("_data", MODEL_FILE):
+                    in_use.add(parts[-3])
+        for vol in client.volumes.list(filters={"label": filters}):
+            if LABEL_MODEL_SHA256 not in ((vol.attrs or {}).get("Labels") or {}):
+                continue
+            if vol.name in in_use or not _remove_volume(vol):
+                continue
+            report.model_volumes.append(vol.name)
     return report
 
 
 __all__ = [
     "BASE_ENVIRONMENT",
     "LABEL_JOB",
+    "LABEL_MODEL_SHA256",
+    "MODEL_TRANSPORT_ENV",
     "LABEL_SESSION",
     "SESSION_ID",
     "WORKER_COMMAND",
@@ -921,13 +1250,19 @@ __all__ = [
     "JobResult",
     "PluginMount",
     "PruneReport",
+    "StagedModel",
     "check_engine",
     "check_host_config",
     "check_plugins",
+    "engine_is_remote",
+    "ensure_model_volume",
+    "model_transport",
     "new_job_id",
     "new_nonce",
     "plan_container",
     "plan_job",
+    "prepare_models",
     "prune",
     "run_job",
+    "stage_models",
 ]

@@ -528,18 +528,23 @@ class SandboxService:
                 status.stale_reasons.append("the engine's image does not match the record")
         return status
 
-    def prune(self, *, include_running: bool = False) -> dict[str, list[str]]:
+    def prune(self, *, include_running: bool = False, models: bool = False) -> dict[str, list[str]]:
         from sandbox.image.build import prune_images
         from sandbox.runner import prune
 
-        report = prune(self.client, include_running=include_running)
+        report = prune(self.client, include_running=include_running, models=models)
         keep = ""
         try:
             keep = load_record(self.record_path).image_id
         except ImageError:
             pass
         images = prune_images(self.client, keep) if keep else []
-        return {"containers": report.containers, "volumes": report.volumes, "images": images}
+        return {
+            "containers": report.containers,
+            "volumes": report.volumes,
+            "model_volumes": report.model_volumes,
+            "images": images,
+        }
 
     # --- running --------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sandbox.engine import engine_client, is_local_engine
+from sandbox.engine import engine_client
 from sandbox.errors import (
     HostileOutputError,
     JobCancelledError,
@@ -83,6 +83,7 @@ from sandbox.runner import (
     check_plugins,
     new_job_id,
     plan_container,
+    prepare_models,
 )
 
 _STDOUT = 1
@@ -174,6 +175,9 @@ class WarmWorker:
             return
         check_engine(self.client)
         verify_image(self.image, self.client)
+        model_volumes, check_local = prepare_models(
+            self.client, self.image, self.models, self.model_files
+        )
         plan = plan_container(
             new_job_id().replace("job-", "warm-"),
             self.image,
@@ -182,7 +186,8 @@ class WarmWorker:
             self.model_files,
             client=self.client,
             gpus=self.gpus,
-            check_local_paths=is_local_engine(self.client),
+            check_local_paths=check_local,
+            model_volumes=model_volumes,
             role="warm-worker",
             command=(*WORKER_COMMAND[:-1], "--serve"),
             stdin_open=True,

@@ -187,16 +187,21 @@ def sandbox_prune(
     running: bool = typer.Option(
         False, "--running", help="Also remove running job containers (other processes' jobs)."
     ),
+    models: bool = typer.Option(
+        False,
+        "--models",
+        help="Also remove the model volumes (model copies made for remote engines).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
 ) -> None:
     """Remove stray job containers and volumes, and superseded sandbox images."""
-    report = _service().prune(include_running=running)
+    report = _service().prune(include_running=running, models=models)
     if as_json:
         print_json(report)
         return
     sys.stderr.write(
         f"removed {len(report['containers'])} containers, {len(report['volumes'])} volumes, "
-        f"{len(report['images'])} images\n"
+        f"{len(report['model_volumes'])} model volumes, {len(report['images'])} images\n"
     )
 
 
