@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast
 from sqlalchemy import JSON, Select, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import QueryableAttribute, Session, selectinload
 from sqlalchemy.orm.strategy_options import _AbstractLoad
 from sqlalchemy.sql.elements import ClauseElement
@@ -889,6 +891,268 @@ def _replace_children(
     inserted = sum(1 for file_id in files if file_id not in stored_files)
     result.files_inserted += inserted
     result.files_updated += len(files) - inserted
+
+
+# --- the sync's bulk path ---------------------------------------------------------------------
+# `catalog.bulk` runs `prepare_model` in worker processes (pure: rows built, nothing written)
+# and then `write_prepared`, which inserts new models from those rows and sends everything
+# else through `upsert_models`.
+
+
+# Tables filled from prepared rows, in foreign-key order (after `model` and `model_tag`).
+_PREPARED_TABLES: tuple[Table, ...] = (
+    _VERSION,
+    _WORD,
+    _IMAGE,
+    _FILE,
+    _SEARCH,
+)
+
+InsertPlans = dict[str, _Compiled]
+
+
+@dataclass
+class PreparedModel:
+    """One validated model, mapped to rows; ``index`` is its position in the page's items."""
+
+    index: int
+    id: int
+    payload_sha256: str
+    state: str
+    username: str | None
+    creator_image: str | None
+    tags: list[str]
+    model_row: dict[str, Any]
+    version_ids: list[int]
+    file_ids: list[int]
+    # table name -> driver parameters, per `InsertPlans`; None when the catalog already held
+    # this exact payload as the page was fetched (nothing to build; re-checked when writing)
+    rows: dict[str, list[Any]] | None
+    n_files: int
+
+    @property
+    def n_versions(self) -> int:
+        return len(self.version_ids)
+
+
+def _sample_model() -> api.Model:
+    """A payload with one of everything, to learn each builder's column keys."""
+    return api.Model(
+        id=1,
+        name="sample",
+        model_versions=[
+            api.ModelVersion(
+                id=1,
+                files=[api.ModelFile(id=1)],
+                images=[api.ModelImage()],
+                trained_words=["w"],
+            )
+        ],
+    )
+
+
+def insert_plans(session: Session) -> InsertPlans:
+    """The compiled single-row INSERT of each prepared table for this session's dialect."""
+    sample = _sample_model()
+    version = sample.model_versions[0]
+    write = _version_write(
+        version, model_id=1, position=0, description_text=None, state="active", payload_sha256=""
+    )
+    parts = model_parts(
+        sample, payload_sha256="", state="active", version_hashes={1: ""}, seen_at=utcnow()
+    )
+    keys = {
+        _VERSION.name: tuple(write.row),
+        _WORD.name: tuple(write.words[0]),
+        _IMAGE.name: tuple(write.images[0]),
+        _FILE.name: tuple(write.files[0]),
+        _SEARCH.name: tuple(parts.search_row),
+    }
+    plans: InsertPlans = {}
+    for table in _PREPARED_TABLES:
+        if table is _FILE:
+            # Files keep Civitai's ids and one may move between versions (or repeat in a
+            # payload): the same upsert the update path uses, so both paths agree.
+            plans[table.name] = _upsert_plan(session, table, keys[table.name], key=("id",))
+        else:
+            plans[table.name] = _compile(
+                session,
+                table,
+                keys[table.name],
+                ("insert",),
+                lambda dialect, table=table: _insert(dialect, table),  # type: ignore[misc]
+            )
+    return plans
+
+
+def stored_payloads(session: Session, items: Sequence[Any]) -> dict[int, tuple[str | None, str]]:
+    """(payload hash, state) of the stored models among raw `items`, by id."""
+    ids = [item["id"] for item in items if isinstance(item, dict) and type(item.get("id")) is int]
+    stored: dict[int, tuple[str | None, str]] = {}
+    for chunk in _chunks(ids):
+        query = select(_MODEL.c.id, _MODEL.c.payload_sha256, _MODEL.c.state)
+        for model_id, payload_sha256, state in session.execute(query.where(_MODEL.c.id.in_(chunk))):
+            stored[model_id] = (payload_sha256, state)
+    return stored
+
+
+def prepare_model(
+    index: int,
+    model: api.Model,
+    seen_at: datetime,
+    plans: InsertPlans,
+    stored: dict[int, tuple[str | None, str]],
+) -> PreparedModel:
+    payload_sha256, version_hashes = payload_hashes(model)
+    state = _model_state(model.mode)
+    if stored.get(model.id) == (payload_sha256, state):
+        return PreparedModel(
+            index=index,
+            id=model.id,
+            payload_sha256=payload_sha256,
+            state=state,
+            username=None,
+            creator_image=None,
+            tags=[],
+            model_row={},
+            version_ids=[v.id for v in model.model_versions],
+            file_ids=[],
+            rows=None,
+            n_files=sum(len(v.files) for v in model.model_versions),
+        )
+    parts = model_parts(
+        model,
+        payload_sha256=payload_sha256,
+        state=state,
+        version_hashes=version_hashes,
+        seen_at=seen_at,
+    )
+    versions: list[dict[str, Any]] = []
+    words: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []
+    files: list[dict[str, Any]] = []
+    for version, position, text, content in parts.versions:
+        write = _version_write(
+            version,
+            model_id=model.id,
+            position=position,
+            description_text=text,
+            state=state,
+            payload_sha256=content,
+        )
+        versions.append(write.row)
+        words.extend(write.words)
+        images.extend(write.images)
+        files.extend(write.files)
+    by_table = {
+        _VERSION.name: versions,
+        _WORD.name: words,
+        _IMAGE.name: images,
+        _FILE.name: files,
+        _SEARCH.name: [parts.search_row],
+    }
+    return PreparedModel(
+        index=index,
+        id=model.id,
+        payload_sha256=payload_sha256,
+        state=state,
+        username=parts.username,
+        creator_image=model.creator.image if model.creator else None,
+        tags=parts.tags,
+        model_row=parts.model_row,
+        version_ids=[row["id"] for row in versions],
+        file_ids=[row["id"] for row in files],
+        rows={name: driver_params(plans[name], rows) for name, rows in by_table.items()},
+        n_files=len(files),
+    )
+
+
+def write_prepared(
+    session: Session,
+    models: Sequence[PreparedModel],
+    items: Sequence[Any],
+    *,
+    seen_at: datetime,
+    plans: InsertPlans,
+) -> UpsertResult:
+    """Write one prepared page: skip unchanged models, insert new ones, update the rest.
+
+    `items` are the page's raw items: a model that needs the update path is validated again
+    from its item here (rare: only changed models and id collisions).
+    """
+    result = UpsertResult()
+    if not models:
+        return result
+    existing: dict[int, tuple[str | None, str]] = {}
+    ids = [pm.id for pm in models]
+    for chunk in _chunks(ids):
+        query = select(_MODEL.c.id, _MODEL.c.payload_sha256, _MODEL.c.state)
+        for model_id, payload_sha256, state in session.execute(query.where(_MODEL.c.id.in_(chunk))):
+            existing[model_id] = (payload_sha256, state)
+
+    repeated = {model_id for model_id, n in Counter(ids).items() if n > 1}
+    fresh: list[PreparedModel] = []
+    slow: list[PreparedModel] = []
+    for pm in models:
+        if pm.id in repeated:
+            slow.append(pm)
+        elif pm.id in existing:
+            if existing[pm.id] == (pm.payload_sha256, pm.state):
+                result.models_unchanged += 1
+                result.versions_unchanged += pm.n_versions
+                result.files_unchanged += pm.n_files
+            else:
+                slow.append(pm)
+        elif pm.rows is None:  # it was stored when fetched, and is gone now: rare, go slow
+            slow.append(pm)
+        else:
+            fresh.append(pm)
+    if fresh:
+        try:
+            # A version id may be taken already (a version that moved between models, or
+            # a payload repeating one): the savepoint undoes the plain INSERTs and those
+            # models take the update path, which handles that.
+            with session.begin_nested():
+                _insert_fresh(session, fresh, plans)
+        except IntegrityError:
+            slow.extend(fresh)
+        else:
+            result.models_inserted += len(fresh)
+            result.versions_inserted += sum(pm.n_versions for pm in fresh)
+            result.files_inserted += sum(pm.n_files for pm in fresh)
+    if slow:
+        # Payload order, so the update path's "last duplicate wins" holds.
+        slow.sort(key=lambda pm: pm.index)
+        again = [api.Model.model_validate(items[pm.index]) for pm in slow]
+        result = result + upsert_models(session, again, seen_at=seen_at)
+    return result
+
+
+def _insert_fresh(session: Session, fresh: list[PreparedModel], plans: InsertPlans) -> None:
+    # Sorted, so concurrent writers (PostgreSQL) take the same rows' locks in the same order.
+    creators = {
+        pm.username: api.Creator.model_construct(username=pm.username, image=pm.creator_image)
+        for pm in fresh
+        if pm.username
+    }
+    creator_ids = _ensure_creators(session, [creators[u] for u in sorted(creators)])
+    tag_ids = _ensure_tags(session, sorted({t for pm in fresh for t in pm.tags}))
+    model_rows: list[dict[str, Any]] = []
+    tag_rows: list[dict[str, Any]] = []
+    for pm in fresh:
+        row = dict(pm.model_row)
+        if pm.username:
+            row["creator_id"] = creator_ids.get(pm.username)
+        model_rows.append(row)
+        tag_rows.extend(
+            {"model_id": pm.id, "tag_id": tag_ids[name], "position": position}
+            for position, name in enumerate(pm.tags)
+        )
+    _insert_many(session, _MODEL, model_rows)
+    _insert_many(session, _MODEL_TAG, tag_rows)
+    for table in _PREPARED_TABLES:
+        params = [p for pm in fresh if pm.rows for p in pm.rows[table.name]]
+        _execute_params(session, plans[table.name], params)
 
 
 def upsert_version(

@@ -150,7 +150,7 @@ _DONE = object()
 class _Deferred:
     """A page written in the consumer's thread when `result` is asked for (no pool)."""
 
-    def __init__(self, engine: Engine, items: list[Any], plans: bulk.InsertPlans) -> None:
+    def __init__(self, engine: Engine, items: list[Any], plans: repo.InsertPlans) -> None:
         self.engine = engine
         self.items = items
         self.plans = plans
@@ -302,7 +302,7 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
 
 
 def _page_outcome(
-    work: _PageWork, items: list[Any], engine: Engine, plans: bulk.InsertPlans
+    work: _PageWork, items: list[Any], engine: Engine, plans: repo.InsertPlans
 ) -> bulk.PageOutcome:
     try:
         return work.result()
@@ -418,7 +418,7 @@ def run_sync(
 
     seen_ids: set[int] = set()
     with Session(engine) as session:
-        plans = bulk.insert_plans(session)
+        plans = repo.insert_plans(session)
     own_pool = None
     if pool == "auto":
         small = request.max_models is not None and request.max_models < POOL_MIN_MODELS

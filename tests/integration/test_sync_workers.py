@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, select, text
 from sqlmodel import Session, col
 
-from catalog import bulk
+from catalog import bulk, repo
 from catalog.civitai.client import CivitaiClient, ModelFilters
 from catalog.db import open_catalog
 from catalog.models import Image, ModelVersion, TrainedWord
@@ -108,9 +108,9 @@ def _item(model_id: int, version_id: int, file_id: int, word: str) -> dict[str, 
 def _write(engine: Engine, items: list[dict[str, Any]]) -> Any:
     now = datetime.now(UTC)
     with Session(engine) as session:
-        plans = bulk.insert_plans(session)
+        plans = repo.insert_plans(session)
         page = bulk.prepare_page(items, None, now, plans)
-        result = bulk.write_prepared(session, page.models, items, seen_at=now, plans=plans)
+        result = repo.write_prepared(session, page.models, items, seen_at=now, plans=plans)
         session.commit()
     return result
 
@@ -146,11 +146,11 @@ def test_an_unchanged_page_is_not_rebuilt_and_writes_nothing(engine: Engine) -> 
     _write(engine, items)
     now = datetime.now(UTC)
     with Session(engine) as session:
-        plans = bulk.insert_plans(session)
-        stored = bulk.stored_payloads(session, items)
+        plans = repo.insert_plans(session)
+        stored = repo.stored_payloads(session, items)
         page = bulk.prepare_page(items, None, now, plans, stored)
         assert [pm.rows for pm in page.models] == [None, None]  # hashed, not mapped
-        result = bulk.write_prepared(session, page.models, items, seen_at=now, plans=plans)
+        result = repo.write_prepared(session, page.models, items, seen_at=now, plans=plans)
     assert result.models_unchanged == 2 and result.models_written == 0
 
 
