@@ -3,16 +3,16 @@
 How a sync runs:
 
 * A fetcher thread follows the cursor of `/api/v1/models` (pages are a cursor chain: they
-  cannot be fetched in parallel) and hands each page to a small process pool that validates,
-  hashes and maps it to rows (`catalog.bulk`); the caller's thread only compares with the
-  catalog and writes. Fetching, preparing and writing overlap, and the CPU-heavy middle part
-  runs outside the GIL of the process that fetches. Without spare cores (or with
-  ``ASSETMGR_SYNC_WORKERS=0``) pages are prepared in the caller's thread instead. Explicit
-  `--model-id`s are fetched in parallel with a thread pool.
-* Pages are written in order, a few per transaction (at most ~1 s of work), each
-  transaction together with the cursor that follows its last page, so an interrupted sync
-  (kill -9, a crash) resumes from the last transaction that landed and refetches at most
-  that second; a cancel (Ctrl-C in the CLI, the cancel event) commits what it has first.
+  cannot be fetched in parallel) and hands each page, as it arrives, to a small process pool:
+  a worker validates, hashes and maps it to rows and writes it in its own transaction
+  (`catalog.bulk`). The CPU-heavy part thus runs outside the GIL of the process that fetches.
+  Without spare cores (or with ``ASSETMGR_SYNC_WORKERS=0``), or for a small ``max_models``,
+  pages are written in the caller's thread instead. Explicit `--model-id`s are fetched in
+  parallel with a thread pool.
+* The caller's thread takes the pages' outcomes in page order and stores the cursor past the
+  pages that all landed (at most once a second, and on a cancel or a failure). Every write is
+  an idempotent upsert, so an interrupted sync (Ctrl-C, kill -9, a crash) resumes from the
+  stored cursor and redoes at most the last second's pages, which then write nothing.
 * Writes are incremental: a model whose normalized payload did not change writes nothing.
 * Items that fail validation are reported in `SyncSummary.errors` and skipped; the rest lands.
 * After a complete, unfiltered sync, models the listing no longer shows are looked up one by
