@@ -13,8 +13,11 @@ from sandbox.errors import EngineUnavailableError
 def engine_client(timeout_s: float = 120.0) -> Any:
     """`docker.from_env()`: honours DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
 
-    A remote engine works unchanged for jobs (inputs and outputs travel through the API), but
-    model bind-mount sources are paths on *that* engine's host, so models must be pre-staged.
+    A remote engine works unchanged for jobs (inputs and outputs travel through the API). Host
+    paths mean nothing to it, so models and plugins take the volume transport there
+    (`sandbox.runner.model_transport`): each model file and each plugin's verified files are
+    copied once, through the API, into a docker volume labelled with their SHA256 and mounted
+    read-only from it; with a local engine (unix socket) they are bind-mounted.
     """
     try:
         client = docker.from_env(timeout=int(timeout_s))

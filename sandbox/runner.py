@@ -5,7 +5,8 @@
 1. checks the pinned image against its record (`verify_image`),
 2. creates a fresh tmpfs-backed volume for ``/job`` and a container from the image *id*
    (``containers.create``, never ``run``, which pulls on a miss) with the hardening of
-   docs/sandbox.md sections 0-1 (`ContainerPlan`), models bind-mounted read-only one file at a time,
+   docs/sandbox.md sections 0-1 (`ContainerPlan`), models mounted read-only one file at a time
+   and the job's plugins read-only at ``/plugins/<name>`` (from the host or from volumes, below),
 3. checks the created container's ``HostConfig`` statically (`check_host_config`) before it starts,
 4. starts it, copies the spec in with ``put_archive``, parses stdout with `ProtocolReader`,
 5. on the nonce-carrying result line, reads ``/job/out`` with ``get_archive`` and validates it
@@ -17,9 +18,11 @@ The job volume is a tmpfs (size = ``limits.output_bytes``; its pages are charged
 memory cgroup), so a job cannot fill the host's disk. A tmpfs volume only exists while the
 container runs, which is why the spec goes in after start and outputs come out before the kill.
 Inputs and outputs travel through the engine API, so a remote engine (``DOCKER_HOST``) works
-unchanged. Models reach the container one of two ways (`model_transport`):
+unchanged. Models and plugins reach the container one of two ways (`model_transport`, one
+decision for both):
 
-- ``bind`` (a local engine, i.e. a unix socket): the store's file is bind-mounted read-only.
+- ``bind`` (a local engine, i.e. a unix socket): the store's file, and each plugin's stored
+  copy, is bind-mounted read-only.
 - ``volume`` (a remote engine: tcp://, ssh://, https://...; or
   ``ASSETMGR_SANDBOX_MODEL_TRANSPORT=volume``): each model file is copied once into a docker
   volume labelled with its SHA256 (`ensure_model_volume`), through ``put_archive`` into a
@@ -28,7 +31,13 @@ unchanged. Models reach the container one of two ways (`model_transport`):
   one without a valid marker is removed and rebuilt. Engine API 1.41 has no volume sub-paths,
   so the job mounts the file *inside* the volume (its ``Mountpoint``, a path on the engine's
   host that the engine itself reported) read-only at the same ``/models/<name>`` path a bind
-  mount uses, and the worker sees no difference. ``prune(models=True)`` removes these volumes.
+  mount uses, and the worker sees no difference. Plugins go the same way
+  (`ensure_plugin_volume`): after `check_plugins` has re-verified the stored copy, exactly the
+  recorded files (regular files only, opened without following links, hashed again while the
+  tar streams; the tree sha256 checked before the marker) go under ``plugin/`` in a volume
+  labelled with the plugin's tree sha256, and the job bind-mounts that directory read-only at
+  ``/plugins/<name>`` (the marker stays outside it, so the plugin sees exactly its files).
+  ``prune(models=True)`` removes model and plugin volumes.
 
 GPUs: when the engine reports the NVIDIA runtime, ``device_requests`` asks for all GPUs (or the
 given ids) with ``capabilities=[["gpu"]]``; otherwise the job runs on CPU. The GPU path cannot
@@ -42,6 +51,7 @@ import io
 import json
 import os
 import secrets
+import stat
 import tarfile
 import threading
 import time
@@ -70,11 +80,12 @@ from sandbox.errors import (
     JobFailedError,
     JobTimeoutError,
     PluginError,
+    PluginTamperedError,
     SandboxError,
     WorkerProtocolError,
 )
 from sandbox.image.record import LABEL_PREFIX, ImageRecord, verify_image
-from sandbox.plugins import InstalledPlugin, verify_installed
+from sandbox.plugins import InstalledPlugin, tree_sha256, verify_installed
 from sandbox.protocol import (
     JOB_DIR,
     OUT_DIR,
@@ -97,13 +108,19 @@ LABEL_SESSION = f"{LABEL_PREFIX}session"
 LABEL_ROLE = f"{LABEL_PREFIX}role"
 #: On a model volume (volume transport): the SHA256 of the one model file it holds.
 LABEL_MODEL_SHA256 = f"{LABEL_PREFIX}model.sha256"
-#: Chooses how models reach a job's container: ``bind``, ``volume`` or ``auto`` (the default).
+#: On a plugin volume (volume transport): the tree SHA256 of the plugin it holds.
+LABEL_PLUGIN_SHA256 = f"{LABEL_PREFIX}plugin.sha256"
+#: Chooses how models and plugins reach a job's container: ``bind``, ``volume`` or ``auto``
+#: (the default). The name predates plugin volumes; it governs both.
 MODEL_TRANSPORT_ENV = "ASSETMGR_SANDBOX_MODEL_TRANSPORT"
 ModelTransport = Literal["bind", "volume"]
 #: In a model volume: the model file, and the marker written after it (its sha256 and size).
 MODEL_FILE = "model"
 MODEL_MARKER = ".assetmgr-complete"
-#: Where a model volume is mounted in its (never started) helper container.
+#: In a plugin volume: the plugin's directory (exactly its recorded files), and the marker
+#: (`MODEL_MARKER`, its tree sha256 and file count) written after it, beside the directory.
+PLUGIN_DIR = "plugin"
+#: Where a model or plugin volume is mounted in its (never started) helper container.
 FILL_DIR = "/fill"
 MODEL_CHUNK = 1 << 20
 #: Identifies this host process's containers and volumes (for `prune(session=...)`).
@@ -166,20 +183,27 @@ class ModelMount:
     volume: str | None = None
     """The model volume `source` lies in (volume transport); None for a host file."""
 
+    #: What `source` must be inside its volume's ``_data`` (volume transport).
+    member = MODEL_FILE
+
 
 def _propagation(mount: ModelMount) -> str:
-    """``rprivate``; ``rslave`` for a file inside a model volume.
+    """``rprivate``; ``rslave`` for a file (or plugin directory) inside a volume.
 
     The engine refuses private binds from inside its own root (``/var/lib/docker``, where local
     volumes live). ``rslave`` only lets the engine host's mount events reach the container,
-    never the other way; a single read-only file has nothing mounted below it.
+    never the other way; a single read-only file has nothing mounted below it, and a plugin
+    directory in a volume only gets a mount below it if the engine host's root makes one.
     """
     return "rprivate" if mount.volume is None else "rslave"
 
 
 @dataclass(frozen=True)
 class PluginMount(ModelMount):
-    """A vetted plugin's stored copy, bind-mounted read-only at ``/plugins/<name>``."""
+    """A vetted plugin, bind-mounted read-only at ``/plugins/<name>``: its stored copy, or
+    (volume transport) the `PLUGIN_DIR` directory inside its plugin volume."""
+
+    member = PLUGIN_DIR
 
 
 @dataclass(frozen=True)
@@ -275,6 +299,7 @@ def plan_job(
     check_local_paths: bool = True,
     plugin_dirs: Mapping[str, Path] | None = None,
     model_volumes: Mapping[str, StagedModel] | None = None,
+    plugin_volumes: Mapping[str, StagedVolume] | None = None,
 ) -> ContainerPlan:
     """The container plan for `spec`; `models` maps each `ModelRef.name` to its host file.
 
@@ -283,7 +308,9 @@ def plan_job(
     are resolved, so a store's relative links mount the blob itself). `plugin_dirs` maps each
     `PluginRef.name` of the spec to its stored (already verified) copy, mounted read-only at
     ``/plugins/<name>``; only the plugins the spec names are mounted. `model_volumes` (from
-    `stage_models`, volume transport) replaces the host files by the files in model volumes.
+    `stage_models`, volume transport) replaces the host files by the files in model volumes,
+    and `plugin_volumes` (from `stage_plugins`) the stored copies by the plugin volumes'
+    directories (keyed by `PluginRef.name`; each must hold the ref's tree sha256).
     """
     return plan_container(
         spec.job_id,
@@ -297,6 +324,7 @@ def plan_job(
         plugin_refs=spec.plugins,
         plugin_dirs=plugin_dirs,
         model_volumes=model_volumes,
+        plugin_volumes=plugin_volumes,
     )
 
 
@@ -316,6 +344,7 @@ def plan_container(
     plugin_refs: Sequence[PluginRef] = (),
     plugin_dirs: Mapping[str, Path] | None = None,
     model_volumes: Mapping[str, StagedModel] | None = None,
+    plugin_volumes: Mapping[str, StagedVolume] | None = None,
 ) -> ContainerPlan:
     """`plan_job` for any container role (one-shot job, or a warm worker)."""
     plugin_dirs = dict(plugin_dirs or {})
@@ -327,6 +356,12 @@ def plan_container(
         )
     plugin_mounts = []
     for pref in plugin_refs:
+        if plugin_volumes is not None:
+            pstaged = plugin_volumes.get(pref.name)
+            if pstaged is None or pstaged.sha256 != pref.sha256.lower():
+                raise SandboxError(f"plugin {pref.name!r} was not staged into a volume")
+            plugin_mounts.append(PluginMount(pstaged.source, pref.mount_path, pstaged.volume))
+            continue
         psource = Path(plugin_dirs[pref.name])
         if check_local_paths:
             try:
@@ -394,6 +429,9 @@ def plan_container(
 
 # ---------------------------------------------------------------------------------------------
 # Static check of the created container (docker-bench style)
+
+
+_MEMBER_WHAT = {MODEL_FILE: "model file", PLUGIN_DIR: "plugin directory"}
 
 
 def _env_dict(entries: Sequence[str] | None) -> dict[str, str]:
@@ -468,7 +506,9 @@ def check_host_config(
 
     mounts = list(hc.get("Mounts") or [])
     expected = {(m.target, m.source) for m in (*plan.models, *plan.plugins)}
-    in_volume = {(m.target, m.source): m.volume for m in plan.models if m.volume is not None}
+    in_volume = {
+        (m.target, m.source): m for m in (*plan.models, *plan.plugins) if m.volume is not None
+    }
     seen_models = set()
     job_volume = 0
     for m in mounts:
@@ -483,13 +523,15 @@ def check_host_config(
             seen_models.add((target, source))
             need(m.get("ReadOnly") is True, f"{target} is writable")
             prop = (m.get("BindOptions") or {}).get("Propagation", "rprivate")
-            volume = in_volume.get((target, source))
-            modes = ("private", "rprivate") if volume is None else ("rslave",)
+            planned = in_volume.get((target, source))
+            modes = ("private", "rprivate") if planned is None else ("rslave",)
             need(prop in modes, f"{target} propagation {prop}")
-            if volume is not None:  # the model file inside its volume, nothing else of it
+            if planned is not None:  # the model file / plugin dir in its volume, nothing else
                 need(
-                    PurePosixPath(str(source)).parts[-3:] == (volume, "_data", MODEL_FILE),
-                    f"{target} is not the model file of volume {volume}",
+                    PurePosixPath(str(source)).parts[-3:]
+                    == (planned.volume, "_data", planned.member),
+                    f"{target} is not the {_MEMBER_WHAT[planned.member]} "
+                    f"of volume {planned.volume}",
                 )
         else:
             bad.append(f"unexpected mount {kind} {source} -> {target}")
@@ -862,24 +904,43 @@ def model_transport(client: Any) -> ModelTransport:
 
 
 @dataclass(frozen=True)
-class StagedModel:
-    """A model file in its volume: `source` is its path on the engine's host."""
+class StagedVolume:
+    """A model file or plugin directory in its volume: `source` is its path on the engine's host.
+
+    `sha256` is the model's blob sha256, or the plugin's tree sha256.
+    """
 
     sha256: str
     volume: str
     source: str
 
 
-def _marker(sha256: str, size: int) -> bytes:
-    return json.dumps({"sha256": sha256, "size": size}, sort_keys=True).encode()
+#: The name from before plugin volumes; the same thing.
+StagedModel = StagedVolume
+
+#: Per kind of volume: its sha256 label, and what the job mounts inside ``_data``.
+_VOLUME_KINDS: Mapping[str, tuple[str, str]] = {
+    "model": (LABEL_MODEL_SHA256, MODEL_FILE),
+    "plugin": (LABEL_PLUGIN_SHA256, PLUGIN_DIR),
+}
 
 
-def _tar_member(name: str, size: int, mode: int = 0o444) -> bytes:
+def _marker(sha256: str, **extra: int) -> bytes:
+    return json.dumps({"sha256": sha256, **extra}, sort_keys=True).encode()
+
+
+def _tar_member(name: str, size: int, mode: int = 0o444, kind: bytes = tarfile.REGTYPE) -> bytes:
     info = tarfile.TarInfo(name)
+    info.type = kind
     info.size = size
     info.mode = mode
     info.mtime = 0
     return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def _tar_marker(marker: bytes) -> bytes:
+    """The completion marker as a tar member (the archive's last)."""
+    return _tar_member(MODEL_MARKER, len(marker)) + marker + b"\0" * (-len(marker) % 512)
 
 
 def model_tar_stream(path: Path, sha256: str, chunk: int = MODEL_CHUNK) -> Iterator[bytes]:
@@ -905,8 +966,88 @@ def model_tar_stream(path: Path, sha256: str, chunk: int = MODEL_CHUNK) -> Itera
     if sent != size or digest.hexdigest() != sha256:
         raise SandboxError(f"model file {path} is not the blob {sha256} it should be")
     yield b"\0" * (-size % 512)
-    marker = _marker(sha256, size)
-    yield _tar_member(MODEL_MARKER, len(marker)) + marker + b"\0" * (-len(marker) % 512)
+    yield _tar_marker(_marker(sha256, size=size))
+    yield b"\0" * 1024  # end of archive
+
+
+def _open_beneath(root_fd: int, parts: Sequence[str]) -> int:
+    """Open ``root/parts...`` for reading without following a symlink at any level."""
+    nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        return os.open(parts[-1], os.O_RDONLY | os.O_NONBLOCK | nofollow, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def plugin_tar_stream(plugin: InstalledPlugin, chunk: int = MODEL_CHUNK) -> Iterator[bytes]:
+    """A tar of exactly the plugin's recorded files under `PLUGIN_DIR`, then the marker.
+
+    Only the paths in ``plugin.files`` are read (anything else in the stored copy is left out),
+    each opened without following links at any level, and refused unless it is a regular,
+    singly-linked file whose bytes hash as recorded; the tree hash is checked last. Any
+    difference raises `PluginTamperedError` before the marker, so the volume stays incomplete.
+    Directories are ``0555`` and files ``0444`` (owned by root), as the stored copy shows them.
+    """
+    label = f"plugin {plugin.name} {plugin.version}"
+
+    def refuse(problem: str) -> PluginTamperedError:
+        return PluginTamperedError(
+            f"{label} was modified after it was added: {problem}",
+            plugin=plugin.name,
+            problems=[problem],
+        )
+
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        root_fd = os.open(plugin.path, flags)
+    except OSError as exc:
+        raise refuse(f"its stored copy {plugin.path} cannot be opened: {exc.strerror}") from None
+    found: dict[str, str] = {}
+    try:
+        yield _tar_member(PLUGIN_DIR, 0, 0o555, tarfile.DIRTYPE)
+        made: set[str] = set()
+        for rel, expected in sorted(plugin.files.items()):
+            parts = rel.split("/")
+            if any(p in ("", ".", "..") for p in parts):
+                raise refuse(f"{rel!r}: not a relative path inside the plugin")
+            for i in range(1, len(parts)):
+                directory = "/".join(parts[:i])
+                if directory not in made:
+                    made.add(directory)
+                    yield _tar_member(f"{PLUGIN_DIR}/{directory}", 0, 0o555, tarfile.DIRTYPE)
+            try:
+                fd = _open_beneath(root_fd, parts)
+            except OSError as exc:
+                raise refuse(f"{rel}: cannot open ({exc.strerror}; a symbolic link?)") from None
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                    raise refuse(f"{rel}: not a regular, singly-linked file")
+                size = st.st_size
+                yield _tar_member(f"{PLUGIN_DIR}/{rel}", size, 0o444)
+                digest = hashlib.sha256()
+                sent = 0
+                while block := fh.read(chunk):
+                    sent += len(block)
+                    if sent > size:
+                        raise refuse(f"{rel}: grew while it was copied")
+                    digest.update(block)
+                    yield block
+            got = digest.hexdigest()
+            if sent != size or got != expected:
+                raise refuse(f"{rel}: expected sha256 {expected}, got {got}")
+            found[rel] = got
+            yield b"\0" * (-size % 512)
+    finally:
+        os.close(root_fd)
+    if tree_sha256(found) != plugin.tree_sha256:
+        raise refuse("the tree hash differs from the recorded one")
+    yield _tar_marker(_marker(plugin.tree_sha256, files=len(found)))
     yield b"\0" * 1024  # end of archive
 
 
@@ -930,15 +1071,15 @@ def _volume_helper(
 ) -> Iterator[Any]:
     """A created, never started container of the pinned image with only `volume` at FILL_DIR."""
     labels = {
-        LABEL_JOB: f"model-helper-{secrets.token_hex(6)}",
+        LABEL_JOB: f"volume-helper-{secrets.token_hex(6)}",
         LABEL_VERSION: _app_version(),
         LABEL_SESSION: SESSION_ID,
-        LABEL_ROLE: "model-helper",
+        LABEL_ROLE: "volume-helper",
     }
     ct = client.containers.create(
         image=image.image_id,
         command=["/bin/false"],
-        name=f"assetmgr-model-helper-{secrets.token_hex(6)}",
+        name=f"assetmgr-volume-helper-{secrets.token_hex(6)}",
         user=SANDBOX_USER,
         network_mode="none",
         read_only=True,
@@ -978,10 +1119,8 @@ def _volume_helper(
             pass  # prune() finds it by label
 
 
-def _volume_is_complete(
-    client: Any, image: ImageRecord, volume: str, sha256: str, size: int
-) -> bool:
-    """Whether `volume` holds the whole model: its marker names this sha256 and size."""
+def _volume_is_complete(client: Any, image: ImageRecord, volume: str, marker: bytes) -> bool:
+    """Whether `volume` holds a whole copy: its marker (`MODEL_MARKER`) is exactly `marker`."""
     with _volume_helper(client, image, volume, writable=False) as ct:
         try:
             stream, _stat = client.api.get_archive(ct.id, f"{FILL_DIR}/{MODEL_MARKER}")
@@ -999,18 +1138,57 @@ def _volume_is_complete(
             payload = fh.read() if fh is not None else b""
     except tarfile.TarError:
         return False
-    return payload == _marker(sha256, size)
+    return payload == marker
 
 
-def _staged(volume: Any, sha256: str) -> StagedModel:
+def _staged(volume: Any, kind: str, sha256: str) -> StagedVolume:
+    label, member = _VOLUME_KINDS[kind]
     volume.reload()
     attrs = volume.attrs or {}
     mountpoint = str(attrs.get("Mountpoint") or "")
     if attrs.get("Driver") != "local" or not mountpoint.startswith("/"):
-        raise SandboxError(f"model volume {volume.name} has no local mountpoint on the engine")
-    if (attrs.get("Labels") or {}).get(LABEL_MODEL_SHA256) != sha256:
-        raise SandboxError(f"model volume {volume.name} lost its label (removed while filled?)")
-    return StagedModel(sha256=sha256, volume=volume.name, source=f"{mountpoint}/{MODEL_FILE}")
+        raise SandboxError(f"{kind} volume {volume.name} has no local mountpoint on the engine")
+    if (attrs.get("Labels") or {}).get(label) != sha256:
+        raise SandboxError(f"{kind} volume {volume.name} lost its label (removed while filled?)")
+    return StagedVolume(sha256=sha256, volume=volume.name, source=f"{mountpoint}/{member}")
+
+
+def _ensure_volume(
+    client: Any,
+    image: ImageRecord,
+    kind: str,
+    sha256: str,
+    marker: bytes,
+    archive: Callable[[], Iterator[bytes]],
+) -> StagedVolume:
+    """The `kind` volume labelled `sha256` whose marker is `marker`; filled from `archive`.
+
+    Volumes are found by their label; one without a valid marker (an interrupted copy) is
+    removed, unless it is in use (another process filling it), and a new one is filled.
+    """
+    label, _member = _VOLUME_KINDS[kind]
+    for vol in client.volumes.list(filters={"label": f"{label}={sha256}"}):
+        if _volume_is_complete(client, image, vol.name, marker):
+            return _staged(vol, kind, sha256)
+        _remove_volume(vol)
+    volume = client.volumes.create(
+        name=f"assetmgr-{kind}-{sha256[:32]}-{secrets.token_hex(3)}",
+        driver="local",
+        labels={
+            label: sha256,
+            LABEL_VERSION: _app_version(),
+            LABEL_SESSION: SESSION_ID,
+            LABEL_ROLE: kind,
+        },
+    )
+    try:
+        with _volume_helper(client, image, volume.name, writable=True) as ct:
+            if not client.api.put_archive(ct.id, FILL_DIR, archive()):
+                raise SandboxError(f"the engine refused the copy of {kind} {sha256}")
+        return _staged(volume, kind, sha256)
+    except BaseException:
+        _remove_volume(volume)
+        raise
 
 
 def ensure_model_volume(client: Any, image: ImageRecord, sha256: str, path: Path) -> StagedModel:
@@ -1021,28 +1199,31 @@ def ensure_model_volume(client: Any, image: ImageRecord, sha256: str, path: Path
     """
     sha256 = sha256.lower()
     size = path.stat().st_size
-    for vol in client.volumes.list(filters={"label": f"{LABEL_MODEL_SHA256}={sha256}"}):
-        if _volume_is_complete(client, image, vol.name, sha256, size):
-            return _staged(vol, sha256)
-        _remove_volume(vol)
-    volume = client.volumes.create(
-        name=f"assetmgr-model-{sha256[:32]}-{secrets.token_hex(3)}",
-        driver="local",
-        labels={
-            LABEL_MODEL_SHA256: sha256,
-            LABEL_VERSION: _app_version(),
-            LABEL_SESSION: SESSION_ID,
-            LABEL_ROLE: "model",
-        },
+    return _ensure_volume(
+        client,
+        image,
+        "model",
+        sha256,
+        _marker(sha256, size=size),
+        lambda: model_tar_stream(path, sha256),
     )
-    try:
-        with _volume_helper(client, image, volume.name, writable=True) as ct:
-            if not client.api.put_archive(ct.id, FILL_DIR, model_tar_stream(path, sha256)):
-                raise SandboxError(f"the engine refused the copy of model {sha256}")
-        return _staged(volume, sha256)
-    except BaseException:
-        _remove_volume(volume)
-        raise
+
+
+def ensure_plugin_volume(client: Any, image: ImageRecord, plugin: InstalledPlugin) -> StagedVolume:
+    """The volume holding `plugin`'s recorded files, filled now if none is complete.
+
+    Found by its `LABEL_PLUGIN_SHA256` label (the tree sha256) and marker, like model volumes;
+    filled from `plugin_tar_stream`, which re-verifies every file while it streams.
+    """
+    tree = plugin.tree_sha256.lower()
+    return _ensure_volume(
+        client,
+        image,
+        "plugin",
+        tree,
+        _marker(tree, files=len(plugin.files)),
+        lambda: plugin_tar_stream(plugin),
+    )
 
 
 def stage_models(
@@ -1071,6 +1252,13 @@ def stage_models(
     return staged
 
 
+def stage_plugins(
+    client: Any, image: ImageRecord, plugins: Sequence[InstalledPlugin]
+) -> dict[str, StagedVolume]:
+    """`ensure_plugin_volume` for each plugin of a job: plugin name -> its staged directory."""
+    return {p.name: ensure_plugin_volume(client, image, p) for p in plugins}
+
+
 def prepare_models(
     client: Any, image: ImageRecord, refs: Sequence[ModelRef], files: Mapping[str, Path] | None
 ) -> tuple[dict[str, StagedModel] | None, bool]:
@@ -1078,6 +1266,18 @@ def prepare_models(
     if model_transport(client) == "volume" and refs:
         return stage_models(client, image, refs, files), False
     return None, is_local_engine(client)
+
+
+def prepare_plugins(
+    client: Any, image: ImageRecord, plugins: Sequence[InstalledPlugin]
+) -> dict[str, StagedVolume] | None:
+    """Plugin volumes for the volume transport (`model_transport`), else None (bind mounts).
+
+    Call it after `check_plugins`: a tampered plugin is refused before any volume is touched.
+    """
+    if model_transport(client) == "volume" and plugins:
+        return stage_plugins(client, image, plugins)
+    return None
 
 
 def check_plugins(
@@ -1146,16 +1346,18 @@ def run_job(
     """Run `spec` in a fresh hardened container from the pinned `image`; return its outputs.
 
     `plugins` are the added plugins the spec names; they are re-verified by hash first
-    (`check_plugins`) and mounted read-only. Raises `PluginTamperedError` or `ImageStaleError`
-    before anything starts, and a `sandbox.errors.JobError` subclass when the job times out,
-    fails, is cancelled, breaks the protocol or writes hostile outputs; the container and its
-    volume are removed in every case.
+    (`check_plugins`) and mounted read-only (from plugin volumes with the volume transport,
+    `prepare_plugins`, whose copy re-verifies every file again). Raises `PluginTamperedError`
+    or `ImageStaleError` before anything starts, and a `sandbox.errors.JobError` subclass when
+    the job times out, fails, is cancelled, breaks the protocol or writes hostile outputs; the
+    container and its volume are removed in every case.
     """
     plugin_dirs = check_plugins(spec, plugins, image)
     client = client or engine_client()
     check_engine(client)
     verify_image(image, client)
     model_volumes, check_local = prepare_models(client, image, spec.models, models)
+    plugin_volumes = prepare_plugins(client, image, plugins)
     plan = plan_job(
         spec,
         image,
@@ -1165,6 +1367,7 @@ def run_job(
         check_local_paths=check_local,
         plugin_dirs=plugin_dirs,
         model_volumes=model_volumes,
+        plugin_volumes=plugin_volumes,
     )
     with JobContainer(client, plan) as job:
         return job.run(
@@ -1182,6 +1385,7 @@ class PruneReport:
     containers: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     model_volumes: list[str] = field(default_factory=list)
+    plugin_volumes: list[str] = field(default_factory=list)
 
 
 def prune(
@@ -1194,10 +1398,11 @@ def prune(
     """Remove stray job containers and volumes found by label (all sessions, or one).
 
     With ``include_running=False`` running containers (another process's jobs or warm workers)
-    and the volumes they use are left alone. With `models` the model volumes of the volume
-    transport (`LABEL_MODEL_SHA256`; of `session` only, if given) go too, except those a
-    container that is still there mounts a file of (jobs mount the file, not the volume, so the
-    engine alone would not refuse).
+    and the volumes they use are left alone. With `models` the model and plugin volumes of the
+    volume transport (`LABEL_MODEL_SHA256`, `LABEL_PLUGIN_SHA256`; of `session` only, if given)
+    go too, except those a container that is still there mounts a file or directory of (jobs
+    mount the model file or plugin directory, not the volume, so the engine alone would not
+    refuse).
     """
     client = client or engine_client()
     label = f"{LABEL_JOB}" if session is None else f"{LABEL_SESSION}={session}"
@@ -1221,19 +1426,24 @@ def prune(
         except docker.errors.APIError:
             pass
     if models:
-        filters = [LABEL_MODEL_SHA256] + ([label] if session is not None else [])
         in_use: set[str] = set()
+        members = {member for _label, member in _VOLUME_KINDS.values()}
         for ct in client.containers.list(all=True, filters={"label": LABEL_JOB}):
             for m in (ct.attrs or {}).get("Mounts") or []:
                 parts = PurePosixPath(str(m.get("Source") or "")).parts
-                if len(parts) >= 3 and parts[-2:] == ("_data", MODEL_FILE):
+                if len(parts) >= 3 and parts[-2] == "_data" and parts[-1] in members:
                     in_use.add(parts[-3])
-        for vol in client.volumes.list(filters={"label": filters}):
-            if LABEL_MODEL_SHA256 not in ((vol.attrs or {}).get("Labels") or {}):
-                continue
-            if vol.name in in_use or not _remove_volume(vol):
-                continue
-            report.model_volumes.append(vol.name)
+        for kind_label, removed in (
+            (LABEL_MODEL_SHA256, report.model_volumes),
+            (LABEL_PLUGIN_SHA256, report.plugin_volumes),
+        ):
+            filters = [kind_label] + ([label] if session is not None else [])
+            for vol in client.volumes.list(filters={"label": filters}):
+                if kind_label not in ((vol.attrs or {}).get("Labels") or {}):
+                    continue
+                if vol.name in in_use or not _remove_volume(vol):
+                    continue
+                removed.append(vol.name)
     return report
 
 
@@ -1241,6 +1451,7 @@ __all__ = [
     "BASE_ENVIRONMENT",
     "LABEL_JOB",
     "LABEL_MODEL_SHA256",
+    "LABEL_PLUGIN_SHA256",
     "MODEL_TRANSPORT_ENV",
     "LABEL_SESSION",
     "SESSION_ID",
@@ -1251,18 +1462,23 @@ __all__ = [
     "PluginMount",
     "PruneReport",
     "StagedModel",
+    "StagedVolume",
     "check_engine",
     "check_host_config",
     "check_plugins",
     "engine_is_remote",
     "ensure_model_volume",
+    "ensure_plugin_volume",
     "model_transport",
     "new_job_id",
     "new_nonce",
     "plan_container",
     "plan_job",
     "prepare_models",
+    "prepare_plugins",
     "prune",
     "run_job",
+    "plugin_tar_stream",
     "stage_models",
+    "stage_plugins",
 ]

@@ -543,6 +543,7 @@ class SandboxService:
             "containers": report.containers,
             "volumes": report.volumes,
             "model_volumes": report.model_volumes,
+            "plugin_volumes": report.plugin_volumes,
             "images": images,
         }
 

@@ -84,6 +84,7 @@ from sandbox.runner import (
     new_job_id,
     plan_container,
     prepare_models,
+    prepare_plugins,
 )
 
 _STDOUT = 1
@@ -178,6 +179,7 @@ class WarmWorker:
         model_volumes, check_local = prepare_models(
             self.client, self.image, self.models, self.model_files
         )
+        plugin_volumes = prepare_plugins(self.client, self.image, self.plugins)
         plan = plan_container(
             new_job_id().replace("job-", "warm-"),
             self.image,
@@ -193,6 +195,7 @@ class WarmWorker:
             stdin_open=True,
             plugin_refs=[p.ref() for p in self.plugins],
             plugin_dirs={p.name: p.path for p in self.plugins},
+            plugin_volumes=plugin_volumes,
         )
         job = JobContainer(self.client, plan)
         job.__enter__()
