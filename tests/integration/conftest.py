@@ -59,14 +59,33 @@ def _fresh_pg_url(tmp_path: Path) -> str:
 
 
 def _drop_pg(url: str) -> None:
+    """Drop a test database, waiting out whatever still uses it.
+
+    A plain DROP makes PostgreSQL cancel an autovacuum worker on the database by itself,
+    while ``WITH (FORCE)`` would try to terminate it and fail for a non-superuser; FORCE is
+    only the fallback for a session of ours that is still open.
+    """
+    import time
+
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
 
     parsed = make_url(url)
     admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        for attempt in range(50):
+            force = " WITH (FORCE)" if attempt % 2 else ""
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}"{force}'))
+                return
+            except DBAPIError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
