@@ -149,6 +149,12 @@ BASE_ENVIRONMENT: Mapping[str, str] = {
     "TZ": "UTC",
 }
 GPU_ENVIRONMENT: Mapping[str, str] = {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+#: Where a GPU job's torch.compile cache volume is mounted (`compile_cache_volume`); the job
+#: writes in its `kernels` directory (the volume's root belongs to root), named by the env.
+COMPILE_CACHE_DIR = "/cache/compile"
+COMPILE_CACHE_KERNELS = "kernels"
+COMPILE_CACHE_ENV = "ASSETMGR_COMPILE_CACHE"
+LABEL_COMPILE_CACHE = f"{LABEL_PREFIX}compile-cache"
 DNS_PLACEHOLDER = "127.0.0.1"
 LOG_MAX_SIZE = "10m"
 LOG_MAX_FILE = "2"
@@ -219,6 +225,8 @@ class ContainerPlan:
     models: tuple[ModelMount, ...] = ()
     plugins: tuple[PluginMount, ...] = ()
     gpu: DeviceRequest | None = None
+    compile_cache: str | None = None
+    """GPU jobs only: the writable volume of compiled kernels (see `compile_cache_volume`)."""
     command: tuple[str, ...] = WORKER_COMMAND
     stdin_open: bool = False
     """Only warm workers read job specs from stdin (through the engine's attach API)."""
@@ -229,6 +237,8 @@ class ContainerPlan:
             Mount(m.target, m.source, type="bind", read_only=True, propagation=_propagation(m))
             for m in (*self.models, *self.plugins)
         ]
+        if self.compile_cache is not None:
+            mounts.append(Mount(COMPILE_CACHE_DIR, self.compile_cache, type="volume"))
         return mounts
 
     def create_kwargs(self) -> dict[str, Any]:
@@ -275,6 +285,40 @@ class ContainerPlan:
         if self.gpu is not None:
             kwargs["device_requests"] = [self.gpu]
         return kwargs
+
+
+def compile_cache_volume(image_id: str, plugin_refs: Sequence[PluginRef]) -> str:
+    """The compile-cache volume of jobs with this image and exactly this plugin set.
+
+    torch.compile's artifacts are code that later jobs load. Plugins run in the same process
+    and could write there, so a cache is shared only by jobs that trust the same plugins (and
+    use the same image); the second run of such a job then loads instead of recompiling.
+    """
+    plugins = hashlib.sha256(
+        "\n".join(sorted(f"{p.name}={p.sha256}" for p in plugin_refs)).encode()
+    ).hexdigest()
+    image = image_id.removeprefix("sha256:")
+    return f"assetmgr-compile-{image[:16]}-{plugins[:16]}"
+
+
+def ensure_compile_cache(client: Any, name: str, image: ImageRecord) -> None:
+    """Create the compile-cache volume `name` once, with a `kernels` directory the sandbox
+    user owns (put_archive keeps a tar entry's owner; the volume's root belongs to root)."""
+    try:
+        client.volumes.get(name)
+        return
+    except docker.errors.NotFound:
+        pass
+    labels = {LABEL_COMPILE_CACHE: image.image_id, LABEL_ROLE: "compile-cache"}
+    client.volumes.create(name=name, driver="local", labels=labels)
+    uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
+    entry = tarfile.TarInfo(COMPILE_CACHE_KERNELS)
+    entry.type, entry.mode, entry.uid, entry.gid = tarfile.DIRTYPE, 0o700, uid, gid
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.addfile(entry)
+    with _volume_helper(client, image, name, writable=True) as helper:
+        client.api.put_archive(helper.id, FILL_DIR, buffer.getvalue())
 
 
 def _gpu_request(client: Any, gpus: GpuRequest) -> DeviceRequest | None:
@@ -402,8 +446,12 @@ def plan_container(
     env = dict(BASE_ENVIRONMENT)
     threads = str(max(1, int(limits.cpus)))
     env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    compile_cache = None
     if gpu is not None:
         env.update(GPU_ENVIRONMENT)
+        compile_cache = compile_cache_volume(image.image_id, plugin_refs)
+        ensure_compile_cache(client, compile_cache, image)
+        env[COMPILE_CACHE_ENV] = f"{COMPILE_CACHE_DIR}/{COMPILE_CACHE_KERNELS}"
     labels = {
         LABEL_JOB: job_id,
         LABEL_VERSION: _app_version(),
@@ -422,6 +470,7 @@ def plan_container(
         models=tuple(mounts),
         plugins=tuple(plugin_mounts),
         gpu=gpu,
+        compile_cache=compile_cache,
         command=command,
         stdin_open=stdin_open,
     )
@@ -510,7 +559,7 @@ def check_host_config(
         (m.target, m.source): m for m in (*plan.models, *plan.plugins) if m.volume is not None
     }
     seen_models = set()
-    job_volume = 0
+    job_volume = compile_cache = 0
     for m in mounts:
         target, source, kind = m.get("Target"), m.get("Source"), m.get("Type")
         need(
@@ -519,6 +568,10 @@ def check_host_config(
         )
         if kind == "volume" and target == JOB_DIR and source == plan.volume_name:
             job_volume += 1
+        elif kind == "volume" and target == COMPILE_CACHE_DIR and plan.compile_cache is not None:
+            # the one writable mount besides the job volume: GPU jobs' compiled kernels
+            need(source == plan.compile_cache, f"compile cache volume {source}")
+            compile_cache += 1
         elif kind == "bind" and (target, source) in expected:
             seen_models.add((target, source))
             need(m.get("ReadOnly") is True, f"{target} is writable")
@@ -536,6 +589,10 @@ def check_host_config(
         else:
             bad.append(f"unexpected mount {kind} {source} -> {target}")
     need(job_volume == 1, "job volume not mounted exactly once")
+    need(
+        compile_cache == (0 if plan.compile_cache is None else 1),
+        "compile cache volume not mounted as planned",
+    )
     need(seen_models == expected, "model or plugin mounts differ from the plan")
 
     need(cfg.get("Image") == plan.image_id, f"image {cfg.get('Image')!r} is not the pinned id")
@@ -1386,6 +1443,7 @@ class PruneReport:
     volumes: list[str] = field(default_factory=list)
     model_volumes: list[str] = field(default_factory=list)
     plugin_volumes: list[str] = field(default_factory=list)
+    compile_caches: list[str] = field(default_factory=list)
 
 
 def prune(
@@ -1402,7 +1460,8 @@ def prune(
     volume transport (`LABEL_MODEL_SHA256`, `LABEL_PLUGIN_SHA256`; of `session` only, if given)
     go too, except those a container that is still there mounts a file or directory of (jobs
     mount the model file or plugin directory, not the volume, so the engine alone would not
-    refuse).
+    refuse). GPU jobs' compile caches (`LABEL_COMPILE_CACHE`) go with `models` as well; the
+    engine itself keeps one that a container still mounts.
     """
     client = client or engine_client()
     label = f"{LABEL_JOB}" if session is None else f"{LABEL_SESSION}={session}"
@@ -1436,6 +1495,7 @@ def prune(
         for kind_label, removed in (
             (LABEL_MODEL_SHA256, report.model_volumes),
             (LABEL_PLUGIN_SHA256, report.plugin_volumes),
+            (LABEL_COMPILE_CACHE, report.compile_caches),
         ):
             filters = [kind_label] + ([label] if session is not None else [])
             for vol in client.volumes.list(filters={"label": filters}):

@@ -544,6 +544,7 @@ class SandboxService:
             "volumes": report.volumes,
             "model_volumes": report.model_volumes,
             "plugin_volumes": report.plugin_volumes,
+            "compile_caches": report.compile_caches,
             "images": images,
         }
 

@@ -190,7 +190,8 @@ def sandbox_prune(
     models: bool = typer.Option(
         False,
         "--models",
-        help="Also remove the model and plugin volumes (copies made for remote engines).",
+        help="Also remove the model and plugin volumes (copies made for remote engines) and "
+        "GPU compile caches.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print what was removed as JSON."),
 ) -> None:
@@ -202,7 +203,8 @@ def sandbox_prune(
     sys.stderr.write(
         f"removed {len(report['containers'])} containers, {len(report['volumes'])} volumes, "
         f"{len(report['model_volumes'])} model volumes, "
-        f"{len(report.get('plugin_volumes', []))} plugin volumes, {len(report['images'])} images\n"
+        f"{len(report.get('plugin_volumes', []))} plugin volumes, "
+        f"{len(report.get('compile_caches', []))} compile caches, {len(report['images'])} images\n"
     )
 
 

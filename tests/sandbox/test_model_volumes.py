@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
 
+import docker
+import docker.errors
+import docker.types
 import pytest
 
 from sandbox.errors import SandboxError
@@ -309,3 +312,42 @@ def test_cli_prune_passes_models_through(monkeypatch: pytest.MonkeyPatch) -> Non
     assert calls == [{"include_running": False, "models": True}]
     assert CliRunner().invoke(app, ["sandbox", "prune", "--json"]).exit_code == 0
     assert calls[-1]["models"] is False
+
+
+@pytest.mark.docker
+def test_compile_cache_is_writable_by_the_sandbox_user_only_in_its_kernels_dir(
+    docker_client: Any, sandbox_image: Any
+) -> None:
+    from sandbox.runner import (
+        COMPILE_CACHE_DIR,
+        LABEL_COMPILE_CACHE,
+        compile_cache_volume,
+        ensure_compile_cache,
+    )
+
+    name = compile_cache_volume(sandbox_image.image_id, ()) + "-test"
+    try:
+        ensure_compile_cache(docker_client, name, sandbox_image)
+        ensure_compile_cache(docker_client, name, sandbox_image)  # found, not refilled
+        volume = docker_client.volumes.get(name)
+        assert volume.attrs["Labels"][LABEL_COMPILE_CACHE] == sandbox_image.image_id
+        script = (
+            f"touch {COMPILE_CACHE_DIR}/kernels/k.so && echo kernels-ok; "
+            f"touch {COMPILE_CACHE_DIR}/root-file 2>/dev/null || echo root-refused"
+        )
+        out = docker_client.containers.run(
+            sandbox_image.image_id,
+            ["/bin/sh", "-c", script],
+            entrypoint=[],
+            user="65534:65534",
+            network_mode="none",
+            mounts=[docker.types.Mount(COMPILE_CACHE_DIR, name, type="volume")],
+            labels={"io.assetmgr.job": "compile-cache-test"},
+            remove=True,
+        )
+        assert out.decode().split() == ["kernels-ok", "root-refused"]
+    finally:
+        try:
+            docker_client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass

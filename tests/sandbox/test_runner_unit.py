@@ -210,6 +210,46 @@ def test_gpu_requests_follow_the_engine() -> None:
     assert plan_job(job(), RECORD, client=client, gpus="none").gpu is None
 
 
+def test_gpu_jobs_get_a_compile_cache_per_image_and_plugin_set() -> None:
+    from sandbox.protocol import PluginRef
+    from sandbox.runner import COMPILE_CACHE_DIR, COMPILE_CACHE_ENV, compile_cache_volume
+
+    client = MagicMock(spec=docker.DockerClient)
+    client.info.return_value = {"Runtimes": {"runc": {}}}
+    cpu = plan_job(job(), RECORD, client=client)
+    assert cpu.compile_cache is None and COMPILE_CACHE_ENV not in cpu.environment
+    assert all(m["Target"] != COMPILE_CACHE_DIR for m in cpu.create_kwargs()["mounts"])
+
+    client.info.return_value = {"Runtimes": {"runc": {}, "nvidia": {}}}
+    gpu = plan_job(job(), RECORD, client=client)
+    assert gpu.compile_cache == compile_cache_volume(IMAGE_ID, ())
+    assert gpu.environment[COMPILE_CACHE_ENV] == f"{COMPILE_CACHE_DIR}/kernels"
+    (mount,) = [m for m in gpu.create_kwargs()["mounts"] if m["Target"] == COMPILE_CACHE_DIR]
+    assert mount["Type"] == "volume" and mount["Source"] == gpu.compile_cache
+    assert mount["ReadOnly"] is False  # compiled kernels are written here
+    # Plugins share the worker's process and could plant code in the cache: another plugin
+    # set (or another image) gets another cache.
+    plugin = PluginRef(
+        name="wildcards",
+        version="1.0.0",
+        sha256="9" * 64,
+        entry="wildcards",
+        hooks=("prompt_transform",),
+    )
+    assert compile_cache_volume(IMAGE_ID, (plugin,)) != gpu.compile_cache
+    assert compile_cache_volume("sha256:" + "1" * 64, ()) != gpu.compile_cache
+
+    attrs = attrs_for(gpu)
+    attrs["HostConfig"]["DeviceRequests"] = [gpu.gpu]
+    assert check_host_config(attrs, gpu, ["PATH=/opt/venv/bin"]) == []
+    # The writable cache is allowed only where planned, and only that volume.
+    cpu_attrs = attrs_for(cpu)
+    cpu_attrs["HostConfig"]["Mounts"].append(dict(mount))
+    assert any("unexpected mount" in v for v in check_host_config(cpu_attrs, cpu, []))
+    attrs["HostConfig"]["Mounts"][-1]["Source"] = "someone-elses-volume"
+    assert any("compile cache" in v for v in check_host_config(attrs, gpu, ["PATH=/opt/venv/bin"]))
+
+
 def test_environment_is_only_the_allowlist(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CIVITAI_API_KEY", "secret")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
