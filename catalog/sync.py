@@ -57,8 +57,9 @@ SyncProgressCallback = Callable[["SyncProgress"], None]
 # How often the stored cursor moves forward during a sync (see `_CursorKeeper`).
 CURSOR_EVERY_S = 1.0
 MAX_SYNC_WORKERS = 4
-# Below this many models a worker pool costs more to start than it saves.
-POOL_MIN_MODELS = 300
+# Below this many models a worker pool costs more to start than it saves (a forkserver start,
+# in a process that already has threads such as the TUI, costs a second or more of CPU).
+POOL_MIN_MODELS = 2000
 
 
 class SyncCancelled(AssetMgrError):

@@ -64,6 +64,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import docker.errors
+import requests.exceptions
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from sandbox.engine import (
@@ -774,8 +775,11 @@ class JobContainer:
                 self.container.remove(force=True, v=True)
             except docker.errors.NotFound:
                 pass
-            except docker.errors.APIError:
-                pass  # prune() catches what this missed, by label
+            except (docker.errors.APIError, requests.exceptions.RequestException):
+                # An engine that takes longer than the client's timeout (seen under load with
+                # a killed job still flooding its stdout) must not hide the job's own error;
+                # prune() removes what this missed, by label.
+                pass
             self.container = None
         if self.volume is not None:
             for _ in range(20):
