@@ -41,7 +41,6 @@ from catalog.db import make_engine, session_scope
 class PreparedPage:
     """A page after validation and mapping; `rejected` holds (index, id or None, reason)."""
 
-    next_cursor: str | None
     models: list[repo.PreparedModel]
     rejected: list[tuple[int, int | None, str]] = field(default_factory=list)
 
@@ -79,7 +78,7 @@ def write_page(
     """`prepare_page`, then `repo.write_prepared` committed; once more if PostgreSQL deadlocks."""
     with Session(engine) as session:
         stored = repo.stored_payloads(session, items)
-    page = prepare_page(items, None, seen_at, plans, stored)
+    page = prepare_page(items, seen_at, plans, stored)
     for attempt in (1, 2):
         try:
             with session_scope(engine, write=True) as session:
@@ -103,7 +102,6 @@ def write_page(
 
 def prepare_page(
     items: list[Any],
-    next_cursor: str | None,
     seen_at: datetime,
     plans: repo.InsertPlans,
     stored: dict[int, tuple[str | None, str]] | None = None,
@@ -114,7 +112,7 @@ def prepare_page(
     the row building: an unchanged re-sync costs validation and hashing only.
     """
     validate = api.Model.model_validate
-    page = PreparedPage(next_cursor=next_cursor, models=[])
+    page = PreparedPage(models=[])
     for index, item in enumerate(items):
         try:
             model: api.Model = validate(item)

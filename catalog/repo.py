@@ -187,16 +187,7 @@ def _compile(
     build: Callable[[str], ClauseElement],
 ) -> _Compiled:
     """Compile a write statement once per dialect, table, columns and variant."""
-    return _compile_for(session.get_bind().dialect, table, keys, variant, build)
-
-
-def _compile_for(
-    dialect: Any,
-    table: Table,
-    keys: tuple[str, ...],
-    variant: tuple[Any, ...],
-    build: Callable[[str], ClauseElement],
-) -> _Compiled:
+    dialect = session.get_bind().dialect
     cache_key = (dialect.name, table.name, keys, variant)
     compiled = _COMPILED.get(cache_key)
     if compiled is not None:

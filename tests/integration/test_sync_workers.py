@@ -109,7 +109,7 @@ def _write(engine: Engine, items: list[dict[str, Any]]) -> Any:
     now = datetime.now(UTC)
     with Session(engine) as session:
         plans = repo.insert_plans(session)
-        page = bulk.prepare_page(items, None, now, plans)
+        page = bulk.prepare_page(items, now, plans)
         result = repo.write_prepared(session, page.models, items, seen_at=now, plans=plans)
         session.commit()
     return result
@@ -148,7 +148,7 @@ def test_an_unchanged_page_is_not_rebuilt_and_writes_nothing(engine: Engine) -> 
     with Session(engine) as session:
         plans = repo.insert_plans(session)
         stored = repo.stored_payloads(session, items)
-        page = bulk.prepare_page(items, None, now, plans, stored)
+        page = bulk.prepare_page(items, now, plans, stored)
         assert [pm.rows for pm in page.models] == [None, None]  # hashed, not mapped
         result = repo.write_prepared(session, page.models, items, seen_at=now, plans=plans)
     assert result.models_unchanged == 2 and result.models_written == 0
