@@ -163,6 +163,31 @@ def _spec(ref: ModelRef, size: int) -> JobSpec:
     )
 
 
+def watch_volume_fills(
+    monkeypatch: pytest.MonkeyPatch, docker_client: Any, mounts: str
+) -> tuple[list[str], list[list[str | None]]]:
+    """Record each volume fill (put_archive into FILL_DIR) and, per static check, the volumes
+    of the plan's `mounts` ("models" or "plugins")."""
+    fills: list[str] = []
+    checked: list[list[str | None]] = []
+    api = docker_client.api
+    real_put, real_check = api.put_archive, check_host_config
+
+    def counting_put(container: Any, path: str, data: Any) -> Any:
+        if path == FILL_DIR:
+            fills.append(str(container))
+        return real_put(container, path, data)
+
+    def recording_check(attrs: Any, plan: Any, image_env: Any = ()) -> list[str]:
+        bad = real_check(attrs, plan, image_env)
+        checked.append([m.volume for m in getattr(plan, mounts)])
+        return bad
+
+    monkeypatch.setattr(api, "put_archive", counting_put)
+    monkeypatch.setattr("sandbox.runner.check_host_config", recording_check)
+    return fills, checked
+
+
 def _model_volumes(client: Any, sha: str) -> list[Any]:
     return list(client.volumes.list(filters={"label": f"{LABEL_MODEL_SHA256}={sha}"}))
 
@@ -179,23 +204,8 @@ def test_models_travel_in_reused_read_only_volumes(
     sha = hashlib.sha256(blob).hexdigest()
     ref = ModelRef(name="m.safetensors", mount_path="/models/m.safetensors", sha256=sha)
 
-    fills: list[str] = []
-    checked: list[list[str]] = []
-    api = docker_client.api
-    real_put, real_check = api.put_archive, check_host_config
-
-    def counting_put(container: Any, path: str, data: Any) -> Any:
-        if path == FILL_DIR:
-            fills.append(str(container))
-        return real_put(container, path, data)
-
-    def recording_check(attrs: Any, plan: Any, image_env: Any = ()) -> list[str]:
-        bad = real_check(attrs, plan, image_env)
-        checked.append([m.volume for m in plan.models])
-        return bad
-
-    monkeypatch.setattr(api, "put_archive", counting_put)
-    monkeypatch.setattr("sandbox.runner.check_host_config", recording_check)
+    real_put = docker_client.api.put_archive  # uncounted: plants broken volumes
+    fills, checked = watch_volume_fills(monkeypatch, docker_client, "models")
 
     def run() -> list[dict[str, Any]]:
         result = run_job(

@@ -38,6 +38,7 @@ from sandbox.runner import (
     prune,
     run_job,
 )
+from tests.sandbox.test_model_volumes import watch_volume_fills
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "plugins"
@@ -187,23 +188,8 @@ def test_plugins_travel_in_reused_read_only_volumes(
     monkeypatch.setenv(MODEL_TRANSPORT_ENV, "volume")
     p = installed(tmp_path / "plugins")
     tree = p.tree_sha256
-    fills: list[str] = []
-    checked: list[list[str | None]] = []
-    api = docker_client.api
-    real_put, real_check = api.put_archive, check_host_config
-
-    def counting_put(container: Any, path: str, data: Any) -> Any:
-        if path == FILL_DIR:
-            fills.append(str(container))
-        return real_put(container, path, data)
-
-    def recording_check(attrs: Any, plan: Any, image_env: Any = ()) -> list[str]:
-        bad = real_check(attrs, plan, image_env)
-        checked.append([m.volume for m in plan.plugins])
-        return bad
-
-    monkeypatch.setattr(api, "put_archive", counting_put)
-    monkeypatch.setattr("sandbox.runner.check_host_config", recording_check)
+    real_put = docker_client.api.put_archive  # uncounted: plants broken volumes
+    fills, checked = watch_volume_fills(monkeypatch, docker_client, "plugins")
 
     def run() -> Any:
         return run_job(
