@@ -137,14 +137,29 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def open_catalog(url: str | URL) -> Engine:
-    """The engine of a ready-to-use catalog: created if needed and migrated to the latest schema."""
+    """The engine of a ready-to-use catalog: created if needed and migrated to the latest schema.
+
+    Indexes a first sync set aside and did not get to put back (it was killed) are restored
+    first (`catalog.bulkload`), so migrations and readers always see the whole schema.
+    """
+    from catalog import bulkload
+
     engine = make_engine(url)
     try:
+        bulkload.restore(engine)
         upgrade(engine)
     except BaseException:
         engine.dispose()
         raise
     return engine
+
+
+@contextmanager
+def sqlite_write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in a ``BEGIN IMMEDIATE`` transaction, committed when the block ends."""
+    bind = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+    with bind.begin() as connection:
+        yield connection
 
 
 @contextmanager
@@ -175,5 +190,6 @@ __all__ = [
     "normalize_url",
     "open_catalog",
     "session_scope",
+    "sqlite_write_transaction",
     "upgrade",
 ]

@@ -388,6 +388,23 @@ class SyncState(SyncStateBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
 
 
+class DeferredSchema(SQLModel, table=True):
+    """An index or trigger set aside while a first sync fills an empty catalog.
+
+    `catalog.bulkload` drops the hash-lookup indexes and the FTS triggers for that sync and
+    keeps their DDL here, in the same transaction; whoever finds rows here (the sync when it
+    ends, or the next `open_catalog` after a crash) recreates them and rebuilds the FTS index.
+    """
+
+    __tablename__ = "deferred_schema"
+
+    name: str = Field(primary_key=True)
+    kind: str
+    """``index`` or ``trigger``, as ``sqlite_master.type`` says."""
+    sql: str
+    deferred_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 __all__ = [
     "HASH_COLUMNS",
     "LOCAL_FILE_STATES",
@@ -396,6 +413,7 @@ __all__ = [
     "SYNC_STATUSES",
     "Creator",
     "CreatorBase",
+    "DeferredSchema",
     "Image",
     "ImageBase",
     "LocalFile",

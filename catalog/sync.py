@@ -42,7 +42,7 @@ from sqlalchemy import Engine, select, update
 from sqlmodel import Session, col
 
 from assetmgr.errors import AssetMgrError, CivitaiError
-from catalog import bulk, repo
+from catalog import bulk, bulkload, repo
 from catalog.civitai.client import CivitaiClient, ModelFilters
 from catalog.civitai.errors import NotFoundError
 from catalog.civitai.types import Model
@@ -56,6 +56,8 @@ SyncProgressCallback = Callable[["SyncProgress"], None]
 
 # How often the stored cursor moves forward during a sync (see `_CursorKeeper`).
 CURSOR_EVERY_S = 1.0
+# How often `_Checkpointer` copies the WAL back while page workers write.
+CHECKPOINT_EVERY_S = 0.25
 MAX_SYNC_WORKERS = 4
 # Below this many models a worker pool costs more to start than it saves (a forkserver start,
 # in a process that already has threads such as the TUI, costs a second or more of CPU).
@@ -262,6 +264,41 @@ class _CursorKeeper:
         self.written = 0
 
 
+class _Checkpointer(threading.Thread):
+    """Copies the WAL back into a SQLite catalog while page workers write (theirs never do).
+
+    A checkpoint fsyncs the WAL and the database. Inside a page's commit it would stall the
+    write lock that the whole sync queues on; here it runs beside the writers (a PASSIVE
+    checkpoint copies what is committed and takes no write lock), so the WAL stays short and
+    the commits at the end of the sync find nothing left to copy.
+    """
+
+    def __init__(self, engine: Engine, every_s: float = CHECKPOINT_EVERY_S) -> None:
+        super().__init__(name="catalog-checkpointer", daemon=True)
+        self.engine = engine
+        self.every_s = every_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            connection = self.engine.raw_connection()
+        except Exception:  # noqa: BLE001 - then the commits checkpoint, as usual
+            log.debug("no checkpointer connection", exc_info=True)
+            return
+        try:
+            while not self.stopped.wait(self.every_s):
+                try:
+                    connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+                except Exception:  # noqa: BLE001 - a busy or failed checkpoint is retried
+                    log.debug("WAL checkpoint failed", exc_info=True)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+
+
 def sync_workers() -> int:
     """Worker processes for page preparation: ``ASSETMGR_SYNC_WORKERS``, else spare cores."""
     configured = os.environ.get("ASSETMGR_SYNC_WORKERS", "").strip()
@@ -292,7 +329,12 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
             context.set_forkserver_preload(["catalog.bulk"])
         else:
             context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=bulk.init_worker,
+            initargs=(context.Lock(),),
+        )
         # With fork, every worker starts on the first submit: do it now, before the fetcher
         # thread exists.
         pool.submit(int)
@@ -425,6 +467,8 @@ def run_sync(
         small = request.max_models is not None and request.max_models < POOL_MIN_MODELS
         pool = own_pool = None if small else _start_pool(sync_workers())
     workers = pool._max_workers if pool is not None else 0  # type: ignore[attr-defined]
+    # A big sync into an empty catalog builds its search and hash indexes once, at the end.
+    deferred = pool is not None and bulkload.defer(engine)
     url = engine.url.render_as_string(hide_password=False)
 
     def submit(items: list[Any]) -> _PageWork:
@@ -436,6 +480,10 @@ def run_sync(
         return _Deferred(engine, items, plans)
 
     fetcher = _PageFetcher(client, request, start_cursor, cancel, submit, depth=workers + 2)
+    checkpointer = None
+    if pool is not None and engine.dialect.name == "sqlite":
+        checkpointer = _Checkpointer(engine)
+        checkpointer.start()
     fetcher.start()
     keeper = _CursorKeeper(engine, key)
     completed = False
@@ -490,7 +538,11 @@ def run_sync(
         # Pages still in flight finish (or are dropped) before the cursor is stored, so
         # nothing writes behind the caller's back once this returns.
         _settle(fetcher, own_pool, None if page_failed else keeper)
+        if checkpointer is not None:
+            checkpointer.stop()
         keeper.flush()
+        if deferred:
+            _restore_deferred(engine)
 
     if completed:
         if request.is_full_listing and not summary.resumed:
@@ -499,6 +551,13 @@ def run_sync(
             )
         _finish_state(engine, key)
     return summary
+
+
+def _restore_deferred(engine: Engine) -> None:
+    try:
+        bulkload.restore(engine)
+    except Exception:  # noqa: BLE001 - never mask the sync's own outcome; the next open retries
+        log.exception("could not restore the catalog's deferred indexes; the next open will")
 
 
 def _begin_state(

@@ -134,6 +134,9 @@ def test_sync_killed_with_sigkill_resumes(fake: FakeCivitai, fake_catalog: FakeC
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Page workers (even on a one-core machine), so this first sync into an empty catalog
+        # sets its FTS and hash indexes aside (catalog.bulkload) and dies without them.
+        env={**os.environ, "ASSETMGR_SYNC_WORKERS": "2"},
     )
     deadline = time.monotonic() + 120
     pages = 0
@@ -154,9 +157,11 @@ def test_sync_killed_with_sigkill_resumes(fake: FakeCivitai, fake_catalog: FakeC
     with sqlite3.connect(db) as conn:
         landed = conn.execute("SELECT count(*) FROM model").fetchone()[0]
         status, cursor = conn.execute("SELECT status, cursor FROM sync_state").fetchone()
+        set_aside = {r[0] for r in conn.execute("SELECT name FROM deferred_schema")}
     assert status == "running" and cursor
     expected = fake_catalog.expected_listing_ids()
     assert 0 < landed < len(expected)
+    assert "model_fts_ai" in set_aside and "ix_model_file_sha256" in set_aside
 
     fake.faults.clear()
     fake.reset_log()
@@ -167,4 +172,11 @@ def test_sync_killed_with_sigkill_resumes(fake: FakeCivitai, fake_catalog: FakeC
     assert fake.count("/api/v1/models") <= (len(expected) - landed) // 10 + 2
     with sqlite3.connect(db) as conn:
         ids = {r[0] for r in conn.execute("SELECT id FROM model")}
+        # The next open put the set-aside indexes back and rebuilt the FTS index in full.
+        assert conn.execute("SELECT count(*) FROM deferred_schema").fetchone()[0] == 0
+        schema = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"model_fts_ai", "model_fts_ad", "model_fts_au", "ix_model_file_sha256"} <= schema
+        conn.execute("INSERT INTO model_fts(model_fts, rank) VALUES ('integrity-check', 1)")
+        indexed = conn.execute("SELECT count(*) FROM model_fts").fetchone()[0]
     assert ids == expected
+    assert indexed == len(ids)
