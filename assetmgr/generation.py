@@ -24,6 +24,7 @@ from sqlmodel import col
 
 from assetmgr.errors import AssetMgrError, NotInCatalogError
 from assetmgr.store.blobs import BlobStore
+from catalog.db import session_scope
 from catalog.models import LocalFile, Model, ModelFile, ModelVersion
 from catalog.runs import GenerationRun
 from catalog.usermeta import UserMeta
@@ -296,7 +297,7 @@ def run_generation(
             image=image,
         )
     except AssetMgrError as exc:
-        with Session(engine) as session, session.begin():
+        with session_scope(engine, write=True) as session:
             session.add(
                 GenerationRun(
                     status="failed",
@@ -326,7 +327,7 @@ def run_generation(
             }
         )
     lora_hashes = {lo["name"]: lo["sha256"] for lo in spec.get("loras", [])}
-    with Session(engine) as session, session.begin():
+    with session_scope(engine, write=True) as session:
         run = GenerationRun(
             spec=spec,
             models=models,

@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from catalog import repo
 from catalog.civitai.types import Model
+from catalog.db import session_scope
 from catalog.models import Model as ModelRow
 
 
@@ -29,7 +30,7 @@ def catalog_is_empty(engine: Engine) -> bool:
 def seed_demo(engine: Engine) -> dict[str, int]:
     """Upsert the demo models (idempotent); returns counts."""
     models = demo_models()
-    with Session(engine) as session, session.begin():
+    with session_scope(engine, write=True) as session:
         repo.upsert_models(session, models, seen_at=datetime.now(UTC))
     versions = sum(len(m.model_versions) for m in models)
     files = sum(len(v.files) for m in models for v in m.model_versions)

@@ -11,6 +11,7 @@ from sqlmodel import Session
 from assetmgr.errors import AssetMgrError, NotInCatalogError
 from catalog import repo
 from catalog.civitai.errors import NotFoundError
+from catalog.db import session_scope
 
 if TYPE_CHECKING:
     from catalog.civitai.client import CivitaiClient
@@ -60,7 +61,7 @@ def lookup_hash(engine: Engine, client: CivitaiClient | None, text: str) -> list
             f"no file with hash {digest} in the local catalog or on Civitai",
             hint="A private merge or never uploaded? `assetmgr import` adds it as a local model.",
         ) from None
-    with Session(engine) as session, session.begin():
+    with session_scope(engine, write=True) as session:
         repo.upsert_version(session, version)
     matches = _local(engine, digest, "civitai")
     if not matches:  # the API matched a hash type the payload did not list; report what it said

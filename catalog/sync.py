@@ -249,7 +249,7 @@ class _CursorKeeper:
         if not self.pages:
             return
         now = _now()
-        with session_scope(self.engine) as session:
+        with session_scope(self.engine, write=True) as session:
             session.execute(
                 update(SyncState)
                 .where(col(SyncState.key) == self.key)
@@ -563,7 +563,7 @@ def _restore_deferred(engine: Engine) -> None:
 def _begin_state(
     engine: Engine, key: str, request: SyncRequest, *, resume: bool, started_at: datetime
 ) -> None:
-    with Session(engine) as session, session.begin():
+    with session_scope(engine, write=True) as session:
         state = (
             session.execute(select(SyncState).where(col(SyncState.key) == key)).scalars().first()
         )
@@ -582,7 +582,7 @@ def _begin_state(
 
 def _finish_state(engine: Engine, key: str) -> None:
     now = _now()
-    with Session(engine) as session, session.begin():
+    with session_scope(engine, write=True) as session:
         session.execute(
             update(SyncState)
             .where(col(SyncState.key) == key)
@@ -629,7 +629,7 @@ def _sync_ids(
         if err is not None:
             summary.errors.append({"id": mid, "error": str(err)})
     now = _now()
-    with Session(engine) as session, session.begin():
+    with session_scope(engine, write=True) as session:
         result = repo.upsert_models(session, found, seen_at=now)
         summary.models_marked = _mark_gone(session, missing, now)
     m, v, f = _count(found)
@@ -678,7 +678,7 @@ def _mark_vanished(
     still_there = [m for _, m, err in results if m is not None]
     gone = [mid for mid, m, err in results if m is None and err is None]
     now = _now()
-    with Session(engine) as session, session.begin():
+    with session_scope(engine, write=True) as session:
         # Archived/taken-down models come back from /models/{id} with `mode`; the upsert marks them.
         result = repo.upsert_models(session, still_there, seen_at=now)
         marked = _mark_gone(session, gone, now)

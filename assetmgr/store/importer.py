@@ -44,6 +44,7 @@ from assetmgr.store.safetensors_check import (
 )
 from catalog import repo
 from catalog.civitai import types as api
+from catalog.db import session_scope
 from catalog.models import Model, ModelFile
 from catalog.usermeta import UserMeta
 
@@ -278,7 +279,7 @@ def import_folder(
             c.civitai_info if c.civitai_info is not None else by_sha.get(sha)
         )
         matched = _matching_file(version, sha) if version is not None else None
-        with Session(engine) as session, session.begin():
+        with session_scope(engine, write=True) as session:
             if version is not None and matched is not None and version.model_id is not None:
                 repo.upsert_version(session, version, seen_at=now)
                 file_id, version_id, model_id, source = (

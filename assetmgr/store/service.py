@@ -31,6 +31,7 @@ from assetmgr.store.download import (
 from assetmgr.store.hashing import FileHashes, compute_hashes
 from assetmgr.store.safetensors_check import detect_format, validate_safetensors
 from catalog import repo
+from catalog.db import session_scope
 from catalog.models import LocalFile, ModelFile, ModelVersion
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ class StoreService:
             known = session.get(ModelVersion, version_id) is not None
         if not known and self.client is not None:
             version = self.client.get_model_version(version_id)
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine, write=True) as session:
                 repo.upsert_version(session, version)
         with Session(self.engine) as session:
             return records.file_target(session, version_id, file_id)
@@ -111,7 +112,7 @@ class StoreService:
         cancel: threading.Event | None = None,
     ) -> PullResult:
         target = self.target(version_id, file_id)
-        with Session(self.engine) as session, session.begin():
+        with session_scope(self.engine, write=True) as session:
             if not self.store.has(target.expected_sha256 or "0" * 64):
                 records.set_local_state(
                     session,
@@ -129,7 +130,7 @@ class StoreService:
                 validate=validate_for(target),
             )
         except HashMismatchError:
-            with Session(self.engine) as session, session.begin():
+            with session_scope(self.engine, write=True) as session:
                 records.set_local_state(
                     session,
                     file_id=target.file_id,
@@ -140,7 +141,7 @@ class StoreService:
             raise
         except StoreError as exc:
             if getattr(exc, "title", "") != "Download cancelled":
-                with Session(self.engine) as session, session.begin():
+                with session_scope(self.engine, write=True) as session:
                     row = (
                         session.execute(
                             select(LocalFile).where(col(LocalFile.file_id) == target.file_id)
@@ -156,7 +157,7 @@ class StoreService:
                         session.delete(row)
             raise
         full = result.hashes if isinstance(result.hashes, FileHashes) else None
-        with Session(self.engine) as session, session.begin():
+        with session_scope(self.engine, write=True) as session:
             records.set_local_state(
                 session,
                 file_id=target.file_id,
@@ -258,13 +259,13 @@ def verify_store(
         report.corrupt.append(
             {"sha256": name, "got": hashes.sha256, "quarantined_to": str(record.path)}
         )
-        with Session(engine) as session, session.begin():
+        with session_scope(engine, write=True) as session:
             for row in session.execute(
                 select(LocalFile).where(col(LocalFile.sha256) == name)
             ).scalars():
                 row.state = "quarantined"
                 row.path = None
-    with Session(engine) as session, session.begin():
+    with session_scope(engine, write=True) as session:
         for row in session.execute(
             select(LocalFile).where(col(LocalFile.state) == "verified")
         ).scalars():
@@ -342,7 +343,7 @@ class DeletePlan:
         for link in self.links:
             if link.is_symlink():
                 link.unlink()
-        with Session(engine) as session, session.begin():
+        with session_scope(engine, write=True) as session:
             row = session.get(LocalFile, self.local_id)
             if row is not None:
                 session.delete(row)

@@ -21,7 +21,10 @@ Kinds:
 * ``"truncate"`` - full Content-Length, half the body, then close;
 * ``"badjson"`` - 200 with an HTML body where JSON was expected;
 * ``"delay:<seconds>"`` - sleep, then serve normally (for client timeouts);
-* ``"403"`` / ``"404"`` - plain JSON errors (storage: expired link / missing object).
+* ``"403"`` / ``"404"`` - plain JSON errors (storage: expired link / missing object);
+* ``"hold"`` - wait until ``faults.release()`` (or two minutes), then serve normally: a request
+  that is provably still in flight (``faults.held`` counts them), for tests of what goes on
+  meanwhile. ``faults.hold(path)`` holds the next matching request.
 
 Storage-only knobs, for the bytes of file downloads:
 
@@ -39,7 +42,20 @@ import threading
 from collections.abc import Iterable
 
 FAULT_KINDS = frozenset(
-    {"ok", "503", "429", "429html", "500", "drop", "reset", "truncate", "badjson", "403", "404"}
+    {
+        "ok",
+        "503",
+        "429",
+        "429html",
+        "500",
+        "drop",
+        "reset",
+        "truncate",
+        "badjson",
+        "403",
+        "404",
+        "hold",
+    }
 )
 
 
@@ -60,10 +76,15 @@ class FaultInjector:
         self.retry_after = "1"
         """Retry-After value sent with injected 503s."""
         self.injected: list[tuple[str, str]] = []
+        self.gate = threading.Event()
+        """Held requests wait for this (`hold`, `release`)."""
+        self.held = 0
+        """Requests waiting at the gate right now."""
         self.clear()
 
     def clear(self) -> None:
         """Back to a well-behaved server."""
+        self.gate.set()
         with self._lock:
             self._schedule: list[str] = []
             self._schedule_pos = 0
@@ -118,6 +139,25 @@ class FaultInjector:
         """Storage: the next `times` bodies stop after `n_bytes` and the connection drops."""
         with self._lock:
             self._cut_after, self._cut_times = n_bytes, times
+
+    def hold(self, *, path: str | None = None) -> None:
+        """Hold the next matching request until `release` (see ``"hold"``)."""
+        self.gate.clear()
+        self.schedule(["hold"], path=path)
+
+    def release(self) -> None:
+        """Let held requests (and any later ones) go on."""
+        self.gate.set()
+
+    def wait_at_gate(self) -> None:
+        """Called by the server for a held request."""
+        with self._lock:
+            self.held += 1
+        try:
+            self.gate.wait(timeout=120)
+        finally:
+            with self._lock:
+                self.held -= 1
 
     def throttle(self, bytes_per_second: float | None) -> None:
         """Storage: pace bodies at this rate (None: full speed)."""

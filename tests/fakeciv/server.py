@@ -346,6 +346,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fate.startswith("delay:"):
             time.sleep(float(fate.split(":", 1)[1]))
             return False
+        if fate == "hold":
+            fake = self.server.fake
+            (fake.faults if self.server.kind == "api" else fake.storage_faults).wait_at_gate()
+            return False
         if fate == "truncate":
             self._truncate = True
             return False

@@ -120,10 +120,20 @@ class RunHistory:
 class FakeGeneration:
     """A `GenerationService` that paints a gradient PNG, step by step, cancellably."""
 
-    def __init__(self, root: Path, *, step_delay: float = 0.0, steps: int = 4) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        step_delay: float = 0.0,
+        steps: int = 4,
+        gate: threading.Event | None = None,
+    ) -> None:
         self.runs = RunHistory(root)
         self.step_delay = step_delay
         self.steps = steps
+        self.gate = gate
+        """When given, the first step waits until it is set (a generation provably running)."""
+        self.waiting_at_gate = False
         self.requests: list[GenerationRequest] = []
         self.available = ServiceState(True)
 
@@ -152,6 +162,12 @@ class FakeGeneration:
                 raise SandboxError("generation cancelled", title="Job cancelled")
             if progress is not None:
                 progress(GenerationProgress("denoise", step / self.steps, step, self.steps))
+            if step == 0 and self.gate is not None:
+                self.waiting_at_gate = True
+                while not self.gate.wait(0.05):
+                    if cancel is not None and cancel.is_set():
+                        break
+                self.waiting_at_gate = False
             time.sleep(self.step_delay)
         run_id, folder = self.runs.new_run()
         image = Image.new("RGB", (64, 64))

@@ -1,12 +1,15 @@
-"""The UI keeps answering while a sync, a download and a generation run in the background.
+"""The UI keeps answering while a sync, a download and a generation are stuck in their work.
 
-The API answers every request 0.3 s late (a sync of 30 one-model pages), the storage sends
-20 MB at 2 MB/s and the generation takes ~15 s; meanwhile typing in the search box must still
-echo at once and update the table quickly.
+Each job is held inside its slow part until the test lets it go: the sync's listing request
+and the download's storage request wait at the fake's gate, the generation waits at its first
+step. Typing in the search box must echo and the table must answer meanwhile, so none of that
+work runs on the UI's event loop. The assertion is that the UI answers while the three jobs
+provably have not moved, not a time bound (the measured times are printed for reference).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,11 +36,6 @@ from tests.tui.conftest import (
 from tests.tui.test_actions import show_version
 from tests.tui.test_generate import make_local
 
-# Generous for a shared 2-core CI box; typically tens (echo) and hundreds (answer) of ms.
-MAX_ECHO_S = 1.0
-MAX_ANSWER_S = 2.0
-
-
 def send_keys(app: AssetMgrApp, keys: Iterable[str]) -> None:
     """Queue key events like a terminal would, without Pilot's wait-for-idle after each key
     (that waits for the whole process to go quiet, which busy workers never let happen)."""
@@ -62,11 +60,19 @@ async def test_ui_answers_during_sync_download_and_generation(
     fake_catalog.add_file_bytes(version_id, lora_bytes(filler=20_000_000))
     sync_models(engine, fake, [model_id])
     make_local(engine, 920005, tmp_path)  # a checkpoint for the generation
-    monkeypatch.setattr(workers, "SYNC_PAGE_SIZE", 1)  # 30 models: 30 slow pages
-    fake.faults.fail_every(1, "delay:0.3")
-    fake.storage_faults.throttle(2_000_000)
-    generation = FakeGeneration(tmp_path / "runs", step_delay=0.1, steps=150)
+    monkeypatch.setattr(workers, "SYNC_PAGE_SIZE", 1)
+    gate = threading.Event()
+    generation = FakeGeneration(tmp_path / "runs", steps=3, gate=gate)
     app = build_fake_app(generation=generation)
+
+    def all_stuck() -> bool:
+        return (
+            fake.faults.held == 1
+            and fake.storage_faults.held == 1
+            and generation.waiting_at_gate
+            and {j.kind for j in app.jobs.active()} == {"download", "sync", "generate"}
+        )
+
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         await pilot.press("f3")
@@ -77,12 +83,10 @@ async def test_ui_answers_during_sync_download_and_generation(
         await pilot.press("f2")
         await wait_until(pilot, lambda: app.screen.id == "catalog", what="back to the catalog")
         await show_version(app, pilot, model_id, version_id)
+        fake.faults.hold(path="/api/v1/models")  # the sync's first listing page
+        fake.storage_faults.hold()  # the download's bytes
         await pilot.press("d", "s")  # download, then sync
-        await wait_until(
-            pilot,
-            lambda: {j.kind for j in app.jobs.active()} == {"download", "sync", "generate"},
-            what="all three jobs running",
-        )
+        await wait_until(pilot, all_stuck, what="all three jobs stuck in their work")
         table = app.catalog.query_one(ModelTable)
         search = app.catalog.query_one("#search", Input)
         echoes: list[float] = []  # key presses until the search box shows the text
@@ -107,17 +111,25 @@ async def test_ui_answers_during_sync_download_and_generation(
                 what=f"search {text!r}",
             )
             answers.append(time.monotonic() - started)
-            assert {j.kind for j in app.jobs.active()} & {"sync", "download", "generate"}
+            assert all_stuck()
         table.focus()
         before = table.cursor_row
         started = time.monotonic()
         send_keys(app, ["down"])
         await wait_until(pilot, lambda: table.cursor_row == before + 1 or table.row_count == 1)
         echoes.append(time.monotonic() - started)
+        assert all_stuck()
         print(f"echo {max(echoes) * 1000:.0f} ms, search answer {max(answers) * 1000:.0f} ms")
-        assert max(echoes) < MAX_ECHO_S, echoes
-        assert max(answers) < MAX_ANSWER_S, answers
+        # Let them go: each finishes normally.
+        fake.faults.release()
+        fake.storage_faults.release()
+        gate.set()
         await wait_until(pilot, lambda: not app.jobs.active(), timeout=60, what="jobs finished")
+        assert {j.kind: j.status for j in app.jobs._jobs.values()} == {
+            "download": "done",
+            "sync": "done",
+            "generate": "done",
+        }
         assert {j.kind: j.status for j in app.jobs.all()} == {
             "download": "done",
             "sync": "done",
