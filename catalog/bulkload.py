@@ -11,8 +11,10 @@ So, for a sync that starts on an empty catalog (`defer`):
 
 * in one transaction, the FTS triggers of `model_search` and the ``ix_model_file_<hash>``
   indexes are dropped and their DDL is kept in `deferred_schema`;
-* when the sync ends, however it ends, `restore` recreates them from that DDL and rebuilds the
-  FTS index from `model_search`, again in one transaction.
+* as soon as the last page is fetched (while the last pages are still being prepared; those
+  go through the live triggers and indexes), and in any case when the sync ends, however it
+  ends, `restore` recreates them from that DDL and rebuilds the FTS index from
+  `model_search`, again in one transaction.
 
 If the process dies in between, the rows in `deferred_schema` say so: `open_catalog` calls
 `restore` on the next open, so search and hash lookups are complete again before anyone reads
@@ -86,6 +88,8 @@ def restore(engine: Engine) -> bool:
         if connection.exec_driver_sql("SELECT 1 FROM deferred_schema LIMIT 1").first() is None:
             return False
     with sqlite_write_transaction(engine) as connection:
+        # Index builds sort every row; let SQLite's sorter use helper threads for that.
+        connection.exec_driver_sql("PRAGMA threads=4")
         rows = connection.exec_driver_sql(
             "SELECT name, sql FROM deferred_schema ORDER BY kind, name"
         ).all()

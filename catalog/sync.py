@@ -181,6 +181,7 @@ class _PageFetcher(threading.Thread):
         cancel: threading.Event,
         submit: Callable[[list[Any]], _PageWork],
         depth: int,
+        after_last: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name="civitai-page-fetcher", daemon=True)
         self.client = client
@@ -188,6 +189,7 @@ class _PageFetcher(threading.Thread):
         self.start_cursor = start_cursor
         self.cancel = cancel
         self.submit = submit
+        self.after_last = after_last
         self.pages: queue.Queue[object] = queue.Queue(maxsize=depth)
 
     def _put(self, item: object) -> bool:
@@ -214,7 +216,11 @@ class _PageFetcher(threading.Thread):
                     items = items[: cap - taken]
                     last = True
                 taken += len(items)
-                if not self._put((next_cursor, last, items, self.submit(items))) or last:
+                if not self._put((next_cursor, last, items, self.submit(items))):
+                    return
+                if last:
+                    if self.after_last is not None:
+                        self.after_last()
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._put(exc)
@@ -311,6 +317,19 @@ def sync_workers() -> int:
     return max(0, min(MAX_SYNC_WORKERS, cpus - 1))
 
 
+class _SyncPool(ProcessPoolExecutor):
+    """The page workers, with the lock that gives them (and `run_sync`) turns at writing."""
+
+    def __init__(self, workers: int, context: Any) -> None:
+        self.write_lock = context.Lock()
+        super().__init__(
+            max_workers=workers,
+            mp_context=context,
+            initializer=bulk.init_worker,
+            initargs=(self.write_lock,),
+        )
+
+
 def _start_pool(workers: int) -> ProcessPoolExecutor | None:
     """A process pool for `bulk.prepare_page`, or None to prepare in-process.
 
@@ -329,12 +348,7 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
             context.set_forkserver_preload(["catalog.bulk"])
         else:
             context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=context,
-            initializer=bulk.init_worker,
-            initargs=(context.Lock(),),
-        )
+        pool = _SyncPool(workers, context)
         # With fork, every worker starts on the first submit: do it now, before the fetcher
         # thread exists.
         pool.submit(int)
@@ -479,7 +493,22 @@ def run_sync(
                 pass
         return _Deferred(engine, items, plans)
 
-    fetcher = _PageFetcher(client, request, start_cursor, cancel, submit, depth=workers + 2)
+    write_lock = getattr(pool, "write_lock", None)
+
+    def restore_early() -> None:
+        # The last page is on its way: rebuild now, while the last pages are still being
+        # prepared; the few written after this go through the live triggers and indexes.
+        _restore_deferred(engine, write_lock)
+
+    fetcher = _PageFetcher(
+        client,
+        request,
+        start_cursor,
+        cancel,
+        submit,
+        depth=workers + 2,
+        after_last=restore_early if deferred else None,
+    )
     checkpointer = None
     if pool is not None and engine.dialect.name == "sqlite":
         checkpointer = _Checkpointer(engine)
@@ -553,11 +582,16 @@ def run_sync(
     return summary
 
 
-def _restore_deferred(engine: Engine) -> None:
+def _restore_deferred(engine: Engine, write_lock: Any = None) -> None:
+    """`bulkload.restore`, in turn with the page workers when their lock is given."""
+    acquired = write_lock is not None and write_lock.acquire(timeout=bulk.WRITE_LOCK_WAIT_S)
     try:
         bulkload.restore(engine)
     except Exception:  # noqa: BLE001 - never mask the sync's own outcome; the next open retries
         log.exception("could not restore the catalog's deferred indexes; the next open will")
+    finally:
+        if acquired:
+            write_lock.release()
 
 
 def _begin_state(

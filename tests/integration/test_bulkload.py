@@ -15,7 +15,7 @@ from catalog.civitai.client import CivitaiClient, ModelFilters
 from catalog.civitai.types import Model
 from catalog.db import open_catalog
 from catalog.search import search_models
-from catalog.sync import SyncProgress, SyncRequest, run_sync, sync_pool
+from catalog.sync import SyncRequest, run_sync, sync_pool
 from tests.fakeciv import FakeCatalog
 
 DEFERRED = set(bulkload.DEFERRED_INDEXES) | set(bulkload.DEFERRED_TRIGGERS)
@@ -64,23 +64,31 @@ def some_words(fake_catalog: FakeCatalog) -> list[str]:
 
 
 def test_a_pooled_first_sync_defers_then_restores_search_and_hash_lookups(
-    client: CivitaiClient, fake_catalog: FakeCatalog, tmp_path: Path
+    client: CivitaiClient,
+    fake_catalog: FakeCatalog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     engine = open_catalog(f"sqlite:///{tmp_path / 'pooled.sqlite3'}")
     assert present(engine) == DEFERRED
-    during: list[set[str]] = []
+    deferrals: list[tuple[bool, set[str]]] = []
+    real_defer = bulkload.defer
 
-    def progress(_: SyncProgress) -> None:
-        during.append(present(engine))
+    def spy(target: Engine) -> bool:
+        deferred = real_defer(target)
+        deferrals.append((deferred, present(target)))
+        return deferred
 
+    monkeypatch.setattr(bulkload, "defer", spy)
     request = SyncRequest(filters=ModelFilters(limit=25))
     with sync_pool(2) as pool:
         assert pool is not None
-        summary = run_sync(engine, client, request, pool=pool, progress=progress)
+        summary = run_sync(engine, client, request, pool=pool)
     assert summary.models > 100
-    # While pages landed, the indexes and triggers were set aside ...
-    assert during and all(names == set() for names in during)
-    # ... and they are all back, with an FTS index that matches its content.
+    # The pages were written with the indexes and triggers set aside ...
+    assert deferrals == [(True, set())]
+    # ... and they are all back, with an FTS index that matches its content (the rebuild
+    # starts when the last page is fetched, so the last pages went through live triggers).
     assert present(engine) == DEFERRED
     assert set_aside(engine) == []
     fts_is_consistent(engine)

@@ -36,6 +36,7 @@ from tests.tui.conftest import (
 from tests.tui.test_actions import show_version
 from tests.tui.test_generate import make_local
 
+
 def send_keys(app: AssetMgrApp, keys: Iterable[str]) -> None:
     """Queue key events like a terminal would, without Pilot's wait-for-idle after each key
     (that waits for the whole process to go quiet, which busy workers never let happen)."""
