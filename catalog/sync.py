@@ -582,9 +582,14 @@ def run_sync(
     return summary
 
 
+# How long the early rebuild waits for its turn; SQLite's own lock still orders it after that
+# (the turn only makes it prompt), so a worker killed while holding the lock delays it this much.
+EARLY_RESTORE_WAIT_S = 5.0
+
+
 def _restore_deferred(engine: Engine, write_lock: Any = None) -> None:
     """`bulkload.restore`, in turn with the page workers when their lock is given."""
-    acquired = write_lock is not None and write_lock.acquire(timeout=bulk.WRITE_LOCK_WAIT_S)
+    acquired = write_lock is not None and write_lock.acquire(timeout=EARLY_RESTORE_WAIT_S)
     try:
         bulkload.restore(engine)
     except Exception:  # noqa: BLE001 - never mask the sync's own outcome; the next open retries
