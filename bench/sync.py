@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -152,40 +151,18 @@ def bench_sync(models: int, repeat: int) -> None:
 
 def build_search_catalog(db_path: Path, target_versions: int) -> list[str]:
     """Upsert generated models until `target_versions`; returns words to query with."""
-    from sqlmodel import Session
-
-    from catalog import repo
+    from bench.fill import fill_catalog
     from catalog.civitai.types import Model
-    from tests.fakeciv import FakeCatalog
-    from tests.fakeciv.shapes import RenderContext, list_model
 
-    engine = open_catalog(f"sqlite:///{db_path}")
-    n_models = int(target_versions / 2.2) + 2000
-    catalog = FakeCatalog.generate(n_models, seed=5)
-    ctx = RenderContext(base_url="https://civitai.com")
-    total_versions = 0
     words: set[str] = set()
-    batch: list[Model] = []
-    now = datetime.now(UTC)
-    for fm in catalog.models.values():
-        if total_versions >= target_versions:
-            break
-        payload = list_model(catalog, fm, fm.published_versions, ctx)
-        model = Model.model_validate(payload)
-        total_versions += len(model.model_versions)
+
+    def collect(model: Model) -> None:
         words.update(w.lower() for w in re.findall(r"[A-Za-z]{4,}", model.name))
         words.update(t.lower() for t in model.tags[:2])
         for v in model.model_versions[:1]:
             words.update(w.lower() for w in v.trained_words[:1])
-        batch.append(model)
-        if len(batch) == 200:
-            with Session(engine) as session, session.begin():
-                repo.upsert_models(session, batch, seen_at=now)
-            batch = []
-    if batch:
-        with Session(engine) as session, session.begin():
-            repo.upsert_models(session, batch, seen_at=now)
-    engine.dispose()
+
+    total_versions = fill_catalog(db_path, target_versions, each=collect, batch_size=200)
     print(f"search catalog: {total_versions} versions")
     return sorted(words)
 

@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,35 +28,9 @@ GOAL_S = 1.0
 
 def build_catalog(db_path: Path, target_versions: int) -> int:
     """Upsert generated models until `target_versions`; returns the versions written."""
-    from sqlmodel import Session
+    from bench.fill import fill_catalog
 
-    from catalog import repo
-    from catalog.civitai.types import Model
-    from catalog.db import open_catalog
-    from tests.fakeciv import FakeCatalog
-    from tests.fakeciv.shapes import RenderContext, list_model
-
-    engine = open_catalog(f"sqlite:///{db_path}")
-    fake = FakeCatalog.generate(int(target_versions / 2.2) + 1000, seed=5)
-    ctx = RenderContext(base_url="https://civitai.com")
-    total = 0
-    batch: list[Model] = []
-    now = datetime.now(UTC)
-    for fm in fake.models.values():
-        if total >= target_versions:
-            break
-        model = Model.model_validate(list_model(fake, fm, fm.published_versions, ctx))
-        total += len(model.model_versions)
-        batch.append(model)
-        if len(batch) == 500:
-            with Session(engine) as session, session.begin():
-                repo.upsert_models(session, batch, seen_at=now)
-            batch = []
-    if batch:
-        with Session(engine) as session, session.begin():
-            repo.upsert_models(session, batch, seen_at=now)
-    engine.dispose()
-    return total
+    return fill_catalog(db_path, target_versions)
 
 
 def count_versions(db_path: Path) -> int:
