@@ -190,6 +190,8 @@ class _PageFetcher(threading.Thread):
         self.cancel = cancel
         self.submit = submit
         self.after_last = after_last
+        self.running_after_last = threading.Event()
+        """Set once the fetcher runs `after_last` (it has nothing else left to do)."""
         self.pages: queue.Queue[object] = queue.Queue(maxsize=depth)
 
     def _put(self, item: object) -> bool:
@@ -220,6 +222,7 @@ class _PageFetcher(threading.Thread):
                     return
                 if last:
                     if self.after_last is not None:
+                        self.running_after_last.set()
                         self.after_last()
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -481,7 +484,8 @@ def run_sync(
         small = request.max_models is not None and request.max_models < POOL_MIN_MODELS
         pool = own_pool = None if small else _start_pool(sync_workers())
     workers = pool._max_workers if pool is not None else 0  # type: ignore[attr-defined]
-    # A big sync into an empty catalog builds its search and hash indexes once, at the end.
+    # A big sync into an empty catalog builds its search and hash indexes once, when its last
+    # page is fetched (`catalog.bulkload`).
     deferred = pool is not None and bulkload.defer(engine)
     url = engine.url.render_as_string(hide_password=False)
 
@@ -564,6 +568,8 @@ def run_sync(
         if not completed:
             cancel.set()
         fetcher.join(timeout=5)
+        if fetcher.running_after_last.is_set():
+            fetcher.join()  # it is rebuilding the deferred indexes: let that finish first
         # Pages still in flight finish (or are dropped) before the cursor is stored, so
         # nothing writes behind the caller's back once this returns.
         _settle(fetcher, own_pool, None if page_failed else keeper)
