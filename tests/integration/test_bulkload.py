@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from catalog.civitai.client import CivitaiClient, ModelFilters
 from catalog.civitai.types import Model
 from catalog.db import open_catalog
 from catalog.search import search_models
-from catalog.sync import SyncRequest, run_sync, sync_pool
+from catalog.sync import SyncCancelled, SyncProgress, SyncRequest, run_sync, sync_pool
 from tests.fakeciv import FakeCatalog
 
 DEFERRED = set(bulkload.DEFERRED_INDEXES) | set(bulkload.DEFERRED_TRIGGERS)
@@ -102,6 +103,36 @@ def test_a_pooled_first_sync_defers_then_restores_search_and_hash_lookups(
     ours, theirs = search_all(engine, words), search_all(local, words)
     assert ours == theirs
     assert any(ours.values())
+
+
+def test_a_cancelled_first_sync_puts_everything_back_before_it_returns(
+    client: CivitaiClient, tmp_path: Path
+) -> None:
+    engine = open_catalog(f"sqlite:///{tmp_path / 'c.sqlite3'}")
+    cancel = threading.Event()
+    seen: list[set[str]] = []
+
+    def stop_after_two_pages(progress: SyncProgress) -> None:
+        seen.append(present(engine))
+        if progress.pages == 2:
+            cancel.set()
+
+    with sync_pool(2) as pool, pytest.raises(SyncCancelled):
+        run_sync(
+            engine,
+            client,
+            SyncRequest(filters=ModelFilters(limit=10)),
+            pool=pool,
+            progress=stop_after_two_pages,
+            cancel=cancel,
+        )
+    assert seen[0] == set()  # the pages were written with the indexes set aside
+    assert present(engine) == DEFERRED
+    assert set_aside(engine) == []
+    fts_is_consistent(engine)
+    with engine.connect() as conn:
+        landed = conn.execute(text("SELECT count(*) FROM model")).scalar_one()
+    assert 0 < landed < 150
 
 
 def test_a_sync_into_a_filled_catalog_keeps_its_indexes_live(
