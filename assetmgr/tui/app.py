@@ -319,9 +319,11 @@ class AssetMgrApp(WorkersMixin, App[None]):
     def _live(self, screen: Screen[Any]) -> bool:
         """Whether `screen` can take data: mounted, and the app is not shutting down.
 
-        Worker messages can still arrive while the app exits and its widgets go away.
+        Worker messages can still arrive while the app exits and its widgets go away: Textual
+        clears `_running` first when it shuts down, then prunes the screens' widgets.
         """
-        return screen.is_mounted and not (self._exit or self._closing or screen._closing)
+        closing = self._exit or self._closing or screen._closing or screen._pruning
+        return screen.is_mounted and self._running and not closing
 
     @on(m.ModelsPageLoaded)
     def models_page_loaded(self, message: m.ModelsPageLoaded) -> None:
