@@ -28,17 +28,21 @@ PostgreSQL is left alone: its writers run in parallel and its tsvector column is
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Table
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
 
 from catalog.db import sqlite_write_transaction
-from catalog.models import HASH_COLUMNS
+from catalog.models import HASH_COLUMNS, DeferredSchema
 
 log = logging.getLogger(__name__)
 
 DEFERRED_INDEXES: tuple[str, ...] = tuple(f"ix_model_file_{column}" for column in HASH_COLUMNS)
 DEFERRED_TRIGGERS: tuple[str, ...] = ("model_fts_ai", "model_fts_ad", "model_fts_au")
+_DEFERRED: Table = SQLModel.metadata.tables[DeferredSchema.__tablename__]
 
 
 def _has_table(connection: Connection, name: str) -> bool:
@@ -65,11 +69,13 @@ def defer(engine: Engine) -> bool:
         objects = connection.exec_driver_sql(
             f"SELECT type, name, sql FROM sqlite_master WHERE name IN ({marks})", names
         ).all()
+        now = datetime.now(UTC)
         for kind, name, sql in objects:
-            connection.exec_driver_sql(
-                "INSERT OR REPLACE INTO deferred_schema (name, kind, sql, deferred_at) "
-                "VALUES (?, ?, ?, datetime('now'))",
-                (name, kind, sql),
+            # Through the model's table, so `deferred_at` is stored as every other timestamp.
+            connection.execute(
+                sqlite_insert(_DEFERRED)
+                .values(name=name, kind=kind, sql=sql, deferred_at=now)
+                .on_conflict_do_nothing(index_elements=["name"])
             )
             connection.exec_driver_sql(f'DROP {kind.upper()} "{name}"')
         deferred = connection.exec_driver_sql("SELECT count(*) FROM deferred_schema").scalar()
