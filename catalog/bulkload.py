@@ -11,10 +11,10 @@ So, for a sync that starts on an empty catalog (`defer`):
 
 * in one transaction, the FTS triggers of `model_search` and the ``ix_model_file_<hash>``
   indexes are dropped and their DDL is kept in `deferred_schema`;
-* as soon as the last page is fetched (while the last pages are still being prepared; those
-  go through the live triggers and indexes), and in any case when the sync ends, however it
-  ends, `restore` recreates them from that DDL and rebuilds the FTS index from
-  `model_search`, again in one transaction.
+* when the sync ends, however it ends, once no page is in flight any more, `restore`
+  recreates them from that DDL and rebuilds the FTS index from `model_search`, again in one
+  transaction. (Restoring as soon as the last page was fetched measured slower: the pages
+  still in flight then waited for the rebuild and paid for the live indexes too.)
 
 If the process dies in between, the rows in `deferred_schema` say so: `open_catalog` calls
 `restore` on the next open, so search and hash lookups are complete again before anyone reads

@@ -163,14 +163,16 @@ def sqlite_write_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
-def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
+def session_scope(engine: Engine | Connection, *, write: bool = False) -> Iterator[Session]:
     """One session per unit of work: committed when the block ends, rolled back on error.
 
     ``write=True`` takes SQLite's write lock when the transaction starts (``BEGIN IMMEDIATE``)
     rather than at the first write; a read-then-write unit of work (an upsert batch) then waits
-    for other writers instead of failing with "database is locked".
+    for other writers instead of failing with "database is locked". `engine` may be a
+    connection outside any transaction, for work that needs one connection's state (the sync
+    workers' ``stage``); note that its options then keep ``IMMEDIATE``.
     """
-    bind = engine
+    bind: Engine | Connection = engine
     if write and engine.dialect.name == "sqlite":
         bind = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
     with Session(bind, expire_on_commit=False) as session:

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, Literal, NamedTuple, TypeVar, cast
@@ -153,6 +153,14 @@ def _insert(dialect: str, table: Table) -> Any:
     raise CatalogError(f"the catalog does not support {dialect}")
 
 
+class _Statement(NamedTuple):
+    """One driver call: `params` is a flat tuple, or a list of rows when `many`."""
+
+    sql: str
+    params: Any
+    many: bool
+
+
 class _Compiled(NamedTuple):
     sql: str
     order: tuple[str, ...]  # parameter order for positional drivers (SQLite); () for named
@@ -266,32 +274,48 @@ def driver_params(compiled: _Compiled, rows: Sequence[dict[str, Any]]) -> list[A
 
 
 def _execute_params(session: Session, compiled: _Compiled, params: Sequence[Any]) -> None:
-    """Execute `compiled` for driver-ready `params` (see `driver_params`).
+    """Execute `compiled` for driver-ready `params` (see `driver_params`)."""
+    _run_statements(session, list(_statements(compiled, params)))
+
+
+def _statements(compiled: _Compiled, params: Sequence[Any]) -> Iterator[_Statement]:
+    """The driver calls that run `compiled` for driver-ready `params`.
 
     On SQLite an INSERT goes out as multi-row VALUES lists rather than an executemany: each
     statement has a fixed cost (FTS5 even flushes its pending index data per statement), and
     through SQLAlchemy's connection an executemany of an upsert with many indexes measured
-    five times slower than the same rows in 200-row statements.
+    five times slower than the same rows in 200-row statements. Pure (no session), so the
+    sync's workers build them before they take their turn at the write lock.
     """
     if not params:
         return
-    connection = session.connection()
     if not compiled.order or not compiled.multirow:
-        connection.exec_driver_sql(compiled.sql, list(params))
+        yield _Statement(compiled.sql, list(params), many=True)
         return
     width = len(compiled.order)
     group = "(" + ", ".join("?" * width) + ")"
     head, found, tail = compiled.sql.partition(f" VALUES {group}")
     if not found:  # not a plain INSERT (an UPDATE by key): executemany
-        connection.exec_driver_sql(compiled.sql, list(params))
+        yield _Statement(compiled.sql, list(params), many=True)
         return
     per_statement = max(1, min(_MULTIROW_ROWS, _MULTIROW_PARAMS // width))
+    full_sql = ""
     for chunk in _chunks(params, per_statement):
         flat: list[Any] = []
         for values in chunk:
             flat.extend(values)
-        sql = f"{head} VALUES {', '.join([group] * len(chunk))}{tail}"
-        connection.exec_driver_sql(sql, tuple(flat))
+        if len(chunk) == per_statement:
+            full_sql = full_sql or f"{head} VALUES {', '.join([group] * per_statement)}{tail}"
+            sql = full_sql
+        else:
+            sql = f"{head} VALUES {', '.join([group] * len(chunk))}{tail}"
+        yield _Statement(sql, tuple(flat), many=False)
+
+
+def _run_statements(session: Session, statements: Sequence[_Statement]) -> None:
+    connection = session.connection()
+    for statement in statements:
+        connection.exec_driver_sql(statement.sql, statement.params)
 
 
 def _insert_many(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -789,14 +813,19 @@ def _replace_tags(
     _insert_many(session, _MODEL_TAG, [row for row in rows if row["model_id"] not in unchanged])
 
 
-def _ensure_creators(session: Session, creators: Sequence[api.Creator]) -> dict[str, int]:
-    """Creator ids by username, inserting new creators and refreshing changed avatars."""
+def _ensure_creators(
+    session: Session, creators: Sequence[api.Creator], *, want_ids: bool = True
+) -> dict[str, int]:
+    """Creator ids by username (none unless `want_ids`), inserting new creators and
+    refreshing changed avatars."""
     rows = {
         c.username: {"username": c.username, "image_url": c.image} for c in creators if c.username
     }
     if not rows:
         return {}
     _upsert(session, _CREATOR, list(rows.values()), key=("username",), only_if_changed=True)
+    if not want_ids:
+        return {}
     ids: dict[str, int] = {}
     for chunk in _chunks(list(rows)):
         query = select(_CREATOR.c.username, _CREATOR.c.id).where(_CREATOR.c.username.in_(chunk))
@@ -973,6 +1002,11 @@ def insert_plans(session: Session) -> InsertPlans:
                 ("insert",),
                 lambda dialect, table=table: _insert(dialect, table),  # type: ignore[misc]
             )
+    # The same statement `_insert_many` compiles for new models' rows (staged syncs bind
+    # their rows ahead of the write; see `prepared_inserts`).
+    plans[_MODEL.name] = _compile(
+        session, _MODEL, tuple(parts.model_row), ("insert",), lambda d: _insert(d, _MODEL)
+    )
     return plans
 
 
@@ -1065,11 +1099,14 @@ def write_prepared(
     *,
     seen_at: datetime,
     plans: InsertPlans,
+    inserts: PreparedInserts | None = None,
 ) -> UpsertResult:
     """Write one prepared page: skip unchanged models, insert new ones, update the rest.
 
     `items` are the page's raw items: a model that needs the update path is validated again
-    from its item here (rare: only changed models and id collisions).
+    from its item here (rare: only changed models and id collisions). `inserts`, from
+    `prepared_inserts`, saves building the new models' statements here when they turn out to
+    be exactly the models it was built for (the usual case).
     """
     result = UpsertResult()
     if not models:
@@ -1104,7 +1141,7 @@ def write_prepared(
             # a payload repeating one): the savepoint undoes the plain INSERTs and those
             # models take the update path, which handles that.
             with session.begin_nested():
-                _insert_fresh(session, fresh, plans)
+                _insert_fresh(session, fresh, plans, inserts)
         except IntegrityError:
             slow.extend(fresh)
         else:
@@ -1119,15 +1156,30 @@ def write_prepared(
     return result
 
 
-def _insert_fresh(session: Session, fresh: list[PreparedModel], plans: InsertPlans) -> None:
+def _insert_fresh(
+    session: Session,
+    fresh: list[PreparedModel],
+    plans: InsertPlans,
+    inserts: PreparedInserts | None,
+) -> None:
+    if inserts is not None and inserts.model_ids != tuple(pm.id for pm in fresh):
+        inserts = None  # built for other models (some were not new after all)
     # Sorted, so concurrent writers (PostgreSQL) take the same rows' locks in the same order.
     creators = {
         pm.username: api.Creator.model_construct(username=pm.username, image=pm.creator_image)
         for pm in fresh
         if pm.username
     }
-    creator_ids = _ensure_creators(session, [creators[u] for u in sorted(creators)])
-    tag_ids = _ensure_tags(session, sorted({t for pm in fresh for t in pm.tags}))
+    ordered_creators = [creators[u] for u in sorted(creators)]
+    tag_names = sorted({t for pm in fresh for t in pm.tags})
+    if inserts is not None and inserts.staged:
+        # The staged copies look creators and tags up by name (`_staged_inserts`).
+        _ensure_creators(session, ordered_creators, want_ids=False)
+        _ensure_tags(session, tag_names)
+        _run_statements(session, inserts.statements)
+        return
+    creator_ids = _ensure_creators(session, ordered_creators)
+    tag_ids = _ensure_tags(session, tag_names)
     model_rows: list[dict[str, Any]] = []
     tag_rows: list[dict[str, Any]] = []
     for pm in fresh:
@@ -1141,9 +1193,152 @@ def _insert_fresh(session: Session, fresh: list[PreparedModel], plans: InsertPla
         )
     _insert_many(session, _MODEL, model_rows)
     _insert_many(session, _MODEL_TAG, tag_rows)
+    if inserts is None:
+        inserts = prepared_inserts(fresh, plans)
+    _run_statements(session, inserts.statements)
+
+
+@dataclass
+class PreparedInserts:
+    """The INSERTs of some new models' rows, as driver calls built in advance.
+
+    Unstaged, `statements` insert the prepared tables' rows and the writer still inserts the
+    `model` and `model_tag` rows, which need creator and tag ids. Staged (SQLite, see
+    `catalog.bulk`), `staging` binds every row into a connection's in-memory ``stage``
+    database ahead of the write, and `statements` copy them into the catalog, resolving those
+    ids by name as they go.
+    """
+
+    model_ids: tuple[int, ...]
+    statements: list[_Statement]
+    staging: list[_Statement] = field(default_factory=list)
+
+    @property
+    def staged(self) -> bool:
+        return bool(self.staging)
+
+
+def prepared_inserts(
+    models: Sequence[PreparedModel], plans: InsertPlans, *, staged: bool = False
+) -> PreparedInserts:
+    """The driver calls that insert the rows of `models` (those that have rows); pure.
+
+    A sync's worker builds them while it waits for its turn to write, so the write itself
+    holds the catalog's write lock only for the driver calls. `staged` (SQLite only) splits
+    them into the staging binds and one ``INSERT ... SELECT`` per table: binding the values
+    of multi-row VALUES lists was most of a page's time under the lock, and the copy runs in
+    SQLite alone.
+    """
+    built = [pm for pm in models if pm.rows is not None]
+    ids = tuple(pm.id for pm in built)
+    if staged and plans[_MODEL.name].multirow:
+        return _staged_inserts(built, ids, plans)
+    statements: list[_Statement] = []
     for table in _PREPARED_TABLES:
-        params = [p for pm in fresh if pm.rows for p in pm.rows[table.name]]
-        _execute_params(session, plans[table.name], params)
+        params = [p for pm in built if pm.rows for p in pm.rows[table.name]]
+        statements.extend(_statements(plans[table.name], params))
+    return PreparedInserts(ids, statements)
+
+
+# Extra columns of the staged `model` and `model_tag` rows: names resolved to ids on copy.
+_STAGE_USERNAME = "stage_username"
+_STAGE_TAG_COLUMNS = "model_id, tag_name, position"
+
+
+def _staged_inserts(
+    built: list[PreparedModel], ids: tuple[int, ...], plans: InsertPlans
+) -> PreparedInserts:
+    staging: list[_Statement] = []
+    statements: list[_Statement] = []
+    model_plan = plans[_MODEL.name]
+    model_params = driver_params(model_plan, [pm.model_row for pm in built])
+    staging.extend(
+        _stage_statements(
+            _MODEL.name,
+            f"{_columns(model_plan)}, {_STAGE_USERNAME}",
+            [(*row, pm.username) for row, pm in zip(model_params, built, strict=True)],
+        )
+    )
+    staging.extend(
+        _stage_statements(
+            _MODEL_TAG.name,
+            _STAGE_TAG_COLUMNS,
+            [(pm.id, name, position) for pm in built for position, name in enumerate(pm.tags)],
+        )
+    )
+    if built:
+        creator = (
+            "(SELECT c.id FROM main.creator AS c "
+            f"WHERE c.username = s.{_STAGE_USERNAME}) AS creator_id"
+        )
+        model_columns = _columns(model_plan)
+        picked = ", ".join(
+            creator if name.strip() == "creator_id" else f"s.{name.strip()}"
+            for name in model_columns.split(",")
+        )
+        statements.append(_copy(_MODEL.name, model_columns, picked))
+        statements.append(
+            _copy(
+                _MODEL_TAG.name,
+                "model_id, tag_id, position",
+                "s.model_id, t.id, s.position",
+                join="JOIN main.tag AS t ON t.name = s.tag_name",
+            )
+        )
+    for table in _PREPARED_TABLES:
+        compiled = plans[table.name]
+        params = [p for pm in built if pm.rows for p in pm.rows[table.name]]
+        if not params:
+            continue
+        columns = _columns(compiled)
+        staging.extend(_stage_statements(table.name, columns, params))
+        picked = ", ".join(f"s.{name.strip()}" for name in columns.split(","))
+        statements.append(_copy(table.name, columns, picked, tail=_after_values(compiled)))
+    return PreparedInserts(ids, statements, staging)
+
+
+def _stage_statements(table: str, columns: str, rows: Sequence[Any]) -> Iterator[_Statement]:
+    if not rows:
+        return iter(())
+    width = columns.count(",") + 1
+    group = "(" + ", ".join("?" * width) + ")"
+    stage = _Compiled(
+        f"INSERT INTO stage.{table} ({columns}) VALUES {group}",
+        tuple(f"p{i}" for i in range(width)),
+        (),
+        True,
+    )
+    return _statements(stage, rows)
+
+
+def _copy(table: str, columns: str, picked: str, *, join: str = "", tail: str = "") -> _Statement:
+    # ``WHERE true`` lets SQLite's parser tell an upsert clause from a join's ON; rowid order
+    # keeps the rows' order, so of two rows with one id the last wins, as with VALUES.
+    sql = (
+        f"INSERT INTO main.{table} ({columns}) SELECT {picked} FROM stage.{table} AS s {join} "
+        f"WHERE true ORDER BY s.rowid{tail}"
+    )
+    return _Statement(sql, (), many=False)
+
+
+def _columns(compiled: _Compiled) -> str:
+    """The column list of a compiled single-row SQLite INSERT."""
+    head = compiled.sql.partition(" VALUES ")[0]
+    return head[head.index("(") + 1 : head.rindex(")")]
+
+
+def _after_values(compiled: _Compiled) -> str:
+    """What follows the VALUES group of a compiled single-row SQLite INSERT (an upsert)."""
+    group = "(" + ", ".join("?" * len(compiled.order)) + ")"
+    return compiled.sql.partition(f" VALUES {group}")[2]
+
+
+def staged_table_sql(plans: InsertPlans) -> list[str]:
+    """DDL of the ``stage`` tables `prepared_inserts(staged=True)` fills: untyped columns."""
+    tables = {table.name: _columns(plans[table.name]) for table in _PREPARED_TABLES}
+    tables[_MODEL.name] = f"{_columns(plans[_MODEL.name])}, {_STAGE_USERNAME}"
+    tables[_MODEL_TAG.name] = _STAGE_TAG_COLUMNS
+    return [f"CREATE TABLE IF NOT EXISTS stage.{name} ({cols})" for name, cols in tables.items()]
 
 
 def upsert_version(

@@ -181,7 +181,6 @@ class _PageFetcher(threading.Thread):
         cancel: threading.Event,
         submit: Callable[[list[Any]], _PageWork],
         depth: int,
-        after_last: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name="civitai-page-fetcher", daemon=True)
         self.client = client
@@ -189,9 +188,6 @@ class _PageFetcher(threading.Thread):
         self.start_cursor = start_cursor
         self.cancel = cancel
         self.submit = submit
-        self.after_last = after_last
-        self.running_after_last = threading.Event()
-        """Set once the fetcher runs `after_last` (it has nothing else left to do)."""
         self.pages: queue.Queue[object] = queue.Queue(maxsize=depth)
 
     def _put(self, item: object) -> bool:
@@ -221,9 +217,6 @@ class _PageFetcher(threading.Thread):
                 if not self._put((next_cursor, last, items, self.submit(items))):
                     return
                 if last:
-                    if self.after_last is not None:
-                        self.running_after_last.set()
-                        self.after_last()
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._put(exc)
@@ -484,8 +477,8 @@ def run_sync(
         small = request.max_models is not None and request.max_models < POOL_MIN_MODELS
         pool = own_pool = None if small else _start_pool(sync_workers())
     workers = pool._max_workers if pool is not None else 0  # type: ignore[attr-defined]
-    # A big sync into an empty catalog builds its search and hash indexes once, when its last
-    # page is fetched (`catalog.bulkload`).
+    # A big sync into an empty catalog builds its search and hash indexes once, after its
+    # last page has landed (`catalog.bulkload`).
     deferred = pool is not None and bulkload.defer(engine)
     url = engine.url.render_as_string(hide_password=False)
 
@@ -497,13 +490,6 @@ def run_sync(
                 pass
         return _Deferred(engine, items, plans)
 
-    write_lock = getattr(pool, "write_lock", None)
-
-    def restore_early() -> None:
-        # The last page is on its way: rebuild now, while the last pages are still being
-        # prepared; the few written after this go through the live triggers and indexes.
-        _restore_deferred(engine, write_lock)
-
     fetcher = _PageFetcher(
         client,
         request,
@@ -511,7 +497,6 @@ def run_sync(
         cancel,
         submit,
         depth=workers + 2,
-        after_last=restore_early if deferred else None,
     )
     checkpointer = None
     if pool is not None and engine.dialect.name == "sqlite":
@@ -568,8 +553,6 @@ def run_sync(
         if not completed:
             cancel.set()
         fetcher.join(timeout=5)
-        if fetcher.running_after_last.is_set():
-            fetcher.join()  # it is rebuilding the deferred indexes: let that finish first
         # Pages still in flight finish (or are dropped) before the cursor is stored, so
         # nothing writes behind the caller's back once this returns.
         _settle(fetcher, own_pool, None if page_failed else keeper)
@@ -588,21 +571,12 @@ def run_sync(
     return summary
 
 
-# How long the early rebuild waits for its turn; SQLite's own lock still orders it after that
-# (the turn only makes it prompt), so a worker killed while holding the lock delays it this much.
-EARLY_RESTORE_WAIT_S = 5.0
-
-
-def _restore_deferred(engine: Engine, write_lock: Any = None) -> None:
-    """`bulkload.restore`, in turn with the page workers when their lock is given."""
-    acquired = write_lock is not None and write_lock.acquire(timeout=EARLY_RESTORE_WAIT_S)
+def _restore_deferred(engine: Engine) -> None:
+    """`bulkload.restore` once every page has landed (or the sync stopped)."""
     try:
         bulkload.restore(engine)
     except Exception:  # noqa: BLE001 - never mask the sync's own outcome; the next open retries
         log.exception("could not restore the catalog's deferred indexes; the next open will")
-    finally:
-        if acquired:
-            write_lock.release()
 
 
 def _begin_state(

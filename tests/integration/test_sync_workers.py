@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+import pytest
+from sqlalchemy import Engine, event, select, text
 from sqlmodel import Session, col
 
 from catalog import bulk, repo
@@ -115,12 +118,62 @@ def _write(engine: Engine, items: list[dict[str, Any]]) -> Any:
     return result
 
 
-def test_a_version_that_moved_to_a_new_model_takes_the_update_path(engine: Engine) -> None:
-    _write(engine, [_item(1, 10, 100, "first")])
+class Writer:
+    """Writes one page as the in-process sync does, or as a pool's worker does (on SQLite:
+    staged in the connection's ``stage`` database, then copied under the write lock)."""
+
+    def __init__(self, engine: Engine, *, worker: bool) -> None:
+        self.engine = engine
+        self.worker_engine = bulk._worker_engine(engine.url) if worker else None
+        self.statements: list[str] = []
+        if self.worker_engine is not None:
+            event.listen(
+                self.worker_engine,
+                "before_cursor_execute",
+                lambda *args: self.statements.append(args[2]),
+            )
+
+    def __call__(self, items: list[dict[str, Any]]) -> Any:
+        if self.worker_engine is None:
+            return _write(self.engine, items)
+        with Session(self.worker_engine) as session:
+            plans = repo.insert_plans(session)
+        return bulk.write_page(self.worker_engine, items, datetime.now(UTC), plans)
+
+    @property
+    def staged(self) -> bool:
+        return any("FROM stage." in statement for statement in self.statements)
+
+
+@pytest.fixture(params=["in_process", "worker"])
+def write(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Writer]:
+    writer = Writer(engine, worker=request.param == "worker")
+    previous = bulk._WRITE_LOCK
+    if writer.worker_engine is not None:
+        bulk.init_worker(threading.Lock())
+    try:
+        yield writer
+    finally:
+        bulk.init_worker(previous)
+        if writer.worker_engine is not None:
+            writer.worker_engine.dispose()
+
+
+def _staged_as_expected(write: Writer) -> bool:
+    # SQLite workers stage a page of new models; PostgreSQL and in-process writes never do.
+    worker_on_sqlite = write.worker_engine is not None and write.engine.dialect.name == "sqlite"
+    return write.staged == worker_on_sqlite
+
+
+def test_a_version_that_moved_to_a_new_model_takes_the_update_path(
+    engine: Engine, write: Writer
+) -> None:
+    write([_item(1, 10, 100, "first")])
     # Version 10 now belongs to model 2, which the catalog has never seen: a plain INSERT of
     # the version would collide, so the page falls back to the update path.
-    result = _write(engine, [_item(2, 10, 100, "second")])
-    assert result.models_inserted == 1
+    assert _staged_as_expected(write)
+    result = write([_item(2, 10, 100, "second")])
+    assert result.models_written == 1
     with Session(engine) as session:
         version = session.get(ModelVersion, 10)
         assert version is not None and version.model_id == 2
@@ -132,13 +185,60 @@ def test_a_version_that_moved_to_a_new_model_takes_the_update_path(engine: Engin
         assert len(images) == 1
 
 
-def test_a_repeated_model_in_one_page_keeps_the_last_payload(engine: Engine) -> None:
-    _write(engine, [_item(3, 30, 300, "old"), _item(3, 30, 300, "new")])
+def test_a_repeated_model_in_one_page_keeps_the_last_payload(engine: Engine, write: Writer) -> None:
+    write([_item(3, 30, 300, "old"), _item(3, 30, 300, "new")])
     with Session(engine) as session:
         words = session.execute(
             select(col(TrainedWord.word)).where(col(TrainedWord.version_id) == 30)
         )
         assert list(words.scalars()) == ["new"]
+
+
+def test_a_file_repeated_across_models_of_one_page_ends_with_the_last(
+    engine: Engine, write: Writer
+) -> None:
+    first, second = _item(6, 60, 600, "a"), _item(7, 70, 600, "b")
+    second["tags"] = ["style", "new tag"]
+    second["creator"] = {"username": "another"}
+    result = write([first, second])
+    assert result.models_written == 2
+    assert _staged_as_expected(write)
+    with Session(engine) as session:
+        file_row = session.execute(text("SELECT version_id FROM model_file WHERE id = 600")).one()
+        assert file_row.version_id == 70
+        tags = session.execute(
+            text(
+                "SELECT t.name FROM model_tag mt JOIN tag t ON t.id = mt.tag_id "
+                "WHERE mt.model_id = 7 ORDER BY mt.position"
+            )
+        )
+        assert list(tags.scalars()) == ["style", "new tag"]
+        creators = session.execute(
+            text(
+                "SELECT m.id, c.username FROM model m JOIN creator c ON c.id = m.creator_id "
+                "WHERE m.id IN (6, 7) ORDER BY m.id"
+            )
+        )
+        assert [tuple(row) for row in creators] == [(6, "someone"), (7, "another")]
+
+
+def test_a_failed_staged_page_leaves_nothing_behind_for_the_next(
+    engine: Engine, write: Writer
+) -> None:
+    write([_item(8, 80, 800, "x")])
+    # A page whose new model reuses version 80 falls back to the update path; the one after
+    # it must see none of its rows again (a stale stage would insert them twice).
+    write([_item(9, 80, 801, "y")])
+    write([_item(10, 100, 1000, "z")])
+    assert _staged_as_expected(write)
+    with Session(engine) as session:
+        counts = session.execute(
+            text(
+                "SELECT (SELECT count(*) FROM model_version), (SELECT count(*) FROM model_file), "
+                "(SELECT count(*) FROM image), (SELECT count(*) FROM trained_word)"
+            )
+        ).one()
+    assert tuple(counts) == (2, 2, 2, 2)  # version 80 moved, with its one new file
 
 
 def test_an_unchanged_page_is_not_rebuilt_and_writes_nothing(engine: Engine) -> None:
