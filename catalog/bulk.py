@@ -51,7 +51,7 @@ from sqlalchemy.orm import Session
 
 from catalog import repo
 from catalog.civitai import types as api
-from catalog.civitai.client import validation_reason
+from catalog.civitai.client import page_items, validation_reason
 from catalog.db import make_engine, session_scope
 
 
@@ -146,8 +146,12 @@ def _write_turn(engine: Engine) -> Any:
             lock.release()
 
 
+# A listing page: its items, or its raw JSON body (parsed by whoever writes it).
+PageItems = list[Any] | bytes
+
+
 def sync_page(
-    url: str, items: list[Any], seen_at: datetime, plans: repo.InsertPlans
+    url: str, items: PageItems, seen_at: datetime, plans: repo.InsertPlans
 ) -> PageOutcome:
     """Prepare and write one listing page in its own transaction (a worker process's task)."""
     key = (os.getpid(), url)
@@ -158,7 +162,7 @@ def sync_page(
 
 
 def write_page(
-    engine: Engine, items: list[Any], seen_at: datetime, plans: repo.InsertPlans
+    engine: Engine, items: PageItems, seen_at: datetime, plans: repo.InsertPlans
 ) -> PageOutcome:
     """`prepare_page`, then `repo.write_prepared` committed; once more if PostgreSQL deadlocks.
 
@@ -168,6 +172,8 @@ def write_page(
     multi-row VALUES lists was most of a page's time under the lock; the copy runs in SQLite
     alone.
     """
+    if isinstance(items, bytes):
+        items = page_items(items)
     with Session(engine) as session:
         stored = repo.stored_payloads(session, items)
     staged = _WRITE_LOCK is not None and engine.dialect.name == "sqlite"
@@ -236,6 +242,7 @@ def prepare_page(
 
 
 __all__ = [
+    "PageItems",
     "PageOutcome",
     "PreparedPage",
     "init_worker",

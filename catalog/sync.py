@@ -153,7 +153,7 @@ _DONE = object()
 class _Deferred:
     """A page written in the consumer's thread when `result` is asked for (no pool)."""
 
-    def __init__(self, engine: Engine, items: list[Any], plans: repo.InsertPlans) -> None:
+    def __init__(self, engine: Engine, items: bulk.PageItems, plans: repo.InsertPlans) -> None:
         self.engine = engine
         self.items = items
         self.plans = plans
@@ -171,6 +171,11 @@ class _PageFetcher(threading.Thread):
     It queues (next cursor, is last, items, the page's work) in page order, or the error that
     stopped it; the queue's bound also bounds the pages in flight. With `max_models`, items
     past the cap are cut here, before any work is spent on them.
+
+    With `raw_bodies` (a worker pool and no cap), "items" is the page's body, unparsed: the
+    worker parses it, and this thread only reads the next cursor from the body's end
+    (`cursor_of_body`). Parsing a page holds the GIL for milliseconds, which this process
+    needs to keep the requests going back to back.
     """
 
     def __init__(
@@ -179,8 +184,10 @@ class _PageFetcher(threading.Thread):
         request: SyncRequest,
         start_cursor: str | None,
         cancel: threading.Event,
-        submit: Callable[[list[Any]], _PageWork],
+        submit: Callable[[bulk.PageItems], _PageWork],
         depth: int,
+        *,
+        raw_bodies: bool = False,
     ) -> None:
         super().__init__(name="civitai-page-fetcher", daemon=True)
         self.client = client
@@ -188,6 +195,7 @@ class _PageFetcher(threading.Thread):
         self.start_cursor = start_cursor
         self.cancel = cancel
         self.submit = submit
+        self.raw_bodies = raw_bodies and request.max_models is None
         self.pages: queue.Queue[object] = queue.Queue(maxsize=depth)
 
     def _put(self, item: object) -> bool:
@@ -203,17 +211,24 @@ class _PageFetcher(threading.Thread):
         # Only the HTTP request and the JSON parse happen here, so the next page is requested
         # as soon as this one's cursor is known.
         try:
-            raw_pages = self.client.iter_raw_model_pages(
-                self.request.filters, start_cursor=self.start_cursor
-            )
+            pages: Iterator[tuple[bulk.PageItems, str | None]]
+            if self.raw_bodies:
+                pages = self.client.iter_model_page_bodies(
+                    self.request.filters, start_cursor=self.start_cursor
+                )
+            else:
+                pages = self.client.iter_raw_model_pages(
+                    self.request.filters, start_cursor=self.start_cursor
+                )
             taken = 0
             cap = self.request.max_models
-            for items, next_cursor in raw_pages:
+            for items, next_cursor in pages:
                 last = next_cursor is None
-                if cap is not None and len(items) >= cap - taken:
-                    items = items[: cap - taken]
-                    last = True
-                taken += len(items)
+                if cap is not None and isinstance(items, list):  # never a body (see above)
+                    if len(items) >= cap - taken:
+                        items = items[: cap - taken]
+                        last = True
+                    taken += len(items)
                 if not self._put((next_cursor, last, items, self.submit(items))):
                     return
                 if last:
@@ -482,7 +497,7 @@ def run_sync(
     deferred = pool is not None and bulkload.defer(engine)
     url = engine.url.render_as_string(hide_password=False)
 
-    def submit(items: list[Any]) -> _PageWork:
+    def submit(items: bulk.PageItems) -> _PageWork:
         if pool is not None:
             try:
                 return pool.submit(bulk.sync_page, url, items, _now(), plans)
@@ -497,6 +512,7 @@ def run_sync(
         cancel,
         submit,
         depth=workers + 2,
+        raw_bodies=pool is not None,
     )
     checkpointer = None
     if pool is not None and engine.dialect.name == "sqlite":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -9,16 +10,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine, event, select, text
 from sqlmodel import Session, col
 
 from catalog import bulk, repo
+from catalog.civitai import CivitaiResponseValidationError
 from catalog.civitai.client import CivitaiClient, ModelFilters
 from catalog.db import open_catalog
-from catalog.models import Image, ModelVersion, TrainedWord
+from catalog.models import Image, ModelVersion, SyncState, TrainedWord
 from catalog.sync import SyncRequest, run_sync, sync_pool
-from tests.fakeciv import FakeCatalog
+from tests.fakeciv import FakeCatalog, FakeCivitai
 
 # Columns that legitimately differ between two syncs: times, and ids the database assigns.
 _TIMES = {"first_seen_at", "last_seen_at", "changed_at", "updated_at"}
@@ -268,3 +271,52 @@ def test_a_dead_worker_does_not_lose_pages(
     assert summary.models == len(fake_catalog.expected_listing_ids())
     with Session(engine) as session:
         assert session.execute(text("SELECT count(*) FROM model")).scalar_one() == summary.models
+
+
+def test_a_page_that_is_not_json_stops_a_pooled_sync_after_the_pages_before_it(
+    engine: Engine, client: CivitaiClient, fake: FakeCivitai, fake_catalog: FakeCatalog
+) -> None:
+    # Workers parse the pages (the fetcher only reads each cursor): a broken third page must
+    # still fail the sync with the client's error, keep the two pages before it, and leave
+    # a cursor that the next sync resumes from.
+    request = SyncRequest(filters=ModelFilters(limit=20))
+    fake.faults.schedule(["ok", "ok", "badjson"], path="/api/v1/models")
+    with sync_pool(2) as pool, pytest.raises(CivitaiResponseValidationError):
+        run_sync(engine, client, request, pool=pool)
+    with Session(engine) as session:
+        state = session.execute(select(SyncState)).scalars().one()
+        landed = session.execute(text("SELECT count(*) FROM model")).scalar_one()
+    assert state.status == "running" and state.cursor
+    assert landed == 40
+    with sync_pool(2) as pool:
+        summary = run_sync(engine, client, request, pool=pool)
+    assert summary.resumed
+    with Session(engine) as session:
+        stored = set(session.execute(text("SELECT id FROM model")).scalars())
+    assert stored == fake_catalog.expected_listing_ids()
+
+
+def test_a_page_broken_before_its_cursor_fails_in_the_worker_and_keeps_the_rest(
+    engine: Engine,
+) -> None:
+    # The cursor at the end parses, the items do not: only the worker that parses the page
+    # finds out, and its error must reach the caller like the fetcher's own would.
+    good = json.dumps({"items": [_item(11, 110, 1100, "a")], "metadata": {"nextCursor": "p2"}})
+    broken = '{"items": [}, "metadata": {"nextCursor": "p3"}}'
+    bodies = {None: good, "p2": broken}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = bodies.get(request.url.params.get("cursor"), '{"items": [], "metadata": {}}')
+        return httpx.Response(200, content=body.encode())
+
+    request = SyncRequest(filters=ModelFilters(limit=1))
+    with (
+        CivitaiClient(base_url="http://civitai.test", transport=httpx.MockTransport(answer)) as c,
+        sync_pool(2) as pool,
+        pytest.raises(CivitaiResponseValidationError, match="not JSON"),
+    ):
+        run_sync(engine, c, request, pool=pool)
+    with Session(engine) as session:
+        assert list(session.execute(text("SELECT id FROM model")).scalars()) == [11]
+        state = session.execute(select(SyncState)).scalars().one()
+    assert state.cursor == "p2"

@@ -40,6 +40,8 @@ from catalog.civitai import (
     parse_retry_after,
     redact_url,
 )
+from catalog.civitai import client as client_module
+from catalog.civitai.client import cursor_of_body, page_items
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "civitai"
 API = "https://civitai.com"
@@ -277,6 +279,104 @@ def test_a_broken_page_envelope_is_a_validation_error(response: httpx.Response) 
     client, _ = make_client(FakeCivitai([response]))
     with pytest.raises(CivitaiResponseValidationError):
         client.list_models_page(ModelFilters())
+
+
+def _raw_page(body: bytes) -> httpx.Response:
+    return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+
+def _bodies() -> dict[str, bytes]:
+    """List pages as Civitai might write them, and as it never does (same JSON, odd text)."""
+    item = model_item(5)
+    item["modelVersions"][0]["files"][0]["metadata"] = {"nextCursor": "a file's, not ours"}
+    trap = model_item(6)
+    # A string that ends the way the envelope does: its quotes are escaped, so no key.
+    trap["description"] = 'x", "metadata": {"nextCursor": "evil"}}'
+    bodies = {
+        name: fixture_bytes(name)
+        for name in ("models-list.json", "models-list-last-page.json", "models-list-paged.json")
+    }
+    envelope = page_body([item, trap], "12|34|56")
+    bodies["compact"] = json.dumps(envelope, separators=(",", ":")).encode()
+    bodies["indented"] = json.dumps(envelope, indent=2).encode()
+    bodies["non-ascii"] = json.dumps(envelope, ensure_ascii=False).encode() + b"\n"
+    bodies["numeric-cursor"] = json.dumps(page_body([item], 1200)).encode()
+    bodies["last-page"] = json.dumps(page_body([item])).encode()
+    # Metadata first: the last "metadata" key is an item's file's; only a full parse is right.
+    bodies["metadata-first"] = json.dumps(
+        {"metadata": {"nextCursor": "first"}, "items": [item]}
+    ).encode()
+    bodies["metadata-then-more"] = json.dumps(
+        {"items": [item], "metadata": {"nextCursor": "mid"}, "extra": {"metadata": {}}}
+    ).encode()
+    return bodies
+
+
+@pytest.mark.parametrize("name", sorted(_bodies()))
+def test_a_page_body_gives_the_same_cursor_and_items_as_the_parsed_page(name: str) -> None:
+    body = _bodies()[name]
+    client, _ = make_client(FakeCivitai([_raw_page(body), _raw_page(body)]))
+    raw_body, cursor = client.list_models_body(ModelFilters())
+    items, parsed_cursor = client.list_models_raw(ModelFilters())
+    assert raw_body == body
+    assert cursor == parsed_cursor
+    assert page_items(raw_body) == items
+
+
+def test_the_cursor_is_read_from_the_end_of_a_usual_body_without_parsing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = _bodies()["compact"]
+
+    def no_full_parse(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the whole page was parsed")
+
+    monkeypatch.setattr(client_module.json, "loads", no_full_parse)
+    assert cursor_of_body(body) == "12|34|56"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>maintenance</html>",
+        b'{"items": ',
+        b'{"metadata": {}}',
+        b'{"items": {"0": {}}, "metadata": {}}',
+        b"[1, 2]",
+        b'{"items": []}',
+        b'{"items": [], "metadata": {"nextCursor": {"a": 1}}}',
+        b'{"items": [}, "metadata": {"nextCursor": "c"}}',
+    ],
+    ids=[
+        "html",
+        "truncated",
+        "no-items",
+        "items-not-list",
+        "list",
+        "no-metadata",
+        "odd-cursor",
+        "broken-before-metadata",
+    ],
+)
+def test_a_broken_page_body_is_a_validation_error_when_read_or_parsed(body: bytes) -> None:
+    client, _ = make_client(FakeCivitai([_raw_page(body)]))
+    with pytest.raises(CivitaiResponseValidationError):
+        raw_body, _ = client.list_models_body(ModelFilters())
+        page_items(raw_body)
+
+
+def test_bodies_are_followed_like_pages() -> None:
+    answers = [
+        json_response(200, page_body([model_item(1)], "c1")),
+        json_response(200, page_body([], "c2")),
+        json_response(200, page_body([model_item(3)])),
+    ]
+    fake = FakeCivitai(answers)
+    client, _ = make_client(fake)
+    pages = list(client.iter_model_page_bodies(ModelFilters(), start_cursor="c0"))
+    assert [cursor for _, cursor in pages] == ["c1", "c2", None]
+    assert [[m["id"] for m in page_items(body)] for body, _ in pages] == [[1], [], [3]]
+    assert [r.url.params.get("cursor") for r in fake.requests] == ["c0", "c1", "c2"]
 
 
 def test_hostile_items_are_rejected_one_by_one_and_the_rest_kept() -> None:
