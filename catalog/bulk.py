@@ -1,8 +1,9 @@
-"""The sync's page work: validate, hash, map to rows and write, in worker processes.
+"""The sync's page work: parse, validate, hash, map to rows and write, in worker processes.
 
-A page of the listing costs far more CPU to validate, hash, map to rows and bind than to
-fetch, and all of that holds the GIL. So `sync_page` runs in a small process pool, one page per
-task, each in its own transaction, while the sync's process only follows the cursor:
+A page of the listing costs far more CPU to parse, validate, hash, map to rows and bind than
+to fetch, and all of that holds the GIL. So `sync_page` runs in a small process pool, one page
+per task, each in its own transaction, while the sync's process only follows the cursor (it
+hands over each page's body unparsed, `PageItems`):
 
 * `prepare_page` validates each item (the same lenient types and repairs as everywhere else)
   and `repo.prepare_model` hashes it and builds every row of the model, already in the

@@ -3,9 +3,10 @@
 How a sync runs:
 
 * A fetcher thread follows the cursor of `/api/v1/models` (pages are a cursor chain: they
-  cannot be fetched in parallel) and hands each page, as it arrives, to a small process pool:
-  a worker validates, hashes and maps it to rows and writes it in its own transaction
-  (`catalog.bulk`). The CPU-heavy part thus runs outside the GIL of the process that fetches.
+  cannot be fetched in parallel) and hands each page's body, as it arrives and unparsed, to a
+  small process pool: a worker parses, validates, hashes and maps it to rows and writes it in
+  its own transaction (`catalog.bulk`). The fetcher reads only the next cursor, from the
+  body's end; the CPU-heavy part thus runs outside the GIL of the process that fetches.
   Without spare cores (or with ``ASSETMGR_SYNC_WORKERS=0``), or for a small ``max_models``,
   pages are written in the caller's thread instead. Explicit `--model-id`s are fetched in
   parallel with a thread pool.
