@@ -177,7 +177,8 @@ def write_page(
         items = page_items(items)
     with Session(engine) as session:
         stored = repo.stored_payloads(session, items)
-    staged = _WRITE_LOCK is not None and engine.dialect.name == "sqlite"
+    # Only a worker's engine attaches the stage to its connections (`_worker_engine`).
+    staged = event.contains(engine, "connect", _worker_connection)
     page = prepare_page(items, seen_at, plans, stored, staged=staged)
     for attempt in (1, 2):
         try:
