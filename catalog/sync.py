@@ -209,8 +209,8 @@ class _PageFetcher(threading.Thread):
         return False
 
     def run(self) -> None:
-        # Only the HTTP request and the JSON parse happen here, so the next page is requested
-        # as soon as this one's cursor is known.
+        # Only the HTTP request and reading the cursor (or, without workers, the JSON parse)
+        # happen here, so the next page is requested as soon as this one's cursor is known.
         try:
             pages: Iterator[tuple[bulk.PageItems, str | None]]
             if self.raw_bodies:
@@ -329,19 +329,6 @@ def sync_workers() -> int:
     return max(0, min(MAX_SYNC_WORKERS, cpus - 1))
 
 
-class _SyncPool(ProcessPoolExecutor):
-    """The page workers, with the lock that gives them (and `run_sync`) turns at writing."""
-
-    def __init__(self, workers: int, context: Any) -> None:
-        self.write_lock = context.Lock()
-        super().__init__(
-            max_workers=workers,
-            mp_context=context,
-            initializer=bulk.init_worker,
-            initargs=(self.write_lock,),
-        )
-
-
 def _start_pool(workers: int) -> ProcessPoolExecutor | None:
     """A process pool for `bulk.prepare_page`, or None to prepare in-process.
 
@@ -360,7 +347,13 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
             context.set_forkserver_preload(["catalog.bulk"])
         else:
             context = multiprocessing.get_context("spawn")
-        pool = _SyncPool(workers, context)
+        # The lock gives the workers their turns at SQLite's write lock (`bulk.init_worker`).
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=bulk.init_worker,
+            initargs=(context.Lock(),),
+        )
         # With fork, every worker starts on the first submit: do it now, before the fetcher
         # thread exists.
         pool.submit(int)

@@ -243,6 +243,7 @@ def _next_cursor(metadata: object) -> str | None:
 
 _METADATA_KEY = b'"metadata"'
 _JSON_DECODER = json.JSONDecoder()
+_KEY_COLON_RE = re.compile(r"\s*:\s*")
 
 
 def page_items(body: bytes) -> list[Any]:
@@ -271,13 +272,12 @@ def cursor_of_body(body: bytes) -> str | None:
     if at != -1:
         # The key starts with an ASCII quote, so slicing there never splits a UTF-8 sequence.
         tail = body[at + len(_METADATA_KEY) :].decode("utf-8", errors="replace")
-        colon = len(tail) - len(tail.lstrip())
-        if tail[colon : colon + 1] == ":":
-            start = colon + 1 + len(tail[colon + 1 :]) - len(tail[colon + 1 :].lstrip())
+        colon = _KEY_COLON_RE.match(tail)
+        if colon is not None:
             try:
-                metadata, end = _JSON_DECODER.raw_decode(tail, start)
+                metadata, end = _JSON_DECODER.raw_decode(tail, colon.end())
             except ValueError:
-                metadata, end = None, -1
+                end = -1
             if end != -1 and tail[end:].strip() == "}":
                 return _next_cursor(metadata)
     try:
@@ -472,10 +472,15 @@ class CivitaiClient:
     def _error(self, response: httpx.Response) -> CivitaiStatusError:
         return from_response(response, secrets=self._secrets)
 
-    def _json(self, response: httpx.Response) -> Any:
-        """The parsed body of a 2xx answer; any other status raises its mapped error."""
+    def _ok(self, response: httpx.Response) -> httpx.Response:
+        """`response` if it is a 2xx answer; any other status raises its mapped error."""
         if not 200 <= response.status_code < 300:
             raise self._error(response)
+        return response
+
+    def _json(self, response: httpx.Response) -> Any:
+        """The parsed body of a 2xx answer; any other status raises its mapped error."""
+        self._ok(response)
         try:
             # One parse straight from the bytes; items are validated one by one afterwards.
             return json.loads(response.content)
@@ -505,10 +510,7 @@ class CivitaiClient:
         Only the envelope is checked here; `validate_model_items` checks the items. Splitting
         the two lets a caller fetch the next page while it validates this one.
         """
-        params = filters.to_params()
-        if cursor is not None:
-            params.append(("cursor", cursor))
-        data = self._json(self._request("GET", "/api/v1/models", params=params))
+        data = self._json(self._list_models_request(filters, cursor))
         items = data.get("items") if isinstance(data, dict) else None
         if not isinstance(items, list):
             raise CivitaiResponseValidationError("list page has no items list")
@@ -547,14 +549,14 @@ class CivitaiClient:
         For a caller that parses pages elsewhere (the sync's worker processes, with
         `page_items`): only the cursor is read here (`cursor_of_body`).
         """
+        body = self._ok(self._list_models_request(filters, cursor)).content
+        return body, cursor_of_body(body)
+
+    def _list_models_request(self, filters: ModelFilters, cursor: str | None) -> httpx.Response:
         params = filters.to_params()
         if cursor is not None:
             params.append(("cursor", cursor))
-        response = self._request("GET", "/api/v1/models", params=params)
-        if not 200 <= response.status_code < 300:
-            raise self._error(response)
-        body = response.content
-        return body, cursor_of_body(body)
+        return self._request("GET", "/api/v1/models", params=params)
 
     def iter_raw_model_pages(
         self, filters: ModelFilters, *, start_cursor: str | None = None
