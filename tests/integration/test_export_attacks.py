@@ -89,9 +89,7 @@ def snapshot(folder: Path) -> dict[str, tuple[str, bytes | str]]:
     return out
 
 
-@pytest.mark.parametrize(
-    ("layout", "planted"), [("a1111", "models/Lora"), ("comfyui", "models")]
-)
+@pytest.mark.parametrize(("layout", "planted"), [("a1111", "models/Lora"), ("comfyui", "models")])
 def test_symlinked_folder_inside_the_target_is_refused(
     engine: Engine,
     store: BlobStore,
@@ -152,9 +150,7 @@ def test_planted_temp_links_cannot_redirect_a_write(
         assert link.is_symlink() and os.readlink(link) == str(victim)
     sidecar = lora_dir / "inkwash.json"
     assert not sidecar.is_symlink() and json.loads(sidecar.read_text())["sd version"] == "SD1"
-    assert (lora_dir / "inkwash.safetensors").resolve() == store.blob_path(
-        library["lora"].sha256
-    )
+    assert (lora_dir / "inkwash.safetensors").resolve() == store.blob_path(library["lora"].sha256)
     assert len(report.written) == 2
     leftovers = [p.name for p in lora_dir.iterdir() if p.name.endswith(".tmp")]
     assert sorted(leftovers) == sorted(p.name for p in planted if p.parent == lora_dir)

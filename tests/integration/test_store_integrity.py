@@ -47,9 +47,7 @@ def mode(path: Path) -> int:
 
 def rows(engine: Engine, sha256: str) -> list[LocalFile]:
     with Session(engine) as session:
-        found = list(
-            session.execute(select(LocalFile).where(LocalFile.sha256 == sha256)).scalars()
-        )
+        found = list(session.execute(select(LocalFile).where(LocalFile.sha256 == sha256)).scalars())
         for row in found:
             session.expunge(row)
         return found
