@@ -357,9 +357,11 @@ class BlobStore:
             return PlacedBlob(dest, "existing", None)
         self._mkdir_private(dest.parent)
         source = source.resolve()
-        src_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        src_fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             st = os.fstat(src_fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"{source} is not a regular file")
             if expected_stat is not None and not _same_content_stat(st, expected_stat):
                 raise FileChangedError(f"{source} changed after it was hashed")
             if mode != "hardlink":

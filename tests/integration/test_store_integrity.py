@@ -323,6 +323,8 @@ def test_store_directories_and_files_are_not_readable_by_other_users(
     engine: Engine, store: BlobStore, tmp_path: Path
 ) -> None:
     src = user_library(tmp_path)
+    for model in src.iterdir():  # old enough for the hash cache to keep their hashes
+        os.utime(model, (1_600_000_000, 1_600_000_000))
     old_umask = os.umask(0)  # the most permissive umask: modes come from the opens themselves
     try:
         import_folder(engine, store, None, src, mode="copy")
@@ -342,6 +344,8 @@ def test_store_directories_and_files_are_not_readable_by_other_users(
         assert mode(folder) == 0o700, folder
     assert mode(store.provenance_path) == 0o600
     assert mode(store.root / "CACHEDIR.TAG") == 0o600
+    hash_cache = store.root / "hash-cache.sqlite3"
+    assert mode(hash_cache) == 0o700 and mode(hash_cache / "hashes.sqlite3") == 0o600
     assert [mode(p) for p in store.locks_dir.iterdir()] == [0o600]
     assert sorted(mode(p) for p in store.quarantine_dir.iterdir()) == [0o400, 0o600]
     # Blobs are 0444 on purpose: the job's uid reads them through a bind mount, while other
