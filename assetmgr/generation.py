@@ -253,6 +253,34 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest().upper()
 
 
+def checked_mounts(
+    engine: Engine,
+    store: BlobStore,
+    mounts: dict[str, Path],
+    models: dict[str, Any],
+    *,
+    cancel: threading.Event | None = None,
+) -> dict[str, Path]:
+    """Mount name -> store file, each passed through `check_before_mount`.
+
+    The one gate between the catalog and a job's mounts: whatever resolved the files (the CLI,
+    the TUI, a rerun), only blobs whose bytes are still the verified ones reach the sandbox.
+    """
+    from assetmgr.store.service import check_before_mount
+
+    if set(mounts) != set(models):
+        raise GenerationError(
+            f"model files {sorted(mounts)} do not match the recorded models {sorted(models)}"
+        )
+    checked: dict[str, Path] = {}
+    for name, info in models.items():
+        path = check_before_mount(engine, store, str(info["sha256"]), name=name, cancel=cancel)
+        if Path(mounts[name]) != path:
+            raise GenerationError(f"model file {name!r} is not the store's file {path}")
+        checked[name] = path
+    return checked
+
+
 def run_generation(
     engine: Engine,
     store: BlobStore,
@@ -268,9 +296,14 @@ def run_generation(
     on_message: Callable[[Any], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> RunRecord:
-    """Run a generation spec in the sandbox and record it; raises `GenerationError`."""
+    """Run a generation spec in the sandbox and record it; raises `GenerationError`.
+
+    Every model file is checked unchanged since its verification (`check_before_mount`)
+    before the engine is contacted; a changed one stops the run with `BlobChangedError`.
+    """
     from sandbox.protocol import Limits, ModelRef
 
+    mounts = checked_mounts(engine, store, mounts, models, cancel=cancel)
     refs = [
         ModelRef(name=name, mount_path=f"/models/{name}", sha256=info["sha256"].lower())
         for name, info in models.items()

@@ -348,6 +348,10 @@ class LocalFileBase(SQLModel):
     autov3: str | None = None
     crc32: str | None = None
     blake3: str | None = None
+    verified_stat: str | None = None
+    """The blob's device, inode, size, mtime and ctime when its bytes were last hashed
+    (``dev:ino:size:mtime_ns:ctime_ns``); a job mounts the file only while it still matches,
+    or after a re-hash."""
 
 
 class LocalFile(LocalFileBase, table=True):

@@ -196,10 +196,12 @@ def verify(
             f"{len(report.missing)} missing\n"
         )
         for item in report.corrupt:
-            sys.stderr.write(
-                f"corrupt: expected {item['sha256']} got {item['got']}; "
-                f"quarantined to {item['quarantined_to']}\n"
+            where = (
+                "the store dropped its link; your original file was left as it is"
+                if item.get("link_removed")
+                else f"quarantined to {item['quarantined_to']}"
             )
+            sys.stderr.write(f"corrupt: expected {item['sha256']} got {item['got']}; {where}\n")
         for item in report.missing:
             sys.stderr.write(f"missing: {item['sha256']} (file {item['file_id']})\n")
     if not report.clean:
@@ -219,7 +221,12 @@ def path(
 
 def import_cmd(
     folder: Path = typer.Argument(..., help="An A1111 or ComfyUI models folder."),
-    copy: bool = typer.Option(False, "--copy", help="Copy files instead of hardlinking."),
+    copy: bool = typer.Option(
+        False,
+        "--copy",
+        help="Share no inode with the originals: a reflink where the file system can, else a "
+        "copy (default: reflink, else hardlink).",
+    ),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also store pickle files."),
     offline: bool = typer.Option(False, "--offline", help="Do not ask Civitai; use sidecars."),
     api_base: str | None = typer.Option(None, "--api-base", help="API root."),
@@ -277,18 +284,37 @@ def export_cmd(
     dest: Path = typer.Argument(..., help="Folder to write the layout into."),
     layout: str = typer.Option(..., "--layout", help="a1111 or comfyui."),
     hardlink: bool = typer.Option(False, "--hardlink", help="Hard links instead of symlinks."),
+    move_aside: bool = typer.Option(
+        False,
+        "--move-aside",
+        help="Rename files in the way that the export did not write to NAME.user-<time>.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Write the store as an A1111 or ComfyUI models folder (links plus sidecars)."""
+    """Write the store as an A1111 or ComfyUI models folder (links plus sidecars).
+
+    Never writes through a link inside DEST and never replaces a file it did not write.
+    """
     from assetmgr.context import open_engine
     from assetmgr.store.exporter import export_library
 
     engine = open_engine(Settings.load())
-    report = export_library(engine, _store(), dest.expanduser(), layout=layout, hardlink=hardlink)
+    report = export_library(
+        engine,
+        _store(),
+        dest.expanduser(),
+        layout=layout,
+        hardlink=hardlink,
+        move_aside=move_aside,
+    )
     if as_json:
-        print_json({"written": report.written, "skipped": report.skipped})
+        print_json(report.as_json())
     else:
         sys.stderr.write(f"exported {len(report.written)} files to {dest}\n")
+        for moved in report.moved_aside:
+            sys.stderr.write(f"moved aside: {moved['path']} -> {moved['moved_to']}\n")
+        for removed in report.removed:
+            sys.stderr.write(f"removed (no longer in the store): {removed}\n")
 
 
 def updates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:

@@ -11,18 +11,28 @@ Layout under the store root (``$ASSETMGR_HOME/store``)::
     names/<relative name>        human-facing names: relative symlinks into blobs/
     provenance.jsonl             append-only record of everything that entered the store
 
-Nothing outside `promote` ever creates a file under ``blobs/``; `promote` fsyncs, makes the file
-read-only and renames it into place, and refuses to replace a blob that exists.
+Nothing outside `promote` and `import_file` ever creates a file under ``blobs/``; `promote`
+fsyncs, makes the file read-only and renames it into place, and refuses to replace a blob that
+exists.
+
+The store is private to its user: every directory is 0700 and every file it writes is 0600 (0400
+in quarantine), created with that mode rather than chmodded afterwards. Blobs are the exception,
+0444, because a job's container reads them as another uid through a bind mount (which bypasses
+the 0700 directories, while other local users cannot get past them). A blob imported by
+hardlink shares its inode with the user's own file, so the store never changes such an inode's
+mode or bytes: quarantine removes the store's link instead (see `quarantine`).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import time
 import unicodedata
 from collections.abc import Iterator
@@ -30,9 +40,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from assetmgr.errors import StoreError
+from assetmgr.store.hashing import FileChangedError
 
 _SHA256_RE = re.compile(r"^[0-9A-F]{64}$")
 _CACHEDIR_TAG = (
@@ -41,6 +52,16 @@ _CACHEDIR_TAG = (
 )
 #: Extra headroom kept free on the volume beyond the file itself.
 DISK_HEADROOM_BYTES = 256 * 1024 * 1024
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+#: Blobs stay readable by the sandbox's uid, which opens them through a read-only bind mount.
+BLOB_MODE = 0o444
+#: Linux's FICLONE ioctl (``_IOW(0x94, 9, int)``): a copy-on-write clone of a whole file.
+FICLONE = 0x40049409
+_COPY_CHUNK = 8 << 20
+PlaceMode = Literal["auto", "copy", "hardlink"]
+"""How `import_file` brings a file in: ``auto`` (reflink, else hardlink, else copy), ``copy``
+(reflink, else copy: the store never shares an inode with the original) or ``hardlink``."""
 
 
 class DiskSpaceError(StoreError, OSError):
@@ -112,10 +133,67 @@ def sanitize_relative_path(parts: list[str]) -> Path:
     return Path(*[sanitize_filename(p, fallback="_") for p in parts if p])
 
 
+def stat_fingerprint(st: os.stat_result) -> str:
+    """What identifies a file's state without reading it: device, inode, size, mtime, ctime.
+
+    Any write, truncation, chmod or link-count change moves ctime, so an equal fingerprint
+    means the bytes hashed when it was taken are still there.
+    """
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
 @dataclass(frozen=True)
 class QuarantineRecord:
     path: Path
+    """Where the bytes went, or where the record is when the store only removed its link."""
     reason: str
+    link_removed: bool = False
+    """True when the blob shared its inode with a file outside the store (a hardlinked
+    import): the store removed its own link and left that inode, mode and bytes, untouched."""
+
+
+@dataclass(frozen=True)
+class PlacedBlob:
+    """A file `import_file` brought into ``blobs/``."""
+
+    path: Path
+    method: Literal["reflink", "hardlink", "copy", "existing"]
+    fingerprint: str | None
+    """`stat_fingerprint` of the blob right after it was placed and checked, or None when the
+    blob already existed (its bytes were not checked here)."""
+
+
+def _open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
+    """Open or create a file in the store with its final mode and never through a link."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
+def _same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+    )
+
+
+def _reflink(source_fd: int, dest_fd: int) -> bool:
+    """Clone `source_fd` into `dest_fd` copy-on-write; False where the filesystem cannot."""
+    try:
+        fcntl.ioctl(dest_fd, FICLONE, source_fd)
+    except OSError as exc:
+        if exc.errno in (
+            errno.EOPNOTSUPP,
+            errno.ENOTTY,
+            errno.EXDEV,
+            errno.EINVAL,
+            errno.EBADF,
+            errno.ENOSYS,
+            errno.EPERM,
+        ):
+            return False
+        raise
+    return True
 
 
 class BlobStore:
@@ -129,8 +207,17 @@ class BlobStore:
         self.locks_dir = root / "locks"
         self.names_dir = root / "names"
         self.provenance_path = root / "provenance.jsonl"
+        self._ensured = False
 
     def ensure(self) -> None:
+        """Create the layout, private to the user; the first call also tightens an older store."""
+        if self._ensured and self.root.is_dir():
+            return
+        try:
+            loose = bool(self.root.stat().st_mode & 0o077)
+        except FileNotFoundError:
+            loose = False
+        self._mkdir_private(self.root)
         for d in (
             self.blobs_dir,
             self.partial_dir,
@@ -138,10 +225,64 @@ class BlobStore:
             self.locks_dir,
             self.names_dir,
         ):
-            d.mkdir(parents=True, exist_ok=True)
+            self._mkdir_private(d)
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
-            tag.write_text(_CACHEDIR_TAG, encoding="ascii")
+            try:
+                fd = _open_private(tag, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w", encoding="ascii") as fh:
+                    fh.write(_CACHEDIR_TAG)
+        self._tighten(deep=loose or self._loose_entries())
+        self._ensured = True
+
+    def _mkdir_private(self, path: Path) -> None:
+        """`path` and any missing parent up to the store root, created 0700 (never wider)."""
+        missing: list[Path] = []
+        probe = path
+        while not probe.exists() and probe.parent != probe:
+            missing.append(probe)
+            probe = probe.parent
+        for d in reversed(missing):
+            try:
+                # mkdir's mode is masked by the umask, so it is at most 0700 from the start.
+                d.mkdir(mode=PRIVATE_DIR_MODE)
+            except FileExistsError:
+                continue
+        for d in (path, *missing):
+            # The root itself may be a link the user made (a store on another drive).
+            _chmod_private_dir(d, follow=d == self.root)
+
+    def _loose_entries(self) -> bool:
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return False
+        for entry in entries:
+            st = entry.stat(follow_symlinks=False)
+            if (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) and st.st_mode & 0o077:
+                return True
+        return False
+
+    def _tighten(self, *, deep: bool) -> None:
+        """Take group and other bits off the store's directories and private files.
+
+        Blob files keep their mode: the store's own are 0444 on purpose (module docstring) and
+        a hardlinked one is the user's inode, which the store never changes.
+        """
+        _chmod_private_dir(self.root, follow=True)
+        if not deep:
+            return
+        blobs_top = self.blobs_dir.parent
+        for top, dirs, files in os.walk(self.root, followlinks=False):
+            here = Path(top)
+            for name in dirs:
+                _chmod_private_dir(here / name)
+            if here != blobs_top and blobs_top not in here.parents:
+                for name in files:
+                    _strip_group_other(here / name)
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -166,13 +307,13 @@ class BlobStore:
         """Move a verified temp file into ``blobs/`` atomically, read-only, never replacing."""
         self.ensure()
         dest = self.blob_path(sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp_path, os.O_RDONLY)
+        self._mkdir_private(dest.parent)
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             os.fsync(fd)
+            os.fchmod(fd, BLOB_MODE)
         finally:
             os.close(fd)
-        os.chmod(tmp_path, 0o444)
         try:
             # link() fails if dest exists, unlike rename(): an existing blob is never replaced.
             os.link(tmp_path, dest)
@@ -189,35 +330,108 @@ class BlobStore:
         self._fsync_dir(dest.parent)
         return dest
 
-    def import_file(self, source: Path, sha256: str, *, mode: str = "auto") -> Path:
-        """Bring an already verified file in by hardlink (same volume) or copy; never moves it.
+    def import_file(
+        self,
+        source: Path,
+        sha256: str,
+        *,
+        mode: PlaceMode | str = "auto",
+        expected_stat: os.stat_result | None = None,
+    ) -> PlacedBlob:
+        """Bring an already verified file in; never moves or modifies it.
 
-        A hardlink shares the inode with the user's original, so the blob is only as immutable as
-        that file: `verify` re-hashes blobs, and `mode="copy"` avoids sharing.
+        A reflink (copy-on-write clone) is tried first: free where the filesystem supports it,
+        and the store then shares nothing with the original. Otherwise ``auto`` hardlinks (the
+        inode is shared: `verify` and `check_before_mount` catch later edits, and the store
+        never changes its mode) and ``copy`` copies. A file the sandbox's uid could not read
+        is never hardlinked. `expected_stat` is the file's stat from before it was hashed: if
+        the file changed since, nothing is kept and `FileChangedError` is raised. A copy is
+        hashed as it streams and must have `sha256`.
         """
+        if mode not in ("auto", "copy", "hardlink"):
+            raise ValueError(f"unknown import mode {mode!r}")
         self.ensure()
-        dest = self.blob_path(sha256)
+        digest = _check_sha256(sha256)
+        dest = self.blob_path(digest)
         if dest.exists():
-            return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
+            return PlacedBlob(dest, "existing", None)
+        self._mkdir_private(dest.parent)
         source = source.resolve()
-        # A hardlink shares the original's permissions, and we never chmod a user's file: a
-        # file the sandbox user (another uid) could not read is copied instead.
-        readable = source.stat().st_mode & 0o004
-        if mode == "hardlink" or (mode == "auto" and readable):
-            try:
-                os.link(source, dest)
-                return dest
-            except FileExistsError:
-                return dest
-            except OSError:
-                if mode == "hardlink":
-                    raise
-        tmp = self.partial_dir / f"import-{sha256}-{os.getpid()}.part"
+        src_fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            self.check_free_space(source.stat().st_size)
-            shutil.copyfile(source, tmp)
-            return self.promote(tmp, sha256)
+            st = os.fstat(src_fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StoreError(f"{source} is not a regular file")
+            if expected_stat is not None and not _same_content_stat(st, expected_stat):
+                raise FileChangedError(f"{source} changed after it was hashed")
+            if mode != "hardlink":
+                placed = self._reflink_in(src_fd, st, digest, source)
+                if placed is not None:
+                    return placed
+            # A hardlink shares the original's permissions, and we never chmod a user's file:
+            # a file the sandbox user (another uid) could not read is copied instead.
+            if mode == "hardlink" or (mode == "auto" and st.st_mode & 0o004):
+                try:
+                    os.link(source, dest)
+                except FileExistsError:
+                    return PlacedBlob(dest, "existing", None)
+                except OSError:
+                    if mode == "hardlink":
+                        raise
+                else:
+                    linked = os.lstat(dest)
+                    if not _same_content_stat(linked, st):
+                        # Swapped or edited between the open and the link: keep nothing.
+                        os.unlink(dest)
+                        raise FileChangedError(f"{source} changed while it was linked")
+                    return PlacedBlob(dest, "hardlink", stat_fingerprint(linked))
+            return self._copy_in(src_fd, st, digest, source)
+        finally:
+            os.close(src_fd)
+
+    def _temp_in_partial(self, digest: str, how: str) -> tuple[Path, int]:
+        tmp = self.partial_dir / f"{how}-{digest}-{os.getpid()}-{os.urandom(4).hex()}.part"
+        return tmp, _open_private(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+
+    def _finish(self, tmp: Path, digest: str, method: Literal["reflink", "copy"]) -> PlacedBlob:
+        try:
+            dest = self.promote(tmp, digest)
+        except BlobExistsError:
+            return PlacedBlob(self.blob_path(digest), "existing", None)
+        return PlacedBlob(dest, method, stat_fingerprint(os.lstat(dest)))
+
+    def _reflink_in(
+        self, src_fd: int, st: os.stat_result, digest: str, source: Path
+    ) -> PlacedBlob | None:
+        tmp, fd = self._temp_in_partial(digest, "reflink")
+        try:
+            try:
+                cloned = _reflink(src_fd, fd)
+            finally:
+                os.close(fd)
+            if not cloned:
+                return None
+            if not _same_content_stat(os.fstat(src_fd), st):
+                raise FileChangedError(f"{source} changed while it was cloned")
+            return self._finish(tmp, digest, "reflink")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _copy_in(self, src_fd: int, st: os.stat_result, digest: str, source: Path) -> PlacedBlob:
+        self.check_free_space(st.st_size)
+        tmp, fd = self._temp_in_partial(digest, "copy")
+        try:
+            # SHA256 only (not the six hashes): enough to prove the copy is the hashed file.
+            sha = hashlib.sha256()
+            with os.fdopen(fd, "wb", closefd=True) as out:
+                offset = 0
+                while chunk := os.pread(src_fd, _COPY_CHUNK, offset):
+                    out.write(chunk)
+                    sha.update(chunk)
+                    offset += len(chunk)
+            if sha.hexdigest().upper() != digest:
+                raise FileChangedError(f"{source} changed while it was copied")
+            return self._finish(tmp, digest, "copy")
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -227,9 +441,10 @@ class BlobStore:
         """Create (or repoint) ``names/<relative_name>`` as a relative symlink to the blob."""
         if relative_name.is_absolute() or ".." in relative_name.parts:
             raise StoreError(f"refusing a link name outside the store: {relative_name}")
+        self.ensure()
         link = self.names_dir / relative_name
         target = self.blob_path(sha256)
-        link.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdir_private(link.parent)
         rel_target = os.path.relpath(target, link.parent)
         tmp_link = link.with_name(f".{link.name}.{os.getpid()}.tmp")
         tmp_link.unlink(missing_ok=True)
@@ -248,7 +463,7 @@ class BlobStore:
         """An exclusive flock per key; `timeout` seconds of waiting, then `StoreLockTimeout`."""
         self.ensure()
         path = self.locks_dir / f"{sanitize_filename(key, fallback='lock')}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_private(path, os.O_RDWR | os.O_CREAT)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -274,15 +489,49 @@ class BlobStore:
         reason: str,
         details: dict[str, Any] | None = None,
     ) -> QuarantineRecord:
-        """Move bytes that failed verification out of reach; they are never loadable."""
+        """Move bytes that failed verification out of reach; they are never loadable.
+
+        A file whose inode has other links (a hardlinked import: the user's own file) is not
+        touched: the store removes its link and records why, and the user's file keeps its
+        mode and bytes.
+        """
         self.ensure()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         dest = self.quarantine_dir / f"{stamp}-{(got_sha256 or 'unknown')[:16]}.bin"
-        os.chmod(path, 0o400)
-        os.replace(path, dest)
-        meta = {"reason": reason, "got_sha256": got_sha256, "at": stamp, **(details or {})}
-        dest.with_suffix(".json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        return QuarantineRecord(dest, reason)
+        meta: dict[str, Any] = {
+            "reason": reason,
+            "got_sha256": got_sha256,
+            "at": stamp,
+            **(details or {}),
+        }
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            fd = -1  # a symlink where a blob belongs: only the link itself goes
+        try:
+            st = os.fstat(fd) if fd >= 0 else os.lstat(path)
+            shared = st.st_nlink > 1 or not stat.S_ISREG(st.st_mode)
+            if not shared:
+                os.fchmod(fd, 0o400)  # the store's own inode: nobody else holds it
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if shared:
+            os.unlink(path)
+            meta.update({"link_removed": str(path), "bytes_kept": False})
+            record_path = dest.with_suffix(".json")
+        else:
+            os.replace(path, dest)
+            record_path = dest
+        self._write_private_json(dest.with_suffix(".json"), meta)
+        return QuarantineRecord(record_path, reason, link_removed=shared)
+
+    def _write_private_json(self, path: Path, data: dict[str, Any]) -> None:
+        fd = _open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(data, indent=2, default=str))
 
     def check_free_space(self, needed_bytes: int, *, already_have: int = 0) -> None:
         self.ensure()
@@ -301,7 +550,7 @@ class BlobStore:
         self.ensure()
         entry = {"time": datetime.now(UTC).isoformat(), **entry}
         line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode("utf-8")
-        fd = os.open(self.provenance_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = _open_private(self.provenance_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line)
             os.fsync(fd)
@@ -320,3 +569,28 @@ class BlobStore:
             pass
         finally:
             os.close(fd)
+
+
+def _chmod_private_dir(path: Path, *, follow: bool = False) -> None:
+    """Make a store directory 0700, through an fd opened without following a link."""
+    nofollow = 0 if follow else os.O_NOFOLLOW
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | nofollow | os.O_CLOEXEC)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != PRIVATE_DIR_MODE:
+            os.fchmod(fd, PRIVATE_DIR_MODE)
+    finally:
+        os.close(fd)
+
+
+def _strip_group_other(path: Path) -> None:
+    """A private file of the store loses group/other bits; links and shared inodes are skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # a symlink (ELOOP), a socket, or gone meanwhile: not ours to change
+        return
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_mode & 0o077:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+    finally:
+        os.close(fd)

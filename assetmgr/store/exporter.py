@@ -10,25 +10,43 @@ name, plus the sidecars those ecosystems read:
   LoRA Manager's ``<base>.metadata.json``.
 
 Links are relative symlinks into the store by default (the blobs stay read-only); `hardlink`
-makes hard links instead, for tools that do not follow symlinks.
+makes hard links instead, for tools that do not follow symlinks (or run as another user: the
+store itself is private).
+
+The target folder is the user's, so the export never follows what it did not create and never
+replaces what it did not write (`SafeDir` does the file system part): a link anywhere inside
+the target is refused, and a file in the way is an `ExportConflictError` unless `move_aside`
+renames it to ``NAME.user-<time>``. ``.assetmgr-export.json`` in the target lists what the
+export wrote (a link's text, a hard link's inode, a sidecar's SHA256); a re-run replaces only
+entries that still match it, removes its own entries the store no longer has, and treats an
+entry that changed since as the user's.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from assetmgr.errors import AssetMgrError
+from assetmgr.errors import AssetMgrError, StoreError
 from assetmgr.store.blobs import BlobStore, sanitize_filename
+from assetmgr.store.safedir import LinkInTargetError, SafeDir
 from catalog.models import LocalFile, Model, ModelFile, ModelVersion
 from catalog.usermeta import UserMeta
+
+MANIFEST_NAME = ".assetmgr-export.json"
+MANIFEST_FORMAT = 1
+#: Sidecars and manifests bigger than this are not ours (we never write such sizes).
+MAX_OWN_FILE_BYTES = 64 * 1024 * 1024
 
 LAYOUTS: dict[str, dict[str, str]] = {
     "a1111": {
@@ -56,12 +74,6 @@ LAYOUTS: dict[str, dict[str, str]] = {
         "Other": "models/other",
     },
 }
-
-
-@dataclass
-class ExportReport:
-    written: list[dict[str, str]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 def _sd_version(base_model: str | None) -> str:
@@ -126,31 +138,87 @@ def _version_object(model: Model, version: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _link(target: Path, link: Path, *, hardlink: bool) -> None:
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() or link.exists():
-        link.unlink()
+class ExportConflictError(StoreError):
+    """Entries in the target that the export did not write (or that changed since)."""
+
+    title = "File in the way"
+    hint = (
+        "Move or delete it, or rerun with --move-aside to rename such files to "
+        "NAME.user-<time>; nothing was replaced."
+    )
+
+    def __init__(self, conflicts: list[tuple[Path, str]]) -> None:
+        self.conflicts = conflicts
+        path, reason = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+        super().__init__(f"{path} {reason}{more}")
+
+
+class ExportLinkError(StoreError):
+    """A hard-linked export across file systems."""
+
+    title = "Cannot hard-link"
+    hint = "Export onto the store's file system, or drop --hardlink to make symbolic links."
+
+
+_NOT_OURS = "exists and was not written by assetmgr export"
+_CHANGED = "was changed since the last export"
+
+
+@dataclass
+class ExportReport:
+    written: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    moved_aside: list[dict[str, str]] = field(default_factory=list)
+    """The user's entries renamed out of the way (``path`` -> ``moved_to``)."""
+    removed: list[str] = field(default_factory=list)
+    """Entries an earlier export wrote that the store no longer has."""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "written": self.written,
+            "skipped": self.skipped,
+            "moved_aside": self.moved_aside,
+            "removed": self.removed,
+        }
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One thing the export puts in the target, and what its manifest line says."""
+
+    relative: PurePosixPath
+    kind: Literal["symlink", "hardlink", "file"]
+    record: dict[str, Any]
+    source: Path | None = None
+    data: bytes | None = None
+
+
+def _file_entry(relative: PurePosixPath, data: Any) -> _Entry:
+    raw = json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
+    return _Entry(
+        relative, "file", {"kind": "file", "sha256": hashlib.sha256(raw).hexdigest()}, data=raw
+    )
+
+
+def _link_entry(relative: PurePosixPath, blob: Path, root: Path, *, hardlink: bool) -> _Entry:
+    real_blob = Path(os.path.realpath(blob))
     if hardlink:
-        os.link(target, link)
-    else:
-        os.symlink(os.path.relpath(target, link.parent), link)
+        st = os.stat(real_blob)
+        record = {"kind": "hardlink", "dev": st.st_dev, "ino": st.st_ino}
+        return _Entry(relative, "hardlink", record, source=real_blob)
+    target = os.path.relpath(real_blob, root / relative.parent)
+    return _Entry(relative, "symlink", {"kind": "symlink", "target": target})
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def export_library(
-    engine: Engine, store: BlobStore, dest: Path, *, layout: str, hardlink: bool = False
-) -> ExportReport:
-    if layout not in LAYOUTS:
-        raise AssetMgrError(f"unknown layout {layout!r}", hint="Use --layout a1111 or comfyui.")
+def _plan(
+    engine: Engine, store: BlobStore, root: Path, *, layout: str, hardlink: bool
+) -> tuple[list[_Entry], ExportReport]:
+    """Everything the export writes, computed from the catalog before anything is touched."""
     folders = LAYOUTS[layout]
     report = ExportReport()
-    dest.mkdir(parents=True, exist_ok=True)
-    used: set[Path] = set()
+    entries: list[_Entry] = []
+    used: set[PurePosixPath] = {PurePosixPath(MANIFEST_NAME)}
     with Session(engine) as session:
         rows = session.execute(
             select(LocalFile, ModelFile, ModelVersion, Model)
@@ -164,50 +232,262 @@ def export_library(
             if not local.sha256 or not store.has(local.sha256):
                 report.skipped.append({"file_id": str(file.id), "reason": "blob missing"})
                 continue
-            folder = dest / folders.get(model.type, folders["Other"])
+            folder = PurePosixPath(folders.get(model.type, folders["Other"]))
             name = sanitize_filename(file.name, fallback=f"{file.id}.safetensors")
-            link = folder / name
-            if link in used:  # two versions ship files with the same name
-                link = folder / f"{Path(name).stem}_{file.id}{Path(name).suffix}"
-            used.add(link)
-            _link(store.blob_path(local.sha256), link, hardlink=hardlink)
-            base = link.with_suffix("")
-            words = [w.word for w in version.trained_words]
+            stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix
+            sidecars = (".civitai.info", ".json") if layout == "a1111" else (".metadata.json",)
+            chosen: list[PurePosixPath] | None = None
+            for candidate_stem in (stem, f"{stem}_{file.id}"):
+                paths = [folder / f"{candidate_stem}{suffix}"]
+                paths += [folder / f"{candidate_stem}{ext}" for ext in sidecars]
+                if len(set(paths)) == len(paths) and not used.intersection(paths):
+                    chosen = paths
+                    break
+            if chosen is None:
+                report.skipped.append({"file_id": str(file.id), "reason": "name collision"})
+                continue
+            used.update(chosen)
+            link = chosen[0]
+            entries.append(
+                _link_entry(link, store.blob_path(local.sha256), root, hardlink=hardlink)
+            )
             meta = session.get(UserMeta, version.id)
             if layout == "a1111":
                 if model.source == "civitai":
-                    _write_json(Path(f"{base}.civitai.info"), _version_object(model, version))
-                a1111: dict[str, Any] = {
-                    "description": (meta.description if meta and meta.description else None)
-                    or (model.description_text or ""),
-                    "sd version": _sd_version(version.base_model),
-                    "activation text": (
-                        meta.activation_text
-                        if meta and meta.activation_text
-                        else _activation_text(words)
-                    ),
-                    "preferred weight": meta.preferred_weight
-                    if meta and meta.preferred_weight is not None
-                    else 0,
-                    "notes": meta.notes if meta and meta.notes else "",
-                }
-                _write_json(Path(f"{base}.json"), a1111)
+                    entries.append(_file_entry(chosen[1], _version_object(model, version)))
+                entries.append(_file_entry(chosen[2], _a1111_meta(model, version, meta)))
             else:
-                lm: dict[str, Any] = {
-                    "file_name": base.name,
-                    "model_name": model.name,
-                    "file_path": str(link).replace(os.sep, "/"),
-                    "size": local.size_bytes,
-                    "sha256": local.sha256.lower(),
-                    "base_model": version.base_model,
-                    "from_civitai": model.source == "civitai",
-                    "civitai": _version_object(model, version) if model.source == "civitai" else {},
-                    "tags": [t.tag.name for t in model.tag_links],
-                    "notes": meta.notes if meta and meta.notes else "",
-                    "autov3": (local.autov3 or "").lower() or None,
-                }
-                if meta and meta.preferred_weight is not None:
-                    lm["usage_tips"] = json.dumps({"strength": meta.preferred_weight})
-                _write_json(Path(f"{base}.metadata.json"), lm)
-            report.written.append({"file_id": str(file.id), "path": str(link)})
+                lm = _lora_manager_meta(model, version, local, meta, root / link)
+                entries.append(_file_entry(chosen[1], lm))
+            report.written.append({"file_id": str(file.id), "path": str(root / link)})
+    return entries, report
+
+
+def _a1111_meta(model: Model, version: ModelVersion, meta: UserMeta | None) -> dict[str, Any]:
+    words = [w.word for w in version.trained_words]
+    return {
+        "description": (meta.description if meta and meta.description else None)
+        or (model.description_text or ""),
+        "sd version": _sd_version(version.base_model),
+        "activation text": (
+            meta.activation_text if meta and meta.activation_text else _activation_text(words)
+        ),
+        "preferred weight": meta.preferred_weight
+        if meta and meta.preferred_weight is not None
+        else 0,
+        "notes": meta.notes if meta and meta.notes else "",
+    }
+
+
+def _lora_manager_meta(
+    model: Model, version: ModelVersion, local: LocalFile, meta: UserMeta | None, link: Path
+) -> dict[str, Any]:
+    lm: dict[str, Any] = {
+        "file_name": link.stem,
+        "model_name": model.name,
+        "file_path": str(link).replace(os.sep, "/"),
+        "size": local.size_bytes,
+        "sha256": (local.sha256 or "").lower(),
+        "base_model": version.base_model,
+        "from_civitai": model.source == "civitai",
+        "civitai": _version_object(model, version) if model.source == "civitai" else {},
+        "tags": [t.tag.name for t in model.tag_links],
+        "notes": meta.notes if meta and meta.notes else "",
+        "autov3": (local.autov3 or "").lower() or None,
+    }
+    if meta and meta.preferred_weight is not None:
+        lm["usage_tips"] = json.dumps({"strength": meta.preferred_weight})
+    return lm
+
+
+# --- the target folder ----------------------------------------------------------------------
+
+
+def _state(
+    folder: SafeDir | None, name: str, recorded: dict[str, Any] | None
+) -> Literal["absent", "ours", "theirs", "changed"]:
+    """Whether `name` is missing, still what the manifest says we wrote, or the user's."""
+    st = folder.lstat(name) if folder is not None else None
+    if st is None or folder is None:
+        return "absent"
+    if recorded is None:
+        return "theirs"
+    kind = recorded.get("kind")
+    if kind == "symlink":
+        ours = stat.S_ISLNK(st.st_mode) and folder.readlink(name) == recorded.get("target")
+    elif kind == "hardlink":
+        ours = stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (
+            recorded.get("dev"),
+            recorded.get("ino"),
+        )
+    elif kind == "file" and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        data = folder.read_regular(name, limit=MAX_OWN_FILE_BYTES)
+        ours = data is not None and hashlib.sha256(data).hexdigest() == recorded.get("sha256")
+    else:
+        ours = False
+    return "ours" if ours else "changed"
+
+
+def _valid_relative(text: str) -> PurePosixPath | None:
+    path = PurePosixPath(text)
+    if path.is_absolute() or not path.parts or any(p in ("", ".", "..") for p in path.parts):
+        return None
+    return path
+
+
+def _read_manifest(root: SafeDir) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, bool]:
+    """(what an earlier export wrote, the manifest's own record, whether it is someone else's).
+
+    The manifest is ours when it parses as one; its record (the SHA256 of its bytes now) lets
+    it be replaced like any other entry of ours.
+    """
+    if root.lstat(MANIFEST_NAME) is None:
+        return {}, None, False
+    raw = root.read_regular(MANIFEST_NAME, limit=MAX_OWN_FILE_BYTES)
+    try:
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
+        data = None
+    if raw is None or not isinstance(data, dict) or data.get("assetmgr_export") != MANIFEST_FORMAT:
+        return {}, None, True
+    files = data.get("files")
+    out: dict[str, dict[str, Any]] = {}
+    if isinstance(files, dict):
+        for key, record in files.items():
+            if isinstance(key, str) and isinstance(record, dict) and _valid_relative(key):
+                out[key] = record
+    return out, {"kind": "file", "sha256": hashlib.sha256(raw).hexdigest()}, False
+
+
+class _Writer:
+    """Puts entries into the target; one open directory per folder."""
+
+    def __init__(self, root: SafeDir, *, move_aside: bool, report: ExportReport) -> None:
+        self.root = root
+        self.move_aside = move_aside
+        self.report = report
+        self.folders: dict[PurePosixPath, SafeDir | None] = {}
+
+    def folder(self, relative: PurePosixPath, *, create: bool) -> SafeDir | None:
+        if relative == PurePosixPath("."):
+            return self.root
+        known = self.folders.get(relative)
+        if known is None and (create or relative not in self.folders):
+            known = self.root.subdir(relative, create=create)
+            self.folders[relative] = known
+        return known
+
+    def close(self) -> None:
+        for folder in self.folders.values():
+            if folder is not None:
+                folder.close()
+
+    def put(self, entry: _Entry, recorded: dict[str, Any] | None) -> None:
+        folder = self.folder(entry.relative.parent, create=True)
+        assert folder is not None
+        name = entry.relative.name
+        state = _state(folder, name, recorded)
+        if state == "ours" and recorded == entry.record:
+            return  # already exactly this
+        if state in ("theirs", "changed") and not self.move_aside:
+            reason = _NOT_OURS if state == "theirs" else _CHANGED
+            raise ExportConflictError([(folder.path / name, reason)])
+        temp = self._make_temp(folder, entry)
+        try:
+            if state == "ours":
+                folder.replace(temp, name)
+                return
+            if state != "absent":
+                aside = folder.move_aside(name)
+                self.report.moved_aside.append(
+                    {"path": str(folder.path / name), "moved_to": str(folder.path / aside)}
+                )
+            try:
+                folder.place_new(temp, name)
+            except FileExistsError:
+                raise ExportConflictError([(folder.path / name, _NOT_OURS)]) from None
+        finally:
+            folder.discard(temp)
+
+    @staticmethod
+    def _make_temp(folder: SafeDir, entry: _Entry) -> str:
+        name = entry.relative.name
+        if entry.kind == "file":
+            assert entry.data is not None
+            return folder.write_temp(name, entry.data)
+        if entry.kind == "symlink":
+            return folder.symlink_temp(name, str(entry.record["target"]))
+        assert entry.source is not None
+        try:
+            return folder.hardlink_temp(name, entry.source)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                raise ExportLinkError(
+                    f"{folder.path} is on another file system than the store"
+                ) from None
+            raise
+
+    def remove_stale(self, relative: PurePosixPath, recorded: dict[str, Any]) -> None:
+        try:
+            folder = self.folder(relative.parent, create=False)
+        except LinkInTargetError:
+            return  # never reach through a link, not even to clean up
+        if folder is not None and _state(folder, relative.name, recorded) == "ours":
+            folder.unlink(relative.name)
+            self.report.removed.append(str(folder.path / relative.name))
+
+
+def _manifest_entry(files: dict[str, dict[str, Any]], layout: str) -> _Entry:
+    data = {"assetmgr_export": MANIFEST_FORMAT, "layout": layout, "files": files}
+    return _file_entry(PurePosixPath(MANIFEST_NAME), data)
+
+
+def export_library(
+    engine: Engine,
+    store: BlobStore,
+    dest: Path,
+    *,
+    layout: str,
+    hardlink: bool = False,
+    move_aside: bool = False,
+) -> ExportReport:
+    """Write the store into `dest` in `layout`; see the module docstring for the rules.
+
+    Raises:
+        ExportConflictError: an entry in the way that the export did not write (checked for
+            every entry before anything is written), unless `move_aside`.
+        LinkInTargetError: a symbolic link inside `dest` where the export would go through it.
+    """
+    if layout not in LAYOUTS:
+        raise AssetMgrError(f"unknown layout {layout!r}", hint="Use --layout a1111 or comfyui.")
+    with SafeDir.open_root(dest, create=True) as root:
+        entries, report = _plan(engine, store, root.path, layout=layout, hardlink=hardlink)
+        earlier, manifest_record, foreign_manifest = _read_manifest(root)
+        writer = _Writer(root, move_aside=move_aside, report=report)
+        try:
+            conflicts: list[tuple[Path, str]] = []
+            if foreign_manifest:
+                conflicts.append((root.path / MANIFEST_NAME, _NOT_OURS))
+            for entry in entries:
+                folder = writer.folder(entry.relative.parent, create=False)
+                state = _state(folder, entry.relative.name, earlier.get(str(entry.relative)))
+                if state in ("theirs", "changed"):
+                    reason = _NOT_OURS if state == "theirs" else _CHANGED
+                    conflicts.append((root.path / entry.relative, reason))
+            if conflicts and not move_aside:
+                raise ExportConflictError(conflicts)
+            # The manifest goes first and names old and new entries, so an interrupted export
+            # still recognises everything it may have written.
+            planned = {str(e.relative): e.record for e in entries}
+            pending = _manifest_entry({**earlier, **planned}, layout)
+            writer.put(pending, manifest_record)
+            for entry in entries:
+                writer.put(entry, earlier.get(str(entry.relative)))
+            for key, recorded in earlier.items():
+                relative = _valid_relative(key)
+                if key not in planned and relative is not None:
+                    writer.remove_stale(relative, recorded)
+            writer.put(_manifest_entry(planned, layout), pending.record)
+        finally:
+            writer.close()
     return report

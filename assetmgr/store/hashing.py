@@ -589,7 +589,9 @@ class HashCache:
         )
         for attempt in (1, 2):
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Private like the store around it: SQLite gives its journals the file's mode.
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
                 with self._lock, closing(self._connect()) as conn:
                     conn.execute("INSERT OR REPLACE INTO hashes VALUES (?,?,?,?,?,?,?,?,?)", row)
                 return

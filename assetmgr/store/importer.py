@@ -128,6 +128,8 @@ class _Candidate:
     civitai_says_unknown: bool = False
     a1111: dict[str, Any] | None = None
     lora_manager: dict[str, Any] | None = None
+    stat: os.stat_result | None = None
+    """The file's stat from before it was hashed: the store refuses it if it changed since."""
 
 
 def _read_sidecars(c: _Candidate) -> None:
@@ -253,8 +255,9 @@ def import_folder(
                 continue
             d = detect(info)
             detected = (d.model_type, d.base_model)
+        before = os.stat(path)
         hashes = cached_hashes(path, cache, cancel=cancel)
-        cand = _Candidate(path, hashes, kind, detected)
+        cand = _Candidate(path, hashes, kind, detected, stat=before)
         _read_sidecars(cand)
         candidates.append(cand)
 
@@ -291,7 +294,8 @@ def import_folder(
             else:
                 file_id, version_id, model_id = _add_local_model(session, c, now)
                 source = "local"
-            blob = store.import_file(c.path, sha, mode=mode)
+            placed = store.import_file(c.path, sha, mode=mode, expected_stat=c.stat)
+            blob = placed.path
             model_type = session.get(Model, model_id)
             store.link_name(
                 sha,
@@ -306,7 +310,13 @@ def import_folder(
                 ),
             )
             records.set_local_state(
-                session, file_id=file_id, sha256=sha, state="verified", path=blob, hashes=c.hashes
+                session,
+                file_id=file_id,
+                sha256=sha,
+                state="verified",
+                path=blob,
+                hashes=c.hashes,
+                fingerprint=placed.fingerprint,
             )
             meta = _user_meta(c)
             if meta is not None:
@@ -325,6 +335,7 @@ def import_folder(
                 "expected": {"SHA256": matched.sha256} if matched is not None else None,
                 "result": "verified",
                 "path": str(blob),
+                "stored_as": placed.method,
                 "identified_by": source,
             }
         )

@@ -68,8 +68,13 @@ def set_local_state(
     path: Path | None,
     hashes: FileHashes | None = None,
     size_bytes: int | None = None,
+    fingerprint: str | None = None,
 ) -> LocalFile:
-    """Create or update the `LocalFile` row for a catalog file (or a local-only blob)."""
+    """Create or update the `LocalFile` row for a catalog file (or a local-only blob).
+
+    `fingerprint` is the blob's `stat_fingerprint` taken where its bytes were checked; without
+    one a row keeps the fingerprint it has (or gets none, and the next mount re-hashes).
+    """
     row: LocalFile | None = None
     if file_id is not None:
         row = (
@@ -95,6 +100,10 @@ def set_local_state(
     row.sha256 = sha256.upper()
     if state == "verified":
         row.verified_at = datetime.now(UTC)
+        if fingerprint is not None:
+            row.verified_stat = fingerprint
+    else:
+        row.verified_stat = None
     if size_bytes is not None:
         row.size_bytes = size_bytes
     if hashes is None and file_id is not None:
@@ -114,3 +123,30 @@ def set_local_state(
         row.crc32 = hashes.crc32
         row.blake3 = hashes.blake3
     return row
+
+
+def verified_rows(session: Session, sha256: str) -> list[LocalFile]:
+    """The `LocalFile` rows that name this blob as verified."""
+    return list(
+        session.execute(
+            select(LocalFile).where(
+                col(LocalFile.sha256) == sha256.upper(), col(LocalFile.state) == "verified"
+            )
+        ).scalars()
+    )
+
+
+def record_fingerprint(session: Session, sha256: str, fingerprint: str) -> None:
+    """After a re-hash found the blob intact: every verified row of it gets the new stat."""
+    for row in verified_rows(session, sha256):
+        row.verified_stat = fingerprint
+
+
+def mark_quarantined(session: Session, sha256: str) -> None:
+    """The blob failed a check: its rows stop being verified and lose their path."""
+    for row in session.execute(
+        select(LocalFile).where(col(LocalFile.sha256) == sha256.upper())
+    ).scalars():
+        row.state = "quarantined"
+        row.path = None
+        row.verified_stat = None

@@ -6,6 +6,8 @@ Each takes a progress callback and a cancel event; neither imports a UI library.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,7 @@ from sqlmodel import col
 
 from assetmgr.errors import AssetMgrError, NotInCatalogError, StoreError
 from assetmgr.store import records
-from assetmgr.store.blobs import BlobStore
+from assetmgr.store.blobs import BLOB_MODE, BlobStore, QuarantineRecord, stat_fingerprint
 from assetmgr.store.download import (
     Downloader,
     DownloadProgress,
@@ -28,7 +30,7 @@ from assetmgr.store.download import (
     PullResult,
     is_pickle_format,
 )
-from assetmgr.store.hashing import FileHashes, compute_hashes
+from assetmgr.store.hashing import FileChangedError, FileHashes, compute_hashes
 from assetmgr.store.safetensors_check import detect_format, validate_safetensors
 from catalog import repo
 from catalog.db import session_scope
@@ -157,6 +159,11 @@ class StoreService:
                         session.delete(row)
             raise
         full = result.hashes if isinstance(result.hashes, FileHashes) else None
+        # A fresh download is the store's own inode, just hashed; an existing blob keeps
+        # the fingerprint its rows have.
+        fingerprint = (
+            None if result.already_present else stat_fingerprint(os.lstat(result.blob_path))
+        )
         with session_scope(self.engine, write=True) as session:
             records.set_local_state(
                 session,
@@ -166,6 +173,7 @@ class StoreService:
                 path=result.blob_path,
                 hashes=full,
                 size_bytes=result.hashes.size if result.hashes is not None else None,
+                fingerprint=fingerprint,
             )
         return result
 
@@ -210,6 +218,72 @@ class VerifyReport:
         return not self.corrupt and not self.missing
 
 
+class BlobChangedError(StoreError):
+    """A stored file no longer has the SHA256 it was verified with; no job may mount it."""
+
+    title = "Model file changed"
+
+    def __init__(
+        self, *, sha256: str, got_sha256: str, name: str | None, record: QuarantineRecord
+    ) -> None:
+        self.sha256 = sha256
+        self.got_sha256 = got_sha256
+        self.name = name
+        self.record = record
+        hint = (
+            "The store dropped its link and left your original file as it is; import its "
+            "folder again (`assetmgr import DIR`) to use the new bytes."
+            if record.link_removed
+            else "The bytes were quarantined; pull or import the file again."
+        )
+        super().__init__(
+            f"{name or sha256} changed since it was verified (expected sha256 {sha256}, "
+            f"got {got_sha256}); refused to mount it",
+            hint=hint,
+        )
+
+
+def _quarantine_blob(
+    engine: Engine, store: BlobStore, sha256: str, got: FileHashes | None, *, reason: str
+) -> QuarantineRecord:
+    """Take a blob out of reach (the store's link only, when it is shared) and mark its rows."""
+    path = store.blob_path(sha256)
+    record = store.quarantine(
+        path,
+        got_sha256=got.sha256 if got is not None else None,
+        reason=reason,
+        details={"expected_sha256": sha256},
+    )
+    store.record_provenance(
+        {
+            "event": "verify",
+            "result": "quarantined",
+            "reason": reason,
+            "expected": {"SHA256": sha256},
+            "computed": got.as_civitai_dict() if got is not None else None,
+            "path": str(record.path),
+            "link_removed": record.link_removed,
+        }
+    )
+    with session_scope(engine, write=True) as session:
+        records.mark_quarantined(session, sha256)
+    return record
+
+
+def _hash_blob(
+    path: Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[FileHashes, str | None]:
+    """(hashes, fingerprint): the fingerprint is None when the file changed during hashing."""
+    before = os.lstat(path)
+    hashes = compute_hashes(path, progress=progress, cancel=cancel)
+    after = os.lstat(path)
+    same = stat_fingerprint(before) == stat_fingerprint(after)
+    return hashes, stat_fingerprint(after) if same else None
+
+
 def verify_store(
     engine: Engine,
     store: BlobStore,
@@ -219,12 +293,17 @@ def verify_store(
 ) -> VerifyReport:
     """Re-hash every blob; quarantine the corrupt ones and mark rows missing or quarantined.
 
+    A corrupt blob that shares its inode with a file outside the store (a hardlinked import)
+    loses only the store's link: the user's file keeps its mode and bytes. Intact blobs get a
+    fresh stat fingerprint for `check_before_mount`.
     `progress(done_bytes, total_bytes, files_done)` is called as bytes are hashed.
     """
+    store.ensure()
     report = VerifyReport()
     blobs = list(store.iter_blobs())
-    total = sum(p.stat().st_size for _, p in blobs)
+    total = sum(p.lstat().st_size for _, p in blobs)
     done_before = 0
+    fingerprints: dict[str, str] = {}
     for index, (name, path) in enumerate(blobs):
         if cancel is not None and cancel.is_set():
             break
@@ -234,38 +313,35 @@ def verify_store(
             if progress is not None:
                 progress(base + n, total, index)
 
-        size = path.stat().st_size
-        hashes = compute_hashes(path, progress=on_bytes, cancel=cancel)
+        size = path.lstat().st_size
+        regular = stat.S_ISREG(path.lstat().st_mode)
+        hashes, fingerprint = (
+            _hash_blob(path, progress=on_bytes, cancel=cancel) if regular else (None, None)
+        )
         done_before += size
         report.checked += 1
-        if hashes.sha256.upper() == name:
+        if hashes is not None and hashes.sha256.upper() == name:
             report.ok += 1
+            st = path.lstat()
+            if st.st_nlink == 1 and st.st_mode & 0o222:
+                # The store alone holds this inode, so it may make it read-only again.
+                os.chmod(path, BLOB_MODE)
+                fingerprint = stat_fingerprint(path.lstat()) if fingerprint else None
+            if fingerprint is not None:
+                fingerprints[name] = fingerprint
             continue
-        record = store.quarantine(
-            path,
-            got_sha256=hashes.sha256,
-            reason="verify: content changed",
-            details={"expected_sha256": name},
-        )
-        store.record_provenance(
+        record = _quarantine_blob(engine, store, name, hashes, reason="verify: content changed")
+        report.corrupt.append(
             {
-                "event": "verify",
-                "result": "quarantined",
-                "expected": {"SHA256": name},
-                "computed": hashes.as_civitai_dict(),
-                "path": str(record.path),
+                "sha256": name,
+                "got": hashes.sha256 if hashes is not None else None,
+                "quarantined_to": str(record.path),
+                "link_removed": record.link_removed,
             }
         )
-        report.corrupt.append(
-            {"sha256": name, "got": hashes.sha256, "quarantined_to": str(record.path)}
-        )
-        with session_scope(engine, write=True) as session:
-            for row in session.execute(
-                select(LocalFile).where(col(LocalFile.sha256) == name)
-            ).scalars():
-                row.state = "quarantined"
-                row.path = None
     with session_scope(engine, write=True) as session:
+        for sha, fingerprint in fingerprints.items():
+            records.record_fingerprint(session, sha, fingerprint)
         for row in session.execute(
             select(LocalFile).where(col(LocalFile.state) == "verified")
         ).scalars():
@@ -275,6 +351,57 @@ def verify_store(
     if progress is not None:
         progress(total, total, len(blobs))
     return report
+
+
+def check_before_mount(
+    engine: Engine,
+    store: BlobStore,
+    sha256: str,
+    *,
+    name: str | None = None,
+    cancel: threading.Event | None = None,
+) -> Path:
+    """The blob a job may mount, checked unchanged since it was verified.
+
+    Every job's model files pass here before the engine is contacted. The blob's stat must
+    equal the fingerprint recorded when it was last hashed; otherwise it is re-hashed. Intact
+    bytes get a fresh fingerprint; changed bytes are quarantined (only the store's link when
+    the inode is shared with the user's file) and `BlobChangedError` is raised.
+    """
+    store.ensure()
+    digest = sha256.upper()
+    path = store.blob_path(digest)
+    with Session(engine) as session:
+        recorded = {row.verified_stat for row in records.verified_rows(session, digest)}
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if not recorded or st is None:
+        raise NotInCatalogError(
+            f"no verified local file for {name or digest}",
+            hint="Pull it (`assetmgr pull VERSION_ID`) or import it (`assetmgr import DIR`).",
+        )
+    if stat.S_ISREG(st.st_mode) and recorded == {stat_fingerprint(st)}:
+        return path
+    hashes, fingerprint = (
+        _hash_blob(path, cancel=cancel) if stat.S_ISREG(st.st_mode) else (None, None)
+    )
+    if hashes is not None and hashes.sha256.upper() == digest:
+        if fingerprint is None:
+            raise FileChangedError(f"{name or digest} changed while it was checked")
+        with session_scope(engine, write=True) as session:
+            records.record_fingerprint(session, digest, fingerprint)
+        return path
+    record = _quarantine_blob(
+        engine, store, digest, hashes, reason="mount check: content changed since verification"
+    )
+    raise BlobChangedError(
+        sha256=digest,
+        got_sha256=hashes.sha256.upper() if hashes is not None else "(not a regular file)",
+        name=name,
+        record=record,
+    )
 
 
 def local_path(engine: Engine, store: BlobStore, ref: str) -> Path:
