@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def test_import_a1111_folder_with_sidecars(
     (src / "my_private_lora.safetensors").write_bytes(sd15_lora(fill=4))
     (src / "my_private_lora.civitai.info").write_text("{}")  # Civitai Helper: not on Civitai
     (src / "broken.safetensors").write_bytes(sd15_lora(fill=5) + b"polyglot tail")
-    (src / "evil.ckpt").write_bytes(b"\x80\x04\x95" + b"\x00" * 100)
+    (src / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": {"w": [0.5] * 8}}, protocol=4))
     before = snapshot_dir(tmp_path / "webui")
     fake.reset_log()
 
@@ -139,9 +140,9 @@ def test_import_a1111_folder_with_sidecars(
     assert snapshot_dir(tmp_path / "webui") == before  # originals untouched
     data = report.as_json()
     assert data["scanned"] == 6
-    reasons = {Path(s["path"]).name: s["reason"] for s in report.skipped}
-    assert set(reasons) == {"broken.safetensors", "evil.ckpt"}
-    assert "pickle" in reasons["evil.ckpt"]
+    codes = {Path(s.path).name: s.code for s in report.skipped}
+    assert codes == {"broken.safetensors": "invalid-safetensors", "evil.ckpt": "pickle-refused"}
+    assert data["ignored_sidecars"] == [] and data["links"] == []
     by_name = {Path(f.path).name: f for f in report.imported}
     assert by_name["known_by_hash.safetensors"].source == "civitai"
     assert by_name["known_by_hash.safetensors"].file_id == known.id
@@ -237,9 +238,11 @@ def test_export_then_import_reads_back(
     engine2 = open_catalog(f"sqlite:///{tmp_path / 'second.sqlite3'}")
     store2 = BlobStore(tmp_path / "second-home" / "store")
     back = import_folder(engine2, store2, None, out)
+    # Offline into an empty catalog, the sidecar's claim is checked (its SHA256 is the file's,
+    # nothing contradicts it) and accepted as a hint.
     sources = sorted(i.source for i in back.imported)
-    assert sources == ["civitai", "local"]
-    civ = next(i for i in back.imported if i.source == "civitai")
+    assert sources == ["local", "sidecar"]
+    civ = next(i for i in back.imported if i.source == "sidecar")
     assert civ.file_id == f.id and civ.version_id == vid
     with Session(engine2) as session:
         meta = session.get(UserMeta, vid)
