@@ -535,3 +535,42 @@ def test_symlink_loops_end_and_linked_folders_are_followed_and_reported(
         (Path(li["path"]).name, li["target"], li["is_dir"], li["outside"]) for li in data["links"]
     ] == [("again", str(other_drive), True, True)]
     assert data["scanned"] == 3
+
+
+@pytest.mark.parametrize("mode", ["auto", "copy"])
+@pytest.mark.parametrize("how", ["replaced", "rewritten-in-place"])
+def test_a_file_changed_between_its_check_and_the_store_is_not_imported(
+    engine: Engine, store: BlobStore, tmp_path: Path, mode: str, how: str
+) -> None:
+    from assetmgr.store.importer import import_folder
+
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    checked = sd15_lora(fill=101)
+    swapped = sd15_lora(fill=102)  # the same size, other bytes
+    (folder / "a.safetensors").write_bytes(checked)
+    (folder / "b.safetensors").write_bytes(sd15_lora(fill=103))
+
+    def meanwhile(index: int, total: int, path: str) -> None:
+        # Called before b is checked: a is checked and hashed, not yet in the store.
+        if path.endswith("b.safetensors"):
+            if how == "replaced":
+                (folder / "a.new").write_bytes(swapped)
+                os.replace(folder / "a.new", folder / "a.safetensors")
+            else:
+                with open(folder / "a.safetensors", "r+b") as f:
+                    f.write(swapped)
+                st = os.stat(folder / "a.safetensors")
+                os.utime(folder / "a.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+    report = import_folder(engine, store, None, folder, mode=mode, progress=meanwhile)
+
+    assert [Path(f.path).name for f in report.imported] == ["b.safetensors"]
+    assert [(Path(s.path).name, s.code, s.reason) for s in report.skipped] == [
+        ("a.safetensors", "changed", "the file changed while it was imported")
+    ]
+    assert sha256_of(checked) not in stored_blobs(store)
+    assert sha256_of(swapped) not in stored_blobs(store)
+    with Session(engine) as session:
+        assert repo.find_files_by_hash(session, sha256_of(checked)) == []
+    assert (folder / "a.safetensors").read_bytes() == swapped  # the user's file untouched
