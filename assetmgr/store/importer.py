@@ -229,6 +229,8 @@ def _ask_civitai(
         claim = c.sidecars.claim
         if claim is None or c.sha256 in by_sha:
             continue
+        if isinstance(claims.claimed_file(claim, c.sha256), claims.ClaimRefused):
+            continue  # refused by its own content; nothing to ask
         try:
             truth = client.get_model_version(claim.id)
         except NotFoundError:
@@ -307,6 +309,7 @@ def _import_one(
             "file_id": placed.file_id,
             "version_id": placed.version_id,
             "computed": c.file.hashes.as_civitai_dict(),
+            "expected": None if placed.source == "local" else {"SHA256": sha},
             "result": "verified",
             "path": str(blob),
             "identified_by": placed.identified_by,

@@ -61,7 +61,8 @@ class Skipped:
     path: str
     code: str
     """A stable key: ``special-file``, ``broken-link``, ``link-loop``, ``unreadable``,
-    ``changed``, ``invalid-safetensors``, ``not-a-model`` or ``pickle-refused``."""
+    ``unreadable-folder``, ``changed``, ``invalid-safetensors``, ``not-a-model`` or
+    ``pickle-refused``."""
     reason: str
     target: str | None = None
     """For a file reached through a link: where the link points."""
@@ -149,7 +150,7 @@ class FolderWalk:
                     entries = sorted(listing, key=lambda e: e.name)
             except OSError as exc:
                 self.skipped.append(
-                    Skipped(directory, "unreadable", f"folder cannot be listed ({exc.strerror})")
+                    Skipped(directory, "unreadable-folder", f"cannot be listed ({exc.strerror})")
                 )
                 continue
             subfolders: list[str] = []
