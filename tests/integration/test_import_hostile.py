@@ -25,6 +25,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
+from assetmgr.config import Settings
 from assetmgr.store.blobs import BlobStore
 from catalog import repo
 from catalog.db import open_catalog
@@ -361,10 +362,25 @@ def test_a_link_to_a_secret_outside_the_folder_never_enters_the_store(
     (folder / "x.ckpt").symlink_to(secret)
     (folder / "shadow.ckpt").symlink_to("/etc/shadow")
     (folder / "good.safetensors").write_bytes(sd15_lora(fill=91))
+    secret_json = secret_dir / "tokens.json"
+    secret_json.write_text(json.dumps({"notes": "api_token=s3cr3t", "activation text": "s3cr3t"}))
+    (folder / "good.json").symlink_to(secret_json)  # a sidecar that is a link is not read
 
     data = cli_json("import", str(folder), "--offline", "--allow-pickle")
 
     assert [Path(f["path"]).name for f in data["imported"]] == ["good.safetensors"]
+    assert data["ignored_sidecars"] == [
+        {
+            "path": str(folder / "good.json"),
+            "code": "sidecar-link",
+            "reason": "a symlink; sidecars are read only as plain files",
+            "file": str(folder / "good.safetensors"),
+        }
+    ]
+    engine = open_catalog(Settings.load().database_url)
+    with Session(engine) as session:
+        assert session.get(UserMeta, data["imported"][0]["version_id"]) is None
+    engine.dispose()
     found = skips(data)
     assert found["x.ckpt"] == (
         "not-a-model",
