@@ -35,6 +35,7 @@ from sqlmodel import SQLModel
 
 from assetmgr.errors import CatalogError, NotInCatalogError
 from catalog.civitai import types as api
+from catalog.local_files import detach_changed
 from catalog.models import (
     HASH_COLUMNS,
     LocalFile,
@@ -908,6 +909,7 @@ def _replace_children(
     ]
     result.files_removed += _delete_where_in(session, _FILE, "id", gone_files)
     _upsert(session, _FILE, list(files.values()), key=("id",))
+    detach_changed(session, [file_id for file_id in files if file_id in stored_files])
     inserted = sum(1 for file_id in files if file_id not in stored_files)
     result.files_inserted += inserted
     result.files_updated += len(files) - inserted
@@ -1364,8 +1366,9 @@ def upsert_version(
             id=model_id,
             name=(parent.name if parent and parent.name else f"Model {model_id}"),
             type=parent.type if parent else None,
-            nsfw=parent.nsfw if parent else False,
-            poi=parent.poi if parent else False,
+            # Older payloads (and sidecars) lack these flags: absent means no.
+            nsfw=bool(parent and parent.nsfw),
+            poi=bool(parent and parent.poi),
             mode=parent.mode if parent else None,
         )
         row = _model_row(

@@ -227,12 +227,23 @@ def import_cmd(
         help="Share no inode with the originals: a reflink where the file system can, else a "
         "copy (default: reflink, else hardlink).",
     ),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also store pickle files."),
-    offline: bool = typer.Option(False, "--offline", help="Do not ask Civitai; use sidecars."),
+    allow_pickle: bool = typer.Option(
+        False,
+        "--allow-pickle",
+        help="Also store real pickle checkpoints (checked by their bytes, never unpickled).",
+    ),
+    offline: bool = typer.Option(
+        False,
+        "--offline",
+        help="Do not ask Civitai; identify files by the local catalog and checked sidecars.",
+    ),
     api_base: str | None = typer.Option(None, "--api-base", help="API root."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Hash a models folder, identify its files on Civitai and add them (never modifies them)."""
+    """Hash a models folder, identify its files by their hashes and add them (never modifies them).
+
+    Links are followed and listed; only files whose bytes are a valid model are taken.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from assetmgr.cli.progress import stderr_console
@@ -272,12 +283,56 @@ def import_cmd(
     if as_json:
         print_json(data)
     else:
+        _print_import_report(data)
+
+
+_IMPORT_HINTS = {
+    "pickle-refused": "Pickle checkpoints can run code when loaded; pass --allow-pickle to store "
+    "them anyway (never unpickled on the host), or use a .safetensors version.",
+    "invalid-safetensors": "Only files whose bytes are a valid model are imported; "
+    "the file was left as it is.",
+    "not-a-model": "Only files whose bytes are a valid model are imported, whatever their "
+    "names; the file was left as it is.",
+    "special-file": "FIFOs, devices and sockets are never opened as models.",
+    "broken-link": "Fix or remove the link and import again.",
+    "link-loop": "Each folder is walked once, however many links lead to it.",
+    "changed": "Another program is writing the file; import again when it is done.",
+    "claim-contradicted": "A sidecar never changes what the catalog holds; the file's own "
+    "hash decides. The file was imported by its content.",
+    "claim-hash-mismatch": "The sidecar describes other bytes; the file was imported by its "
+    "content.",
+    "claim-ids": "The file was imported by its content; the sidecar was ignored.",
+    "claim-not-recorded": "The file was imported by its content; the sidecar was ignored.",
+    "claim-overruled": "The file's own hash decides which version it is.",
+}
+
+
+def _print_import_report(data: dict[str, Any]) -> None:
+    """The import summary on stderr: counts, followed links, skips and ignored sidecars."""
+    imported = data["imported"]
+    sys.stderr.write(
+        f"imported {len(imported)} of {data['scanned']} files ({data['civitai']} known to "
+        f"Civitai, {data['sidecar']} identified by a sidecar only, {data['local']} local)\n"
+    )
+    if data["lookup_error"]:
         sys.stderr.write(
-            f"imported {len(report.imported)} of {report.scanned} files "
-            f"({data['civitai']} known to Civitai, {data['local']} local)\n"
+            f"warning: Civitai lookup failed ({data['lookup_error']}); files were identified "
+            "by the local catalog and checked sidecars only\n"
         )
-        for s in report.skipped:
-            sys.stderr.write(f"skipped {s['path']}: {s['reason']}\n")
+    for link in data["links"]:
+        where = " (outside the folder)" if link["outside"] else ""
+        sys.stderr.write(f"followed link {link['path']} -> {link['target']}{where}\n")
+    codes: list[str] = []
+    for s in data["skipped"]:
+        via = f" (link to {s['target']})" if s["target"] else ""
+        sys.stderr.write(f"skipped {s['path']}{via}: {s['reason']}\n")
+        codes.append(s["code"])
+    for issue in data["ignored_sidecars"]:
+        sys.stderr.write(f"ignored sidecar {issue['path']}: {issue['reason']}\n")
+        codes.append(issue["code"])
+    for code in dict.fromkeys(codes):
+        if code in _IMPORT_HINTS:
+            sys.stderr.write(f"hint: {_IMPORT_HINTS[code]}\n")
 
 
 def export_cmd(

@@ -168,13 +168,18 @@ def _open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
 
-def _same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
-        b.st_dev,
-        b.st_ino,
-        b.st_size,
-        b.st_mtime_ns,
-    )
+@dataclass(frozen=True)
+class FileIdentity:
+    """What says a file still holds the bytes that were checked: same inode, size and mtime."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileIdentity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _reflink(source_fd: int, dest_fd: int) -> bool:
@@ -336,7 +341,7 @@ class BlobStore:
         sha256: str,
         *,
         mode: PlaceMode | str = "auto",
-        expected_stat: os.stat_result | None = None,
+        expected: FileIdentity | None = None,
     ) -> PlacedBlob:
         """Bring an already verified file in; never moves or modifies it.
 
@@ -344,8 +349,8 @@ class BlobStore:
         and the store then shares nothing with the original. Otherwise ``auto`` hardlinks (the
         inode is shared: `verify` and `check_before_mount` catch later edits, and the store
         never changes its mode) and ``copy`` copies. A file the sandbox's uid could not read
-        is never hardlinked. `expected_stat` is the file's stat from before it was hashed: if
-        the file changed since, nothing is kept and `FileChangedError` is raised. A copy is
+        is never hardlinked. `expected` is the file's identity when it was checked and hashed:
+        if the file changed since, nothing is kept and `FileChangedError` is raised. A copy is
         hashed as it streams and must have `sha256`.
         """
         if mode not in ("auto", "copy", "hardlink"):
@@ -362,7 +367,7 @@ class BlobStore:
             st = os.fstat(src_fd)
             if not stat.S_ISREG(st.st_mode):
                 raise StoreError(f"{source} is not a regular file")
-            if expected_stat is not None and not _same_content_stat(st, expected_stat):
+            if expected is not None and FileIdentity.of(st) != expected:
                 raise FileChangedError(f"{source} changed after it was hashed")
             if mode != "hardlink":
                 placed = self._reflink_in(src_fd, st, digest, source)
@@ -380,7 +385,7 @@ class BlobStore:
                         raise
                 else:
                     linked = os.lstat(dest)
-                    if not _same_content_stat(linked, st):
+                    if FileIdentity.of(linked) != FileIdentity.of(st):
                         # Swapped or edited between the open and the link: keep nothing.
                         os.unlink(dest)
                         raise FileChangedError(f"{source} changed while it was linked")
@@ -411,7 +416,7 @@ class BlobStore:
                 os.close(fd)
             if not cloned:
                 return None
-            if not _same_content_stat(os.fstat(src_fd), st):
+            if FileIdentity.of(os.fstat(src_fd)) != FileIdentity.of(st):
                 raise FileChangedError(f"{source} changed while it was cloned")
             return self._finish(tmp, digest, "reflink")
         finally:

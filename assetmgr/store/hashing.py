@@ -489,7 +489,7 @@ def _mapped(fd: int, length: int, wanted: bool = True) -> Iterator[memoryview | 
 
 
 def _hash_file(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | int,
     *,
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
@@ -609,14 +609,17 @@ class HashCache:
 
 
 def cached_hashes(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | int,
     cache: HashCache | None,
     *,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     use_mmap: bool = True,
 ) -> FileHashes:
-    """Like `compute_hashes`, but answered from `cache` when the file has not changed."""
+    """Like `compute_hashes`, but answered from `cache` when the file has not changed.
+
+    `path` may be an open descriptor: the importer hashes the very file it checked.
+    """
     if cache is not None:
         hit = cache.get(os.stat(path))
         if hit is not None:

@@ -276,6 +276,8 @@ class WorkersMixin(_Base):
         text = f"imported {len(report.imported)} of {report.scanned} files"
         if report.skipped:
             text += f", skipped {len(report.skipped)}"
+        if report.links:
+            text += f", followed {len(report.links)} symlinks"
         self.post_message(m.JobFinished(job_id, text, report))
         self.post_message(m.CatalogChanged("import"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ def test_import_a1111_folder_with_sidecars(
     fake_catalog: FakeCatalog,
     tmp_path: Path,
 ) -> None:
-    v_hash, v_info, v_lm = open_versions(fake_catalog, 3)
+    v_hash, v_info, v_lm, v_other = open_versions(fake_catalog, 4)
     src = tmp_path / "webui" / "models" / "Lora"
     src.mkdir(parents=True)
     known = fake_catalog.add_file_bytes(v_hash, sd15_lora(fill=1))
@@ -127,10 +128,14 @@ def test_import_a1111_folder_with_sidecars(
             }
         )
     )
+    # A sidecar naming the wrong version: the file's hash decides, the sidecar is listed.
+    other = fake_catalog.add_file_bytes(v_other, sd15_lora(fill=6))
+    (src / "misnamed.safetensors").write_bytes(other.content)
+    (src / "misnamed.civitai.info").write_text(json.dumps(info))
     (src / "my_private_lora.safetensors").write_bytes(sd15_lora(fill=4))
     (src / "my_private_lora.civitai.info").write_text("{}")  # Civitai Helper: not on Civitai
     (src / "broken.safetensors").write_bytes(sd15_lora(fill=5) + b"polyglot tail")
-    (src / "evil.ckpt").write_bytes(b"\x80\x04\x95" + b"\x00" * 100)
+    (src / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": {"w": [0.5] * 8}}, protocol=4))
     before = snapshot_dir(tmp_path / "webui")
     fake.reset_log()
 
@@ -138,14 +143,23 @@ def test_import_a1111_folder_with_sidecars(
 
     assert snapshot_dir(tmp_path / "webui") == before  # originals untouched
     data = report.as_json()
-    assert data["scanned"] == 6
-    reasons = {Path(s["path"]).name: s["reason"] for s in report.skipped}
-    assert set(reasons) == {"broken.safetensors", "evil.ckpt"}
-    assert "pickle" in reasons["evil.ckpt"]
+    assert data["scanned"] == 7
+    codes = {Path(s.path).name: s.code for s in report.skipped}
+    assert codes == {"broken.safetensors": "invalid-safetensors", "evil.ckpt": "pickle-refused"}
+    assert data["links"] == []
+    assert data["ignored_sidecars"] == [
+        {
+            "path": str(src / "misnamed.civitai.info"),
+            "code": "claim-overruled",
+            "reason": f"claims version {v_info}; the file's SHA256 says version {v_other}",
+            "file": str(src / "misnamed.safetensors"),
+        }
+    ]
     by_name = {Path(f.path).name: f for f in report.imported}
     assert by_name["known_by_hash.safetensors"].source == "civitai"
     assert by_name["known_by_hash.safetensors"].file_id == known.id
     assert by_name["known_by_info.safetensors"].file_id == by_info.id
+    assert by_name["misnamed.safetensors"].version_id == v_other
     assert by_name["my_private_lora.safetensors"].source == "local"
     # One bulk by-hash request for the files no sidecar identified.
     assert fake.count("/api/v1/model-versions/by-hash") == 1
@@ -237,9 +251,11 @@ def test_export_then_import_reads_back(
     engine2 = open_catalog(f"sqlite:///{tmp_path / 'second.sqlite3'}")
     store2 = BlobStore(tmp_path / "second-home" / "store")
     back = import_folder(engine2, store2, None, out)
+    # Offline into an empty catalog, the sidecar's claim is checked (its SHA256 is the file's,
+    # nothing contradicts it) and accepted as a hint.
     sources = sorted(i.source for i in back.imported)
-    assert sources == ["civitai", "local"]
-    civ = next(i for i in back.imported if i.source == "civitai")
+    assert sources == ["local", "sidecar"]
+    civ = next(i for i in back.imported if i.source == "sidecar")
     assert civ.file_id == f.id and civ.version_id == vid
     with Session(engine2) as session:
         meta = session.get(UserMeta, vid)

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from assetmgr.generation import GenerateRequest, build_spec, run_generation
-from assetmgr.store.blobs import FICLONE, BlobStore
+from assetmgr.store.blobs import FICLONE, BlobStore, FileIdentity
 from assetmgr.store.hashing import FileChangedError
 from assetmgr.store.importer import import_folder
 from assetmgr.store.service import BlobChangedError, check_before_mount, verify_store
@@ -251,7 +251,7 @@ def test_a_file_edited_between_hashing_and_linking_is_not_stored(
     os.utime(source, ns=(hashed_stat.st_atime_ns, hashed_stat.st_mtime_ns + 1))
     for how in ("auto", "copy"):
         with pytest.raises(FileChangedError):
-            store.import_file(source, sha, mode=how, expected_stat=hashed_stat)
+            store.import_file(source, sha, mode=how, expected=FileIdentity.of(hashed_stat))
         assert not store.has(sha)
     assert not list(store.partial_dir.iterdir())
 
