@@ -13,10 +13,16 @@ The sequence for one file:
    ``Range`` plus ``If-Range`` (so bytes of a changed file are never spliced on). A 200 answer
    to a range request restarts from zero; a ``Content-Range`` that does not start where we are
    is an error.
-4. At the end the size and SHA256 must equal the catalog's, and a safetensors file must pass
-   the header validator. Then the partial file is promoted into ``blobs/`` (read-only). On any
-   mismatch the bytes go to ``quarantine/`` and the error shows expected vs got.
-5. Every file that enters the store, or is refused, gets a provenance line.
+4. Every transfer has a bound: the catalog's size when it is exact, else its approximate
+   size (a fractional ``sizeKB``) rounded up plus a margin, else the length the storage
+   declares, and never more than the maximum download size; free space is checked as blocks
+   arrive. Past its bound a transfer stops at once (`DownloadTooLargeError`, or
+   `DiskSpaceError`) and its partial file is deleted, as it is when the API refuses the file.
+5. At the end the size (when the catalog knows it exactly) and SHA256 must equal the
+   catalog's, and a safetensors file must pass the header validator. Then the partial file is
+   promoted into ``blobs/`` (read-only). On any mismatch the bytes go to ``quarantine/`` and
+   the error shows expected vs got.
+6. Every file that enters the store, or is refused, gets a provenance line.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import ssl
 import sys
 import threading
@@ -40,9 +47,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from assetmgr.errors import StoreError
-from assetmgr.store.blobs import BlobStore, sanitize_filename, sanitize_relative_path
+from assetmgr.config import DEFAULT_MAX_DOWNLOAD_BYTES
+from assetmgr.errors import AssetMgrError, StoreError
+from assetmgr.store.blobs import (
+    DISK_HEADROOM_BYTES,
+    BlobStore,
+    DiskSpaceError,
+    sanitize_filename,
+    sanitize_relative_path,
+)
 from assetmgr.store.hashing import FileHashes, Hasher
+from catalog.civitai.errors import redact_url
+from catalog.civitai.retry import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,15 @@ WRITEBACK_WINDOW_BYTES = 32 << 20
 MAX_RESUME_ATTEMPTS = 8
 MAX_STORAGE_REDIRECTS = 5
 USER_AGENT = "assetmgr/0.1"
+APPROX_SIZE_MARGIN_BYTES = 64 << 10
+"""Slack on an approximate catalog size (a fractional sizeKB); the hash decides the rest."""
+# Which rule bounds a transfer (`DownloadTooLargeError.limit_source`).
+LIMIT_EXACT = "the catalog's size"
+LIMIT_APPROX = "the catalog's approximate size plus a margin"
+LIMIT_DECLARED = "the length the storage declared"
+LIMIT_MAXIMUM = "the maximum download size"
+# API answers that refuse the file itself (login, early access, gone); its partial goes too.
+_REFUSAL_STATUSES = frozenset({401, 403, 404, 410})
 
 
 class HashMismatchError(StoreError):
@@ -157,6 +182,66 @@ class IncompleteDownloadError(StoreError):
 
     title = "Download incomplete"
     hint = "Run the same `assetmgr pull` again: it resumes from the bytes already on disk."
+
+
+class DownloadTooLargeError(StoreError):
+    """A transfer went past its bound, or declared it would; stopped, its partial deleted.
+
+    `limit` and `limit_source` say which bound; `received` is where the bytes were stopped,
+    `declared` the size a server announced when that alone was too much.
+    """
+
+    title = "Download too large"
+    hint = (
+        "The server sent more than it declared, so the bytes were dropped. Sync the model again "
+        "(`assetmgr sync --model-id N`) and retry; if it persists the file or server is bad."
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        limit: int,
+        limit_source: str,
+        received: int | None = None,
+        declared: int | None = None,
+    ) -> None:
+        self.name = name
+        self.limit = limit
+        self.limit_source = limit_source
+        self.received = received
+        self.declared = declared
+        bound = f"the {_bytes(limit)} bound ({limit_source})"
+        if declared is not None:
+            message = f"{name}: declared as {_bytes(declared)}, over {bound}; not downloaded"
+        else:
+            message = (
+                f"{name}: stopped at {_bytes(received or 0)}, past {bound}; "
+                "the partial file was deleted"
+            )
+        hint = None
+        if limit_source == LIMIT_MAXIMUM:
+            hint = (
+                "If the file really is that large, raise max_download_size in the config file or "
+                "ASSETMGR_MAX_DOWNLOAD_SIZE (`assetmgr config show` prints the value in use)."
+            )
+        super().__init__(message, hint=hint)
+
+
+def _bytes(n: int) -> str:
+    """``123456789 bytes (118 MiB)``: exact for comparing, rounded for reading."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n} bytes ({n / size:.3g} {unit})"
+    return f"{n} bytes"
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """How many bytes a transfer may bring, and which rule said so."""
+
+    limit: int
+    source: str
 
 
 class PolicyRefusedError(StoreError):
@@ -189,6 +274,7 @@ class FileTarget:
     name: str
     expected_sha256: str
     expected_size: int | None
+    """The exact size in bytes, when the catalog knows it."""
     format: str | None = None
     model_type: str | None = None
     base_model: str | None = None
@@ -196,6 +282,16 @@ class FileTarget:
     pickle_scan_result: str | None = None
     virus_scan_result: str | None = None
     download_params: dict[str, str] = field(default_factory=dict)
+    approx_size: int | None = None
+    """An approximate size (a fractional sizeKB, rounded up) when the exact one is unknown."""
+
+    def catalog_bound(self, max_bytes: int) -> _Bound:
+        """The bound the catalog sets (the maximum when it knows no size)."""
+        if self.expected_size is not None:
+            return _Bound(self.expected_size, LIMIT_EXACT)
+        if self.approx_size is not None:
+            return _Bound(self.approx_size + APPROX_SIZE_MARGIN_BYTES, LIMIT_APPROX)
+        return _Bound(max_bytes, LIMIT_MAXIMUM)
 
 
 @dataclass
@@ -264,15 +360,6 @@ def filename_from_content_disposition(header: str | None) -> str | None:
     return None
 
 
-def redact_url(url: str) -> str:
-    """A storage or API URL with query values hidden (signed URLs carry credentials)."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.query:
-        return url
-    keys = [k for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
-    return urllib.parse.urlunsplit(parts._replace(query="&".join(f"{k}=…" for k in keys)))
-
-
 @dataclass
 class _PartialState:
     file_id: int
@@ -311,6 +398,7 @@ class Downloader:
         chunk_bytes: int = CHUNK_BYTES,
         max_attempts: int = MAX_RESUME_ATTEMPTS,
         sleep: Callable[[float], None] = time.sleep,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
         self.store = store
         self.resolve_url = resolve_url
@@ -323,6 +411,8 @@ class Downloader:
         self.chunk_bytes = chunk_bytes
         self.max_attempts = max_attempts
         self.sleep = sleep
+        self.max_download_bytes = max_download_bytes
+        """Bound of a transfer whose size no one declared, and a ceiling on every other."""
 
     def close(self) -> None:
         """Nothing to release: every transfer opens and closes its own connection."""
@@ -367,15 +457,26 @@ class Downloader:
         validate: Callable[[Path], None] | None,
     ) -> PullResult:
         part_path, state_path = self.store.partial_paths(key)
+        bound = target.catalog_bound(self.max_download_bytes)
+        declared = target.expected_size if target.expected_size is not None else target.approx_size
+        if declared is not None and declared > self.max_download_bytes:
+            raise DownloadTooLargeError(
+                name=target.name,
+                limit=self.max_download_bytes,
+                limit_source=LIMIT_MAXIMUM,
+                declared=declared,
+            )
         state = _PartialState.load(state_path)
         if state is None or state.expected_sha256 != expected or not part_path.exists():
             part_path.unlink(missing_ok=True)
             state = _PartialState(target.file_id, expected)
         offset = part_path.stat().st_size if part_path.exists() else 0
-        if target.expected_size is not None and offset > target.expected_size:
+        if offset > min(bound.limit, self.max_download_bytes):
             part_path.unlink(missing_ok=True)
             offset = 0
-        self.store.check_free_space(target.expected_size or 0, already_have=offset)
+        self.store.check_free_space(declared or 0, already_have=offset)
+        # The first link is asked for before a partial file exists: a refusal leaves nothing.
+        url: str | None = self._resolve(target, part_path, state_path)
         state.save(state_path)
 
         hasher: StreamHasher = Hasher() if self.all_hashes else Sha256Stream()
@@ -385,34 +486,60 @@ class Downloader:
         server_name: str | None = None
         attempts = 0
         downloaded = 0
-        with open(part_path, "ab") as out:
-            while True:
-                if cancel is not None and cancel.is_set():
-                    raise DownloadCancelled(f"download of {target.name} cancelled; progress saved")
-                attempts += 1
-                url = self.resolve_url(target)
-                try:
-                    offset, got_name, n = self._transfer(
-                        url, target, state, state_path, out, hasher, offset, progress, cancel
-                    )
-                    downloaded += n
-                    server_name = got_name or server_name
-                    break
-                except _ResumableFailure as exc:
-                    out.flush()
-                    offset = out.tell()
-                    if attempts >= self.max_attempts:
-                        raise IncompleteDownloadError(
-                            f"{target.name}: gave up after {attempts} attempts at byte {offset}: "
-                            f"{exc}"
-                        ) from None
-                    delay = min(30.0, 0.5 * 2 ** (attempts - 1))
-                    log.info(
-                        "download of %s interrupted at %d (%s); resuming", target.name, offset, exc
-                    )
-                    self.sleep(delay)
-            out.flush()
-            os.fsync(out.fileno())
+        retry = RetryPolicy(max_attempts=self.max_attempts)
+        try:
+            with open(part_path, "ab") as out:
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise DownloadCancelled(
+                            f"download of {target.name} cancelled; progress saved"
+                        )
+                    attempts += 1
+                    if url is None:
+                        url = self._resolve(target, part_path, state_path)
+                    try:
+                        offset, got_name, n = self._transfer(
+                            url, target, state, state_path, out, hasher, offset, progress, cancel
+                        )
+                        downloaded += n
+                        server_name = got_name or server_name
+                        break
+                    except _ResumableFailure as exc:
+                        out.flush()
+                        offset = out.tell()
+                        url = None  # signed links expire: each attempt asks for a fresh one
+                        if attempts >= retry.max_attempts:
+                            raise IncompleteDownloadError(
+                                f"{target.name}: gave up after {attempts} attempts at byte "
+                                f"{offset}: {exc}"
+                            ) from None
+                        log.info(
+                            "download of %s interrupted at %d (%s); resuming",
+                            target.name,
+                            offset,
+                            exc,
+                        )
+                        self.sleep(retry.delay(attempts))
+                out.flush()
+                os.fsync(out.fileno())
+        except (DownloadTooLargeError, DiskSpaceError) as exc:
+            self._discard(part_path, state_path)
+            self.store.record_provenance(
+                {
+                    "event": "download",
+                    "version_id": target.version_id,
+                    "file_id": target.file_id,
+                    "name": target.name,
+                    "expected": {"SHA256": expected, "size": target.expected_size},
+                    "result": "refused",
+                    "error": exc.message,
+                }
+            )
+            raise
+        except IncompleteDownloadError:
+            if part_path.exists() and part_path.stat().st_size == 0:
+                self._discard(part_path, state_path)  # nothing to resume from
+            raise
         hashes = hasher.finalize()
         return self._finish(
             target,
@@ -425,6 +552,20 @@ class Downloader:
             server_name,
             validate,
         )
+
+    def _resolve(self, target: FileTarget, part_path: Path, state_path: Path) -> str:
+        """A fresh signed link; when the API refuses the file, its partial file goes too."""
+        try:
+            return self.resolve_url(target)
+        except AssetMgrError as exc:
+            if getattr(exc, "status_code", None) in _REFUSAL_STATUSES:
+                self._discard(part_path, state_path)
+            raise
+
+    @staticmethod
+    def _discard(part_path: Path, state_path: Path) -> None:
+        part_path.unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
 
     def _feed_existing(self, part_path: Path, hasher: StreamHasher, length: int) -> None:
         with open(part_path, "rb") as fh:
@@ -487,6 +628,7 @@ class Downloader:
             else:
                 length = response.getheader("content-length")
                 state.total = int(length) if length and length.isdigit() else None
+            bound = self._transfer_bound(target, state.total)
             etag = response.getheader("etag")
             if etag and not etag.startswith("W/"):
                 state.etag = etag
@@ -496,7 +638,7 @@ class Downloader:
                 response.getheader("content-disposition")
             )
             offset, received = self._pump(
-                response, out, hasher, offset, expected_total, target, progress, cancel
+                response, out, hasher, offset, expected_total, bound, target, progress, cancel
             )
         finally:
             conn.close()
@@ -506,6 +648,23 @@ class Downloader:
             progress(DownloadProgress(target.file_id, target.name, expected_total, offset))
         return offset, server_name, received
 
+    def _transfer_bound(self, target: FileTarget, declared_total: int | None) -> _Bound:
+        """This transfer's bound; a storage that declares more than it is refused unread."""
+        most = self.max_download_bytes
+        bound = target.catalog_bound(most)
+        if bound.limit > most:
+            bound = _Bound(most, LIMIT_MAXIMUM)
+        elif bound.source == LIMIT_MAXIMUM and declared_total is not None:
+            bound = _Bound(min(declared_total, most), LIMIT_DECLARED)
+        if declared_total is not None and declared_total > bound.limit:
+            raise DownloadTooLargeError(
+                name=target.name,
+                limit=bound.limit,
+                limit_source=LIMIT_MAXIMUM if declared_total > most else bound.source,
+                declared=declared_total,
+            )
+        return bound
+
     def _pump(
         self,
         response: http.client.HTTPResponse,
@@ -513,6 +672,7 @@ class Downloader:
         hasher: StreamHasher,
         offset: int,
         expected_total: int | None,
+        bound: _Bound,
         target: FileTarget,
         progress: ProgressCallback | None,
         cancel: threading.Event | None,
@@ -591,11 +751,10 @@ class Downloader:
                 if not filled:
                     free.put(buf)
                     break
-                if expected_total is not None and pos + filled > expected_total:
+                stop = self._past_bound(target, bound, pos, filled)
+                if stop is not None:
                     free.put(buf)
-                    raise IncompleteDownloadError(
-                        f"{target.name}: server sent more than the expected {expected_total} bytes"
-                    )
+                    raise stop
                 blocks.put((buf, filled))
                 pos += filled
                 received += filled
@@ -612,6 +771,30 @@ class Downloader:
         if failure:
             raise failure[0]
         return written[0], received
+
+    def _past_bound(
+        self, target: FileTarget, bound: _Bound, pos: int, incoming: int
+    ) -> StoreError | None:
+        """Why a block received at `pos` must not be written, if it must not.
+
+        Free space is asked for on every block: a file of unknown size is only ever bounded
+        by the maximum, and the disk may fill up from elsewhere meanwhile.
+        """
+        if pos + incoming > bound.limit:
+            return DownloadTooLargeError(
+                name=target.name,
+                limit=bound.limit,
+                limit_source=bound.source,
+                received=pos + incoming,
+            )
+        free_bytes = shutil.disk_usage(self.store.partial_dir).free
+        if free_bytes < incoming + DISK_HEADROOM_BYTES:
+            return DiskSpaceError(
+                f"{target.name}: only {_bytes(free_bytes)} free in {self.store.root} at byte "
+                f"{pos} (keeping {_bytes(DISK_HEADROOM_BYTES)} free); stopped and deleted the "
+                "partial file"
+            )
+        return None
 
     def _finish(
         self,

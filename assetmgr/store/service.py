@@ -77,11 +77,16 @@ class StoreService:
         client: CivitaiClient | None,
         *,
         downloader: Downloader | None = None,
+        max_download_bytes: int | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.client = client
-        self.downloader = downloader or Downloader(store, self._resolve_url)
+        if downloader is None:
+            downloader = Downloader(store, self._resolve_url)
+            if max_download_bytes is not None:
+                downloader.max_download_bytes = max_download_bytes
+        self.downloader = downloader
 
     def close(self) -> None:
         self.downloader.close()
