@@ -2,7 +2,7 @@
 
 `serve` writes one of them on a handler's connection (see `faults` for the kinds). The bomb is
 one valid gzip member (correct CRC and length) that inflates to `inflated_bytes` of JSON-ish
-whitespace; it is built in about a second, whatever its size, and cached per size.
+whitespace; it takes milliseconds to build, whatever its size, and is cached per size.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,18 +19,18 @@ if TYPE_CHECKING:
     from tests.fakeciv.server import _Handler
 
 BOMB_PREFIX = b'{"items": ['
-_SEGMENT_BYTES = 64 << 20
+_SEGMENT_BYTES = 1 << 20
 _STREAM_CHUNK = 64 << 10
 _bombs: dict[int, bytes] = {}
 _bombs_lock = threading.Lock()
 
 
 def gzip_bomb(inflated_bytes: int) -> bytes:
-    """A gzip member of `BOMB_PREFIX` plus spaces, `inflated_bytes` long (whole 64 MiB segments).
+    """A gzip member of `BOMB_PREFIX` plus spaces, `inflated_bytes` long (whole MiB segments).
 
-    Each segment ends with a full flush, which resets the compressor, so every segment after the
-    first compresses to the same bytes: one is compressed and repeated. Only the CRC has to see
-    every byte.
+    Each segment ends with a full flush, which resets the compressor, so every segment after
+    the first compresses to the same bytes: one is compressed and repeated. The CRC is carried
+    across segments by `_crc_step` instead of hashing gigabytes.
     """
     segments = max(1, inflated_bytes // _SEGMENT_BYTES)
     with _bombs_lock:
@@ -42,16 +43,33 @@ def gzip_bomb(inflated_bytes: int) -> bytes:
         segment = compressor.compress(spaces) + compressor.flush(zlib.Z_FULL_FLUSH)
         again = compressor.compress(spaces) + compressor.flush(zlib.Z_FULL_FLUSH)
         assert segment == again, "zlib no longer repeats a flushed segment; build it in full"
-        final_block = compressor.flush(zlib.Z_FINISH)[:-8]  # drop its trailer, which saw 2 segments
+        final_block = compressor.flush(zlib.Z_FINISH)[:-8]  # its trailer saw only 2 segments
+        step = _crc_step(spaces)
         crc = zlib.crc32(BOMB_PREFIX)
         for _ in range(segments):
-            crc = zlib.crc32(spaces, crc)
+            crc = step(crc)
         size = len(BOMB_PREFIX) + segments * _SEGMENT_BYTES
         bomb = b"".join(
             [head, segment * segments, final_block, struct.pack("<II", crc, size & 0xFFFFFFFF)]
         )
         _bombs[segments] = bomb
         return bomb
+
+
+def _crc_step(block: bytes) -> Callable[[int], int]:
+    """``crc -> zlib.crc32(block, crc)`` without rehashing `block`: the map is affine over GF(2),
+    so 33 evaluations give its constant and the 32 columns of its linear part."""
+    constant = zlib.crc32(block, 0)
+    columns = [zlib.crc32(block, 1 << bit) ^ constant for bit in range(32)]
+
+    def step(crc: int) -> int:
+        out = constant
+        for bit in range(32):
+            if crc >> bit & 1:
+                out ^= columns[bit]
+        return out
+
+    return step
 
 
 def serve(handler: _Handler, fate: str, faults: FaultInjector) -> None:
@@ -68,9 +86,9 @@ def serve(handler: _Handler, fate: str, faults: FaultInjector) -> None:
                 ("Content-Length", str(len(bomb))),
             ],
         )
+        faults.add_streamed(len(bomb))
         with contextlib.suppress(OSError):
             handler.wfile.write(head + bomb)
-            faults.add_streamed(len(bomb))
         return
     headers: list[tuple[str, str | bytes]] = [("Content-Type", content_type)]
     chunked = fate == "endless"
@@ -80,9 +98,13 @@ def serve(handler: _Handler, fate: str, faults: FaultInjector) -> None:
         headers.append(("Content-Length", fate.split(":", 1)[1]))
     handler.close_connection = True  # the body ends only when the connection does
     filler = (b'{"id": 1, "name": "x"}, ' * 3000)[:_STREAM_CHUNK] if api else bytes(_STREAM_CHUNK)
-    frame = b"%x\r\n" % len(filler) + filler + b"\r\n" if chunked else filler
+
+    def framed(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+
+    frame = framed(filler)
     try:
-        handler.wfile.write(handler._head(200, headers) + (BOMB_PREFIX if api else b""))
+        handler.wfile.write(handler._head(200, headers) + (framed(BOMB_PREFIX) if api else b""))
         sent = 0
         while sent < faults.endless_bytes:
             handler.connection.sendall(frame)
