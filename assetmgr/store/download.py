@@ -738,6 +738,8 @@ class Downloader:
                             ended = True
                             break
                         filled += n
+                        if pos + filled > bound.limit:
+                            break  # past the bound: stop reading now, not a block later
                         if time.monotonic() - block_started > HANDOFF_AFTER_S:
                             break
                 except (OSError, http.client.HTTPException) as exc:

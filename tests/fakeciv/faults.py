@@ -42,7 +42,8 @@ Storage-only knobs, for the bytes of file downloads:
 
 * ``faults.cut_body_after(n_bytes, times=1)`` - the next `times` downloads send `n_bytes` of
   the body and then drop the connection (tests resume);
-* ``faults.throttle(bytes_per_second)`` - slow every body down (``None`` to stop).
+* ``faults.throttle(bytes_per_second)`` - slow every body down (``None`` to stop), endless
+  ones included.
 
 ``faults.injected`` lists ``(path, kind)`` for every fault served; ``faults.clear()`` resets all.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -110,6 +111,8 @@ def serve(handler: _Handler, fate: str, faults: FaultInjector) -> None:
             handler.connection.sendall(frame)
             sent += len(filler)
             faults.add_streamed(len(filler))
+            if faults.bytes_per_second:
+                time.sleep(len(filler) / faults.bytes_per_second)
         if chunked:
             handler.connection.sendall(b"0\r\n\r\n")
     except OSError:

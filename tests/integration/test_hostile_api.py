@@ -29,8 +29,9 @@ from tests.fakeciv import FakeCatalog, FakeCivitai
 REPO_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-api-key-0123456789"
 SMALL_CAP = 4 << 20
-# Loopback socket buffers hold a few MB that a server may have written before the client hung up.
-SOCKET_SLACK = 16 << 20
+# Loopback socket buffers (tcp_rmem goes up to 32 MiB) hold what a server wrote before the
+# client hung up; an unbounded client would take all of `endless_bytes` (1 GiB).
+SOCKET_SLACK = 64 << 20
 BY_HASH = "/api/v1/model-versions/by-hash"
 
 
