@@ -23,29 +23,27 @@ The sequence for one file:
    promoted into ``blobs/`` (read-only). On any mismatch the bytes go to ``quarantine/`` and
    the error shows expected vs got.
 6. Every file that enters the store, or is refused, gets a provenance line.
+
+The target, its policy, its bounds and the errors live in `assetmgr.store.targets`; the
+storage GET and the early write-back in `assetmgr.store.transfer_io`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import http.client
 import json
 import logging
 import os
 import queue
-import re
 import shutil
-import ssl
-import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from assetmgr.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from assetmgr.errors import AssetMgrError, StoreError
@@ -57,6 +55,27 @@ from assetmgr.store.blobs import (
     sanitize_relative_path,
 )
 from assetmgr.store.hashing import FileHashes, Hasher
+from assetmgr.store.targets import (
+    APPROX_SIZE_MARGIN_BYTES,
+    LIMIT_DECLARED,
+    LIMIT_MAXIMUM,
+    DownloadCancelled,
+    DownloadTooLargeError,
+    FileTarget,
+    HashMismatchError,
+    IncompleteDownloadError,
+    PolicyRefusedError,
+    TransferBound,
+    check_policy,
+    describe_bytes,
+    is_pickle_format,
+)
+from assetmgr.store.transfer_io import (
+    Writeback,
+    filename_from_content_disposition,
+    open_storage,
+    parse_content_range,
+)
 from catalog.civitai.errors import redact_url
 from catalog.civitai.retry import RetryPolicy
 
@@ -99,161 +118,16 @@ StreamHasher = Hasher | Sha256Stream
 log = logging.getLogger(__name__)
 
 
-class _Writeback:
-    """Starts the disk writes of a growing file as it grows, so the final fsync is short.
-
-    Linux's sync_file_range: each finished window is queued for writeback without waiting,
-    and the one before it is waited for, which bounds the dirty pages to two windows and lets
-    the disk work while the network does. Elsewhere (or if the call fails) it does nothing and
-    the final fsync does all the work.
-    """
-
-    _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
-
-    def __init__(self, fd: int, start: int) -> None:
-        self.fd = fd
-        self.flushed = start  # bytes before this offset were queued for writeback
-        self.previous: tuple[int, int] | None = None
-        self.call = _sync_file_range()
-
-    def advance(self, end: int) -> None:
-        if self.call is None or end - self.flushed < WRITEBACK_WINDOW_BYTES:
-            return
-        window = (self.flushed, end - self.flushed)
-        try:
-            if self.call(self.fd, window[0], window[1], self._WRITE) != 0:
-                raise OSError("sync_file_range failed")
-            if self.previous is not None:
-                flags = self._WAIT_BEFORE | self._WRITE | self._WAIT_AFTER
-                self.call(self.fd, self.previous[0], self.previous[1], flags)
-        except (OSError, ValueError):
-            self.call = None
-            return
-        self.previous = window
-        self.flushed = end
-
-
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        func = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return cast(Callable[[int, int, int, int], int], func)
-
-
 ProgressCallback = Callable[["DownloadProgress"], None]
 
 CHUNK_BYTES = 8 << 20
 READ_SLICE_BYTES = 256 << 10
 HANDOFF_AFTER_S = 0.5
 POOL_BLOCKS = 4
-WRITEBACK_WINDOW_BYTES = 32 << 20
 MAX_RESUME_ATTEMPTS = 8
-MAX_STORAGE_REDIRECTS = 5
 USER_AGENT = "assetmgr/0.1"
-APPROX_SIZE_MARGIN_BYTES = 64 << 10
-"""Slack on an approximate catalog size (a fractional sizeKB); the hash decides the rest."""
-# Which rule bounds a transfer (`DownloadTooLargeError.limit_source`).
-LIMIT_EXACT = "the catalog's size"
-LIMIT_APPROX = "the catalog's approximate size plus a margin"
-LIMIT_DECLARED = "the length the storage declared"
-LIMIT_MAXIMUM = "the maximum download size"
 # API answers that refuse the file itself (login, early access, gone); its partial goes too.
 _REFUSAL_STATUSES = frozenset({401, 403, 404, 410})
-
-
-class HashMismatchError(StoreError):
-    """Downloaded bytes differ from what Civitai published; they were quarantined."""
-
-    title = "Hash mismatch"
-    hint = (
-        "The bytes were quarantined and are not loadable. Retry the pull; if it keeps failing "
-        "the file on the server may have changed (sync the model again) or been tampered with."
-    )
-
-
-class IncompleteDownloadError(StoreError):
-    """The transfer could not be completed after all resume attempts."""
-
-    title = "Download incomplete"
-    hint = "Run the same `assetmgr pull` again: it resumes from the bytes already on disk."
-
-
-class DownloadTooLargeError(StoreError):
-    """A transfer went past its bound, or declared it would; stopped, its partial deleted.
-
-    `limit` and `limit_source` say which bound; `received` is where the bytes were stopped,
-    `declared` the size a server announced when that alone was too much.
-    """
-
-    title = "Download too large"
-    hint = (
-        "The server sent more than it declared, so the bytes were dropped. Sync the model again "
-        "(`assetmgr sync --model-id N`) and retry; if it persists the file or server is bad."
-    )
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        limit: int,
-        limit_source: str,
-        received: int | None = None,
-        declared: int | None = None,
-    ) -> None:
-        self.name = name
-        self.limit = limit
-        self.limit_source = limit_source
-        self.received = received
-        self.declared = declared
-        bound = f"the {_bytes(limit)} bound ({limit_source})"
-        if declared is not None:
-            message = f"{name}: declared as {_bytes(declared)}, over {bound}; not downloaded"
-        else:
-            message = (
-                f"{name}: stopped at {_bytes(received or 0)}, past {bound}; "
-                "the partial file was deleted"
-            )
-        hint = None
-        if limit_source == LIMIT_MAXIMUM:
-            hint = (
-                "If the file really is that large, raise max_download_size in the config file or "
-                "ASSETMGR_MAX_DOWNLOAD_SIZE (`assetmgr config show` prints the value in use)."
-            )
-        super().__init__(message, hint=hint)
-
-
-def _bytes(n: int) -> str:
-    """``123456789 bytes (118 MiB)``: exact for comparing, rounded for reading."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n} bytes ({n / size:.3g} {unit})"
-    return f"{n} bytes"
-
-
-@dataclass(frozen=True)
-class _Bound:
-    """How many bytes a transfer may bring, and which rule said so."""
-
-    limit: int
-    source: str
-
-
-class PolicyRefusedError(StoreError):
-    """The safety policy refuses this file."""
-
-    title = "Refused by the safety policy"
-
-
-class DownloadCancelled(StoreError):
-    title = "Download cancelled"
-    hint = "Run the same `assetmgr pull` again to resume."
-    exit_code = 130
 
 
 @dataclass
@@ -263,35 +137,6 @@ class DownloadProgress:
     total_bytes: int | None
     done_bytes: int
     resumed_from: int = 0
-
-
-@dataclass(frozen=True)
-class FileTarget:
-    """What to download, from the catalog: ids, names and the expected digest and size."""
-
-    version_id: int
-    file_id: int
-    name: str
-    expected_sha256: str
-    expected_size: int | None
-    """The exact size in bytes, when the catalog knows it."""
-    format: str | None = None
-    model_type: str | None = None
-    base_model: str | None = None
-    model_name: str | None = None
-    pickle_scan_result: str | None = None
-    virus_scan_result: str | None = None
-    download_params: dict[str, str] = field(default_factory=dict)
-    approx_size: int | None = None
-    """An approximate size (a fractional sizeKB, rounded up) when the exact one is unknown."""
-
-    def catalog_bound(self, max_bytes: int) -> _Bound:
-        """The bound the catalog sets (the maximum when it knows no size)."""
-        if self.expected_size is not None:
-            return _Bound(self.expected_size, LIMIT_EXACT)
-        if self.approx_size is not None:
-            return _Bound(self.approx_size + APPROX_SIZE_MARGIN_BYTES, LIMIT_APPROX)
-        return _Bound(max_bytes, LIMIT_MAXIMUM)
 
 
 @dataclass
@@ -304,60 +149,6 @@ class PullResult:
     resumed_from: int
     already_present: bool
     hashes: FileHashes | StreamDigest | None = None
-
-
-def is_pickle_format(name: str, fmt: str | None) -> bool:
-    lowered = name.lower()
-    if fmt and fmt.lower() in {"pickletensor", "pickle"}:
-        return True
-    return lowered.endswith((".ckpt", ".pt", ".pth", ".bin", ".pkl"))
-
-
-def check_policy(target: FileTarget, *, allow_pickle: bool) -> None:
-    """Refuse what must never enter the store; raises `PolicyRefusedError`."""
-    if "Danger" in (target.pickle_scan_result, target.virus_scan_result):
-        raise PolicyRefusedError(
-            f"Civitai's scanners flag {target.name} as dangerous "
-            f"(pickle scan: {target.pickle_scan_result}, virus scan: {target.virus_scan_result})",
-            hint="This file is refused in every mode; pick another file or version.",
-        )
-    if not target.expected_sha256:
-        raise PolicyRefusedError(
-            f"the catalog has no SHA256 for {target.name}, so it cannot be verified",
-            hint="Sync the model again (`assetmgr sync --model-id N`); unverifiable files "
-            "are refused.",
-        )
-    if is_pickle_format(target.name, target.format) and not allow_pickle:
-        raise PolicyRefusedError(
-            f"{target.name} is a pickle format ({target.format or 'by extension'}), "
-            "which can run code",
-            hint="Prefer the safetensors file of this version; `--allow-pickle` stores it "
-            "(it is never unpickled on the host).",
-        )
-
-
-_CD_FILENAME_STAR = re.compile(r"filename\*\s*=\s*([^']*)'[^']*'([^;]+)", re.IGNORECASE)
-_CD_FILENAME = re.compile(r'filename\s*=\s*("(?:[^"\\]|\\.)*"|[^;]+)', re.IGNORECASE)
-
-
-def filename_from_content_disposition(header: str | None) -> str | None:
-    """The filename of a ``Content-Disposition`` header (``filename*`` first), unsanitized."""
-    if not header:
-        return None
-    star = _CD_FILENAME_STAR.search(header)
-    if star:
-        charset = star.group(1) or "utf-8"
-        try:
-            return urllib.parse.unquote(star.group(2).strip(), encoding=charset, errors="replace")
-        except LookupError:
-            return urllib.parse.unquote(star.group(2).strip())
-    plain = _CD_FILENAME.search(header)
-    if plain:
-        value = plain.group(1).strip()
-        if value.startswith('"') and value.endswith('"'):
-            value = value[1:-1].replace('\\"', '"')
-        return value
-    return None
 
 
 @dataclass
@@ -595,7 +386,7 @@ class Downloader:
             if state.etag:
                 headers["If-Range"] = state.etag
         try:
-            response, conn = _open_storage(url, headers, self.timeout)
+            response, conn = open_storage(url, headers, self.timeout)
         except (OSError, http.client.HTTPException) as exc:
             raise _ResumableFailure(f"{type(exc).__name__}: {exc}") from None
         try:
@@ -618,7 +409,7 @@ class Downloader:
                 hasher.reset()
                 offset = 0
             if status == 206:
-                start, total = _parse_content_range(response.getheader("content-range"))
+                start, total = parse_content_range(response.getheader("content-range"))
                 if start != offset:
                     raise IncompleteDownloadError(
                         f"storage resumed at byte {start}, expected {offset}"
@@ -648,14 +439,14 @@ class Downloader:
             progress(DownloadProgress(target.file_id, target.name, expected_total, offset))
         return offset, server_name, received
 
-    def _transfer_bound(self, target: FileTarget, declared_total: int | None) -> _Bound:
+    def _transfer_bound(self, target: FileTarget, declared_total: int | None) -> TransferBound:
         """This transfer's bound; a storage that declares more than it is refused unread."""
         most = self.max_download_bytes
         bound = target.catalog_bound(most)
         if bound.limit > most:
-            bound = _Bound(most, LIMIT_MAXIMUM)
+            bound = TransferBound(most, LIMIT_MAXIMUM)
         elif bound.source == LIMIT_MAXIMUM and declared_total is not None:
-            bound = _Bound(min(declared_total, most), LIMIT_DECLARED)
+            bound = TransferBound(min(declared_total, most), LIMIT_DECLARED)
         if declared_total is not None and declared_total > bound.limit:
             raise DownloadTooLargeError(
                 name=target.name,
@@ -672,7 +463,7 @@ class Downloader:
         hasher: StreamHasher,
         offset: int,
         expected_total: int | None,
-        bound: _Bound,
+        bound: TransferBound,
         target: FileTarget,
         progress: ProgressCallback | None,
         cancel: threading.Event | None,
@@ -692,7 +483,7 @@ class Downloader:
 
         def writer() -> None:
             fd = out.fileno()
-            writeback = _Writeback(fd, offset)
+            writeback = Writeback(fd, offset)
             while True:
                 item = blocks.get()
                 if item is None:
@@ -775,7 +566,7 @@ class Downloader:
         return written[0], received
 
     def _past_bound(
-        self, target: FileTarget, bound: _Bound, pos: int, incoming: int
+        self, target: FileTarget, bound: TransferBound, pos: int, incoming: int
     ) -> StoreError | None:
         """Why a block received at `pos` must not be written, if it must not.
 
@@ -791,10 +582,10 @@ class Downloader:
             )
         free_bytes = shutil.disk_usage(self.store.partial_dir).free
         if free_bytes < incoming + DISK_HEADROOM_BYTES:
+            free_text, headroom = describe_bytes(free_bytes), describe_bytes(DISK_HEADROOM_BYTES)
             return DiskSpaceError(
-                f"{target.name}: only {_bytes(free_bytes)} free in {self.store.root} at byte "
-                f"{pos} (keeping {_bytes(DISK_HEADROOM_BYTES)} free); stopped and deleted the "
-                "partial file"
+                f"{target.name}: only {free_text} free in {self.store.root} at byte {pos} "
+                f"(keeping {headroom} free); stopped and deleted the partial file"
             )
         return None
 
@@ -876,49 +667,25 @@ def link_name_for(target: FileTarget, server_name: str | None) -> Path:
     )
 
 
-def _open_storage(
-    url: str, headers: dict[str, str], timeout: float
-) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
-    """GET a storage URL with plain `http.client` (fast `readinto`), following redirects.
-
-    Redirects are followed without any credentials, and never to a non-HTTP(S) scheme.
-    """
-    for _ in range(MAX_STORAGE_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise IncompleteDownloadError(f"refusing storage URL {redact_url(url)}")
-        conn: http.client.HTTPConnection
-        if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(
-                parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context()
-            )
-        else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        conn.request("GET", path, headers=headers)
-        response = conn.getresponse()
-        if response.status in (301, 302, 303, 307, 308):
-            location = response.getheader("location")
-            conn.close()
-            if not location:
-                raise IncompleteDownloadError("storage redirect without a Location")
-            url = urllib.parse.urljoin(url, location)
-            continue
-        return response, conn
-    raise IncompleteDownloadError("too many storage redirects")
-
-
-def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
-    if not value:
-        return None, None
-    match = re.match(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", value.strip())
-    if not match:
-        return None, None
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), total
-
-
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+__all__ = [
+    "APPROX_SIZE_MARGIN_BYTES",
+    "CHUNK_BYTES",
+    "DownloadCancelled",
+    "DownloadProgress",
+    "DownloadTooLargeError",
+    "Downloader",
+    "FileTarget",
+    "HashMismatchError",
+    "IncompleteDownloadError",
+    "PolicyRefusedError",
+    "PullResult",
+    "Sha256Stream",
+    "StreamDigest",
+    "check_policy",
+    "is_pickle_format",
+    "link_name_for",
+]

@@ -69,9 +69,7 @@ class _Inflater:
 
 
 def _decoder(content_encoding: str | None) -> _Inflater | None:
-    codings = [
-        c.strip().lower() for c in (content_encoding or "").split(",") if c.strip().lower()
-    ]
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip().lower()]
     codings = [c for c in codings if c != "identity"]
     if not codings:
         return None
