@@ -448,10 +448,11 @@ class Downloader:
         elif bound.source == LIMIT_MAXIMUM and declared_total is not None:
             bound = TransferBound(min(declared_total, most), LIMIT_DECLARED)
         if declared_total is not None and declared_total > bound.limit:
+            broken = TransferBound(most, LIMIT_MAXIMUM) if declared_total > most else bound
             raise DownloadTooLargeError(
                 name=target.name,
-                limit=bound.limit,
-                limit_source=LIMIT_MAXIMUM if declared_total > most else bound.source,
+                limit=broken.limit,
+                limit_source=broken.source,
                 declared=declared_total,
             )
         return bound
