@@ -103,22 +103,24 @@ def read_capped(response: httpx.Response, limit: int, *, truncate: bool = False)
     if declared is not None and declared > limit and not truncate:
         raise ResponseTooLargeError(limit=limit, url=url, declared=declared)
     decoder = _decoder(response.headers.get("content-encoding"))
-    body_buf = bytearray()
-    raw_total = 0
+    pieces: list[bytes] = []  # joined once at the end, as httpx does: one copy of the body
+    kept = raw_total = 0
     for chunk in response.iter_raw():
         raw_total += len(chunk)
         if raw_total > limit and not truncate:
             raise ResponseTooLargeError(limit=limit, url=url)
         for piece in [chunk] if decoder is None else decoder.decode(chunk):
-            room = limit - len(body_buf)
+            room = limit - kept
             if len(piece) > room:
                 if truncate:
-                    return bytes(body_buf + piece[:room])
+                    pieces.append(piece[:room])
+                    return b"".join(pieces)
                 raise ResponseTooLargeError(limit=limit, url=url)
-            body_buf += piece
+            pieces.append(piece)
+            kept += len(piece)
         if raw_total > limit:  # truncating: what arrived so far is all that is kept
             break
-    return bytes(body_buf)
+    return b"".join(pieces)
 
 
 def _finished(response: httpx.Response, body: bytes) -> httpx.Response:
