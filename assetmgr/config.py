@@ -25,7 +25,7 @@ DEFAULT_API_BASE = "https://civitai.com"
 KEYRING_SERVICE = "assetmgr"
 KEYRING_USER = "civitai"
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 << 30
-"""Bound of a download whose size nobody declared; the largest Civitai files are ~30 GB."""
+"""The most one download may bring unless configured: room for the largest checkpoints."""
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -146,7 +146,7 @@ class Settings:
     download_concurrency: int = 3
     sync_concurrency: int = 4
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
-    """Bound of a download no one declared a size for (``ASSETMGR_MAX_DOWNLOAD_SIZE``)."""
+    """The most one download may bring (``ASSETMGR_MAX_DOWNLOAD_SIZE``, ``max_download_size``)."""
 
     @classmethod
     def load(cls, *, api_base: str | None = None, database_url: str | None = None) -> Settings:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from assetmgr.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from assetmgr.errors import AssetMgrError, NotInCatalogError, StoreError
 from assetmgr.store import records
 from assetmgr.store.blobs import BlobStore
@@ -82,11 +83,11 @@ class StoreService:
         self.engine = engine
         self.store = store
         self.client = client
-        if downloader is None:
-            downloader = Downloader(store, self._resolve_url)
-            if max_download_bytes is not None:
-                downloader.max_download_bytes = max_download_bytes
-        self.downloader = downloader
+        self.downloader = downloader or Downloader(
+            store,
+            self._resolve_url,
+            max_download_bytes=max_download_bytes or DEFAULT_MAX_DOWNLOAD_BYTES,
+        )
 
     def close(self) -> None:
         self.downloader.close()

@@ -219,3 +219,10 @@ def test_page_bodies_for_workers_are_the_capped_bodies() -> None:
     )
     pages = list(client.iter_model_page_bodies(ModelFilters()))
     assert pages == [(body, None)]
+
+
+def test_the_fakes_bomb_is_a_valid_gzip_of_the_promised_size() -> None:
+    bomb = gzip_bomb(3 << 20)
+    inflated = gzip.decompress(bomb)  # checks the CRC and the length in the trailer
+    assert len(inflated) == len(b'{"items": [') + (3 << 20)
+    assert len(gzip_bomb(4 << 30)) < 5 << 20  # 4 GiB from under 5 MB on the wire
