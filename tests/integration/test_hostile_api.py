@@ -139,8 +139,8 @@ def test_a_page_without_a_length_that_never_ends_stops_at_the_cap(
     fake.faults.schedule([kind], path="/api/v1/models")
     with pytest.raises(ResponseTooLargeError, match="grew past the 4194304-byte"):
         small_client.list_models_body(ModelFilters())
-    streamed = fake.faults.streamed_bytes
-    assert SMALL_CAP < streamed < SMALL_CAP + SOCKET_SLACK < fake.faults.endless_bytes
+    # Only an upper bound: the server counts a piece after writing it, so it may lag behind.
+    assert fake.faults.streamed_bytes < SMALL_CAP + SOCKET_SLACK < fake.faults.endless_bytes
 
 
 def test_a_page_that_declares_a_huge_length_is_refused_unread(
