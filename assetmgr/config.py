@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,38 @@ log = logging.getLogger(__name__)
 DEFAULT_API_BASE = "https://civitai.com"
 KEYRING_SERVICE = "assetmgr"
 KEYRING_USER = "civitai"
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 << 30
+"""The most one download may bring unless configured: room for the largest checkpoints."""
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(value: object) -> int | None:
+    """Bytes from ``64GiB``, ``500 MB``, ``1048576`` or an int; None if unusable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    match = _SIZE_RE.fullmatch(str(value))
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        return None
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    return size if size > 0 else None
 
 
 def read_config_file(path: Path | None = None) -> dict[str, Any]:
@@ -112,6 +145,8 @@ class Settings:
     api_key_source: str = "none"
     download_concurrency: int = 3
     sync_concurrency: int = 4
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    """The most one download may bring (``ASSETMGR_MAX_DOWNLOAD_SIZE``, ``max_download_size``)."""
 
     @classmethod
     def load(cls, *, api_base: str | None = None, database_url: str | None = None) -> Settings:
@@ -144,6 +179,16 @@ class Settings:
             sync_concurrency = int(values.get("sync_concurrency", 4))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad concurrency setting in {paths.config_file()}: {exc}") from exc
+        raw_max = os.environ.get("ASSETMGR_MAX_DOWNLOAD_SIZE") or values.get(
+            "max_download_size", DEFAULT_MAX_DOWNLOAD_BYTES
+        )
+        max_download_bytes = parse_size(raw_max)
+        if max_download_bytes is None:
+            raise ConfigError(
+                f"bad maximum download size {str(raw_max)[:40]!r}",
+                hint="Give ASSETMGR_MAX_DOWNLOAD_SIZE or max_download_size as bytes or with a "
+                "unit, e.g. 64GiB or 500MB.",
+            )
         return cls(
             home=paths.home(),
             database_url=str(db_url),
@@ -152,4 +197,5 @@ class Settings:
             api_key_source=key_source,
             download_concurrency=max(1, download_concurrency),
             sync_concurrency=max(1, sync_concurrency),
+            max_download_bytes=max_download_bytes,
         )

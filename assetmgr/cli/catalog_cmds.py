@@ -309,6 +309,7 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
         "api_key_source": settings.api_key_source,
         "download_concurrency": settings.download_concurrency,
         "sync_concurrency": settings.sync_concurrency,
+        "max_download_bytes": settings.max_download_bytes,
     }
     if as_json:
         print_json(data)

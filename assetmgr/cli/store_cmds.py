@@ -73,7 +73,9 @@ def pull(
     tasks: dict[int, Any] = {}
     lock = threading.Lock()
     with make_client(settings) as client:
-        service = StoreService(engine, _store(), client)
+        service = StoreService(
+            engine, _store(), client, max_download_bytes=settings.max_download_bytes
+        )
         try:
             with Progress(
                 TextColumn("{task.description}"),

@@ -13,36 +13,71 @@ The sequence for one file:
    ``Range`` plus ``If-Range`` (so bytes of a changed file are never spliced on). A 200 answer
    to a range request restarts from zero; a ``Content-Range`` that does not start where we are
    is an error.
-4. At the end the size and SHA256 must equal the catalog's, and a safetensors file must pass
-   the header validator. Then the partial file is promoted into ``blobs/`` (read-only). On any
-   mismatch the bytes go to ``quarantine/`` and the error shows expected vs got.
-5. Every file that enters the store, or is refused, gets a provenance line.
+4. Every transfer has a bound: the catalog's size when it is exact, else its approximate
+   size (a fractional ``sizeKB``) rounded up plus a margin, else the length the storage
+   declares, and never more than the maximum download size; free space is checked as blocks
+   arrive. Past its bound a transfer stops at once (`DownloadTooLargeError`, or
+   `DiskSpaceError`) and its partial file is deleted, as it is when the API refuses the file.
+5. At the end the size (when the catalog knows it exactly) and SHA256 must equal the
+   catalog's, and a safetensors file must pass the header validator. Then the partial file is
+   promoted into ``blobs/`` (read-only). On any mismatch the bytes go to ``quarantine/`` and
+   the error shows expected vs got.
+6. Every file that enters the store, or is refused, gets a provenance line.
+
+The target, its policy, its bounds and the errors live in `assetmgr.store.targets`; the
+storage GET and the early write-back in `assetmgr.store.transfer_io`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import http.client
 import json
 import logging
 import os
 import queue
-import re
-import ssl
-import sys
+import shutil
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from assetmgr.errors import StoreError
-from assetmgr.store.blobs import BlobStore, sanitize_filename, sanitize_relative_path
+from assetmgr.config import DEFAULT_MAX_DOWNLOAD_BYTES
+from assetmgr.errors import AssetMgrError, StoreError
+from assetmgr.store.blobs import (
+    DISK_HEADROOM_BYTES,
+    BlobStore,
+    DiskSpaceError,
+    sanitize_filename,
+    sanitize_relative_path,
+)
 from assetmgr.store.hashing import FileHashes, Hasher
+from assetmgr.store.targets import (
+    APPROX_SIZE_MARGIN_BYTES,
+    LIMIT_DECLARED,
+    LIMIT_MAXIMUM,
+    DownloadCancelled,
+    DownloadTooLargeError,
+    FileTarget,
+    HashMismatchError,
+    IncompleteDownloadError,
+    PolicyRefusedError,
+    TransferBound,
+    check_policy,
+    describe_bytes,
+    is_pickle_format,
+)
+from assetmgr.store.transfer_io import (
+    Writeback,
+    filename_from_content_disposition,
+    open_storage,
+    parse_content_range,
+)
+from catalog.civitai.errors import redact_url
+from catalog.civitai.retry import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -83,92 +118,16 @@ StreamHasher = Hasher | Sha256Stream
 log = logging.getLogger(__name__)
 
 
-class _Writeback:
-    """Starts the disk writes of a growing file as it grows, so the final fsync is short.
-
-    Linux's sync_file_range: each finished window is queued for writeback without waiting,
-    and the one before it is waited for, which bounds the dirty pages to two windows and lets
-    the disk work while the network does. Elsewhere (or if the call fails) it does nothing and
-    the final fsync does all the work.
-    """
-
-    _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
-
-    def __init__(self, fd: int, start: int) -> None:
-        self.fd = fd
-        self.flushed = start  # bytes before this offset were queued for writeback
-        self.previous: tuple[int, int] | None = None
-        self.call = _sync_file_range()
-
-    def advance(self, end: int) -> None:
-        if self.call is None or end - self.flushed < WRITEBACK_WINDOW_BYTES:
-            return
-        window = (self.flushed, end - self.flushed)
-        try:
-            if self.call(self.fd, window[0], window[1], self._WRITE) != 0:
-                raise OSError("sync_file_range failed")
-            if self.previous is not None:
-                flags = self._WAIT_BEFORE | self._WRITE | self._WAIT_AFTER
-                self.call(self.fd, self.previous[0], self.previous[1], flags)
-        except (OSError, ValueError):
-            self.call = None
-            return
-        self.previous = window
-        self.flushed = end
-
-
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        func = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return cast(Callable[[int, int, int, int], int], func)
-
-
 ProgressCallback = Callable[["DownloadProgress"], None]
 
 CHUNK_BYTES = 8 << 20
 READ_SLICE_BYTES = 256 << 10
 HANDOFF_AFTER_S = 0.5
 POOL_BLOCKS = 4
-WRITEBACK_WINDOW_BYTES = 32 << 20
 MAX_RESUME_ATTEMPTS = 8
-MAX_STORAGE_REDIRECTS = 5
 USER_AGENT = "assetmgr/0.1"
-
-
-class HashMismatchError(StoreError):
-    """Downloaded bytes differ from what Civitai published; they were quarantined."""
-
-    title = "Hash mismatch"
-    hint = (
-        "The bytes were quarantined and are not loadable. Retry the pull; if it keeps failing "
-        "the file on the server may have changed (sync the model again) or been tampered with."
-    )
-
-
-class IncompleteDownloadError(StoreError):
-    """The transfer could not be completed after all resume attempts."""
-
-    title = "Download incomplete"
-    hint = "Run the same `assetmgr pull` again: it resumes from the bytes already on disk."
-
-
-class PolicyRefusedError(StoreError):
-    """The safety policy refuses this file."""
-
-    title = "Refused by the safety policy"
-
-
-class DownloadCancelled(StoreError):
-    title = "Download cancelled"
-    hint = "Run the same `assetmgr pull` again to resume."
-    exit_code = 130
+# API answers that refuse the file itself (login, early access, gone); its partial goes too.
+_REFUSAL_STATUSES = frozenset({401, 403, 404, 410})
 
 
 @dataclass
@@ -178,24 +137,6 @@ class DownloadProgress:
     total_bytes: int | None
     done_bytes: int
     resumed_from: int = 0
-
-
-@dataclass(frozen=True)
-class FileTarget:
-    """What to download, from the catalog: ids, names and the expected digest and size."""
-
-    version_id: int
-    file_id: int
-    name: str
-    expected_sha256: str
-    expected_size: int | None
-    format: str | None = None
-    model_type: str | None = None
-    base_model: str | None = None
-    model_name: str | None = None
-    pickle_scan_result: str | None = None
-    virus_scan_result: str | None = None
-    download_params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -208,69 +149,6 @@ class PullResult:
     resumed_from: int
     already_present: bool
     hashes: FileHashes | StreamDigest | None = None
-
-
-def is_pickle_format(name: str, fmt: str | None) -> bool:
-    lowered = name.lower()
-    if fmt and fmt.lower() in {"pickletensor", "pickle"}:
-        return True
-    return lowered.endswith((".ckpt", ".pt", ".pth", ".bin", ".pkl"))
-
-
-def check_policy(target: FileTarget, *, allow_pickle: bool) -> None:
-    """Refuse what must never enter the store; raises `PolicyRefusedError`."""
-    if "Danger" in (target.pickle_scan_result, target.virus_scan_result):
-        raise PolicyRefusedError(
-            f"Civitai's scanners flag {target.name} as dangerous "
-            f"(pickle scan: {target.pickle_scan_result}, virus scan: {target.virus_scan_result})",
-            hint="This file is refused in every mode; pick another file or version.",
-        )
-    if not target.expected_sha256:
-        raise PolicyRefusedError(
-            f"the catalog has no SHA256 for {target.name}, so it cannot be verified",
-            hint="Sync the model again (`assetmgr sync --model-id N`); unverifiable files "
-            "are refused.",
-        )
-    if is_pickle_format(target.name, target.format) and not allow_pickle:
-        raise PolicyRefusedError(
-            f"{target.name} is a pickle format ({target.format or 'by extension'}), "
-            "which can run code",
-            hint="Prefer the safetensors file of this version; `--allow-pickle` stores it "
-            "(it is never unpickled on the host).",
-        )
-
-
-_CD_FILENAME_STAR = re.compile(r"filename\*\s*=\s*([^']*)'[^']*'([^;]+)", re.IGNORECASE)
-_CD_FILENAME = re.compile(r'filename\s*=\s*("(?:[^"\\]|\\.)*"|[^;]+)', re.IGNORECASE)
-
-
-def filename_from_content_disposition(header: str | None) -> str | None:
-    """The filename of a ``Content-Disposition`` header (``filename*`` first), unsanitized."""
-    if not header:
-        return None
-    star = _CD_FILENAME_STAR.search(header)
-    if star:
-        charset = star.group(1) or "utf-8"
-        try:
-            return urllib.parse.unquote(star.group(2).strip(), encoding=charset, errors="replace")
-        except LookupError:
-            return urllib.parse.unquote(star.group(2).strip())
-    plain = _CD_FILENAME.search(header)
-    if plain:
-        value = plain.group(1).strip()
-        if value.startswith('"') and value.endswith('"'):
-            value = value[1:-1].replace('\\"', '"')
-        return value
-    return None
-
-
-def redact_url(url: str) -> str:
-    """A storage or API URL with query values hidden (signed URLs carry credentials)."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.query:
-        return url
-    keys = [k for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
-    return urllib.parse.urlunsplit(parts._replace(query="&".join(f"{k}=…" for k in keys)))
 
 
 @dataclass
@@ -311,6 +189,7 @@ class Downloader:
         chunk_bytes: int = CHUNK_BYTES,
         max_attempts: int = MAX_RESUME_ATTEMPTS,
         sleep: Callable[[float], None] = time.sleep,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
         self.store = store
         self.resolve_url = resolve_url
@@ -323,6 +202,8 @@ class Downloader:
         self.chunk_bytes = chunk_bytes
         self.max_attempts = max_attempts
         self.sleep = sleep
+        self.max_download_bytes = max_download_bytes
+        """Bound of a transfer whose size no one declared, and a ceiling on every other."""
 
     def close(self) -> None:
         """Nothing to release: every transfer opens and closes its own connection."""
@@ -367,15 +248,26 @@ class Downloader:
         validate: Callable[[Path], None] | None,
     ) -> PullResult:
         part_path, state_path = self.store.partial_paths(key)
+        bound = target.catalog_bound(self.max_download_bytes)
+        declared = target.expected_size if target.expected_size is not None else target.approx_size
+        if declared is not None and declared > self.max_download_bytes:
+            raise DownloadTooLargeError(
+                name=target.name,
+                limit=self.max_download_bytes,
+                limit_source=LIMIT_MAXIMUM,
+                declared=declared,
+            )
         state = _PartialState.load(state_path)
         if state is None or state.expected_sha256 != expected or not part_path.exists():
             part_path.unlink(missing_ok=True)
             state = _PartialState(target.file_id, expected)
         offset = part_path.stat().st_size if part_path.exists() else 0
-        if target.expected_size is not None and offset > target.expected_size:
+        if offset > min(bound.limit, self.max_download_bytes):
             part_path.unlink(missing_ok=True)
             offset = 0
-        self.store.check_free_space(target.expected_size or 0, already_have=offset)
+        self.store.check_free_space(declared or 0, already_have=offset)
+        # The first link is asked for before a partial file exists: a refusal leaves nothing.
+        url: str | None = self._resolve(target, part_path, state_path)
         state.save(state_path)
 
         hasher: StreamHasher = Hasher() if self.all_hashes else Sha256Stream()
@@ -385,34 +277,60 @@ class Downloader:
         server_name: str | None = None
         attempts = 0
         downloaded = 0
-        with open(part_path, "ab") as out:
-            while True:
-                if cancel is not None and cancel.is_set():
-                    raise DownloadCancelled(f"download of {target.name} cancelled; progress saved")
-                attempts += 1
-                url = self.resolve_url(target)
-                try:
-                    offset, got_name, n = self._transfer(
-                        url, target, state, state_path, out, hasher, offset, progress, cancel
-                    )
-                    downloaded += n
-                    server_name = got_name or server_name
-                    break
-                except _ResumableFailure as exc:
-                    out.flush()
-                    offset = out.tell()
-                    if attempts >= self.max_attempts:
-                        raise IncompleteDownloadError(
-                            f"{target.name}: gave up after {attempts} attempts at byte {offset}: "
-                            f"{exc}"
-                        ) from None
-                    delay = min(30.0, 0.5 * 2 ** (attempts - 1))
-                    log.info(
-                        "download of %s interrupted at %d (%s); resuming", target.name, offset, exc
-                    )
-                    self.sleep(delay)
-            out.flush()
-            os.fsync(out.fileno())
+        retry = RetryPolicy(max_attempts=self.max_attempts)
+        try:
+            with open(part_path, "ab") as out:
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise DownloadCancelled(
+                            f"download of {target.name} cancelled; progress saved"
+                        )
+                    attempts += 1
+                    if url is None:
+                        url = self._resolve(target, part_path, state_path)
+                    try:
+                        offset, got_name, n = self._transfer(
+                            url, target, state, state_path, out, hasher, offset, progress, cancel
+                        )
+                        downloaded += n
+                        server_name = got_name or server_name
+                        break
+                    except _ResumableFailure as exc:
+                        out.flush()
+                        offset = out.tell()
+                        url = None  # signed links expire: each attempt asks for a fresh one
+                        if attempts >= retry.max_attempts:
+                            raise IncompleteDownloadError(
+                                f"{target.name}: gave up after {attempts} attempts at byte "
+                                f"{offset}: {exc}"
+                            ) from None
+                        log.info(
+                            "download of %s interrupted at %d (%s); resuming",
+                            target.name,
+                            offset,
+                            exc,
+                        )
+                        self.sleep(retry.delay(attempts))
+                out.flush()
+                os.fsync(out.fileno())
+        except (DownloadTooLargeError, DiskSpaceError) as exc:
+            self._discard(part_path, state_path)
+            self.store.record_provenance(
+                {
+                    "event": "download",
+                    "version_id": target.version_id,
+                    "file_id": target.file_id,
+                    "name": target.name,
+                    "expected": {"SHA256": expected, "size": target.expected_size},
+                    "result": "refused",
+                    "error": exc.message,
+                }
+            )
+            raise
+        except IncompleteDownloadError:
+            if part_path.exists() and part_path.stat().st_size == 0:
+                self._discard(part_path, state_path)  # nothing to resume from
+            raise
         hashes = hasher.finalize()
         return self._finish(
             target,
@@ -425,6 +343,20 @@ class Downloader:
             server_name,
             validate,
         )
+
+    def _resolve(self, target: FileTarget, part_path: Path, state_path: Path) -> str:
+        """A fresh signed link; when the API refuses the file, its partial file goes too."""
+        try:
+            return self.resolve_url(target)
+        except AssetMgrError as exc:
+            if getattr(exc, "status_code", None) in _REFUSAL_STATUSES:
+                self._discard(part_path, state_path)
+            raise
+
+    @staticmethod
+    def _discard(part_path: Path, state_path: Path) -> None:
+        part_path.unlink(missing_ok=True)
+        state_path.unlink(missing_ok=True)
 
     def _feed_existing(self, part_path: Path, hasher: StreamHasher, length: int) -> None:
         with open(part_path, "rb") as fh:
@@ -454,7 +386,7 @@ class Downloader:
             if state.etag:
                 headers["If-Range"] = state.etag
         try:
-            response, conn = _open_storage(url, headers, self.timeout)
+            response, conn = open_storage(url, headers, self.timeout)
         except (OSError, http.client.HTTPException) as exc:
             raise _ResumableFailure(f"{type(exc).__name__}: {exc}") from None
         try:
@@ -477,7 +409,7 @@ class Downloader:
                 hasher.reset()
                 offset = 0
             if status == 206:
-                start, total = _parse_content_range(response.getheader("content-range"))
+                start, total = parse_content_range(response.getheader("content-range"))
                 if start != offset:
                     raise IncompleteDownloadError(
                         f"storage resumed at byte {start}, expected {offset}"
@@ -487,6 +419,7 @@ class Downloader:
             else:
                 length = response.getheader("content-length")
                 state.total = int(length) if length and length.isdigit() else None
+            bound = self._transfer_bound(target, state.total)
             etag = response.getheader("etag")
             if etag and not etag.startswith("W/"):
                 state.etag = etag
@@ -496,7 +429,7 @@ class Downloader:
                 response.getheader("content-disposition")
             )
             offset, received = self._pump(
-                response, out, hasher, offset, expected_total, target, progress, cancel
+                response, out, hasher, offset, expected_total, bound, target, progress, cancel
             )
         finally:
             conn.close()
@@ -506,6 +439,24 @@ class Downloader:
             progress(DownloadProgress(target.file_id, target.name, expected_total, offset))
         return offset, server_name, received
 
+    def _transfer_bound(self, target: FileTarget, declared_total: int | None) -> TransferBound:
+        """This transfer's bound; a storage that declares more than it is refused unread."""
+        most = self.max_download_bytes
+        bound = target.catalog_bound(most)
+        if bound.limit > most:
+            bound = TransferBound(most, LIMIT_MAXIMUM)
+        elif bound.source == LIMIT_MAXIMUM and declared_total is not None:
+            bound = TransferBound(min(declared_total, most), LIMIT_DECLARED)
+        if declared_total is not None and declared_total > bound.limit:
+            broken = TransferBound(most, LIMIT_MAXIMUM) if declared_total > most else bound
+            raise DownloadTooLargeError(
+                name=target.name,
+                limit=broken.limit,
+                limit_source=broken.source,
+                declared=declared_total,
+            )
+        return bound
+
     def _pump(
         self,
         response: http.client.HTTPResponse,
@@ -513,6 +464,7 @@ class Downloader:
         hasher: StreamHasher,
         offset: int,
         expected_total: int | None,
+        bound: TransferBound,
         target: FileTarget,
         progress: ProgressCallback | None,
         cancel: threading.Event | None,
@@ -532,7 +484,7 @@ class Downloader:
 
         def writer() -> None:
             fd = out.fileno()
-            writeback = _Writeback(fd, offset)
+            writeback = Writeback(fd, offset)
             while True:
                 item = blocks.get()
                 if item is None:
@@ -578,6 +530,8 @@ class Downloader:
                             ended = True
                             break
                         filled += n
+                        if pos + filled > bound.limit:
+                            break  # past the bound: stop reading now, not a block later
                         if time.monotonic() - block_started > HANDOFF_AFTER_S:
                             break
                 except (OSError, http.client.HTTPException) as exc:
@@ -591,11 +545,10 @@ class Downloader:
                 if not filled:
                     free.put(buf)
                     break
-                if expected_total is not None and pos + filled > expected_total:
+                stop = self._past_bound(target, bound, pos, filled)
+                if stop is not None:
                     free.put(buf)
-                    raise IncompleteDownloadError(
-                        f"{target.name}: server sent more than the expected {expected_total} bytes"
-                    )
+                    raise stop
                 blocks.put((buf, filled))
                 pos += filled
                 received += filled
@@ -612,6 +565,30 @@ class Downloader:
         if failure:
             raise failure[0]
         return written[0], received
+
+    def _past_bound(
+        self, target: FileTarget, bound: TransferBound, pos: int, incoming: int
+    ) -> StoreError | None:
+        """Why a block received at `pos` must not be written, if it must not.
+
+        Free space is asked for on every block: a file of unknown size is only ever bounded
+        by the maximum, and the disk may fill up from elsewhere meanwhile.
+        """
+        if pos + incoming > bound.limit:
+            return DownloadTooLargeError(
+                name=target.name,
+                limit=bound.limit,
+                limit_source=bound.source,
+                received=pos + incoming,
+            )
+        free_bytes = shutil.disk_usage(self.store.partial_dir).free
+        if free_bytes < incoming + DISK_HEADROOM_BYTES:
+            free_text, headroom = describe_bytes(free_bytes), describe_bytes(DISK_HEADROOM_BYTES)
+            return DiskSpaceError(
+                f"{target.name}: only {free_text} free in {self.store.root} at byte {pos} "
+                f"(keeping {headroom} free); stopped and deleted the partial file"
+            )
+        return None
 
     def _finish(
         self,
@@ -691,49 +668,25 @@ def link_name_for(target: FileTarget, server_name: str | None) -> Path:
     )
 
 
-def _open_storage(
-    url: str, headers: dict[str, str], timeout: float
-) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
-    """GET a storage URL with plain `http.client` (fast `readinto`), following redirects.
-
-    Redirects are followed without any credentials, and never to a non-HTTP(S) scheme.
-    """
-    for _ in range(MAX_STORAGE_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise IncompleteDownloadError(f"refusing storage URL {redact_url(url)}")
-        conn: http.client.HTTPConnection
-        if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(
-                parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context()
-            )
-        else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        conn.request("GET", path, headers=headers)
-        response = conn.getresponse()
-        if response.status in (301, 302, 303, 307, 308):
-            location = response.getheader("location")
-            conn.close()
-            if not location:
-                raise IncompleteDownloadError("storage redirect without a Location")
-            url = urllib.parse.urljoin(url, location)
-            continue
-        return response, conn
-    raise IncompleteDownloadError("too many storage redirects")
-
-
-def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
-    if not value:
-        return None, None
-    match = re.match(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", value.strip())
-    if not match:
-        return None, None
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), total
-
-
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+__all__ = [
+    "APPROX_SIZE_MARGIN_BYTES",
+    "CHUNK_BYTES",
+    "DownloadCancelled",
+    "DownloadProgress",
+    "DownloadTooLargeError",
+    "Downloader",
+    "FileTarget",
+    "HashMismatchError",
+    "IncompleteDownloadError",
+    "PolicyRefusedError",
+    "PullResult",
+    "Sha256Stream",
+    "StreamDigest",
+    "check_policy",
+    "is_pickle_format",
+    "link_name_for",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,12 +38,14 @@ def file_target(session: Session, version_id: int, file_id: int | None = None) -
     else:
         chosen = next((f for f in files if f.is_primary), files[0])
     model = session.get(Model, version.model_id)
+    exact_size, approx_size = sizes_from_kb(chosen.size_kb)
     return FileTarget(
         version_id=version.id,
         file_id=chosen.id,
         name=chosen.name or f"file-{chosen.id}",
         expected_sha256=(chosen.sha256 or "").upper(),
-        expected_size=None if chosen.size_kb is None else _size_from_kb(chosen.size_kb),
+        expected_size=exact_size,
+        approx_size=approx_size,
         format=chosen.format,
         model_type=model.type if model else None,
         base_model=version.base_model,
@@ -52,11 +55,20 @@ def file_target(session: Session, version_id: int, file_id: int | None = None) -
     )
 
 
-def _size_from_kb(size_kb: float) -> int | None:
-    """Civitai's sizeKB is bytes/1024 as a float; trust it only when it maps to whole bytes."""
+def sizes_from_kb(size_kb: float | None) -> tuple[int | None, int | None]:
+    """(exact, approximate) bytes from Civitai's sizeKB, which is bytes/1024 as a float.
+
+    A value that maps to whole bytes is exact; a fractional one (rounded somewhere) is only
+    approximate, so it is rounded up and bounds the download with a margin while the hash
+    decides. Missing, non-finite or non-positive means unknown.
+    """
+    if size_kb is None or not math.isfinite(size_kb) or size_kb <= 0:
+        return None, None
     size = size_kb * 1024
     rounded = round(size)
-    return rounded if abs(size - rounded) < 1e-3 else None
+    if abs(size - rounded) < 1e-3:
+        return rounded, None
+    return None, math.ceil(size)
 
 
 def set_local_state(

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from assetmgr.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from assetmgr.errors import AssetMgrError, NotInCatalogError, StoreError
 from assetmgr.store import records
 from assetmgr.store.blobs import BLOB_MODE, BlobStore, QuarantineRecord, stat_fingerprint
@@ -79,11 +80,16 @@ class StoreService:
         client: CivitaiClient | None,
         *,
         downloader: Downloader | None = None,
+        max_download_bytes: int | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.client = client
-        self.downloader = downloader or Downloader(store, self._resolve_url)
+        self.downloader = downloader or Downloader(
+            store,
+            self._resolve_url,
+            max_download_bytes=max_download_bytes or DEFAULT_MAX_DOWNLOAD_BYTES,
+        )
 
     def close(self) -> None:
         self.downloader.close()

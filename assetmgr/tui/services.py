@@ -519,7 +519,12 @@ class Services:
             if self._store_service is None:
                 from assetmgr.store.service import StoreService
 
-                self._store_service = StoreService(self.engine, self.store, client)
+                self._store_service = StoreService(
+                    self.engine,
+                    self.store,
+                    client,
+                    max_download_bytes=self.settings.max_download_bytes,
+                )
             return self._store_service
 
     def import_state(self) -> ServiceState:

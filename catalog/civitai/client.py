@@ -2,7 +2,8 @@
 
 All requests go through `CivitaiClient._request`, the one place that retries, adds the
 ``Authorization: Bearer`` header (to the API host only) and logs with redacted URLs. The
-key is never put in a URL: ``?token=`` would land in proxy, server and our own logs.
+key is never put in a URL: ``?token=`` would land in proxy, server and our own logs. Bodies
+are read under a cap and redirects stay on the API's origin (`catalog.civitai.exchange`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from catalog.civitai.errors import (
     from_response,
     redact_url,
 )
+from catalog.civitai.exchange import ACCEPT_ENCODING, MAX_API_BODY_BYTES, exchange
 from catalog.civitai.retry import RetryPolicy, parse_retry_after
 from catalog.civitai.types import MODEL_TYPES, HashIdMatch, Model, ModelVersion, Page
 
@@ -302,6 +304,7 @@ class CivitaiClient:
 
     Pass `transport` (e.g. `httpx.MockTransport`) or a ready `http` client to test or proxy it;
     an injected `http` client is not closed by `close()` and its timeout is kept.
+    `max_body_bytes` caps every successful answer, decoded (`exchange.MAX_API_BODY_BYTES`).
     """
 
     def __init__(
@@ -315,6 +318,7 @@ class CivitaiClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         user_agent: str = DEFAULT_USER_AGENT,
         sleep: Callable[[float], None] = time.sleep,
+        max_body_bytes: int = MAX_API_BODY_BYTES,
     ) -> None:
         if http is not None and transport is not None:
             raise ValueError("pass either http or transport, not both")
@@ -326,11 +330,16 @@ class CivitaiClient:
         self._base_url = str(base).rstrip("/")
         self._api_key = api_key.strip() if api_key and api_key.strip() else None
         self._secrets: tuple[str, ...] = (self._api_key,) if self._api_key else ()
-        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        self._headers = {
+            "User-Agent": user_agent,
+            "Accept": "application/json",
+            "Accept-Encoding": ACCEPT_ENCODING,
+        }
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._retry = retry
         self._sleep = sleep
+        self._max_body_bytes = max_body_bytes
         self._owns_http = http is None
         self._http = http or httpx.Client(
             transport=transport,
@@ -381,7 +390,8 @@ class CivitaiClient:
     ) -> httpx.Response:
         """Send one API request, retrying transient failures; the answer may still be an error.
 
-        Redirects that leave the API origin lose the Authorization header (httpx's rule).
+        The answer comes back fully read, under the body cap. Redirects are followed only
+        within the API's origin; one to another origin raises `CrossOriginRedirectError`.
         """
         url = (
             httpx.URL(self._base_url + path, params=params)
@@ -392,12 +402,12 @@ class CivitaiClient:
         failures = 0
         while True:
             try:
-                response = self._http.request(
-                    method,
-                    url,
-                    json=json_body,
-                    headers=self._headers,
+                response = exchange(
+                    self._http,
+                    self._http.build_request(method, url, json=json_body, headers=self._headers),
                     follow_redirects=follow_redirects,
+                    max_body_bytes=self._max_body_bytes,
+                    max_redirects=self._http.max_redirects,
                 )
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
                 # Our own request is malformed; retrying cannot help.
@@ -547,7 +557,8 @@ class CivitaiClient:
         """One page of `GET /api/v1/models` as its raw JSON body plus the next cursor.
 
         For a caller that parses pages elsewhere (the sync's worker processes, with
-        `page_items`): only the cursor is read here (`cursor_of_body`).
+        `page_items`): only the cursor is read here (`cursor_of_body`). The body was read
+        under the client's cap, so what a worker is handed is bounded too.
         """
         body = self._ok(self._list_models_request(filters, cursor)).content
         return body, cursor_of_body(body)

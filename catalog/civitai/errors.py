@@ -5,6 +5,8 @@ The tree (rooted at `assetmgr.errors.CivitaiError`; see that module for the whol
     CivitaiError
     ├── CivitaiConnectionError            the API could not be reached (also a ConnectionError)
     ├── CivitaiResponseValidationError    a payload without the documented shape
+    │   ├── ResponseTooLargeError         a body past the read cap; .limit, .url
+    │   └── CrossOriginRedirectError      an API redirect off the API origin; .url, .location
     ├── CivitaiInputError                 a local check failed before any request (a ValueError)
     └── CivitaiStatusError                an HTTP error status; .status_code, .url, .server_message
         ├── CivitaiBadRequestError        400
@@ -64,6 +66,49 @@ class CivitaiResponseValidationError(CivitaiError):
 
     title = "Unexpected answer from Civitai"
     hint = "Civitai may have changed its API, or a proxy answered; try again later and report it."
+
+
+class ResponseTooLargeError(CivitaiResponseValidationError):
+    """A body past `limit` decoded bytes (a gzip bomb, an endless stream); reading stopped there.
+
+    `url` is redacted; `declared` is the Content-Length when the header alone gave it away.
+    """
+
+    title = "Answer too large"
+    hint = (
+        "No real Civitai answer is this large (a compression bomb or an endless stream); a proxy "
+        "or a hostile server may be answering. Check `--api-base` / CIVITAI_API_BASE."
+    )
+
+    def __init__(self, *, limit: int, url: httpx.URL | str, declared: int | None = None) -> None:
+        self.limit = limit
+        self.url = redact_url(url)
+        self.declared = declared
+        bound = f"the {limit}-byte ({limit / 2**20:g} MiB) limit"
+        if declared is None:
+            message = f"Civitai's answer to {self.url} grew past {bound}; stopped reading"
+        else:
+            message = f"Civitai's answer to {self.url} declares {declared} bytes, over {bound}"
+        super().__init__(message)
+
+
+class CrossOriginRedirectError(CivitaiResponseValidationError):
+    """An API answer redirected to another origin (scheme, host, port); it was not followed."""
+
+    title = "Redirect refused"
+    hint = (
+        "API calls follow redirects only within the API's own origin. If the API moved, "
+        "point `--api-base` / CIVITAI_API_BASE at its new address."
+    )
+
+    def __init__(self, *, status_code: int, url: httpx.URL | str, location: str) -> None:
+        self.status_code = status_code
+        self.url = redact_url(url)
+        self.location = redact_url(location)
+        super().__init__(
+            f"Civitai redirected {self.url} to another origin ({self.location}, "
+            f"HTTP {status_code}); not followed"
+        )
 
 
 class CivitaiInputError(CivitaiError, ValueError):
@@ -338,12 +383,14 @@ __all__ = [
     "CivitaiInputError",
     "CivitaiResponseValidationError",
     "CivitaiStatusError",
+    "CrossOriginRedirectError",
     "DownloadDisabledError",
     "EarlyAccessError",
     "ForbiddenError",
     "LoginRequiredError",
     "NotFoundError",
     "RateLimitedError",
+    "ResponseTooLargeError",
     "ServerError",
     "UnauthorizedError",
     "from_response",

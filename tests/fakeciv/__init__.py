@@ -21,6 +21,9 @@ Recipes:
   ``catalog.expected_listing_ids(nsfw=False)``; pages fetched: ``fake.count("/api/v1/models")``;
 * robustness: ``catalog.set_hostile(model_id, "missing_id", "huge_description", ...)``
   (kinds in `HOSTILE_KINDS`);
+* a hostile server: ``fake.faults.schedule(["gzipbomb"], path="/api/v1/models")``, or
+  ``"endless"``, ``"length:<n>"``, ``"redirect:<url>"``, also on ``fake.storage_faults``;
+  ``catalog.set_file_size_kb(file_id, None)`` hides a file's size;
 * secrets: ``fake.storage_requests`` holds every storage request's headers and query, to prove
   the API key never left the API origin.
 
@@ -31,6 +34,7 @@ Modules:
   `write_big_file()`;
 * `shapes` - the JSON shapes of doc section 2 and the hostile payload kinds;
 * `faults` - `FaultInjector` (503/429/drop/... schedules, body cuts, throttling);
+* `hostile` - the bodies of the hostile kinds: a gzip bomb, endless and mislabelled streams;
 * `server` - `FakeCivitai`, the two HTTP servers, and their request log.
 
 Standalone (from the repository root): ``python -m tests.fakeciv --port 8765 --models 2000``

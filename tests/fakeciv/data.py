@@ -1216,6 +1216,14 @@ class FakeCatalog:
             self.touch()
             return m
 
+    def set_file_size_kb(self, file_id: int, size_kb: float | None) -> FakeFile:
+        """Advertise another ``sizeKB`` (None: none at all) without changing the bytes served."""
+        with self.lock:
+            f = self.files[file_id]
+            f.size_kb = size_kb  # type: ignore[assignment]
+            self.touch()
+            return f
+
     def update_version(self, version_id: int, **fields: Any) -> FakeVersion:
         """Set `FakeVersion` attributes, e.g. ``require_auth=True``, ``usage_control=``."""
         with self.lock:

@@ -26,11 +26,24 @@ Kinds:
   that is provably still in flight (``faults.held`` counts them), for tests of what goes on
   meanwhile. ``faults.hold(path)`` holds the next matching request.
 
+Hostile bodies (`tests.fakeciv.hostile`; on either server, JSON-ish on the API, zeros on
+storage; ``faults.streamed_bytes`` counts what was sent):
+
+* ``"gzipbomb"`` - 200 with ``Content-Encoding: gzip`` and an honest Content-Length: a valid
+  gzip of a few MB that inflates to ``faults.bomb_inflated_bytes`` (default 4 GiB);
+* ``"endless"`` - 200, chunked, a body that goes on until the client hangs up (or
+  ``faults.endless_bytes``, default 1 GiB, so a client without a bound still ends);
+  ``"endless_eof"`` - the same with no length at all (the body ends when the connection does);
+* ``"length:<n>"`` - declares ``Content-Length: <n>`` and then sends an endless body (a lie
+  either way: far less than sent, or more than will ever come);
+* ``"redirect:<location>"`` - 302 to `location` (absolute, or a path on the same server).
+
 Storage-only knobs, for the bytes of file downloads:
 
 * ``faults.cut_body_after(n_bytes, times=1)`` - the next `times` downloads send `n_bytes` of
   the body and then drop the connection (tests resume);
-* ``faults.throttle(bytes_per_second)`` - slow every body down (``None`` to stop).
+* ``faults.throttle(bytes_per_second)`` - slow every body down (``None`` to stop), endless
+  ones included.
 
 ``faults.injected`` lists ``(path, kind)`` for every fault served; ``faults.clear()`` resets all.
 """
@@ -55,8 +68,12 @@ FAULT_KINDS = frozenset(
         "403",
         "404",
         "hold",
+        "gzipbomb",
+        "endless",
+        "endless_eof",
     }
 )
+_PREFIXED = ("delay:", "length:", "redirect:")
 
 
 def _check(kind: str) -> str:
@@ -65,7 +82,12 @@ def _check(kind: str) -> str:
     if kind.startswith("delay:"):
         float(kind.split(":", 1)[1])
         return kind
-    raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)} or 'delay:<s>'")
+    if kind.startswith("length:"):
+        int(kind.split(":", 1)[1])
+        return kind
+    if kind.startswith("redirect:") and len(kind) > len("redirect:"):
+        return kind
+    raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)} or {_PREFIXED}")
 
 
 class FaultInjector:
@@ -80,6 +102,12 @@ class FaultInjector:
         """Held requests wait for this (`hold`, `release`)."""
         self.held = 0
         """Requests waiting at the gate right now."""
+        self.bomb_inflated_bytes = 4 << 30
+        """What a ``gzipbomb`` inflates to."""
+        self.endless_bytes = 1 << 30
+        """Where an ``endless`` body gives up if the client never does."""
+        self.streamed_bytes = 0
+        """Body bytes of hostile answers written so far."""
         self.clear()
 
     def clear(self) -> None:
@@ -101,6 +129,7 @@ class FaultInjector:
             self._cut_times = 0
             self.bytes_per_second: float | None = None
             self.injected = []
+            self.streamed_bytes = 0
 
     def schedule(
         self, kinds: Iterable[str], *, path: str | None = None, repeat: bool = False
@@ -193,6 +222,11 @@ class FaultInjector:
             if kind != "ok":
                 self.injected.append((path, kind))
             return kind
+
+    def add_streamed(self, n_bytes: int) -> None:
+        """Called by the server for each piece of a hostile body it wrote."""
+        with self._lock:
+            self.streamed_bytes += n_bytes
 
     def take_cut(self) -> int | None:
         """Storage: the byte budget for this body, or None for the whole body."""

@@ -62,7 +62,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from tests.fakeciv import shapes
+from tests.fakeciv import hostile, shapes
 from tests.fakeciv.data import (
     COMMERCIAL_USES,
     DEFAULT_FILE_PREFS,
@@ -346,13 +346,21 @@ class _Handler(BaseHTTPRequestHandler):
         if fate.startswith("delay:"):
             time.sleep(float(fate.split(":", 1)[1]))
             return False
+        fake = self.server.fake
+        faults = fake.faults if self.server.kind == "api" else fake.storage_faults
         if fate == "hold":
-            fake = self.server.fake
-            (fake.faults if self.server.kind == "api" else fake.storage_faults).wait_at_gate()
+            faults.wait_at_gate()
             return False
         if fate == "truncate":
             self._truncate = True
             return False
+        if fate in ("gzipbomb", "endless", "endless_eof") or fate.startswith("length:"):
+            hostile.serve(self, fate, faults)
+            return True
+        if fate.startswith("redirect:"):
+            location = fate.split(":", 1)[1]
+            self._send(_Reply(302, b"", [("Location", location)], content_type=None))
+            return True
         if fate == "drop":
             self.close_connection = True
             return True
@@ -364,10 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 self.connection.close()
             return True
-        fake = self.server.fake
-        retry_after = (
-            fake.faults if self.server.kind == "api" else fake.storage_faults
-        ).retry_after
+        retry_after = faults.retry_after
         replies = {
             "503": _json(
                 503,

@@ -25,6 +25,7 @@ from catalog.civitai import (
     CivitaiInputError,
     CivitaiResponseValidationError,
     CivitaiStatusError,
+    CrossOriginRedirectError,
     DownloadDisabledError,
     EarlyAccessError,
     ForbiddenError,
@@ -964,19 +965,48 @@ def test_a_download_answer_that_is_not_a_usable_redirect(answer: httpx.Response)
         client.resolve_download(800201)
 
 
-def test_api_redirects_to_another_host_drop_the_authorization_header() -> None:
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://mirror.example/api/v1/models/1",
+        "http://civitai.com/api/v1/models/1",  # same host, another scheme
+        "https://civitai.com:8443/api/v1/models/1",  # same host, another port
+    ],
+)
+def test_api_redirects_to_another_origin_are_refused_unfollowed(location: str) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "civitai.com":
-            return httpx.Response(
-                301, headers={"Location": "https://mirror.example/api/v1/models/1"}
-            )
+        if request.url.path == "/api/v1/models/1" and request.url.port is None:
+            return httpx.Response(301, headers={"Location": location})
         return fixture_response(200, "model.json")
 
     fake = FakeCivitai(handler)
     client, _ = make_client(fake)
-    client.get_model(1)
-    hosts = [(r.url.host, "authorization" in r.headers) for r in fake.requests]
-    assert hosts == [("civitai.com", True), ("mirror.example", False)]
+    with pytest.raises(CrossOriginRedirectError) as info:
+        client.get_model(1)
+    assert [str(r.url) for r in fake.requests] == ["https://civitai.com/api/v1/models/1"]
+    assert info.value.location == location and info.value.status_code == 301
+    assert location in info.value.message and "not followed" in info.value.message
+
+
+def test_same_origin_redirects_are_followed_with_the_key() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/models/1":
+            return httpx.Response(308, headers={"Location": "/api/v1/models/700102"})
+        return fixture_response(200, "model.json")
+
+    fake = FakeCivitai(handler)
+    client, _ = make_client(fake)
+    assert client.get_model(1).id == 700102
+    assert [r.url.path for r in fake.requests] == ["/api/v1/models/1", "/api/v1/models/700102"]
+    assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in fake.requests)
+
+
+def test_a_same_origin_redirect_loop_stops_at_the_limit() -> None:
+    fake = FakeCivitai(lambda r: httpx.Response(302, headers={"Location": r.url.path}))
+    client, _ = make_client(fake)
+    with pytest.raises(CivitaiConnectionError, match="TooManyRedirects"):
+        client.get_model(1)
+    assert len(fake.requests) == 21  # the first request and httpx's default of 20 redirects
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,147 @@
+"""The downloader's I/O: the storage GET over plain `http.client`, its headers, early write-back.
+
+Storage is fetched with `http.client` rather than httpx for its `readinto` (no copy per
+block), always without credentials: the signed URL carries its own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import re
+import ssl
+import sys
+import urllib.parse
+from collections.abc import Callable
+from typing import cast
+
+from assetmgr.store.targets import IncompleteDownloadError
+from catalog.civitai.errors import redact_url
+
+MAX_STORAGE_REDIRECTS = 5
+WRITEBACK_WINDOW_BYTES = 32 << 20
+
+
+class Writeback:
+    """Starts the disk writes of a growing file as it grows, so the final fsync is short.
+
+    Linux's sync_file_range: each finished window is queued for writeback without waiting,
+    and the one before it is waited for, which bounds the dirty pages to two windows and lets
+    the disk work while the network does. Elsewhere (or if the call fails) it does nothing and
+    the final fsync does all the work.
+    """
+
+    _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
+
+    def __init__(self, fd: int, start: int) -> None:
+        self.fd = fd
+        self.flushed = start  # bytes before this offset were queued for writeback
+        self.previous: tuple[int, int] | None = None
+        self.call = _sync_file_range()
+
+    def advance(self, end: int) -> None:
+        if self.call is None or end - self.flushed < WRITEBACK_WINDOW_BYTES:
+            return
+        window = (self.flushed, end - self.flushed)
+        try:
+            if self.call(self.fd, window[0], window[1], self._WRITE) != 0:
+                raise OSError("sync_file_range failed")
+            if self.previous is not None:
+                flags = self._WAIT_BEFORE | self._WRITE | self._WAIT_AFTER
+                self.call(self.fd, self.previous[0], self.previous[1], flags)
+        except (OSError, ValueError):
+            self.call = None
+            return
+        self.previous = window
+        self.flushed = end
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], func)
+
+
+_CD_FILENAME_STAR = re.compile(r"filename\*\s*=\s*([^']*)'[^']*'([^;]+)", re.IGNORECASE)
+_CD_FILENAME = re.compile(r'filename\s*=\s*("(?:[^"\\]|\\.)*"|[^;]+)', re.IGNORECASE)
+
+
+def filename_from_content_disposition(header: str | None) -> str | None:
+    """The filename of a ``Content-Disposition`` header (``filename*`` first), unsanitized."""
+    if not header:
+        return None
+    star = _CD_FILENAME_STAR.search(header)
+    if star:
+        charset = star.group(1) or "utf-8"
+        try:
+            return urllib.parse.unquote(star.group(2).strip(), encoding=charset, errors="replace")
+        except LookupError:
+            return urllib.parse.unquote(star.group(2).strip())
+    plain = _CD_FILENAME.search(header)
+    if plain:
+        value = plain.group(1).strip()
+        if value.startswith('"') and value.endswith('"'):
+            value = value[1:-1].replace('\\"', '"')
+        return value
+    return None
+
+
+def open_storage(
+    url: str, headers: dict[str, str], timeout: float
+) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+    """GET a storage URL with plain `http.client` (fast `readinto`), following redirects.
+
+    Redirects are followed without any credentials, and never to a non-HTTP(S) scheme.
+    """
+    for _ in range(MAX_STORAGE_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise IncompleteDownloadError(f"refusing storage URL {redact_url(url)}")
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        if response.status in (301, 302, 303, 307, 308):
+            location = response.getheader("location")
+            conn.close()
+            if not location:
+                raise IncompleteDownloadError("storage redirect without a Location")
+            url = urllib.parse.urljoin(url, location)
+            continue
+        return response, conn
+    raise IncompleteDownloadError("too many storage redirects")
+
+
+def parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    if not value:
+        return None, None
+    match = re.match(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", value.strip())
+    if not match:
+        return None, None
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), total
+
+
+__all__ = [
+    "MAX_STORAGE_REDIRECTS",
+    "WRITEBACK_WINDOW_BYTES",
+    "Writeback",
+    "filename_from_content_disposition",
+    "open_storage",
+    "parse_content_range",
+]
