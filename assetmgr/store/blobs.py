@@ -163,7 +163,7 @@ class PlacedBlob:
     blob already existed (its bytes were not checked here)."""
 
 
-def _open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
+def open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
     """Open or create a file in the store with its final mode and never through a link."""
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
@@ -234,7 +234,7 @@ class BlobStore:
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
             try:
-                fd = _open_private(tag, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                fd = open_private(tag, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 pass
             else:
@@ -396,7 +396,7 @@ class BlobStore:
 
     def _temp_in_partial(self, digest: str, how: str) -> tuple[Path, int]:
         tmp = self.partial_dir / f"{how}-{digest}-{os.getpid()}-{os.urandom(4).hex()}.part"
-        return tmp, _open_private(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        return tmp, open_private(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
 
     def _finish(self, tmp: Path, digest: str, method: Literal["reflink", "copy"]) -> PlacedBlob:
         try:
@@ -468,7 +468,7 @@ class BlobStore:
         """An exclusive flock per key; `timeout` seconds of waiting, then `StoreLockTimeout`."""
         self.ensure()
         path = self.locks_dir / f"{sanitize_filename(key, fallback='lock')}.lock"
-        fd = _open_private(path, os.O_RDWR | os.O_CREAT)
+        fd = open_private(path, os.O_RDWR | os.O_CREAT)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -534,7 +534,7 @@ class BlobStore:
         return QuarantineRecord(record_path, reason, link_removed=shared)
 
     def _write_private_json(self, path: Path, data: dict[str, Any]) -> None:
-        fd = _open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(data, indent=2, default=str))
 
@@ -555,7 +555,7 @@ class BlobStore:
         self.ensure()
         entry = {"time": datetime.now(UTC).isoformat(), **entry}
         line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode("utf-8")
-        fd = _open_private(self.provenance_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fd = open_private(self.provenance_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line)
             os.fsync(fd)

@@ -40,6 +40,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,7 @@ from assetmgr.store.blobs import (
     DISK_HEADROOM_BYTES,
     BlobStore,
     DiskSpaceError,
+    open_private,
     sanitize_filename,
     sanitize_relative_path,
 )
@@ -160,7 +162,10 @@ class _PartialState:
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__), encoding="utf-8")
+        with suppress(FileNotFoundError):
+            tmp.unlink()  # never written through: a leftover (or planted) name goes first
+        with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as out:
+            out.write(json.dumps(self.__dict__))
         os.replace(tmp, path)
 
     @classmethod
@@ -279,7 +284,8 @@ class Downloader:
         downloaded = 0
         retry = RetryPolicy(max_attempts=self.max_attempts)
         try:
-            with open(part_path, "ab") as out:
+            part_fd = open_private(part_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            with os.fdopen(part_fd, "ab") as out:
                 while True:
                     if cancel is not None and cancel.is_set():
                         raise DownloadCancelled(

@@ -301,6 +301,9 @@ def test_cli_pull_killed_with_sigkill_resumes(fake: FakeCivitai, fake_catalog: F
     proc.wait(timeout=30)
     had = part.stat().st_size
     assert 0 < had < len(data)
+    # The partial and its state file are the store's private files from their creation.
+    assert part.stat().st_mode & 0o777 == 0o600
+    assert (part.with_suffix(".json")).stat().st_mode & 0o777 == 0o600
     fake.storage_faults.throttle(None)
     fake.reset_log()
     out = run_cli("pull", str(vid), "--api-base", fake.base_url, "--json")
