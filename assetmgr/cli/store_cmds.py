@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from assetmgr.cli import print_json
+from assetmgr.cli import print_json, print_line
 from assetmgr.config import Settings
 
 
@@ -51,12 +51,11 @@ def pull(
         BarColumn,
         DownloadColumn,
         Progress,
-        TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
-    from assetmgr.cli.progress import stderr_console
+    from assetmgr.cli.progress import label_column, progress_label, stderr_console
     from assetmgr.context import make_client, open_engine
     from assetmgr.errors import AssetMgrError
     from assetmgr.store.service import StoreService
@@ -76,7 +75,7 @@ def pull(
         service = StoreService(engine, _store(), client)
         try:
             with Progress(
-                TextColumn("{task.description}"),
+                label_column("{task.description}"),
                 BarColumn(),
                 DownloadColumn(),
                 TransferSpeedColumn(),
@@ -90,7 +89,7 @@ def pull(
                         task = tasks.get(p.file_id)
                         if task is None:
                             task = tasks[p.file_id] = bars.add_task(
-                                p.name[:40], total=p.total_bytes
+                                progress_label(p.name), total=p.total_bytes
                             )
                     bars.update(task, completed=p.done_bytes, total=p.total_bytes)
 
@@ -140,9 +139,9 @@ def pull(
     else:
         for res in results:
             if "error" in res:
-                sys.stderr.write(f"error: version {res['version_id']}: {res['error']}\n")
+                print_line(f"error: version {res['version_id']}: {res['error']}", err=True)
                 if res.get("hint"):
-                    sys.stderr.write(f"hint: {res['hint']}\n")
+                    print_line(f"hint: {res['hint']}", err=True)
             else:
                 note = (
                     " (already in the store)"
@@ -151,7 +150,7 @@ def pull(
                         f" (resumed at byte {res['resumed_from']})" if res["resumed_from"] else ""
                     )
                 )
-                sys.stdout.write(f"{res['path']}{note}\n")
+                print_line(f"{res['path']}{note}")
     if failed:
         raise SystemExit(max(e.exit_code for e in failed))
 
@@ -191,17 +190,19 @@ def verify(
     if as_json:
         print_json(data)
     else:
-        sys.stderr.write(
+        print_line(
             f"verified {report.checked} files: {report.ok} ok, {len(report.corrupt)} corrupt, "
-            f"{len(report.missing)} missing\n"
+            f"{len(report.missing)} missing",
+            err=True,
         )
         for item in report.corrupt:
-            sys.stderr.write(
+            print_line(
                 f"corrupt: expected {item['sha256']} got {item['got']}; "
-                f"quarantined to {item['quarantined_to']}\n"
+                f"quarantined to {item['quarantined_to']}",
+                err=True,
             )
         for item in report.missing:
-            sys.stderr.write(f"missing: {item['sha256']} (file {item['file_id']})\n")
+            print_line(f"missing: {item['sha256']} (file {item['file_id']})", err=True)
     if not report.clean:
         raise SystemExit(4)
 
@@ -214,7 +215,7 @@ def path(
     from assetmgr.store.service import local_path
 
     engine = open_engine(Settings.load())
-    sys.stdout.write(f"{local_path(engine, _store(), ref)}\n")
+    print_line(str(local_path(engine, _store(), ref)))
 
 
 def import_cmd(
@@ -228,7 +229,7 @@ def import_cmd(
     """Hash a models folder, identify its files on Civitai and add them (never modifies them)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from assetmgr.cli.progress import stderr_console
+    from assetmgr.cli.progress import label_column, progress_label, stderr_console
     from assetmgr.context import make_client, open_engine
     from assetmgr.store.importer import import_folder
 
@@ -240,14 +241,14 @@ def import_cmd(
             TextColumn("import"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[name]}"),
+            label_column("{task.fields[name]}"),
             console=stderr_console,
             disable=as_json or not sys.stderr.isatty(),
         ) as bars:
             task = bars.add_task("import", total=None, name="")
 
             def on_progress(done: int, total: int, name: str) -> None:
-                bars.update(task, completed=done, total=total, name=Path(name).name[:40])
+                bars.update(task, completed=done, total=total, name=progress_label(Path(name).name))
 
             report = import_folder(
                 engine,
@@ -265,12 +266,13 @@ def import_cmd(
     if as_json:
         print_json(data)
     else:
-        sys.stderr.write(
+        print_line(
             f"imported {len(report.imported)} of {report.scanned} files "
-            f"({data['civitai']} known to Civitai, {data['local']} local)\n"
+            f"({data['civitai']} known to Civitai, {data['local']} local)",
+            err=True,
         )
         for s in report.skipped:
-            sys.stderr.write(f"skipped {s['path']}: {s['reason']}\n")
+            print_line(f"skipped {s['path']}: {s['reason']}", err=True)
 
 
 def export_cmd(
@@ -288,7 +290,7 @@ def export_cmd(
     if as_json:
         print_json({"written": report.written, "skipped": report.skipped})
     else:
-        sys.stderr.write(f"exported {len(report.written)} files to {dest}\n")
+        print_line(f"exported {len(report.written)} files to {dest}", err=True)
 
 
 def updates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
@@ -303,13 +305,13 @@ def updates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
         print_json(found)
         return
     for u in found:
-        sys.stdout.write(
+        print_line(
             f"{u['model_name']} [{u['base_model_family']}]: have {u['local_version']['name']}"
             f" (#{u['local_version']['id']}), newest {u['newest_version']['name']}"
-            f" (#{u['newest_version']['id']}) -> assetmgr pull {u['newest_version']['id']}\n"
+            f" (#{u['newest_version']['id']}) -> assetmgr pull {u['newest_version']['id']}"
         )
     if not found:
-        sys.stderr.write("everything local is up to date\n")
+        print_line("everything local is up to date", err=True)
 
 
 def duplicates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
@@ -324,16 +326,10 @@ def duplicates(as_json: bool = typer.Option(False, "--json", help="Print as JSON
         print_json(groups)
         return
     for g in groups["by_sha256"]:
-        sys.stdout.write(
-            f"same bytes {g['sha256'][:16]}…: "
-            + ", ".join(str(f["file_name"]) for f in g["files"])
-            + "\n"
-        )
+        names = ", ".join(str(f["file_name"]) for f in g["files"])
+        print_line(f"same bytes {g['sha256'][:16]}…: {names}")
     for g in groups["by_autov3"]:
-        sys.stdout.write(
-            f"same tensors {g['autov3']}: "
-            + ", ".join(str(f["file_name"]) for f in g["files"])
-            + "\n"
-        )
+        names = ", ".join(str(f["file_name"]) for f in g["files"])
+        print_line(f"same tensors {g['autov3']}: {names}")
     if not groups["by_sha256"] and not groups["by_autov3"]:
-        sys.stderr.write("no duplicates\n")
+        print_line("no duplicates", err=True)
