@@ -47,7 +47,7 @@ SHARED_SHA256 = "AB" * 32
 
 MODEL_NAME = f"{OSC52}Evil{C1_CSI}Model{MARKUP_LINK}"
 CREATOR = f"{TITLE}mallory{RLO}"
-TAGS = [f"{OSC8}clickme{OSC8_END}", f"bidi{LRI}tag{PDI}", "del\x7fnul\x00tag"]
+TAGS = [f"{OSC8}clickme{OSC8_END}", f"bidi{LRI}tag{PDI}", "del\x7ftag"]
 TRIGGER_WORDS = [f"{CLEAR}PWNCLR", f"trig{BEL}ger", f"{OSC52}word"]
 NEWEST_VERSION_NAME = f"v2{C1_CSI}{RLO}gnp.exe"
 LOCAL_VERSION_NAME = f"v1{TITLE2}"
@@ -77,15 +77,16 @@ FORBIDDEN_BYTES = (
     b"\x1b[2J",
     b"\x1b[3;7H",
     b"\x1b[5m",
-    b"evil.example/markup",
+    b";https://evil.example/markup",
     b"\x07",
     b"\x7f",
     b"\x00",
     *(c.encode() for c in "\u009b\u202e\u2066\u2069"),
 )
 """Bytes a command's output must never hold: the injected sequences, BEL, DEL, NUL, C1 CSI
-and the bidi controls used above (``evil.example/markup`` exists only as an OSC 8 target when
-markup was interpreted; shown as text, the brackets stay and the bytes differ)."""
+and the bidi controls used above. ``;https://evil.example/markup`` is the target of an OSC 8
+link that Rich writes only when it reads a value as markup; shown as text, the value keeps its
+``[link=`` brackets instead."""
 
 
 def find_forbidden(raw: bytes) -> list[bytes]:
@@ -109,7 +110,7 @@ def _version(version_id: int, model_id: int, *, index: int, name: str) -> dict[s
         description=DESCRIPTION,
         files=[primary],
         images=[],
-        publishedAt="2025-0%d-02T03:04:05.678Z" % (2 - index + 1),
+        publishedAt=f"2025-0{3 - index}-02T03:04:05.678Z",
     )
 
 
