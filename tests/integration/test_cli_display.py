@@ -93,7 +93,7 @@ def hostile_catalog(_isolated_home: Path) -> None:
             ["model #990001 ␛]52;c;SEFDS0VE␇Evil", "version #9900011 v2⟨U+009B⟩2J⟨U+202E⟩"],
         ),
     ],
-    ids=lambda v: " ".join(v) if isinstance(v, list) and isinstance(v[0], str) else None,
+    ids=["models list", "models show", "models show 2", "updates", "duplicates", "lookup"],
 )
 def test_plain_output_shows_hostile_names_without_their_controls(
     args: list[str], shown: list[str]
@@ -186,7 +186,7 @@ def hostile_server() -> Iterator[str]:
         (["pull", str(h.NEWEST_VERSION_ID)], f"error: version {h.NEWEST_VERSION_ID}: bad "),
         (["lookup", "AB" * 32], "error: bad "),
     ],
-    ids=lambda v: v[0] if isinstance(v, list) else None,
+    ids=["sync", "pull", "lookup"],
 )
 def test_error_lines_quoting_a_hostile_server_are_cleaned(
     hostile_server: str, args: list[str], error_start: str

@@ -179,14 +179,14 @@ def test_the_tui_writes_no_hostile_sequence_to_the_terminal(terminal: Terminal) 
     terminal.close()
     raw = terminal.raw()
 
-    # The app did draw, with its own escape sequences (alternate screen, colours).
-    assert b"\x1b[?1049h" in raw and b"\x1b[38;5;" in raw
-    # The hostile values are on screen, visibly replaced...
-    assert "␛]52;c;SEFDS0VE␇Evil".encode() in raw
-    assert "⟨U+202E⟩".encode() in raw
-    # ...and none of their sequences reached the terminal.
+    # None of the hostile values' sequences reached the terminal...
     assert [needle for needle in INJECTED if needle in raw] == []
     assert C1_OR_BIDI.findall(raw) == []
-    # The only clipboard writes are the app's copy, of cleaned words.
+    # ...and the only clipboard write is the app's copy, of cleaned words.
     copies = [base64.b64decode(m).decode() for m in OSC52.findall(raw)]
     assert copies == ["␛[2J␛[3;7HPWNCLR, trig␇ger, ␛]52;c;SEFDS0VE␇word"]
+    # The app did draw, with its own escape sequences (alternate screen, colours), and the
+    # hostile values are on screen, visibly replaced.
+    assert b"\x1b[?1049h" in raw and b"\x1b[38;5;" in raw
+    assert "␛]52;c;SEFDS0VE␇Evil".encode() in raw
+    assert "⟨U+202E⟩".encode() in raw
