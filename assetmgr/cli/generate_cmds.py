@@ -10,7 +10,6 @@ import typer
 
 from assetmgr.cli import print_json, print_line
 from assetmgr.config import Settings
-from assetmgr.display import clean
 from assetmgr.errors import AssetMgrError
 
 
@@ -54,11 +53,11 @@ def _progress_printer(enabled: bool) -> Any:
     if not enabled:
         return None
 
+    from assetmgr.cli.progress import rewrite_status
+
     def on_message(message: Any) -> None:
         if getattr(message, "type", "") == "progress" and getattr(message, "total", None):
-            # The stage is the job's text; the carriage return is ours.
-            sys.stderr.write(f"\r{clean(message.stage)}: step {message.step}/{message.total}   ")
-            sys.stderr.flush()
+            rewrite_status(f"{message.stage}: step {message.step}/{message.total}")
 
     return on_message
 

@@ -40,6 +40,12 @@ def label_column(template: str) -> TextColumn:
     return TextColumn(template, markup=False)
 
 
+def rewrite_status(text: str) -> None:
+    """Overwrite the current stderr line with `text` (cleaned): a progress line without Rich."""
+    sys.stderr.write(f"\r{clean(text)}   ")
+    sys.stderr.flush()
+
+
 @contextmanager
 def sync_progress(enabled: bool = True) -> Iterator[object]:
     """Yield a callback for `run_sync` that drives a Rich progress bar."""

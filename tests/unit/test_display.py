@@ -114,3 +114,24 @@ def test_the_log_formatter_cleans_messages_and_tracebacks(
     assert lines[1] == "ERROR tests.display: failed on ⟨U+009B⟩2J"
     assert lines[2] == "Traceback (most recent call last):"  # tracebacks keep their lines
     assert lines[-1] == "ValueError: bad name ␛[2J⟨U+202E⟩"
+
+
+CLI_CHOKEPOINTS = {"__init__.py", "progress.py"}
+"""The CLI modules that write to the terminal; every command goes through their functions."""
+RAW_WRITES = ("sys.stdout.write", "sys.stderr.write", "print(", "Console(", "typer.echo")
+
+
+def test_cli_commands_write_only_through_the_cleaning_chokepoints() -> None:
+    from pathlib import Path
+
+    import assetmgr.cli
+
+    folder = Path(assetmgr.cli.__file__).parent
+    offenders = []
+    for module in sorted(folder.glob("*.py")):
+        if module.name in CLI_CHOKEPOINTS:
+            continue
+        for number, line in enumerate(module.read_text("utf-8").splitlines(), 1):
+            if any(raw in line for raw in RAW_WRITES) or 'TextColumn("{' in line:
+                offenders.append(f"{module.name}:{number}: {line.strip()}")
+    assert offenders == [], "write through print_line/print_json/print_rich/label_column"
