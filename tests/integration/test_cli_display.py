@@ -235,3 +235,33 @@ def test_progress_labels_show_outside_names_as_plain_text() -> None:
     raw = out.getvalue().encode()
     assert h.find_forbidden(raw) == []
     assert f"{h.MARKUP_LINK}␛]52;c;SEFDS0VE␇⟨U+009B⟩2J⟨U+202E⟩.bin".encode() in raw
+
+
+def test_the_cli_logs_through_the_cleaning_formatter() -> None:
+    """Log records quote outside text (skipped items, paths): the handler the CLI installs
+    writes them cleaned, the message on one line, a traceback on its lines."""
+    code = (
+        "import logging\n"
+        "from assetmgr.cli import _setup_logging\n"
+        "_setup_logging(1)\n"
+        "log = logging.getLogger('catalog.sync')\n"
+        "log.warning('skipped model item 0 (id %s): %s', *__import__('sys').argv[1:3])\n"
+        "try:\n"
+        "    raise ValueError(__import__('sys').argv[1])\n"
+        "except ValueError:\n"
+        "    log.exception('failed')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, h.OSC52 + h.C1_CSI, f"bad\n{h.TITLE}{h.RLO}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert h.find_forbidden(result.stderr) == []
+    lines = result.stderr.decode().splitlines()
+    assert lines[0] == (
+        "WARNING catalog.sync: skipped model item 0 (id ␛]52;c;SEFDS0VE␇⟨U+009B⟩2J):"
+        " bad␊␛]0;PWNED-TITLE␇⟨U+202E⟩"
+    )
+    assert lines[-1] == "ValueError: ␛]52;c;SEFDS0VE␇⟨U+009B⟩2J"
