@@ -48,7 +48,6 @@ from __future__ import annotations
 import hmac
 import json
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal
 
@@ -373,18 +372,14 @@ def encode_message(message: BaseModel) -> bytes:
     return message.model_dump_json().encode() + b"\n"
 
 
-_CONTROL_OK: Final = frozenset("\t")
+def bound_text(text: str, max_len: int = MAX_TEXT) -> str:
+    """A worker's text as data the host keeps: at most `max_len` characters.
 
-
-def sanitize_text(text: str, max_len: int = MAX_TEXT) -> str:
-    """Untrusted text made safe to show in a terminal: control/format characters replaced."""
-    out = []
-    for ch in text[:max_len]:
-        if ch in _CONTROL_OK or unicodedata.category(ch)[0] != "C":
-            out.append(ch)
-        else:
-            out.append("\N{REPLACEMENT CHARACTER}")
-    return "".join(out)
+    Terminal controls stay: the text is data here, and the front ends clean it where they
+    show it (``assetmgr.display``), like every other outside string. (Lone surrogates never
+    get this far: the message models refuse them.)
+    """
+    return text[:max_len]
 
 
 @dataclass
@@ -560,17 +555,17 @@ class ProtocolReader:
             self.result = message
             return message
         if isinstance(message, LogMessage):
-            message = message.model_copy(update={"message": sanitize_text(message.message)})
+            message = message.model_copy(update={"message": bound_text(message.message)})
         elif isinstance(message, ErrorMessage):
             message = message.model_copy(
                 update={
-                    "message": sanitize_text(message.message),
-                    "code": sanitize_text(message.code, 64),
+                    "message": bound_text(message.message),
+                    "code": bound_text(message.code, 64),
                 }
             )
             self.errors.append(message)
         elif isinstance(message, ProgressMessage):
-            message = message.model_copy(update={"stage": sanitize_text(message.stage, 64)})
+            message = message.model_copy(update={"stage": bound_text(message.stage, 64)})
         elif isinstance(message, ReadyMessage) and self.ready is None:
             self.ready = message
         return message
@@ -617,5 +612,5 @@ __all__ = [
     "known_kinds",
     "register_kind",
     "GenerateParams",
-    "sanitize_text",
+    "bound_text",
 ]

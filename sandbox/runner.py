@@ -99,7 +99,7 @@ from sandbox.protocol import (
     ResultMessage,
     StreamLimits,
     WorkerMessage,
-    sanitize_text,
+    bound_text,
 )
 from sandbox.results import ArchiveTooLargeError, OutputLimits, extract_outputs, spool_bounded
 
@@ -633,7 +633,8 @@ class JobResult:
 
 
 class _LogTail:
-    """Bounded view of the worker's stderr: last lines, sanitised, with a byte cap."""
+    """Bounded view of the worker's stderr: last lines, each cut to a length, with a byte cap
+    (kept as data; front ends clean what they show)."""
 
     def __init__(self, max_lines: int = 200, max_line: int = 1000, max_bytes: int = 64 << 20):
         self.lines: deque[str] = deque(maxlen=max_lines)
@@ -654,7 +655,7 @@ class _LogTail:
             complete.append(self._partial)
             self._partial = b""
         for raw in complete[-200:]:
-            self.lines.append(sanitize_text(raw[: self.max_line].decode("utf-8", "replace")))
+            self.lines.append(bound_text(raw[: self.max_line].decode("utf-8", "replace")))
 
 
 class _Pump(threading.Thread):

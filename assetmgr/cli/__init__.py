@@ -1,8 +1,14 @@
 """The `assetmgr` command line (typer). Output for pipes goes to stdout; everything else,
-progress bars and errors included, goes to stderr."""
+progress bars and errors included, goes to stderr.
+
+Every line the commands write goes through `print_line`, `print_json`, `print_rich` or `fail`,
+which pass it through the display sanitizer (`assetmgr.display`): names, file names and
+server or job messages in it are outside text.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -10,6 +16,7 @@ from typing import Any
 
 import typer
 
+from assetmgr.display import CleanLogFormatter, clean, dumps_json
 from assetmgr.errors import AssetMgrError
 
 app = typer.Typer(
@@ -30,9 +37,9 @@ state = _State()
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(CleanLogFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # httpx logs full request URLs at INFO; ours are redacted, its are not: keep it quiet.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -52,15 +59,33 @@ def _root(
 
 
 def print_json(data: Any) -> None:
-    import json
+    """`data` as indented JSON on stdout; terminal controls in strings come out as escapes."""
+    sys.stdout.write(dumps_json(data) + "\n")
 
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+def print_line(text: str = "", *, err: bool = False, multiline: bool = False) -> None:
+    """One line of plain output (stdout, or stderr with `err`), cleaned for the terminal.
+
+    With `multiline` the text may hold line breaks of its own; without, every value in it
+    stays on this one line.
+    """
+    stream = sys.stderr if err else sys.stdout
+    stream.write(clean(text, multiline=multiline) + "\n")
+
+
+def print_rich(renderable: Any) -> None:
+    """A Rich table or `Text` on stdout. Build it from `Text` cells of cleaned values, never
+    from markup strings of outside text."""
+    from rich.console import Console
+
+    Console().print(renderable)
 
 
 def fail(exc: AssetMgrError) -> None:
-    sys.stderr.write(f"error: {exc.message}\n")
+    """The error line and its hint on stderr, each one cleaned line."""
+    print_line(f"error: {exc.message}", err=True)
     if exc.hint:
-        sys.stderr.write(f"hint: {exc.hint}\n")
+        print_line(f"hint: {exc.hint}", err=True)
 
 
 def _register() -> None:
@@ -84,21 +109,24 @@ def main() -> None:
         fail(exc)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
+        print_line("error: interrupted", err=True)
         raise SystemExit(130) from None
     except typer.Abort:
-        sys.stderr.write("error: aborted\n")
+        print_line("error: aborted", err=True)
         raise SystemExit(1) from None
     except SystemExit:
         raise
     except Exception as exc:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
+        # Typer raises its own vendored click's exceptions, so recognise them by their shape.
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            # Usage errors quote the arguments, which a script may have taken from outside.
+            shown = io.StringIO()
+            show(file=shown)
+            sys.stderr.write(clean(shown.getvalue(), multiline=True))
+            raise SystemExit(exit_code) from None
         if os.environ.get("ASSETMGR_DEBUG"):
             raise
-        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {exc}\n")
-        sys.stderr.write("hint: rerun with ASSETMGR_DEBUG=1 for a traceback and report it.\n")
+        print_line(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        print_line("hint: rerun with ASSETMGR_DEBUG=1 for a traceback and report it.", err=True)
         raise SystemExit(70) from None

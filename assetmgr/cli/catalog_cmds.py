@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
 
 import typer
 
-from assetmgr.cli import print_json
+from assetmgr.cli import print_json, print_line, print_rich
 from assetmgr.config import Settings, mask_secret, store_api_key
+from assetmgr.display import clean
 from assetmgr.errors import AssetMgrError
 
 models_app = typer.Typer(help="Browse the local catalog.", no_args_is_help=True)
@@ -102,9 +102,10 @@ def sync(
         if not demo_catalog.catalog_is_empty(engine):
             raise
         counts = demo_catalog.seed_demo(engine)
-        sys.stderr.write(
+        print_line(
             f"note: Civitai is unreachable ({exc.message}); seeded the local demo catalog "
-            f"instead ({counts['models']} models). Run `assetmgr sync` again when online.\n"
+            f"instead ({counts['models']} models). Run `assetmgr sync` again when online.",
+            err=True,
         )
         result: dict[str, Any] = {**counts, "errors": [], "demo": True}
         if as_json:
@@ -113,13 +114,14 @@ def sync(
     if as_json:
         print_json(summary.as_json())
     else:
-        sys.stderr.write(
+        print_line(
             f"synced {summary.models} models, {summary.versions} versions, {summary.files} files"
             f" ({summary.models_written} written, {summary.models_marked} marked"
-            f"{', resumed' if summary.resumed else ''})\n"
+            f"{', resumed' if summary.resumed else ''})",
+            err=True,
         )
         for err in summary.errors[:20]:
-            sys.stderr.write(f"skipped item: {err}\n")
+            print_line(f"skipped item: {err}", err=True)
 
 
 @models_app.command("list")
@@ -155,8 +157,14 @@ def models_list(
     _print_models_table(objects)
 
 
+def _cell(value: object) -> Any:
+    """A table cell of outside text: cleaned, and a `Text`, so Rich reads no markup in it."""
+    from rich.text import Text
+
+    return Text(clean("" if value is None else str(value)))
+
+
 def _print_models_table(objects: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(show_lines=False)
@@ -167,17 +175,17 @@ def _print_models_table(objects: list[dict[str, Any]]) -> None:
         base = versions[0]["base_model"] if versions else ""
         local = any(f.get("local") for v in versions for f in v.get("files", []))
         table.add_row(
-            str(obj["id"]),
-            str(obj["type"]),
-            str(base or ""),
-            str(obj["name"]),
-            str(obj.get("creator") or ""),
-            str(len(versions)),
-            "yes" if local else "",
+            _cell(obj["id"]),
+            _cell(obj["type"]),
+            _cell(base),
+            _cell(obj["name"]),
+            _cell(obj.get("creator")),
+            _cell(len(versions)),
+            _cell("yes" if local else ""),
         )
-    Console().print(table)
+    print_rich(table)
     if not objects:
-        sys.stderr.write("no models; run `assetmgr sync` or `assetmgr demo` first\n")
+        print_line("no models; run `assetmgr sync` or `assetmgr demo` first", err=True)
 
 
 @models_app.command("show")
@@ -200,33 +208,43 @@ def models_show(
 
 
 def _print_model(obj: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
+    from rich.text import Text
 
-    console = Console()
-    console.print(
-        f"[bold]{escape(obj['name'])}[/] (#{obj['id']}, {obj['type']}"
-        f"{', NSFW' if obj.get('nsfw') else ''}) by {escape(str(obj.get('creator') or '?'))}"
-    )
+    lines: list[Text] = [
+        Text.assemble(
+            (clean(obj["name"]), "bold"),
+            clean(
+                f" (#{obj['id']}, {obj['type']}{', NSFW' if obj.get('nsfw') else ''})"
+                f" by {obj.get('creator') or '?'}"
+            ),
+        )
+    ]
     if obj.get("tags"):
-        console.print("tags: " + escape(", ".join(obj["tags"])))
+        lines.append(Text(clean("tags: " + ", ".join(obj["tags"]))))
     for v in obj.get("versions", []):
-        console.print(
-            f"  [bold]{escape(str(v['name']))}[/] #{v['id']}"
-            f" {escape(str(v.get('base_model') or ''))}"
-            f" {v.get('published_at') or ''}"
+        lines.append(
+            Text.assemble(
+                "  ",
+                (clean(v["name"]), "bold"),
+                clean(f" #{v['id']} {v.get('base_model') or ''} {v.get('published_at') or ''}"),
+            )
         )
         for word in v.get("trained_words") or []:
-            console.print(f"    trigger: {escape(word)}")
+            lines.append(Text(clean(f"    trigger: {word}")))
         for f in v.get("files", []):
             hashes = f.get("hashes") or {}
             local = f.get("local")
-            console.print(
-                f"    file #{f['id']} {escape(str(f['name']))} {f.get('size_kb') or 0:.0f} KB"
-                f" {f.get('format') or ''}{' primary' if f.get('primary') else ''}"
-                f" SHA256 {hashes.get('SHA256', '?')}"
-                + (f" [{local['state']}] {local.get('path') or ''}" if local else "")
+            lines.append(
+                Text(
+                    clean(
+                        f"    file #{f['id']} {f['name']} {f.get('size_kb') or 0:.0f} KB"
+                        f" {f.get('format') or ''}{' primary' if f.get('primary') else ''}"
+                        f" SHA256 {hashes.get('SHA256', '?')}"
+                        + (f" [{local['state']}] {local.get('path') or ''}" if local else "")
+                    )
+                )
             )
+    print_rich(Text("\n").join(lines))
 
 
 def lookup(
@@ -253,10 +271,10 @@ def lookup(
         print_json(matches)
         return
     for m in matches:
-        sys.stdout.write(
+        print_line(
             f"{m['hash_type']} match ({m['source']}): model #{m['model_id']} {m['model_name']!s}"
             f" / version #{m['version_id']} {m['version_name']!s}"
-            f" / file #{m['file_id']} {m['file_name']!s}\n"
+            f" / file #{m['file_id']} {m['file_name']!s}"
         )
 
 
@@ -272,9 +290,10 @@ def demo(
     if as_json:
         print_json(counts)
     else:
-        sys.stderr.write(
+        print_line(
             f"demo catalog ready: {counts['models']} models, {counts['versions']} versions, "
-            f"{counts['files']} files\n"
+            f"{counts['files']} files",
+            err=True,
         )
 
 
@@ -285,7 +304,7 @@ def db_upgrade() -> None:
 
     settings = Settings.load()
     open_engine(settings)
-    sys.stderr.write(f"catalog at {_redact_url(settings.database_url)} is up to date\n")
+    print_line(f"catalog at {_redact_url(settings.database_url)} is up to date", err=True)
 
 
 def _redact_url(url: str) -> str:
@@ -315,7 +334,7 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
         print_json(data)
     else:
         for k, v in data.items():
-            sys.stdout.write(f"{k}: {v}\n")
+            print_line(f"{k}: {v}")
 
 
 @config_app.command("set-key")
@@ -334,4 +353,4 @@ def config_set_key(
             hint="Copy it from civitai.com → Account settings → API keys.",
         )
     where = store_api_key(key)
-    sys.stderr.write(f"API key {mask_secret(key)} saved in the {where}\n")
+    print_line(f"API key {mask_secret(key)} saved in the {where}", err=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from assetmgr.cli import print_json
+from assetmgr.cli import print_json, print_line
 from assetmgr.config import Settings
 from assetmgr.errors import AssetMgrError
 
@@ -53,10 +53,11 @@ def _progress_printer(enabled: bool) -> Any:
     if not enabled:
         return None
 
+    from assetmgr.cli.progress import rewrite_status
+
     def on_message(message: Any) -> None:
         if getattr(message, "type", "") == "progress" and getattr(message, "total", None):
-            sys.stderr.write(f"\r{message.stage}: step {message.step}/{message.total}   ")
-            sys.stderr.flush()
+            rewrite_status(f"{message.stage}: step {message.step}/{message.total}")
 
     return on_message
 
@@ -127,9 +128,9 @@ def generate(
     if as_json:
         print_json(record.as_json())
         return
-    sys.stderr.write(f"\nrun {record.run_id} done\n")
+    print_line(f"\nrun {record.run_id} done", err=True, multiline=True)
     for o in record.outputs:
-        sys.stdout.write(f"{o['path']}\n")
+        print_line(str(o["path"]))
 
 
 def rerun(
@@ -149,7 +150,7 @@ def rerun(
         print_json(record.as_json())
     else:
         verdict = "identical bytes" if record.identical else "DIFFERENT bytes"
-        sys.stdout.write(f"run {record.run_id} repeats run {run_id}: {verdict}\n")
+        print_line(f"run {record.run_id} repeats run {run_id}: {verdict}")
     if not record.identical:
         raise SystemExit(5)
 
@@ -191,7 +192,7 @@ def runs(
         print_json(data)
         return
     for r in data:
-        sys.stdout.write(
+        print_line(
             f"#{r['run_id']} {r['created_at']} {r['status']} seed={r['seed']} "
-            f"{(r['prompt'] or '')[:60]!r}\n"
+            f"{(r['prompt'] or '')[:60]!r}"
         )

@@ -1,4 +1,8 @@
-"""Rich adapters for the services' progress callbacks (stderr, so stdout stays pipeable)."""
+"""Rich adapters for the services' progress callbacks (stderr, so stdout stays pipeable).
+
+Labels that name outside things (file names, build stages) go through `progress_label` and
+are drawn by a `label_column`, which reads no markup in them.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +21,29 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from assetmgr.display import clean
+
 if TYPE_CHECKING:
     from catalog.sync import SyncProgress
 
 stderr_console = Console(stderr=True)
+LABEL_CHARS = 40
+
+
+def progress_label(text: str, limit: int = LABEL_CHARS) -> str:
+    """A progress bar's label: outside text cleaned to one line, cut to `limit` characters."""
+    return clean(text)[:limit]
+
+
+def label_column(template: str) -> TextColumn:
+    """A column that shows a task field (``{task.description}``) as plain text, not markup."""
+    return TextColumn(template, markup=False)
+
+
+def rewrite_status(text: str) -> None:
+    """Overwrite the current stderr line with `text` (cleaned): a progress line without Rich."""
+    sys.stderr.write(f"\r{clean(text)}   ")
+    sys.stderr.flush()
 
 
 @contextmanager

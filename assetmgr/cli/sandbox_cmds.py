@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from assetmgr.cli import print_json
+from assetmgr.cli import print_json, print_line
 from assetmgr.config import Settings
 from assetmgr.errors import AssetMgrError
 
@@ -58,9 +58,9 @@ def sandbox_build(
     as_json: bool = typer.Option(False, "--json", help="Print the image record as JSON."),
 ) -> None:
     """Build (or re-use) the pinned sandbox image, with every added plugin's wheels locked in."""
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TimeElapsedColumn
 
-    from assetmgr.cli.progress import stderr_console
+    from assetmgr.cli.progress import label_column, progress_label, stderr_console
 
     if torch_variant not in ("cpu", "cuda"):
         raise AssetMgrError(
@@ -72,7 +72,7 @@ def sandbox_build(
     show_bar = not as_json and sys.stderr.isatty()
     with Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        label_column("{task.description}"),
         BarColumn(),
         TimeElapsedColumn(),
         console=stderr_console,
@@ -86,13 +86,13 @@ def sandbox_build(
             if show_bar:
                 bars.update(
                     task,
-                    description=stage[:60],
+                    description=progress_label(stage, 60),
                     total=None if fraction is None else 1.0,
                     completed=fraction or 0.0,
                 )
             elif not as_json and stage != last[0]:
                 last[0] = stage
-                sys.stderr.write(f"[{time.monotonic() - t0:6.1f}s] {stage}\n")
+                print_line(f"[{time.monotonic() - t0:6.1f}s] {stage}", err=True)
 
         done = threading.Event()
 
@@ -120,7 +120,7 @@ def sandbox_build(
                 pass
         except KeyboardInterrupt:
             cancel.set()
-            sys.stderr.write("cancelling the build…\n")
+            print_line("cancelling the build…", err=True)
             while not done.wait(0.2):
                 pass
     error = outcome.get("error")
@@ -133,12 +133,13 @@ def sandbox_build(
         print_json(record.model_dump(mode="json"))
         return
     reused = bool(record.build_inputs.get("reused"))
-    sys.stderr.write(
+    print_line(
         f"sandbox image {record.tag} ({_short(record.image_id)}) "
-        f"{'re-used' if reused else 'built'} in {record.timings_s.get('total', 0):.1f}s\n"
+        f"{'re-used' if reused else 'built'} in {record.timings_s.get('total', 0):.1f}s",
+        err=True,
     )
     if record.plugin_requirements:
-        sys.stderr.write("plugin wheels: " + ", ".join(record.plugin_requirements) + "\n")
+        print_line("plugin wheels: " + ", ".join(record.plugin_requirements), err=True)
 
 
 @sandbox_app.command("status")
@@ -153,33 +154,36 @@ def sandbox_status(
     if as_json:
         print_json(status.as_json())
         return
-    out = sys.stdout.write
+    out = print_line
     if status.record is None:
-        out(f"no sandbox image: {status.record_problem}\n")
-        out("run `assetmgr sandbox build`\n")
+        out(f"no sandbox image: {status.record_problem}")
+        out("run `assetmgr sandbox build`")
         return
     r = status.record
-    out(f"image        {r.tag}  {r.image_id}\n")
-    out(f"built at     {r.created_at.isoformat(timespec='seconds')}  (assetmgr {r.app_version})\n")
-    out(f"torch        {r.torch_variant}\n")
-    out(f"lock sha256  {r.lock_sha256}\n")
-    out(f"rootfs       {r.rootfs_sha256 or '(digest-pinned base)'}\n")
-    out("layers       " + "\n             ".join(r.layer_diff_ids) + "\n")
+    out(f"image        {r.tag}  {r.image_id}")
+    out(f"built at     {r.created_at.isoformat(timespec='seconds')}  (assetmgr {r.app_version})")
+    out(f"torch        {r.torch_variant}")
+    out(f"lock sha256  {r.lock_sha256}")
+    out(f"rootfs       {r.rootfs_sha256 or '(digest-pinned base)'}")
+    for i, layer in enumerate(r.layer_diff_ids or [""]):
+        out(f"{'layers' if i == 0 else '':13}{layer}")
     if status.engine_reachable is None:
         engine = "not checked"
     elif not status.engine_reachable:
         engine = f"unreachable: {status.engine_problem}"
     else:
         engine = "matches the record" if status.engine_matches else str(status.engine_problem)
-    out(f"engine       {engine}\n")
-    out("plugin wheels " + (", ".join(status.in_image) or "none") + "\n")
+    out(f"engine       {engine}")
+    out("plugin wheels " + (", ".join(status.in_image) or "none"))
     added = ", ".join(f"{p.name} {p.version}" for p in status.added_plugins) or "none"
-    out(f"plugins      {added}\n")
+    out(f"plugins      {added}")
     if status.stale:
-        out("STALE:\n" + "".join(f"  - {why}\n" for why in status.stale_reasons))
-        out("run `assetmgr sandbox build`\n")
+        out("STALE:")
+        for why in status.stale_reasons:
+            out(f"  - {why}")
+        out("run `assetmgr sandbox build`")
     else:
-        out("up to date\n")
+        out("up to date")
 
 
 @sandbox_app.command("prune")
@@ -200,11 +204,12 @@ def sandbox_prune(
     if as_json:
         print_json(report)
         return
-    sys.stderr.write(
+    print_line(
         f"removed {len(report['containers'])} containers, {len(report['volumes'])} volumes, "
         f"{len(report['model_volumes'])} model volumes, "
         f"{len(report.get('plugin_volumes', []))} plugin volumes, "
-        f"{len(report.get('compile_caches', []))} compile caches, {len(report['images'])} images\n"
+        f"{len(report.get('compile_caches', []))} compile caches, {len(report['images'])} images",
+        err=True,
     )
 
 
@@ -241,9 +246,17 @@ def sandbox_demo(
     if as_json:
         print_json(data)
         return
-    sys.stdout.write(f"prompt: {result.result.data.get('prompt', '')}\n")
-    for p in result.images:
-        sys.stdout.write(f"{p}\n")
+    for line in demo_lines(result):
+        print_line(line)
+
+
+def demo_lines(result: Any) -> list[str]:
+    """The plain report of a demo job: the prompt its plugins made, then the output files.
+
+    Both come from the job (a plugin's text, the names it gave its outputs); `print_line`
+    cleans them.
+    """
+    return [f"prompt: {result.result.data.get('prompt', '')}", *(str(p) for p in result.images)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,14 +309,16 @@ def plugins_add(
         )
         return
     verb = "already added" if result.already_added else "added"
-    sys.stderr.write(
+    print_line(
         f"{verb} plugin {p.name} {p.version} ({len(p.files)} files, tree sha256 "
-        f"{p.tree_sha256[:16]}…){' [trusted]' if p.trusted else ''}\n"
+        f"{p.tree_sha256[:16]}…){' [trusted]' if p.trusted else ''}",
+        err=True,
     )
     if stale:
-        sys.stderr.write(
+        print_line(
             "note: its requirements (" + ", ".join(p.requirements) + ") are not in the sandbox "
-            "image yet; run `assetmgr sandbox build`\n"
+            "image yet; run `assetmgr sandbox build`",
+            err=True,
         )
 
 
@@ -337,13 +352,13 @@ def plugins_list(
         print_json([_plugin_json(p, in_image) for p in plugins])
         return
     if not plugins:
-        sys.stderr.write("no plugins added; add one with `assetmgr plugins add DIR`\n")
+        print_line("no plugins added; add one with `assetmgr plugins add DIR`", err=True)
         return
     for p in plugins:
         reqs = f" requires {', '.join(p.requirements)}" if p.requirements else ""
-        sys.stdout.write(
+        print_line(
             f"{p.name} {p.version}  hooks: {', '.join(p.hooks)}"
-            f"{'  [trusted]' if p.trusted else ''}{reqs}\n"
+            f"{'  [trusted]' if p.trusted else ''}{reqs}"
         )
 
 
@@ -357,7 +372,7 @@ def plugins_remove(
     if as_json:
         print_json(_plugin_json(p))
     else:
-        sys.stderr.write(f"removed plugin {p.name} {p.version}\n")
+        print_line(f"removed plugin {p.name} {p.version}", err=True)
 
 
 @plugins_app.command("trust")
@@ -367,7 +382,7 @@ def plugins_trust(
 ) -> None:
     """Mark a plugin trusted (may share a warm worker), or untrusted with --revoke."""
     p = _service().set_trusted(name, not revoke)
-    sys.stderr.write(f"plugin {p.name} is now {'trusted' if p.trusted else 'untrusted'}\n")
+    print_line(f"plugin {p.name} is now {'trusted' if p.trusted else 'untrusted'}", err=True)
 
 
 @plugins_app.command("verify")
@@ -387,9 +402,9 @@ def plugins_verify(
     else:
         for c in checks:
             if c.ok:
-                sys.stderr.write(f"ok: {c.name} {c.version}\n")
+                print_line(f"ok: {c.name} {c.version}", err=True)
             else:
                 for problem in c.problems:
-                    sys.stderr.write(f"MODIFIED: {c.name} {c.version}: {problem}\n")
+                    print_line(f"MODIFIED: {c.name} {c.version}: {problem}", err=True)
     if any(not c.ok for c in checks):
         raise SystemExit(1)

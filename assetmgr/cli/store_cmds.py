@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from assetmgr.cli import print_json
+from assetmgr.cli import print_json, print_line
 from assetmgr.config import Settings
 
 
@@ -51,12 +51,11 @@ def pull(
         BarColumn,
         DownloadColumn,
         Progress,
-        TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
-    from assetmgr.cli.progress import stderr_console
+    from assetmgr.cli.progress import label_column, progress_label, stderr_console
     from assetmgr.context import make_client, open_engine
     from assetmgr.errors import AssetMgrError
     from assetmgr.store.service import StoreService
@@ -78,7 +77,7 @@ def pull(
         )
         try:
             with Progress(
-                TextColumn("{task.description}"),
+                label_column("{task.description}"),
                 BarColumn(),
                 DownloadColumn(),
                 TransferSpeedColumn(),
@@ -92,7 +91,7 @@ def pull(
                         task = tasks.get(p.file_id)
                         if task is None:
                             task = tasks[p.file_id] = bars.add_task(
-                                p.name[:40], total=p.total_bytes
+                                progress_label(p.name), total=p.total_bytes
                             )
                     bars.update(task, completed=p.done_bytes, total=p.total_bytes)
 
@@ -142,9 +141,9 @@ def pull(
     else:
         for res in results:
             if "error" in res:
-                sys.stderr.write(f"error: version {res['version_id']}: {res['error']}\n")
+                print_line(f"error: version {res['version_id']}: {res['error']}", err=True)
                 if res.get("hint"):
-                    sys.stderr.write(f"hint: {res['hint']}\n")
+                    print_line(f"hint: {res['hint']}", err=True)
             else:
                 note = (
                     " (already in the store)"
@@ -153,7 +152,7 @@ def pull(
                         f" (resumed at byte {res['resumed_from']})" if res["resumed_from"] else ""
                     )
                 )
-                sys.stdout.write(f"{res['path']}{note}\n")
+                print_line(f"{res['path']}{note}")
     if failed:
         raise SystemExit(max(e.exit_code for e in failed))
 
@@ -193,9 +192,10 @@ def verify(
     if as_json:
         print_json(data)
     else:
-        sys.stderr.write(
+        print_line(
             f"verified {report.checked} files: {report.ok} ok, {len(report.corrupt)} corrupt, "
-            f"{len(report.missing)} missing\n"
+            f"{len(report.missing)} missing",
+            err=True,
         )
         for item in report.corrupt:
             where = (
@@ -203,9 +203,9 @@ def verify(
                 if item.get("link_removed")
                 else f"quarantined to {item['quarantined_to']}"
             )
-            sys.stderr.write(f"corrupt: expected {item['sha256']} got {item['got']}; {where}\n")
+            print_line(f"corrupt: expected {item['sha256']} got {item['got']}; {where}", err=True)
         for item in report.missing:
-            sys.stderr.write(f"missing: {item['sha256']} (file {item['file_id']})\n")
+            print_line(f"missing: {item['sha256']} (file {item['file_id']})", err=True)
     if not report.clean:
         raise SystemExit(4)
 
@@ -218,7 +218,7 @@ def path(
     from assetmgr.store.service import local_path
 
     engine = open_engine(Settings.load())
-    sys.stdout.write(f"{local_path(engine, _store(), ref)}\n")
+    print_line(str(local_path(engine, _store(), ref)))
 
 
 def import_cmd(
@@ -248,7 +248,7 @@ def import_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from assetmgr.cli.progress import stderr_console
+    from assetmgr.cli.progress import label_column, progress_label, stderr_console
     from assetmgr.context import make_client, open_engine
     from assetmgr.store.importer import import_folder
 
@@ -260,14 +260,14 @@ def import_cmd(
             TextColumn("import"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[name]}"),
+            label_column("{task.fields[name]}"),
             console=stderr_console,
             disable=as_json or not sys.stderr.isatty(),
         ) as bars:
             task = bars.add_task("import", total=None, name="")
 
             def on_progress(done: int, total: int, name: str) -> None:
-                bars.update(task, completed=done, total=total, name=Path(name).name[:40])
+                bars.update(task, completed=done, total=total, name=progress_label(Path(name).name))
 
             report = import_folder(
                 engine,
@@ -312,29 +312,31 @@ _IMPORT_HINTS = {
 def _print_import_report(data: dict[str, Any]) -> None:
     """The import summary on stderr: counts, followed links, skips and ignored sidecars."""
     imported = data["imported"]
-    sys.stderr.write(
+    print_line(
         f"imported {len(imported)} of {data['scanned']} files ({data['civitai']} known to "
-        f"Civitai, {data['sidecar']} identified by a sidecar only, {data['local']} local)\n"
+        f"Civitai, {data['sidecar']} identified by a sidecar only, {data['local']} local)",
+        err=True,
     )
     if data["lookup_error"]:
-        sys.stderr.write(
+        print_line(
             f"warning: Civitai lookup failed ({data['lookup_error']}); files were identified "
-            "by the local catalog and checked sidecars only\n"
+            "by the local catalog and checked sidecars only",
+            err=True,
         )
     for link in data["links"]:
         where = " (outside the folder)" if link["outside"] else ""
-        sys.stderr.write(f"followed link {link['path']} -> {link['target']}{where}\n")
+        print_line(f"followed link {link['path']} -> {link['target']}{where}", err=True)
     codes: list[str] = []
     for s in data["skipped"]:
         via = f" (link to {s['target']})" if s["target"] else ""
-        sys.stderr.write(f"skipped {s['path']}{via}: {s['reason']}\n")
+        print_line(f"skipped {s['path']}{via}: {s['reason']}", err=True)
         codes.append(s["code"])
     for issue in data["ignored_sidecars"]:
-        sys.stderr.write(f"ignored sidecar {issue['path']}: {issue['reason']}\n")
+        print_line(f"ignored sidecar {issue['path']}: {issue['reason']}", err=True)
         codes.append(issue["code"])
     for code in dict.fromkeys(codes):
         if code in _IMPORT_HINTS:
-            sys.stderr.write(f"hint: {_IMPORT_HINTS[code]}\n")
+            print_line(f"hint: {_IMPORT_HINTS[code]}", err=True)
 
 
 def export_cmd(
@@ -367,11 +369,11 @@ def export_cmd(
     if as_json:
         print_json(report.as_json())
     else:
-        sys.stderr.write(f"exported {len(report.written)} files to {dest}\n")
+        print_line(f"exported {len(report.written)} files to {dest}", err=True)
         for moved in report.moved_aside:
-            sys.stderr.write(f"moved aside: {moved['path']} -> {moved['moved_to']}\n")
+            print_line(f"moved aside: {moved['path']} -> {moved['moved_to']}", err=True)
         for removed in report.removed:
-            sys.stderr.write(f"removed (no longer in the store): {removed}\n")
+            print_line(f"removed (no longer in the store): {removed}", err=True)
 
 
 def updates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
@@ -386,13 +388,13 @@ def updates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
         print_json(found)
         return
     for u in found:
-        sys.stdout.write(
+        print_line(
             f"{u['model_name']} [{u['base_model_family']}]: have {u['local_version']['name']}"
             f" (#{u['local_version']['id']}), newest {u['newest_version']['name']}"
-            f" (#{u['newest_version']['id']}) -> assetmgr pull {u['newest_version']['id']}\n"
+            f" (#{u['newest_version']['id']}) -> assetmgr pull {u['newest_version']['id']}"
         )
     if not found:
-        sys.stderr.write("everything local is up to date\n")
+        print_line("everything local is up to date", err=True)
 
 
 def duplicates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
@@ -407,16 +409,10 @@ def duplicates(as_json: bool = typer.Option(False, "--json", help="Print as JSON
         print_json(groups)
         return
     for g in groups["by_sha256"]:
-        sys.stdout.write(
-            f"same bytes {g['sha256'][:16]}…: "
-            + ", ".join(str(f["file_name"]) for f in g["files"])
-            + "\n"
-        )
+        names = ", ".join(str(f["file_name"]) for f in g["files"])
+        print_line(f"same bytes {g['sha256'][:16]}…: {names}")
     for g in groups["by_autov3"]:
-        sys.stdout.write(
-            f"same tensors {g['autov3']}: "
-            + ", ".join(str(f["file_name"]) for f in g["files"])
-            + "\n"
-        )
+        names = ", ".join(str(f["file_name"]) for f in g["files"])
+        print_line(f"same tensors {g['autov3']}: {names}")
     if not groups["by_sha256"] and not groups["by_autov3"]:
-        sys.stderr.write("no duplicates\n")
+        print_line("no duplicates", err=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from textual import on
 from textual.app import App, SystemCommand
 from textual.logging import TextualHandler
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import Input, TextArea
 from textual.worker import Worker, WorkerState
@@ -25,6 +26,7 @@ from textual.worker import Worker, WorkerState
 # textual-image must query the terminal before Textual owns it (see widgets.preview).
 import assetmgr.tui.widgets.preview  # noqa: F401
 from assetmgr.config import Settings
+from assetmgr.display import CleanLogFormatter, clean
 from assetmgr.errors import AssetMgrError
 from assetmgr.tui import messages as m
 from assetmgr.tui.actions import ACTIONS, bindings_for
@@ -79,7 +81,9 @@ class AssetMgrApp(WorkersMixin, App[None]):
     # --- start and screens -----------------------------------------------------------------
 
     def on_mount(self) -> None:
-        logging.getLogger("assetmgr").addHandler(TextualHandler())
+        handler = TextualHandler()
+        handler.setFormatter(CleanLogFormatter())
+        logging.getLogger("assetmgr").addHandler(handler)
         import asyncio
 
         asyncio.get_running_loop().set_default_executor(
@@ -127,6 +131,31 @@ class AssetMgrApp(WorkersMixin, App[None]):
                     target.run_action, action
                 ),
             )
+
+    # --- text that leaves the widgets: toasts and the clipboard ----------------------------
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every toast of the app (widgets' `notify` lands here): messages quote names and
+        server text, so they are cleaned and never read as markup."""
+        super().notify(
+            clean(message, multiline=True),
+            title=clean(title),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
+
+    def copy_to_clipboard(self, text: str) -> None:
+        """Clipboard writes, cleaned (the catalog's own copies are cleaned to one line before)."""
+        super().copy_to_clipboard(clean(text, multiline=True))
 
     # --- errors ----------------------------------------------------------------------------
 

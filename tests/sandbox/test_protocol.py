@@ -7,7 +7,9 @@ import json
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from assetmgr import display
 from sandbox.protocol import (
+    ErrorMessage,
     JobSpec,
     Limits,
     LogMessage,
@@ -18,9 +20,9 @@ from sandbox.protocol import (
     ReadyMessage,
     ResultMessage,
     StreamLimits,
+    bound_text,
     encode_message,
     register_kind,
-    sanitize_text,
 )
 
 NONCE = "ab" * 32
@@ -165,12 +167,20 @@ def test_reader_bounds_line_length_count_and_bytes() -> None:
     assert r2.feed(result_line()) == []  # nothing is accepted after a flood
 
 
-def test_text_from_the_worker_is_sanitised() -> None:
+def test_text_from_the_worker_is_kept_as_bounded_data() -> None:
+    """The host keeps a worker's text as received, only bounded and encodable; the front
+    ends clean it where they show it (one display rule, `assetmgr.display`)."""
+    hostile = "ok \x1b[31mred\x1b]0;title\x07 \u202e \u009b2J"
     r = ProtocolReader(job_id=JOB, nonce=NONCE)
-    (msg,) = r.feed(encode_message(LogMessage(message="ok \x1b[31mred\x1b]0;title\x07 \u202e")))
-    assert isinstance(msg, LogMessage)
-    assert "\x1b" not in msg.message and "\x07" not in msg.message and "\u202e" not in msg.message
-    assert sanitize_text("tab\tok") == "tab\tok"
+    (msg,) = r.feed(encode_message(LogMessage(message=hostile)))
+    assert isinstance(msg, LogMessage) and msg.message == hostile
+    (err,) = r.feed(b'{"type":"error","code":"x\\u001b","message":"bad \\u202e"}\n')
+    assert isinstance(err, ErrorMessage)
+    assert err.code == "x\x1b" and err.message == "bad \u202e"
+    assert bound_text("tab\tok" * 10, 6) == "tab\tok"
+    assert display.clean(msg.message) == (
+        "ok \u241b[31mred\u241b]0;title\u2407 \u27e8U+202E\u27e9 \u27e8U+009B\u27e92J"
+    )
 
 
 def test_limits_defaults_are_sane() -> None:

@@ -19,6 +19,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from assetmgr.display import clean
 from assetmgr.tui.actions import bindings_for
 from assetmgr.tui.queries import SORT_KEYS, BrowseQuery, ModelDetail, VersionDetail
 from assetmgr.tui.widgets.detail import DetailPane
@@ -155,7 +156,7 @@ class CatalogScreen(Screen[None]):
             parts.append(f"search: {q.search.strip()!r}")
         if note:
             parts.append(note)
-        self.query_one("#status", Static).update(Text("  ·  ".join(parts)))
+        self.query_one("#status", Static).update(Text(clean("  ·  ".join(parts))))
 
     @on(ModelTable.MoreWanted)
     def more_wanted(self) -> None:
@@ -288,7 +289,7 @@ class CatalogScreen(Screen[None]):
         if version is None or not version.trained_words:
             self.notify("This version has no trigger words.", severity="warning", timeout=3)
             return
-        text = ", ".join(version.trained_words)
+        text = ", ".join(clean(word) for word in version.trained_words)
         self.app.copy_to_clipboard(text)
         self.notify(f"Copied: {text}", timeout=3, markup=False)
 
@@ -303,7 +304,8 @@ class CatalogScreen(Screen[None]):
             stem = version.files[0].name.rsplit(".", 1)[0]
             parts.append(f"<lora:{stem}:{version.weight.value:g}>")
         parts.extend(version.trained_words)
-        return ", ".join(parts) if parts else None
+        # Catalog text going into the user's prompt: cleaned like anything shown.
+        return clean(", ".join(parts)) if parts else None
 
     def action_to_prompt(self) -> None:
         snippet = self.prompt_snippet()

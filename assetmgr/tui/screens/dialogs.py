@@ -1,4 +1,8 @@
-"""Modal dialogs: errors (title, message, hint), confirmations, a one-line prompt, updates."""
+"""Modal dialogs: errors (title, message, hint), confirmations, a one-line prompt, updates.
+
+Their text quotes outside strings (names, paths, server and job messages): each dialog
+cleans what it is given (`assetmgr.display.clean`) and shows it as `Text`, never as markup.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
+
+from assetmgr.display import clean
 
 
 class ErrorModal(ModalScreen[None]):
@@ -25,10 +31,13 @@ class ErrorModal(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog error-dialog"):
-            yield Label(Text(self.error_title), classes="dialog-title")
-            yield Static(Text(self.message), classes="dialog-body")
+            yield Label(Text(clean(self.error_title)), classes="dialog-title")
+            yield Static(Text(clean(self.message, multiline=True)), classes="dialog-body")
             if self.hint:
-                yield Static(Text.assemble(("hint: ", "bold"), self.hint), classes="dialog-hint")
+                yield Static(
+                    Text.assemble(("hint: ", "bold"), clean(self.hint, multiline=True)),
+                    classes="dialog-hint",
+                )
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Close", variant="primary", id="close")
 
@@ -51,8 +60,8 @@ class ConfirmModal(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(Text(self.confirm_title), classes="dialog-title")
-            yield Static(Text(self.body), classes="dialog-body")
+            yield Label(Text(clean(self.confirm_title)), classes="dialog-title")
+            yield Static(Text(clean(self.body, multiline=True)), classes="dialog-body")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.yes, variant="error", id="yes")
                 yield Button("Cancel", id="no")
@@ -78,7 +87,7 @@ class PromptModal(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.prompt_title, classes="dialog-title")
+            yield Label(Text(clean(self.prompt_title)), classes="dialog-title")
             yield Input(value=self.value, placeholder=self.placeholder, id="answer")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("OK", variant="primary", id="ok")
@@ -112,7 +121,7 @@ class UpdatesModal(ModalScreen[tuple[str, list[tuple[int, int]]] | None]):
             if self.updates:
                 yield OptionList(
                     *(
-                        Option(Text(label), id=str(i))
+                        Option(Text(clean(label)), id=str(i))
                         for i, (_, _, label) in enumerate(self.updates)
                     ),
                     id="update-list",

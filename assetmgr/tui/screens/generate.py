@@ -3,6 +3,9 @@
 LoRAs live in the prompt as A1111 ``<lora:name:weight>`` tags (the sandbox worker parses them
 the same way); the LoRA picker inserts such a tag, and the line under the editor says which
 tags resolve to local files.
+
+Model names, trigger words, plugin names, job progress and sandbox notes are outside text:
+shown cleaned (`assetmgr.display.clean`), and cleaned before they go into the prompt.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
+from assetmgr.display import clean
 from assetmgr.tui.actions import bindings_for
 from assetmgr.tui.queries import Completion, LocalModel
 from assetmgr.tui.services import (
@@ -160,13 +164,15 @@ class GenerateScreen(Screen[None]):
         self.state = state
         banner = self.query_one("#gen-state", Static)
         if state.available and state.note:
-            banner.update(Text.assemble(("Sandbox: ", "bold"), state.note))
+            banner.update(Text.assemble(("Sandbox: ", "bold"), clean(state.note)))
             banner.display = True
         elif state.available:
             banner.update("")
             banner.display = False
         else:
-            banner.update(Text.assemble(("Generation not available: ", "bold"), state.reason))
+            banner.update(
+                Text.assemble(("Generation not available: ", "bold"), clean(state.reason))
+            )
             banner.display = True
         self.query_one("#run", Button).disabled = not state.available
         if samplers:
@@ -177,7 +183,7 @@ class GenerateScreen(Screen[None]):
         selection = self.query_one("#plugins", SelectionList)
         selection.clear_options()
         for name, sha in plugins:
-            selection.add_option((Text(f"{name}  {sha[:12]}"), name))
+            selection.add_option((Text(clean(f"{name}  {sha[:12]}")), name))
         selection.display = bool(plugins)
         self.query_one("#plugins-note", Static).update(
             "" if plugins else "No vetted plugins (see the Sandbox screen, F4)."
@@ -186,11 +192,11 @@ class GenerateScreen(Screen[None]):
     def show_local_models(self, checkpoints: list[LocalModel], loras: list[LocalModel]) -> None:
         self.checkpoints, self.loras = checkpoints, loras
         select = self.query_one("#checkpoint", Select)
-        select.set_options([(Text(c.label), i) for i, c in enumerate(checkpoints)])
+        select.set_options([(Text(clean(c.label)), i) for i, c in enumerate(checkpoints)])
         if checkpoints:
             select.value = 0
         self.query_one("#lora-pick", Select).set_options(
-            [(Text(lora.label), i) for i, lora in enumerate(loras)]
+            [(Text(clean(lora.label)), i) for i, lora in enumerate(loras)]
         )
         self._update_lora_summary()
 
@@ -202,8 +208,8 @@ class GenerateScreen(Screen[None]):
         options = self.query_one("#completions", OptionList)
         options.clear_options()
         for item in items:
-            label = Text(item.text, style="bold")
-            label.append(f"  {item.kind} · {item.detail}", style="dim")
+            label = Text(clean(item.text), style="bold")
+            label.append(clean(f"  {item.kind} · {item.detail}"), style="dim")
             options.add_option(Option(label))
         visible = bool(items)
         options.display = visible
@@ -217,7 +223,7 @@ class GenerateScreen(Screen[None]):
             bar.update(total=None)
         else:
             bar.update(total=1.0, progress=fraction)
-        self.query_one("#gen-text", Label).update(Text(text))
+        self.query_one("#gen-text", Label).update(Text(clean(text)))
 
     def show_result(self, result: GenerationResult, image: PILImage | None) -> None:
         done = f"done in {result.elapsed_s:.1f} s · seed {result.seed}"
@@ -233,13 +239,15 @@ class GenerateScreen(Screen[None]):
         history = self.query_one("#history", OptionList)
         history.clear_options()
         for run in runs:
-            history.add_option(Option(Text(run.label), id=run.run_id))
+            history.add_option(Option(Text(clean(run.label)), id=run.run_id))
         if not runs:
             history.add_option(Option(Text("No runs yet.", style="dim"), disabled=True))
 
     # --- the prompt ------------------------------------------------------------------------
 
     def insert_prompt_text(self, text: str) -> None:
+        """Append catalog text (a LoRA tag, trigger words) to the prompt, cleaned."""
+        text = clean(text)
         editor = self.query_one(PromptEditor)
         current = editor.text.rstrip()
         editor.text = f"{current}, {text}" if current else text
@@ -277,7 +285,7 @@ class GenerateScreen(Screen[None]):
             return
         editor = self.query_one(PromptEditor)
         token = editor.current_token() or self.completion_prefix
-        editor.replace_token(token, self.completions[index].text)
+        editor.replace_token(token, clean(self.completions[index].text))
         self._close_completions()
         self._update_lora_summary()
 
@@ -308,9 +316,9 @@ class GenerateScreen(Screen[None]):
         chosen, missing = self._resolve_loras()
         text = Text()
         for choice in chosen:
-            text.append(f"✓ {choice.model.lora_name} ({choice.weight:g})  ", style="green")
+            text.append(clean(f"✓ {choice.model.lora_name} ({choice.weight:g})  "), style="green")
         for name in missing:
-            text.append(f"✗ {name} (not local)  ", style="red")
+            text.append(clean(f"✗ {name} (not local)  "), style="red")
         if not chosen and not missing:
             text.append("No LoRAs in the prompt.", style="dim")
         self.query_one("#lora-summary", Static).update(text)

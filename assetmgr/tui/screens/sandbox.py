@@ -1,4 +1,8 @@
-"""Sandbox: the pinned image record, plugins with their hashes, warm worker state."""
+"""Sandbox: the pinned image record, plugins with their hashes, warm worker state.
+
+Plugin names and versions come from plugin files, notes quote the engine's messages: every
+value is cleaned (`assetmgr.display.clean`) and shown as `Text`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, Static
 
+from assetmgr.display import clean
 from assetmgr.tui.actions import bindings_for
 from assetmgr.tui.services import SandboxInfo
 
@@ -20,7 +25,7 @@ if TYPE_CHECKING:
 
 def _note(text: str) -> Text:
     style = "yellow" if text.startswith("not available") or "MISMATCH" in text else "dim"
-    return Text(text, style=style)
+    return Text(clean(text), style=style)
 
 
 class SandboxScreen(Screen[None]):
@@ -57,7 +62,7 @@ class SandboxScreen(Screen[None]):
             table.add_column(style="bold", no_wrap=True)
             table.add_column(overflow="fold")
             for key, value in info.image.items():
-                table.add_row(key, Text(value))
+                table.add_row(Text(clean(key)), Text(clean(value)))
             table.add_row("state", _note(info.image_note))
             self.query_one("#image-info", Static).update(table)
         else:
@@ -67,16 +72,20 @@ class SandboxScreen(Screen[None]):
             for column in ("name", "version", "sha256"):
                 plugins.add_column(column)
             for plugin in info.plugins:
-                plugins.add_row(Text(plugin.name), Text(plugin.version), Text(plugin.sha256))
+                plugins.add_row(
+                    Text(clean(plugin.name)),
+                    Text(clean(plugin.version)),
+                    Text(clean(plugin.sha256)),
+                )
             self.query_one("#plugins-info", Static).update(plugins)
         else:
             self.query_one("#plugins-info", Static).update(_note(info.plugins_note))
         if info.warm_workers:
             workers = Table(box=None, padding=(0, 2, 0, 0))
             for column in info.warm_workers[0]:
-                workers.add_column(column)
+                workers.add_column(Text(clean(column)))
             for worker in info.warm_workers:
-                workers.add_row(*(Text(v) for v in worker.values()))
+                workers.add_row(*(Text(clean(v)) for v in worker.values()))
             self.query_one("#warm-info", Static).update(workers)
         else:
             self.query_one("#warm-info", Static).update(_note(info.warm_note))

@@ -13,6 +13,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, Static
 
 from assetmgr import paths
 from assetmgr.config import mask_secret
+from assetmgr.display import clean
 from assetmgr.tui.actions import bindings_for
 
 if TYPE_CHECKING:
@@ -67,9 +68,9 @@ class SettingsScreen(Screen[None]):
         )
         self.query_one("#api-key", Input).value = ""
         store = Text()
-        store.append(f"store   {paths.store_dir()}\n")
-        store.append(f"catalog {settings.database_url}\n")
-        store.append(f"config  {paths.config_file()}\n")
+        store.append(clean(f"store   {paths.store_dir()}") + "\n")
+        store.append(clean(f"catalog {settings.database_url}") + "\n")
+        store.append(clean(f"config  {paths.config_file()}") + "\n")
         store.append("Set ASSETMGR_HOME (or ASSETMGR_DB_URL) to move them.", style="dim")
         self.query_one("#store-info", Static).update(store)
         self.query_one("#download-concurrency", Input).value = str(settings.download_concurrency)

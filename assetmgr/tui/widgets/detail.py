@@ -1,4 +1,8 @@
-"""The detail pane: one model's description, versions, files with hashes, trigger words, preview."""
+"""The detail pane: one model's description, versions, files with hashes, trigger words, preview.
+
+Everything it shows comes from the catalog, that is from outside: each value goes through the
+display sanitizer (`assetmgr.display.clean`) into a `Text` or `Content`, never into markup.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from textual.message import Message
 from textual.widgets import Button, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from assetmgr.display import clean
 from assetmgr.tui.queries import FileDetail, ModelDetail, VersionDetail
 from assetmgr.tui.widgets.preview import PreviewPane
 
@@ -45,11 +50,11 @@ def files_renderable(files: list[FileDetail]) -> RenderableType:
         state, style = _STATE_STYLE.get(f.local_state or "", ("not local", "dim"))
         head = Text.assemble(
             ("★ " if f.primary else "  ", "yellow"),
-            (f.name, "bold"),
-            f"  {_size(f.size_kb)}  {f.format or ''}  ",
+            (clean(f.name), "bold"),
+            clean(f"  {_size(f.size_kb)}  {f.format or ''}  "),
             (state, style),
         )
-        scans = f"pickle scan: {f.pickle_scan or '?'} · virus scan: {f.virus_scan or '?'}"
+        scans = clean(f"pickle scan: {f.pickle_scan or '?'} · virus scan: {f.virus_scan or '?'}")
         table = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
         table.add_column(style="dim", no_wrap=True)
         table.add_column(overflow="fold")
@@ -58,7 +63,11 @@ def files_renderable(files: list[FileDetail]) -> RenderableType:
             if not check.expected and not check.local:
                 continue
             mark, mark_style = _CHECK_MARK[check.state]
-            table.add_row(check.name, check.expected or check.local or "", Text(mark, mark_style))
+            table.add_row(
+                check.name,
+                Text(clean(check.expected or check.local or "")),
+                Text(mark, mark_style),
+            )
         parts.extend([head, Text(scans, style="dim"), table])
     return Group(*parts)
 
@@ -123,7 +132,7 @@ class DetailPane(VerticalScroll):
 
     def show_message(self, text: str) -> None:
         for title in self.query("#detail-title").results(Static):
-            title.update(text)
+            title.update(Text(clean(text)))
 
     @property
     def version(self) -> VersionDetail | None:
@@ -133,23 +142,23 @@ class DetailPane(VerticalScroll):
 
     def show_detail(self, detail: ModelDetail, *, version_index: int = 0) -> None:
         self.detail = detail
-        title = Text(detail.name, style="bold")
-        title.append(f"  {detail.type}", style="cyan")
+        title = Text(clean(detail.name), style="bold")
+        title.append(f"  {clean(detail.type)}", style="cyan")
         if detail.nsfw:
             title.append("  NSFW", style="bold red")
         self.query_one("#detail-title", Static).update(title)
         meta = Text()
-        meta.append(f"by {detail.creator or 'unknown'}")
+        meta.append(f"by {clean(detail.creator or 'unknown')}")
         if detail.downloads is not None:
             meta.append(f" · {detail.downloads:,} downloads")
         if detail.tags:
-            meta.append(" · " + ", ".join(detail.tags[:12]), style="dim")
+            meta.append(" · " + ", ".join(clean(tag) for tag in detail.tags[:12]), style="dim")
         self.query_one("#detail-meta", Static).update(meta)
         versions = self.query_one("#versions", OptionList)
         versions.clear_options()
         for v in detail.versions:
-            label = Text(f"{v.name or v.id}", style="bold" if v.is_local else "")
-            label.append(f"  {v.base_model or '?'}", style="cyan")
+            label = Text(clean(v.name or v.id), style="bold" if v.is_local else "")
+            label.append(f"  {clean(v.base_model or '?')}", style="cyan")
             if v.published_at:
                 label.append(f"  {v.published_at:%Y-%m-%d}", style="dim")
             if v.is_local:
@@ -157,12 +166,12 @@ class DetailPane(VerticalScroll):
             if v.id in detail.update_version_ids:
                 label.append("  ↑ update", style="bold cyan")
             if v.state != "active":
-                label.append(f"  {v.state}", style="red")
+                label.append(f"  {clean(v.state)}", style="red")
             versions.add_option(Option(label, id=str(v.id)))
         text = detail.description or "No description."
         if len(text) > DESCRIPTION_CHARS:
             text = text[:DESCRIPTION_CHARS].rstrip() + " …"
-        self.query_one("#description", Static).update(Text(text))
+        self.query_one("#description", Static).update(Text(clean(text, multiline=True)))
         self.show_version(version_index)
 
     def show_version(self, index: int) -> None:
@@ -177,29 +186,30 @@ class DetailPane(VerticalScroll):
                 versions.highlighted = index
         v = self.detail.versions[index]
         info = Text()
-        info.append(f"{v.name or v.id}\n", style="bold")
-        info.append(f"base model  {v.base_model or '?'}\n")
+        info.append(f"{clean(v.name or v.id)}\n", style="bold")
+        info.append(f"base model  {clean(v.base_model or '?')}\n")
         if v.published_at:
             info.append(f"published   {v.published_at:%Y-%m-%d}\n")
         info.append(f"version id  {v.id}\n", style="dim")
         if self.detail.type in ("LORA", "LoCon", "DoRA"):
             info.append(f"weight      {v.weight.label()}\n")
         if v.description:
-            info.append("\n" + v.description[:600], style="italic")
+            info.append("\n" + clean(v.description[:600], multiline=True), style="italic")
         self.query_one("#version-info", Static).update(info)
         words = self.query_one("#words", Vertical)
         words.remove_children()
         if v.trained_words:
             words.mount_all(
-                # Content, not str: a Button parses a str label as markup.
+                # Content, not str: a Button parses a str label as markup. The button carries
+                # the cleaned word: that is what is copied.
                 Button(
-                    Content(word),
-                    name=word,
+                    Content(shown),
+                    name=shown,
                     classes="word",
                     compact=True,
-                    tooltip=Text(f"Copy “{word}”"),
+                    tooltip=Text(f"Copy “{shown}”"),
                 )
-                for word in v.trained_words
+                for shown in (clean(word) for word in v.trained_words)
             )
         else:
             words.mount(Label("none", classes="dim"))

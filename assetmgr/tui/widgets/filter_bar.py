@@ -11,6 +11,7 @@ from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widgets import Checkbox, Input, Select
 
+from assetmgr.display import clean
 from assetmgr.tui.queries import SORT_KEYS, BrowseQuery, Facets, SortKey
 
 SORT_LABELS: dict[SortKey, str] = {
@@ -69,10 +70,13 @@ class FilterBar(Horizontal):
             select = self.query_one(select_id, Select)
             current = select.value
             with self.prevent(Select.Changed):
-                select.set_options([(Text(f"{name} ({count:,})"), name) for name, count in values])
+                select.set_options(
+                    [(Text(clean(f"{name} ({count:,})")), name) for name, count in values]
+                )
                 if current is not Select.NULL and any(v == current for v, _ in values):
                     select.value = current
-        tags = [name for name, _ in facets.tags]
+        # Suggestions are drawn in the field and become its value: cleaned like any label.
+        tags = [clean(name) for name, _ in facets.tags]
         self.query_one("#tag-filter", Input).suggester = SuggestFromList(tags, case_sensitive=False)
 
     def build_query(self, previous: BrowseQuery) -> BrowseQuery:

@@ -10,6 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Label, ProgressBar
 
+from assetmgr.display import clean
 from assetmgr.tui.jobs import Job
 
 
@@ -20,7 +21,8 @@ class JobLine(Horizontal):
         self._job = job
 
     def compose(self) -> ComposeResult:
-        yield Label(Text(self._job.label), classes="job-label")
+        # Labels, progress texts and summaries name models and files, and quote errors.
+        yield Label(Text(clean(self._job.label)), classes="job-label")
         yield ProgressBar(total=None, show_eta=False, classes="job-bar")
         yield Label("", classes="job-text")
         yield Button("Cancel", classes="job-cancel", compact=True)
@@ -41,7 +43,7 @@ class JobLine(Horizontal):
             bar.update(total=1, progress=1)
         text = job.summary if not job.active else job.text
         status = "" if job.status in ("running", "done") else f"[{job.status}] "
-        self.query_one(".job-text", Label).update(Text(f"{status}{text}"))
+        self.query_one(".job-text", Label).update(Text(clean(f"{status}{text}")))
         self.set_class(not job.active, "-finished")
         self.set_class(job.status == "failed", "-failed")
         self.query_one(".job-cancel", Button).display = job.active

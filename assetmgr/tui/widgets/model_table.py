@@ -10,6 +10,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
+from assetmgr.display import clean
 from assetmgr.tui.queries import ModelRow, SortKey
 
 # (column key, header, sort key the header selects or None, width): fixed widths keep a page
@@ -105,16 +106,16 @@ class ModelTable(DataTable[Text]):
             if row.id in self.rows_by_id:
                 continue  # a sync between two pages can shift OFFSET by a row
             self.rows_by_id[row.id] = row
-            name = Text(row.name)
+            name = Text(clean(row.name))
             if row.nsfw:
                 name.append(" nsfw", style="dim red")
             # Text, never str: DataTable reads str cells as markup, and Civitai names often
-            # contain brackets ("[Pony] …").
+            # contain brackets ("[Pony] …"). Cleaned: names are outside text.
             self.add_row(
-                Text(_TYPE_LABELS.get(row.type, row.type)),
-                Text(row.base_model or ""),
+                Text(clean(_TYPE_LABELS.get(row.type, row.type))),
+                Text(clean(row.base_model or "")),
                 name,
-                Text(row.creator or ""),
+                Text(clean(row.creator or "")),
                 downloads_cell(row.downloads),
                 local_cell(row.local_state, row.id in self.update_ids),
                 key=str(row.id),

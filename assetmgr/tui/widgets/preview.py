@@ -18,6 +18,8 @@ from textual_image.renderable import UnicodeImage as _UnicodeRenderable
 from textual_image.widget import HalfcellImage
 from textual_image.widget import Image as _DetectedImage
 
+from assetmgr.display import clean
+
 # Off a terminal (tests, screenshots, pipes) textual-image falls back to grey unicode shading;
 # coloured half cells look like the picture and work in every truecolor terminal.
 TerminalImage = HalfcellImage if _DetectedRenderable is _UnicodeRenderable else _DetectedImage
@@ -41,4 +43,4 @@ class PreviewPane(Container):
     def show_note(self, note: str) -> None:
         self.query_one(".preview-image", TerminalImage).image = None
         self.set_class(False, "-has-image")
-        self.query_one(".preview-note", Static).update(Text(note))
+        self.query_one(".preview-note", Static).update(Text(clean(note)))
