@@ -148,6 +148,16 @@ class Settings:
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     """The most one download may bring (``ASSETMGR_MAX_DOWNLOAD_SIZE``, ``max_download_size``)."""
 
+    @property
+    def database_url_shown(self) -> str:
+        """`database_url` as it may be shown or logged: any password replaced by ``***``."""
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.database_url).render_as_string(hide_password=True)
+        except Exception:  # an unparseable URL may still hold a secret: show none of it
+            return "(unparseable URL)"
+
     @classmethod
     def load(cls, *, api_base: str | None = None, database_url: str | None = None) -> Settings:
         values = read_config_file()

@@ -304,16 +304,7 @@ def db_upgrade() -> None:
 
     settings = Settings.load()
     open_engine(settings)
-    print_line(f"catalog at {_redact_url(settings.database_url)} is up to date", err=True)
-
-
-def _redact_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unparseable URL)"
+    print_line(f"catalog at {settings.database_url_shown} is up to date", err=True)
 
 
 @config_app.command("show")
@@ -322,7 +313,7 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
     settings = Settings.load()
     data = {
         "home": str(settings.home),
-        "database_url": _redact_url(settings.database_url),
+        "database_url": settings.database_url_shown,
         "api_base": settings.api_base,
         "api_key": mask_secret(settings.api_key),
         "api_key_source": settings.api_key_source,

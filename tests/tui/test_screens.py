@@ -14,7 +14,14 @@ from assetmgr.tui.actions import ACTIONS, SCOPES, bindings_for
 from assetmgr.tui.app import AssetMgrApp
 from assetmgr.tui.screens.help import HelpScreen
 from assetmgr.tui.services import SandboxGeneration, SandboxInfo, SandboxStatusInfo
-from tests.tui.conftest import SIZE, FakeSandboxInfo, plain, settle, wait_until
+from tests.tui.conftest import (
+    SIZE,
+    FakeGeneration,
+    FakeSandboxInfo,
+    plain,
+    settle,
+    wait_until,
+)
 
 
 def test_every_action_has_an_id_a_tooltip_and_a_known_scope() -> None:
@@ -90,6 +97,30 @@ async def test_settings_save_key_masked_and_concurrency(
         assert config["download_concurrency"] == 5
         assert Settings.load().api_key == "abcd1234efgh5678ijkl"
         assert app.services.settings.download_concurrency == 5
+
+
+async def test_settings_never_show_the_database_password(
+    settings: Settings, engine: Engine, fake_generation: FakeGeneration
+) -> None:
+    from dataclasses import replace
+
+    from assetmgr.tui.app import make_app
+    from assetmgr.tui.services import Services
+
+    shown_settings = replace(
+        settings, database_url="postgresql+psycopg://me:s3cret-pw@db.example:5432/catalog"
+    )
+    app = make_app(
+        shown_settings,
+        services=Services(
+            shown_settings, engine, generation=fake_generation, sandbox=FakeSandboxInfo()
+        ),
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f5")
+        await settle(pilot)
+        shown = plain(app.settings_screen.query_one("#store-info"))
+        assert "db.example:5432/catalog" in shown and "s3cret-pw" not in shown
 
 
 async def test_help_lists_every_action(build_app: Callable[..., AssetMgrApp]) -> None:

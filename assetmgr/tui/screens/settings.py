@@ -69,7 +69,7 @@ class SettingsScreen(Screen[None]):
         self.query_one("#api-key", Input).value = ""
         store = Text()
         store.append(clean(f"store   {paths.store_dir()}") + "\n")
-        store.append(clean(f"catalog {settings.database_url}") + "\n")
+        store.append(clean(f"catalog {settings.database_url_shown}") + "\n")
         store.append(clean(f"config  {paths.config_file()}") + "\n")
         store.append("Set ASSETMGR_HOME (or ASSETMGR_DB_URL) to move them.", style="dim")
         self.query_one("#store-info", Static).update(store)
