@@ -493,16 +493,27 @@ class BlobStore:
         got_sha256: str | None,
         reason: str,
         details: dict[str, Any] | None = None,
+        slot: str | None = None,
     ) -> QuarantineRecord:
         """Move bytes that failed verification out of reach; they are never loadable.
 
         A file whose inode has other links (a hardlinked import: the user's own file) is not
         touched: the store removes its link and records why, and the user's file keeps its
-        mode and bytes.
+        mode and bytes. A `slot` (e.g. one per catalog file) keeps only the newest quarantine
+        of that slot, so a server that sends other wrong bytes on every retry cannot fill
+        the disk.
         """
         self.ensure()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        dest = self.quarantine_dir / f"{stamp}-{(got_sha256 or 'unknown')[:16]}.bin"
+        name = (
+            sanitize_filename(slot, fallback="slot")
+            if slot is not None
+            else f"{stamp}-{(got_sha256 or 'unknown')[:16]}"
+        )
+        dest = self.quarantine_dir / f"{name}.bin"
+        if slot is not None:
+            for old in (dest, dest.with_suffix(".json")):
+                old.unlink(missing_ok=True)  # the store's own earlier quarantine of this slot
         meta: dict[str, Any] = {
             "reason": reason,
             "got_sha256": got_sha256,

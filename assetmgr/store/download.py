@@ -626,6 +626,7 @@ class Downloader:
                 got_sha256=got,
                 reason="hash mismatch",
                 details={"expected_sha256": expected, "file_id": target.file_id},
+                slot=f"download-file-{target.file_id}",
             )
             state_path.unlink(missing_ok=True)
             self.store.record_provenance(
@@ -644,6 +645,7 @@ class Downloader:
                     got_sha256=got,
                     reason=f"validation failed: {exc.message}",
                     details={"file_id": target.file_id},
+                    slot=f"download-file-{target.file_id}",
                 )
                 state_path.unlink(missing_ok=True)
                 self.store.record_provenance(

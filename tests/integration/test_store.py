@@ -333,3 +333,9 @@ def test_cli_pull_mismatch_exits_non_zero_with_expected_vs_got(
     assert out.returncode != 0
     assert f"expected SHA256 {advertised['SHA256']}" in out.stderr and "got" in out.stderr
     assert run_cli("path", str(vid)).returncode != 0
+    # Retrying keeps one quarantined copy per file, not one per attempt.
+    assert run_cli("pull", str(vid), "--api-base", fake.base_url).returncode != 0
+    quarantine = Path(os.environ["ASSETMGR_HOME"]) / "store" / "quarantine"
+    kept = sorted(p.name for p in quarantine.iterdir())
+    assert len([n for n in kept if n.endswith(".bin")]) == 1, kept
+    assert len([n for n in kept if n.endswith(".json")]) == 1, kept
