@@ -29,7 +29,6 @@ from sandbox.runner import (
     PLUGIN_DIR,
     SESSION_ID,
     StagedVolume,
-    _volume_helper,
     check_host_config,
     new_job_id,
     new_nonce,
@@ -38,6 +37,7 @@ from sandbox.runner import (
     prune,
     run_job,
 )
+from sandbox.transport import _volume_helper
 from tests.sandbox.test_model_volumes import watch_volume_fills
 
 REPO = Path(__file__).resolve().parents[2]
