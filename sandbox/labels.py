@@ -34,6 +34,9 @@ MODEL_MARKER = ".assetmgr-complete"
 #: In a plugin volume: the plugin's directory (exactly its recorded files), and the marker
 #: (`MODEL_MARKER`, its tree sha256 and file count) written after it, beside the directory.
 PLUGIN_DIR = "plugin"
+#: Under the plugins directory: per-run copies of plugins' recorded files (bind transport),
+#: one ``<session>-<random>`` directory per container.
+RUN_COPIES_DIR = ".run"
 #: Where a model or plugin volume is mounted in its (never started) helper container.
 FILL_DIR = "/fill"
 MODEL_CHUNK = 1 << 20

@@ -219,8 +219,9 @@ def plan_job(
     Only the files the spec names are mounted, each read-only at its own path. With
     `check_local_paths` each source must be an existing regular file on this machine (symlinks
     are resolved, so a store's relative links mount the blob itself). `plugin_dirs` maps each
-    `PluginRef.name` of the spec to its stored (already verified) copy, mounted read-only at
-    ``/plugins/<name>``; only the plugins the spec names are mounted. `model_volumes` (from
+    `PluginRef.name` of the spec to the directory mounted read-only at ``/plugins/<name>``:
+    a per-run copy of its recorded files (`sandbox.transport.plugin_run_copies`); only the
+    plugins the spec names are mounted. `model_volumes` (from
     `stage_models`, volume transport) replaces the host files by the files in model volumes,
     and `plugin_volumes` (from `stage_plugins`) the stored copies by the plugin volumes'
     directories (keyed by `PluginRef.name`; each must hold the ref's tree sha256).
@@ -262,7 +263,7 @@ def plan_container(
     """`plan_job` for any container role (one-shot job, or a warm worker)."""
     plugin_dirs = dict(plugin_dirs or {})
     wanted_plugins = {p.name for p in plugin_refs}
-    if set(plugin_dirs) != wanted_plugins:
+    if plugin_volumes is None and set(plugin_dirs) != wanted_plugins:
         raise SandboxError(
             f"plugin directories given {sorted(plugin_dirs)} do not match the spec's plugins "
             f"{sorted(wanted_plugins)}"

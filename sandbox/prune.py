@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import docker.errors
@@ -15,7 +15,10 @@ from sandbox.labels import (
     LABEL_MODEL_SHA256,
     LABEL_PLUGIN_SHA256,
     LABEL_SESSION,
+    RUN_COPIES_DIR,
+    SESSION_ID,
 )
+from sandbox.plugins import remove_tree
 from sandbox.transport import _VOLUME_KINDS, _remove_volume
 
 
@@ -87,3 +90,27 @@ def prune(
                     continue
                 removed.append(vol.name)
     return report
+
+
+def prune_plugin_copies(client: Any, plugins_root: Path) -> list[str]:
+    """Remove per-run plugin copies (bind transport) that no container can still be using.
+
+    Each copy's directory starts with its host process's session id; copies of this process,
+    or of a session that still has a container, stay.
+    """
+    run_root = plugins_root / RUN_COPIES_DIR
+    try:
+        entries = sorted(run_root.iterdir())
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        session = entry.name.split("-", 1)[0]
+        if session == SESSION_ID:
+            continue
+        label = f"{LABEL_SESSION}={session}"
+        if client.containers.list(all=True, filters={"label": label}):
+            continue
+        remove_tree(entry)
+        removed.append(entry.name)
+    return removed

@@ -107,6 +107,7 @@ from sandbox.protocol import (
 from sandbox.prune import PruneReport, prune
 from sandbox.results import ArchiveTooLargeError, OutputLimits, extract_outputs, spool_bounded
 from sandbox.transport import (
+    PluginSources,
     StagedModel,
     StagedVolume,
     engine_is_remote,
@@ -503,39 +504,40 @@ def run_job(
 ) -> JobResult:
     """Run `spec` in a fresh hardened container from the pinned `image`; return its outputs.
 
-    `plugins` are the added plugins the spec names; they are re-verified by hash first
-    (`check_plugins`) and mounted read-only (from plugin volumes with the volume transport,
-    `prepare_plugins`, whose copy re-verifies every file again). Raises `PluginTamperedError`
+    `plugins` are the added plugins the spec names; they are re-verified first (`check_plugins`:
+    exactly the recorded files, nothing else in the folder) and mounted read-only from a copy
+    of their recorded files (a per-run copy, or a plugin volume with the volume transport;
+    `prepare_plugins`), re-hashed while it is made. Raises `PluginTamperedError`
     or `ImageStaleError` before anything starts, and a `sandbox.errors.JobError` subclass when
     the job times out, fails, is cancelled, breaks the protocol or writes hostile outputs; the
     container and its volume are removed in every case.
     """
-    plugin_dirs = check_plugins(spec, plugins, image)
+    check_plugins(spec, plugins, image)
     client = client or engine_client()
     check_engine(client)
     verify_image(image, client)
     model_volumes, check_local = prepare_models(client, image, spec.models, models)
-    plugin_volumes = prepare_plugins(client, image, plugins)
-    plan = plan_job(
-        spec,
-        image,
-        models,
-        client=client,
-        gpus=gpus,
-        check_local_paths=check_local,
-        plugin_dirs=plugin_dirs,
-        model_volumes=model_volumes,
-        plugin_volumes=plugin_volumes,
-    )
-    with JobContainer(client, plan) as job:
-        return job.run(
+    with prepare_plugins(client, image, plugins) as sources:
+        plan = plan_job(
             spec,
-            output_dir,
-            on_message=on_message,
-            cancel=cancel,
-            stream_limits=stream_limits,
-            output_limits=output_limits,
+            image,
+            models,
+            client=client,
+            gpus=gpus,
+            check_local_paths=check_local,
+            plugin_dirs=sources.dirs,
+            model_volumes=model_volumes,
+            plugin_volumes=sources.volumes,
         )
+        with JobContainer(client, plan) as job:
+            return job.run(
+                spec,
+                output_dir,
+                on_message=on_message,
+                cancel=cancel,
+                stream_limits=stream_limits,
+                output_limits=output_limits,
+            )
 
 
 __all__ = [
@@ -565,6 +567,7 @@ __all__ = [
     "MessageCallback",
     "ModelMount",
     "PluginMount",
+    "PluginSources",
     "PruneReport",
     "StagedModel",
     "StagedVolume",

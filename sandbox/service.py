@@ -4,8 +4,10 @@
 
 * plugins: `add_plugin` vets a directory (`sandbox.plugins.stage_plugin`), refuses
   requirement conflicts with the image's pins and with other plugins, moves the read-only copy
-  into ``<plugins dir>/<name>-<version>/`` and records it with every file's sha256
-  (`catalog.sandbox_records`); `verify_plugins` re-hashes the stored copies;
+  into ``<plugins dir>/<tree sha256>/`` and records it with every file's sha256 and its folder
+  (`catalog.sandbox_records`); `verify_plugins` checks each stored copy is exactly its
+  recorded files. Copies stored under the old ``<name>-<version>`` names (which two plugins
+  could share) are moved to their tree-hash folders when the service opens the catalog;
 * the image: `build` passes every added plugin's requirements to `build_image` (so the
   hash-locked wheelhouse includes them), and records the `ImageRecord` in the catalog as well
   as in the JSON record file; `image_status` says whether the image is missing, changed on the
@@ -21,7 +23,10 @@ container.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,11 +53,12 @@ from sandbox.image.record import ImageRecord, load_record
 from sandbox.plugins import (
     InstalledPlugin,
     base_pins,
-    install_dir,
+    legacy_store_dir,
     make_read_only,
     remove_tree,
     requirement_conflicts,
     stage_plugin,
+    store_dir,
     verify_installed,
 )
 from sandbox.protocol import PLUGIN_NAME_RE, PLUGIN_VERSION_RE, JobSpec, Limits, ModelRef
@@ -185,20 +191,42 @@ def _plugin_from_rows(row: Plugin, files: Sequence[PluginFile], root: Path) -> I
         requirements=tuple(row.requirements),
         tree_sha256=row.tree_sha256,
         trusted=row.trusted,
-        path=_safe_install_dir(root, row.name, row.version),
+        path=_stored_path(root, row),
         files={f.path: f.sha256 for f in files},
         description=row.description,
         added_at=row.added_at,
     )
 
 
-def _safe_install_dir(root: Path, name: str, version: str) -> Path:
-    """The stored copy's directory; the catalog's strings are re-checked before use as a path."""
-    import re
+def _stored_path(root: Path, row: Plugin) -> Path:
+    """The stored copy's folder; the catalog's string is re-checked before use as a path."""
+    try:
+        return store_dir(root, row.store_dir or row.tree_sha256)
+    except PluginManifestError:
+        raise PluginError(
+            f"the catalog holds an invalid folder for plugin {row.name!r}: {row.store_dir!r}"
+        ) from None
 
-    if not re.match(PLUGIN_NAME_RE, name) or not re.match(PLUGIN_VERSION_RE, version):
-        raise PluginError(f"the catalog holds an invalid plugin name or version: {name!r}")
-    return install_dir(root, name, version)
+
+def _legacy_path(root: Path, row: Plugin) -> Path | None:
+    """Where this row's copy lived before tree-hash folders, if its strings form a safe name."""
+    if not re.match(PLUGIN_NAME_RE, row.name) or not re.match(PLUGIN_VERSION_RE, row.version):
+        return None
+    return legacy_store_dir(root, row.name, row.version)
+
+
+def _holds_manifest(folder: Path, row: Plugin) -> bool:
+    """Whether `folder` (a real directory) holds this row's manifest, byte for byte."""
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return False
+        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(folder / row.manifest_file, flags)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(1 << 20)
+    return hashlib.sha256(data).hexdigest() == row.manifest_sha256
 
 
 class SandboxService:
@@ -222,6 +250,7 @@ class SandboxService:
         self.reuse_workers = reuse_workers
         self._warm: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         self._lock = threading.Lock()
+        self.moved_plugins = self._move_legacy_folders()
 
     @property
     def client(self) -> Any:
@@ -232,6 +261,33 @@ class SandboxService:
         return self._client
 
     # --- plugins ----------------------------------------------------------------------------
+
+    def _move_legacy_folders(self) -> list[str]:
+        """Give plugins stored as ``<name>-<version>`` their tree-hash folder; record it.
+
+        Such a folder is moved only if it holds this plugin's manifest (two plugins could
+        share it, and only the one written last is in it); the other plugin's copy then shows
+        as missing in `verify_plugins` and must be added again. Returns the moved names.
+        """
+        with session_scope(self.engine) as session:
+            pending = session.exec(select(Plugin).where(col(Plugin.store_dir).is_(None))).first()
+        if pending is None:
+            return []
+        moved = []
+        with session_scope(self.engine, write=True) as session:
+            rows = session.exec(select(Plugin).where(col(Plugin.store_dir).is_(None))).all()
+            for row in sorted(rows, key=lambda r: r.name):
+                new = store_dir(self.plugins_root, row.tree_sha256)
+                old = _legacy_path(self.plugins_root, row)
+                if not os.path.lexists(new) and old is not None and _holds_manifest(old, row):
+                    try:
+                        os.rename(old, new)
+                        moved.append(row.name)
+                    except OSError:
+                        pass  # another process moved it first, or the folder is gone
+                row.store_dir = row.tree_sha256
+                session.add(row)
+        return moved
 
     def _load(self, session: Session, name: str) -> tuple[Plugin, list[PluginFile]] | None:
         row = session.exec(select(Plugin).where(Plugin.name == name)).first()
@@ -303,10 +359,10 @@ class SandboxService:
                         f"plugin {m.name} cannot be added: {'; '.join(conflicts)}",
                         hint="Plugins share one image: their pinned requirements must agree.",
                     )
-                dest = install_dir(self.plugins_root, m.name, m.version)
+                dest = store_dir(self.plugins_root, staged.tree_sha256)
                 if existing is not None:
                     row, old_files = existing
-                    old_dir = _safe_install_dir(self.plugins_root, row.name, row.version)
+                    old_dir = _stored_path(self.plugins_root, row)
                     for f in old_files:
                         session.delete(f)
                     session.delete(row)
@@ -331,6 +387,7 @@ class SandboxService:
                     total_bytes=staged.total_bytes,
                     trusted=trust,
                     source_path=str(staged.source),
+                    store_dir=staged.tree_sha256,
                 )
                 session.add(row)
                 session.flush()
@@ -530,9 +587,10 @@ class SandboxService:
 
     def prune(self, *, include_running: bool = False, models: bool = False) -> dict[str, list[str]]:
         from sandbox.image.build import prune_images
-        from sandbox.runner import prune
+        from sandbox.prune import prune, prune_plugin_copies
 
         report = prune(self.client, include_running=include_running, models=models)
+        copies = prune_plugin_copies(self.client, self.plugins_root)
         keep = ""
         try:
             keep = load_record(self.record_path).image_id
@@ -545,6 +603,7 @@ class SandboxService:
             "model_volumes": report.model_volumes,
             "plugin_volumes": report.plugin_volumes,
             "compile_caches": report.compile_caches,
+            "plugin_copies": copies,
             "images": images,
         }
 

@@ -3,8 +3,9 @@
 Models and plugins reach the container one of two ways (`model_transport`, one decision for
 both):
 
-- ``bind`` (a local engine, i.e. a unix socket): the store's file, and each plugin's stored
-  copy, is bind-mounted read-only.
+- ``bind`` (a local engine, i.e. a unix socket): the store's file is bind-mounted read-only;
+  each plugin gets a per-run copy of exactly its recorded files (`plugin_run_copies`), since
+  its stored folder could hold more than was added.
 - ``volume`` (a remote engine: tcp://, ssh://, https://...; or
   ``ASSETMGR_SANDBOX_MODEL_TRANSPORT=volume``): each model file is copied once into a docker
   volume labelled with its SHA256 (`ensure_model_volume`), through ``put_archive`` into a
@@ -29,12 +30,11 @@ import io
 import json
 import os
 import secrets
-import stat
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import docker.errors
 from docker.types import Mount
 
 from sandbox.engine import is_local_engine
-from sandbox.errors import HostConfigError, PluginTamperedError, SandboxError
+from sandbox.errors import HostConfigError, SandboxError
 from sandbox.image.record import ImageRecord
 from sandbox.labels import (
     FILL_DIR,
@@ -57,12 +57,18 @@ from sandbox.labels import (
     MODEL_MARKER,
     MODEL_TRANSPORT_ENV,
     PLUGIN_DIR,
+    RUN_COPIES_DIR,
     SANDBOX_USER,
     SESSION_ID,
     ModelTransport,
     _app_version,
 )
-from sandbox.plugins import InstalledPlugin, tree_sha256
+from sandbox.plugins import (
+    InstalledPlugin,
+    copy_recorded_files,
+    read_recorded_files,
+    remove_tree,
+)
 from sandbox.protocol import ModelRef
 
 
@@ -158,84 +164,29 @@ def model_tar_stream(path: Path, sha256: str, chunk: int = MODEL_CHUNK) -> Itera
     yield b"\0" * 1024  # end of archive
 
 
-def _open_beneath(root_fd: int, parts: Sequence[str]) -> int:
-    """Open ``root/parts...`` for reading without following a symlink at any level."""
-    nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    fd = os.dup(root_fd)
-    try:
-        for part in parts[:-1]:
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        return os.open(parts[-1], os.O_RDONLY | os.O_NONBLOCK | nofollow, dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
 def plugin_tar_stream(plugin: InstalledPlugin, chunk: int = MODEL_CHUNK) -> Iterator[bytes]:
     """A tar of exactly the plugin's recorded files under `PLUGIN_DIR`, then the marker.
 
-    Only the paths in ``plugin.files`` are read (anything else in the stored copy is left out),
-    each opened without following links at any level, and refused unless it is a regular,
-    singly-linked file whose bytes hash as recorded; the tree hash is checked last. Any
-    difference raises `PluginTamperedError` before the marker, so the volume stays incomplete.
-    Directories are ``0555`` and files ``0444`` (owned by root), as the stored copy shows them.
+    The files come from `read_recorded_files` (only recorded paths, opened without following
+    links, hashed on the way, tree hash checked last): any difference raises
+    `PluginTamperedError` before the marker, so the volume stays incomplete. Directories are
+    ``0555`` and files ``0444`` (owned by root), as the stored copy shows them.
     """
-    label = f"plugin {plugin.name} {plugin.version}"
-
-    def refuse(problem: str) -> PluginTamperedError:
-        return PluginTamperedError(
-            f"{label} was modified after it was added: {problem}",
-            plugin=plugin.name,
-            problems=[problem],
-        )
-
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    try:
-        root_fd = os.open(plugin.path, flags)
-    except OSError as exc:
-        raise refuse(f"its stored copy {plugin.path} cannot be opened: {exc.strerror}") from None
-    found: dict[str, str] = {}
-    try:
-        yield _tar_member(PLUGIN_DIR, 0, 0o555, tarfile.DIRTYPE)
-        made: set[str] = set()
-        for rel, expected in sorted(plugin.files.items()):
-            parts = rel.split("/")
-            if any(p in ("", ".", "..") for p in parts):
-                raise refuse(f"{rel!r}: not a relative path inside the plugin")
-            for i in range(1, len(parts)):
-                directory = "/".join(parts[:i])
-                if directory not in made:
-                    made.add(directory)
-                    yield _tar_member(f"{PLUGIN_DIR}/{directory}", 0, 0o555, tarfile.DIRTYPE)
-            try:
-                fd = _open_beneath(root_fd, parts)
-            except OSError as exc:
-                raise refuse(f"{rel}: cannot open ({exc.strerror}; a symbolic link?)") from None
-            with os.fdopen(fd, "rb") as fh:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                    raise refuse(f"{rel}: not a regular, singly-linked file")
-                size = st.st_size
-                yield _tar_member(f"{PLUGIN_DIR}/{rel}", size, 0o444)
-                digest = hashlib.sha256()
-                sent = 0
-                while block := fh.read(chunk):
-                    sent += len(block)
-                    if sent > size:
-                        raise refuse(f"{rel}: grew while it was copied")
-                    digest.update(block)
-                    yield block
-            got = digest.hexdigest()
-            if sent != size or got != expected:
-                raise refuse(f"{rel}: expected sha256 {expected}, got {got}")
-            found[rel] = got
-            yield b"\0" * (-size % 512)
-    finally:
-        os.close(root_fd)
-    if tree_sha256(found) != plugin.tree_sha256:
-        raise refuse("the tree hash differs from the recorded one")
-    yield _tar_marker(_marker(plugin.tree_sha256, files=len(found)))
+    yield _tar_member(PLUGIN_DIR, 0, 0o555, tarfile.DIRTYPE)
+    made: set[str] = set()
+    count = 0
+    for f in read_recorded_files(plugin, chunk):
+        parts = f.path.split("/")
+        for i in range(1, len(parts)):
+            directory = "/".join(parts[:i])
+            if directory not in made:
+                made.add(directory)
+                yield _tar_member(f"{PLUGIN_DIR}/{directory}", 0, 0o555, tarfile.DIRTYPE)
+        yield _tar_member(f"{PLUGIN_DIR}/{f.path}", f.size, 0o444)
+        yield from f.chunks
+        yield b"\0" * (-f.size % 512)
+        count += 1
+    yield _tar_marker(_marker(plugin.tree_sha256, files=count))
     yield b"\0" * 1024  # end of archive
 
 
@@ -456,13 +407,64 @@ def prepare_models(
     return None, is_local_engine(client)
 
 
+@dataclass
+class PluginSources:
+    """Where a container's plugins come from; `close` removes per-run copies.
+
+    Bind transport: `dirs` maps each plugin's name to a fresh copy of exactly its recorded
+    files (`plugin_run_copies`), never the stored folder, which could hold more. Volume
+    transport: `volumes` holds the plugin volumes (filled from the recorded files too).
+    """
+
+    dirs: dict[str, Path] = field(default_factory=dict)
+    volumes: dict[str, StagedVolume] | None = None
+    scratch: Path | None = None
+
+    def close(self) -> None:
+        if self.scratch is not None:
+            remove_tree(self.scratch)
+            self.scratch = None
+
+    def __enter__(self) -> PluginSources:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def plugin_run_copies(plugins: Sequence[InstalledPlugin]) -> PluginSources:
+    """A private copy of each plugin's recorded files for one container (bind transport).
+
+    Made under ``<plugins dir>/.run/<session>-<random>/<name>`` (the plugins directory is one
+    the local engine can bind from), each file re-read without following links and hashed as
+    it is copied (`copy_recorded_files`); read-only, removed by `PluginSources.close`.
+    """
+    root = plugins[0].path.parent / RUN_COPIES_DIR
+    root.mkdir(mode=0o700, exist_ok=True)
+    scratch = root / f"{SESSION_ID}-{secrets.token_hex(6)}"
+    scratch.mkdir(mode=0o700)
+    sources = PluginSources(scratch=scratch)
+    try:
+        for plugin in plugins:
+            copy_recorded_files(plugin, scratch / plugin.name)
+            sources.dirs[plugin.name] = scratch / plugin.name
+        os.chmod(scratch, 0o555)
+    except BaseException:
+        sources.close()
+        raise
+    return sources
+
+
 def prepare_plugins(
     client: Any, image: ImageRecord, plugins: Sequence[InstalledPlugin]
-) -> dict[str, StagedVolume] | None:
-    """Plugin volumes for the volume transport (`model_transport`), else None (bind mounts).
+) -> PluginSources:
+    """Plugin volumes for the volume transport (`model_transport`), else per-run copies.
 
-    Call it after `check_plugins`: a tampered plugin is refused before any volume is touched.
+    Call it after `check_plugins`: a tampered plugin is refused before anything is copied.
+    Either way the container sees exactly the recorded files, read again while copying.
     """
-    if model_transport(client) == "volume" and plugins:
-        return stage_plugins(client, image, plugins)
-    return None
+    if not plugins:
+        return PluginSources()
+    if model_transport(client) == "volume":
+        return PluginSources(volumes=stage_plugins(client, image, plugins))
+    return plugin_run_copies(plugins)

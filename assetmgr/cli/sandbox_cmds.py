@@ -204,7 +204,9 @@ def sandbox_prune(
         f"removed {len(report['containers'])} containers, {len(report['volumes'])} volumes, "
         f"{len(report['model_volumes'])} model volumes, "
         f"{len(report.get('plugin_volumes', []))} plugin volumes, "
-        f"{len(report.get('compile_caches', []))} compile caches, {len(report['images'])} images\n"
+        f"{len(report.get('compile_caches', []))} compile caches, "
+        f"{len(report.get('plugin_copies', []))} leftover plugin copies, "
+        f"{len(report['images'])} images\n"
     )
 
 

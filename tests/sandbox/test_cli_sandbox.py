@@ -53,7 +53,7 @@ def test_plugins_add_list_verify_remove(tmp_path: Path, _isolated_home: Path) ->
     assert PLUGIN_KEYS <= set(added)
     assert added["name"] == "wildcards" and added["already_added"] is False
     assert added["hooks"] == ["prompt_transform", "extra_outputs"] and added["files"] == 7
-    assert Path(added["path"]) == _isolated_home / "plugins" / "wildcards-1.0.0"
+    assert Path(added["path"]) == _isolated_home / "plugins" / added["tree_sha256"]
     assetmgr("plugins", "add", str(EXAMPLES / "posterize"), "--trust")
     listed = json.loads(assetmgr("plugins", "list", "--json").stdout)
     assert [p["name"] for p in listed] == ["posterize", "wildcards"]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from sandbox.errors import PluginTamperedError, SandboxError
-from sandbox.plugins import InstalledPlugin, install_dir, make_read_only, stage_plugin
+from sandbox.plugins import InstalledPlugin, make_read_only, stage_plugin, store_dir
 from sandbox.protocol import JobSpec, Limits
 from sandbox.runner import (
     FILL_DIR,
@@ -51,7 +51,7 @@ def installed(root: Path, name: str = "wildcards") -> InstalledPlugin:
     """An added plugin (hashed, read-only stored copy), without the catalog."""
     staged = stage_plugin(EXAMPLES / name, root)
     m = staged.manifest
-    dest = install_dir(root, m.name, m.version)
+    dest = store_dir(root, staged.tree_sha256)
     make_read_only(staged.staging)
     os.rename(staged.staging, dest)
     return InstalledPlugin(

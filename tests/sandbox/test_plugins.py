@@ -341,7 +341,7 @@ def test_add_records_every_file_and_keeps_a_read_only_copy(
     result = service.add_plugin(src)
     p = result.plugin
     assert not result.already_added and p.name == "wildcards" and p.version == "1.0.0"
-    assert p.path == tmp_path / "plugins" / "wildcards-1.0.0"
+    assert p.path == tmp_path / "plugins" / p.tree_sha256  # named by content, never clashes
     expected = {
         str(f.relative_to(src)): hashlib.sha256(f.read_bytes()).hexdigest()
         for f in src.rglob("*")
