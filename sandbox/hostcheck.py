@@ -70,7 +70,7 @@ def check_host_config(
     need(hc.get("UTSMode") in ("", None), f"UTSMode is {hc.get('UTSMode')!r}")
     need(hc.get("UsernsMode") in ("", None), f"UsernsMode is {hc.get('UsernsMode')!r}")
     need(hc.get("ShmSize") == lim.shm_bytes, f"ShmSize is {hc.get('ShmSize')!r}")
-    need(hc.get("Init") is True, "no init process")
+    need(not hc.get("Init"), "docker-init as PID 1 (the job could ptrace-stop it)")
     need(hc.get("AutoRemove") is False, "auto-remove on (state would vanish)")
     need((hc.get("RestartPolicy") or {}).get("Name") in ("", "no", None), "restart policy set")
     need(not hc.get("PortBindings") and not hc.get("PublishAllPorts"), "ports published")
@@ -142,7 +142,8 @@ def check_host_config(
     need(not cfg.get("ExposedPorts"), "exposed ports")
     need(not cfg.get("AttachStdin") and not cfg.get("Tty"), "stdin or tty attached")
     need(bool(cfg.get("OpenStdin")) == plan.stdin_open, "stdin open unexpectedly")
-    need(list(cfg.get("Cmd") or []) == list(plan.command), f"command is {cfg.get('Cmd')!r}")
+    need(list(cfg.get("Cmd") or []) == plan.container_command, f"command is {cfg.get('Cmd')!r}")
+    need(not cfg.get("Entrypoint"), f"entrypoint is {cfg.get('Entrypoint')!r}")
     labels = cfg.get("Labels") or {}
     need(all(labels.get(k) == v for k, v in plan.labels.items()), "job labels missing")
     env = _env_dict(cfg.get("Env"))

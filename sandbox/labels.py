@@ -46,6 +46,16 @@ SESSION_ID = uuid.uuid4().hex[:16]
 SANDBOX_USER = "65534:65534"
 HOSTNAME = "sandbox"
 WORKER_COMMAND = ("/opt/venv/bin/python", "-I", "-B", "-m", "sandbox.worker", SPEC_PATH)
+#: PID 1 of every job container, in front of the worker's command (`sandbox.worker.pid1`):
+#: a non-dumpable init the job cannot ptrace or stop, instead of docker's ``--init``.
+INIT_COMMAND = (
+    "/opt/venv/bin/python",
+    "-I",
+    "-S",
+    "-B",
+    "/opt/assetmgr/sandbox/worker/pid1.py",
+    "--",
+)
 #: The only environment a job sees (plus the image's PATH). Nothing is inherited from the host.
 BASE_ENVIRONMENT: Mapping[str, str] = {
     "HOME": "/tmp",

@@ -31,6 +31,7 @@ from sandbox.labels import (
     FILL_DIR,
     GPU_ENVIRONMENT,
     HOSTNAME,
+    INIT_COMMAND,
     LABEL_COMPILE_CACHE,
     LABEL_JOB,
     LABEL_ROLE,
@@ -97,8 +98,13 @@ class ContainerPlan:
     compile_cache: str | None = None
     """GPU jobs only: the writable volume of compiled kernels (see `compile_cache_volume`)."""
     command: tuple[str, ...] = WORKER_COMMAND
+    """The worker's command; the container runs it under `INIT_COMMAND` (`container_command`)."""
     stdin_open: bool = False
     """Only warm workers read job specs from stdin (through the engine's attach API)."""
+
+    @property
+    def container_command(self) -> list[str]:
+        return [*INIT_COMMAND, *self.command]
 
     def mounts(self) -> list[Mount]:
         mounts = [Mount(JOB_DIR, self.volume_name, type="volume", no_copy=True)]
@@ -114,7 +120,7 @@ class ContainerPlan:
         lim = self.limits
         kwargs: dict[str, Any] = {
             "image": self.image_id,
-            "command": list(self.command),
+            "command": self.container_command,
             "name": self.name,
             "hostname": HOSTNAME,
             "user": SANDBOX_USER,
@@ -138,7 +144,9 @@ class ContainerPlan:
             ],
             "ipc_mode": "private",
             "shm_size": lim.shm_bytes,
-            "init": True,
+            # our own PID 1 (INIT_COMMAND), not docker-init: tini is dumpable, so the job
+            # could ptrace-stop it and outlive its worker until the timeout
+            "init": False,
             "log_config": LogConfig(
                 type="local", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}
             ),

@@ -75,7 +75,8 @@ RUN {venv}/bin/python -m compileall -q {app} \\
 ENV PATH={venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 WORKDIR /tmp
 USER {user}
-CMD ["{venv}/bin/python", "-I", "-B", "-m", "sandbox.worker"]
+CMD ["{venv}/bin/python", "-I", "-S", "-B", "{app}/sandbox/worker/pid1.py", "--", \
+     "{venv}/bin/python", "-I", "-B", "-m", "sandbox.worker"]
 """
 
 
