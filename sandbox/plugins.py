@@ -70,6 +70,13 @@ _REQUIREMENT_RE: Final = re.compile(
 )
 
 
+def requirements_key(requirements: Sequence[str]) -> str:
+    """What names a set of pinned requirements: the image keeps each set's wheels in
+    ``/opt/plugin-deps/<key>`` and jobs find them by it (`PluginRef.deps`)."""
+    lines = "".join(f"{r}\n" for r in sorted(set(requirements)))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def canonical_name(name: str) -> str:
     """PEP 503 normalisation (``Foo_Bar`` -> ``foo-bar``)."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -426,6 +433,11 @@ class InstalledPlugin:
     description: str = ""
     added_at: datetime | None = None
 
+    @property
+    def deps_key(self) -> str | None:
+        """`requirements_key` of its requirements; None when it has none."""
+        return requirements_key(self.requirements) if self.requirements else None
+
     def ref(self) -> PluginRef:
         return PluginRef(
             name=self.name,
@@ -433,6 +445,7 @@ class InstalledPlugin:
             sha256=self.tree_sha256,
             entry=self.entry,
             hooks=self.hooks,
+            deps=self.deps_key,
         )
 
 
@@ -712,6 +725,7 @@ __all__ = [
     "read_recorded_files",
     "remove_tree",
     "requirement_conflicts",
+    "requirements_key",
     "stage_plugin",
     "store_dir",
     "tree_sha256",

@@ -442,12 +442,12 @@ class JobContainer:
 def check_plugins(
     spec: JobSpec, plugins: Sequence[InstalledPlugin], image: ImageRecord
 ) -> dict[str, Path]:
-    """Re-verify the job's plugins on the host, before anything runs; their mount sources.
+    """Re-verify the job's plugins on the host, before anything runs; their stored folders.
 
     Each plugin the spec names must be given, match the spec's ref (name, version, tree hash,
-    entry, hooks), still hash exactly as recorded (`verify_installed`, which raises
-    `PluginTamperedError` naming the file with expected and actual sha256), and have its
-    requirements in the image's lock (else `ImageStaleError`).
+    entry, hooks, requirement set), be exactly its recorded files (`verify_installed`, which
+    raises `PluginTamperedError` naming the file), and have its requirement set in the image
+    (else `ImageStaleError`).
     """
     given = {p.name: p for p in plugins}
     wanted = [r.name for r in spec.plugins]
@@ -455,18 +455,16 @@ def check_plugins(
         raise PluginError(
             f"plugins given {sorted(given)} do not match the spec's plugins {sorted(wanted)}"
         )
-    in_image = set(image.plugin_requirements)
     dirs = {}
     for ref in spec.plugins:
         plugin = given[ref.name]
         if plugin.ref() != ref:
             raise PluginError(f"the job's reference to plugin {ref.name} is not the added one")
         verify_installed(plugin)
-        missing = sorted(set(plugin.requirements) - in_image)
-        if missing:
+        if plugin.deps_key is not None and plugin.deps_key not in image.plugin_dep_sets:
             raise ImageStaleError(
                 f"the sandbox image was built without plugin {plugin.name}'s requirements "
-                f"{', '.join(missing)}"
+                f"{', '.join(plugin.requirements)}"
             )
         dirs[ref.name] = plugin.path
     return dirs

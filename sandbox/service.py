@@ -124,13 +124,20 @@ class ImageStatus:
     def stale(self) -> bool:
         return bool(self.stale_reasons)
 
+    required_sets: dict[str, list[str]] = field(default_factory=dict)
+    in_image_sets: dict[str, list[str]] = field(default_factory=dict)
+
     @property
     def missing_from_image(self) -> list[str]:
-        return sorted(set(self.required) - set(self.in_image))
+        """Pins of the added plugins whose requirement set the image lacks."""
+        missing = set(self.required_sets) - set(self.in_image_sets)
+        return sorted({r for key in missing for r in self.required_sets[key]})
 
     @property
     def unused_in_image(self) -> list[str]:
-        return sorted(set(self.in_image) - set(self.required))
+        """Pins of requirement sets in the image that no added plugin needs any more."""
+        unused = set(self.in_image_sets) - set(self.required_sets)
+        return sorted({r for key in unused for r in self.in_image_sets[key]})
 
     def as_json(self) -> dict[str, Any]:
         r = self.record
@@ -449,6 +456,11 @@ class SandboxService:
         plugins = self.list_plugins() if plugins is None else plugins
         return sorted({r for p in plugins for r in p.requirements})
 
+    @staticmethod
+    def required_sets(plugins: Sequence[InstalledPlugin]) -> dict[str, list[str]]:
+        """Each plugin requirement set the image must hold, by key (`requirements_key`)."""
+        return {p.deps_key: sorted(p.requirements) for p in plugins if p.deps_key is not None}
+
     # --- the image ----------------------------------------------------------------------------
 
     def record_image(self, record: ImageRecord) -> None:
@@ -524,7 +536,7 @@ class SandboxService:
             force=force,
             progress=progress,
             cancel=cancel,
-            plugin_requirements=self.required_requirements(),
+            plugin_requirement_sets=[p.requirements for p in self.list_plugins()],
             find_links=list(find_links),
             no_index=no_index,
         )
@@ -546,6 +558,8 @@ class SandboxService:
             return status
         status.record = record
         status.in_image = sorted(record.plugin_requirements)
+        status.required_sets = self.required_sets(status.added_plugins)
+        status.in_image_sets = dict(record.plugin_dep_sets)
         stored = self.catalog_record(record.image_id)
         if stored is None:
             self.record_image(record)
@@ -737,6 +751,7 @@ def _identity(record: ImageRecord) -> tuple[Any, ...]:
         record.rootfs_sha256,
         record.inputs_sha256,
         tuple(record.plugin_requirements),
+        tuple(sorted(record.plugin_dep_sets)),
     )
 
 

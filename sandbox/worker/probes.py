@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
 import os
 import signal
 import socket
 import stat
 import struct
 import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -294,6 +296,21 @@ def processes(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
             continue
         procs.append({"pid": int(entry), "comm": comm, "uid": int(uid_line.split()[1])})
     return {"ok": True, "processes": sorted(procs, key=lambda p: p["pid"])}
+
+
+@probe
+def sys_path(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    return {"ok": True, "sys_path": list(sys.path)}
+
+
+@probe
+def import_module(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    """Import `name` (a plugin's requirement, say); report where it came from."""
+    try:
+        module = importlib.import_module(str(args["name"]))
+    except ImportError as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True, "file": getattr(module, "__file__", None)}
 
 
 # --- the container's init (PID 1) ------------------------------------------------------------

@@ -19,6 +19,7 @@ import json
 import marshal
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,21 @@ from sqlalchemy import Engine, select, update
 
 from catalog.db import session_scope
 from catalog.sandbox_records import Plugin
-from sandbox.errors import JobFailedError, PluginTamperedError
+from sandbox.errors import JobFailedError, PluginTamperedError, PluginWheelRefusedError
 from sandbox.image.build import PYTHON_VERSION
+from sandbox.image.record import load_record, save_record
+from sandbox.image.wheels import PluginWheelhouse, resolve_plugin_wheels
 from sandbox.labels import RUN_COPIES_DIR, SESSION_ID
-from sandbox.plugins import remove_tree
-from sandbox.protocol import JobSpec, Limits
+from sandbox.plugins import remove_tree, requirements_key, stage_plugin
+from sandbox.protocol import JobSpec, Limits, PluginRef
 from sandbox.prune import prune_plugin_copies
 from sandbox.runner import new_job_id, new_nonce, run_job
 from sandbox.service import SandboxService
-from tests.sandbox.test_plugins import EXAMPLES, HOSTILE, fake_record, write_plugin
+from sandbox.worker import execute
+from sandbox.worker.channel import CollectingChannel
+from sandbox.worker.plugin_host import PluginError as WorkerPluginError
+from tests.sandbox.plugin_wheels import make_wheel
+from tests.sandbox.test_plugins import EXAMPLES, HOSTILE, _base_house, fake_record, write_plugin
 
 MiB = 1 << 20
 SMALL = Limits(timeout_s=60, memory_bytes=1024 * MiB, tmpfs_bytes=64 * MiB, shm_bytes=64 * MiB)
@@ -70,6 +77,167 @@ def plant_pyc(plugin_dir: Path, module: str = "demo_plugin") -> Path:
     pyc.parent.mkdir(exist_ok=True)
     pyc.write_bytes(header + marshal.dumps(code))
     return pyc
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 1: a plugin's requirements reach only the jobs that name it
+
+#: What a requirement's ``.pth`` would do if ``site`` ever read it: rewrite every prompt.
+PTH_REWRITE = (
+    b"import sandbox.worker.plugin_host as h; "
+    b"h.apply_prompt_hooks = lambda p, n, **k: ('rewritten by a .pth', n)\n"
+)
+
+
+def _resolve(tmp_path: Path, links: Path, *sets: list[str]) -> PluginWheelhouse:
+    base, inputs = _base_house(tmp_path)
+    return resolve_plugin_wheels(
+        base,
+        list(sets),
+        inputs,
+        tmp_path / "cache",
+        progress=lambda stage, fraction: None,
+        cancel=threading.Event(),
+        find_links=[links],
+        no_index=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("member", "installs_as"),
+    [
+        ("evilpth.pth", "evilpth.pth"),
+        ("evilpth-nspkg.pth", "evilpth-nspkg.pth"),
+        ("EVIL.PTH", "EVIL.PTH"),
+        ("sitecustomize.py", "sitecustomize.py"),
+        ("usercustomize/__init__.py", "usercustomize"),
+        (
+            "sitecustomize.cpython-311-x86_64-linux-gnu.so",
+            "sitecustomize.cpython-311-x86_64-linux-gnu.so",
+        ),
+        ("evilpth-1.0.data/data/evilpth.pth", "evilpth.pth"),
+        ("evilpth-1.0.data/purelib/evilpth.pth", "evilpth.pth"),
+        ("evilpth-1.0.data/platlib/sitecustomize.py", "sitecustomize.py"),
+        ("../evilpth.pth", "../evilpth.pth"),
+    ],
+)
+def test_requirement_wheels_with_startup_hooks_are_refused(
+    tmp_path: Path, member: str, installs_as: str
+) -> None:
+    links = tmp_path / "links"
+    wheel = make_wheel(links, "evilpth", "1.0", "X = 1\n", extra_files={member: PTH_REWRITE})
+    with pytest.raises(PluginWheelRefusedError) as info:
+        _resolve(tmp_path, links, ["evilpth==1.0"])
+    assert str(info.value) == (
+        f"plugin requirement wheel {wheel.name} is refused: its file {member} would install "
+        f"{installs_as}, a startup hook"
+    )
+    assert (info.value.wheel, info.value.member) == (wheel.name, member)
+    assert "drop the plugin" in (info.value.hint or "")
+    assert not list((tmp_path / "cache").rglob("requirements.lock"))  # nothing kept as resolved
+
+
+def test_files_that_python_never_runs_at_start_up_are_accepted(tmp_path: Path) -> None:
+    links = tmp_path / "links"
+    extra = {
+        "evilpth_pkg/inner.pth": PTH_REWRITE,  # only a site directory's top level is read
+        "evilpth_pkg/sitecustomize.py": b"",  # not a top-level module
+        "evilpth-1.0.data/headers/x.pth": PTH_REWRITE,  # installs under include/
+    }
+    wheel = make_wheel(links, "evilpth", "1.0", "X = 1\n", extra_files=extra)
+    [dep_set] = _resolve(tmp_path, links, ["evilpth==1.0"]).sets
+    assert dep_set.wheel_paths() == [dep_set.directory / wheel.name]
+
+
+def test_dependency_directories_join_sys_path_plainly_and_only_for_their_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process: a job adds only its plugins' directories, at the end, and reads no ``.pth``.
+
+    The build refuses such files; here one is planted anyway to show the worker never runs it.
+    """
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    requirements = ["secdep-tiny==1.0"]
+    key = requirements_key(requirements)
+    deps = tmp_path / "deps" / key
+    deps.mkdir(parents=True)
+    (deps / "secdep_tiny.py").write_text("VALUE = 'from its own directory'\n")
+    (deps / "zz-rewrite.pth").write_bytes(PTH_REWRITE)
+    (deps / "sitecustomize.py").write_text("raise SystemExit('sitecustomize ran')\n")
+    code = (
+        "import secdep_tiny\n"
+        "def prompt_transform(p, n, ctx):\n    return p + ' ' + secdep_tiny.VALUE, n\n"
+    )
+    src = write_plugin(
+        tmp_path / "plugins", "secdeps", requirements=str(requirements).replace("'", '"'), code=code
+    )
+    staged = stage_plugin(src, tmp_path / "staging")
+    ref = PluginRef(
+        name="secdeps",
+        version="1.0",
+        sha256=staged.tree_sha256,
+        entry="demo_plugin",
+        hooks=("prompt_transform",),
+        deps=key,
+    )
+
+    def echo(refs: list[PluginRef], out: str) -> Any:
+        spec = JobSpec(
+            job_id=new_job_id(),
+            nonce=new_nonce(),
+            kind="echo",
+            params={"text": "a cat"},
+            plugins=refs,
+        )
+        return execute(
+            spec,
+            tmp_path / out,
+            CollectingChannel(),
+            plugins_root=tmp_path / "plugins",
+            plugin_deps_root=tmp_path / "deps",
+        )
+
+    try:
+        assert echo([], "plain").data["text"] == "a cat"
+        assert str(deps) not in sys.path and "secdep_tiny" not in sys.modules
+        assert echo([ref], "with").data["text"] == "a cat from its own directory"
+        assert sys.path[-1] == str(deps)  # appended after the venv: shadows nothing
+        assert echo([], "after").data["text"] == "a cat"  # the .pth never ran
+    finally:
+        for name in [
+            m for m in sys.modules if m.startswith(("secdep_tiny", "assetmgr_plugin_secdeps"))
+        ]:
+            del sys.modules[name]
+    missing = ref.model_copy(update={"deps": "0" * 64})
+    with pytest.raises(WorkerPluginError, match="its requirements are not in the sandbox image"):
+        echo([missing], "missing")
+
+
+@pytest.mark.docker
+def test_the_build_refuses_a_plugin_whose_requirement_ships_a_pth(
+    engine: Engine, tmp_path: Path, docker_client: Any, sandbox_image: Any
+) -> None:
+    """Through `sandbox build` itself: refused before any docker build, the image unchanged."""
+    from tests.sandbox.conftest import CACHE_DIR
+
+    links = tmp_path / "links"
+    wheel = make_wheel(links, "evilpth", "1.0", "X = 1\n", extra_files={"evilpth.pth": PTH_REWRITE})
+    record_path = tmp_path / "image.json"
+    save_record(sandbox_image, record_path)
+    svc = SandboxService(
+        engine,
+        plugins_root=tmp_path / "plugins",
+        record_path=record_path,
+        cache_dir=CACHE_DIR,
+        client=docker_client,
+    )
+    svc.add_plugin(write_plugin(tmp_path / "src", "usesevil", requirements='["evilpth==1.0"]'))
+    with pytest.raises(
+        PluginWheelRefusedError, match=f"{wheel.name} is refused: its file evilpth.pth"
+    ):
+        svc.build(offline=True, find_links=[links], no_index=True)
+    assert load_record(record_path) == sandbox_image  # nothing was built or recorded
+    svc.close()
 
 
 # ---------------------------------------------------------------------------------------------
