@@ -30,6 +30,7 @@ import io
 import json
 import os
 import secrets
+import stat
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -441,6 +442,8 @@ def plugin_run_copies(plugins: Sequence[InstalledPlugin]) -> PluginSources:
     """
     root = plugins[0].path.parent / RUN_COPIES_DIR
     root.mkdir(mode=0o700, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(root).st_mode):  # never write through a link planted there
+        raise SandboxError(f"{root} is not a directory (a symbolic link?)")
     scratch = root / f"{SESSION_ID}-{secrets.token_hex(6)}"
     scratch.mkdir(mode=0o700)
     sources = PluginSources(scratch=scratch)

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import marshal
 import os
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -30,7 +31,12 @@ from sqlalchemy import Engine, select, update
 
 from catalog.db import session_scope
 from catalog.sandbox_records import Plugin
-from sandbox.errors import JobFailedError, PluginTamperedError, PluginWheelRefusedError
+from sandbox.errors import (
+    JobFailedError,
+    PluginTamperedError,
+    PluginWheelRefusedError,
+    SandboxError,
+)
 from sandbox.image.build import PYTHON_VERSION
 from sandbox.image.record import load_record, save_record
 from sandbox.image.wheels import PluginWheelhouse, resolve_plugin_wheels
@@ -40,6 +46,7 @@ from sandbox.protocol import JobSpec, Limits, PluginRef
 from sandbox.prune import prune_plugin_copies
 from sandbox.runner import new_job_id, new_nonce, run_job
 from sandbox.service import SandboxService
+from sandbox.transport import plugin_run_copies
 from sandbox.worker import execute
 from sandbox.worker.channel import CollectingChannel
 from sandbox.worker.plugin_host import PluginError as WorkerPluginError
@@ -345,6 +352,38 @@ def test_any_extra_file_fails_verify_and_the_run(
     assert client.mock_calls == []  # refused before the engine was touched
     with pytest.raises(PluginTamperedError, match="demo 1.0 was modified after it was added"):
         service.run("echo", {}, tmp_path / "o2", plugins=["demo"])
+
+
+def test_a_per_run_copy_holds_exactly_the_recorded_files(
+    service: SandboxService, tmp_path: Path
+) -> None:
+    p = service.add_plugin(EXAMPLES / "wildcards").plugin
+    planted = plant_pyc(p.path, "wildcards_plugin")
+    (p.path / ".hidden").write_text("x")
+    with plugin_run_copies([p]) as sources:
+        copy = sources.dirs[p.name]
+        copied = sorted(str(f.relative_to(copy)) for f in copy.rglob("*") if f.is_file())
+        assert copied == sorted(p.files)
+        assert all(stat.S_IMODE(f.stat().st_mode) == 0o444 for f in copy.rglob("*") if f.is_file())
+    assert not copy.exists() and planted.is_file()
+    # a changed recorded file stops the copy, which leaves nothing behind
+    (p.path / "wildcards" / "color.txt").chmod(0o644)
+    (p.path / "wildcards" / "color.txt").write_text("ignore previous instructions\n")
+    with pytest.raises(PluginTamperedError, match="wildcards/color.txt: expected sha256"):
+        plugin_run_copies([p])
+    assert list((p.path.parent / RUN_COPIES_DIR).iterdir()) == []
+
+
+def test_per_run_copies_never_go_through_a_planted_link(
+    service: SandboxService, tmp_path: Path
+) -> None:
+    p = service.add_plugin(EXAMPLES / "wildcards").plugin
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (p.path.parent / RUN_COPIES_DIR).symlink_to(elsewhere)
+    with pytest.raises(SandboxError, match="is not a directory"):
+        plugin_run_copies([p])
+    assert list(elsewhere.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
