@@ -93,7 +93,8 @@ from sandbox.plan import (
     plan_container,
     plan_job,
 )
-from sandbox.plugins import InstalledPlugin, verify_installed
+from sandbox.plugin_store import verify_installed
+from sandbox.plugins import InstalledPlugin
 from sandbox.protocol import (
     JOB_DIR,
     OUT_DIR,

@@ -23,13 +23,11 @@ container.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import stat
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -50,18 +48,17 @@ from sandbox.errors import (
     SandboxError,
 )
 from sandbox.image.record import ImageRecord, load_record
+from sandbox.plugin_store import move_legacy_folder, store_dir, verify_installed
 from sandbox.plugins import (
     InstalledPlugin,
     base_pins,
-    legacy_store_dir,
     make_read_only,
     remove_tree,
     requirement_conflicts,
     stage_plugin,
-    store_dir,
-    verify_installed,
 )
 from sandbox.protocol import PLUGIN_NAME_RE, PLUGIN_VERSION_RE, JobSpec, Limits, ModelRef
+from sandbox.status import ImageStatus
 
 RunMode = Literal["auto", "per-job", "warm"]
 
@@ -98,97 +95,6 @@ class PluginCheck:
     problems: tuple[str, ...] = ()
 
 
-@dataclass
-class ImageStatus:
-    """What `assetmgr sandbox status` reports."""
-
-    record_path: Path
-    record: ImageRecord | None
-    record_problem: str | None = None
-    engine_reachable: bool | None = None
-    engine_matches: bool | None = None
-    engine_problem: str | None = None
-    in_catalog: bool = False
-    worker_current: bool | None = None
-    app_current: bool | None = None
-    added_plugins: list[InstalledPlugin] = field(default_factory=list)
-    required: list[str] = field(default_factory=list)
-    in_image: list[str] = field(default_factory=list)
-    stale_reasons: list[str] = field(default_factory=list)
-
-    @property
-    def built(self) -> bool:
-        return self.record is not None
-
-    @property
-    def stale(self) -> bool:
-        return bool(self.stale_reasons)
-
-    required_sets: dict[str, list[str]] = field(default_factory=dict)
-    in_image_sets: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def missing_from_image(self) -> list[str]:
-        """Pins of the added plugins whose requirement set the image lacks."""
-        missing = set(self.required_sets) - set(self.in_image_sets)
-        return sorted({r for key in missing for r in self.required_sets[key]})
-
-    @property
-    def unused_in_image(self) -> list[str]:
-        """Pins of requirement sets in the image that no added plugin needs any more."""
-        unused = set(self.in_image_sets) - set(self.required_sets)
-        return sorted({r for key in unused for r in self.in_image_sets[key]})
-
-    def as_json(self) -> dict[str, Any]:
-        r = self.record
-        return {
-            "record_path": str(self.record_path),
-            "built": self.built,
-            "record_problem": self.record_problem,
-            "image": None
-            if r is None
-            else {
-                "image_id": r.image_id,
-                "tag": r.tag,
-                "layer_diff_ids": list(r.layer_diff_ids),
-                "lock_sha256": r.lock_sha256,
-                "rootfs_sha256": r.rootfs_sha256,
-                "torch_variant": r.torch_variant,
-                "built_at": r.created_at.isoformat(),
-                "app_version": r.app_version,
-                "worker_sha256": r.worker_sha256,
-                "size_bytes": r.size_bytes,
-                "plugin_requirements": list(r.plugin_requirements),
-                "plugin_requirements_sha256": r.plugin_requirements_sha256,
-            },
-            "engine": {
-                "reachable": self.engine_reachable,
-                "matches": self.engine_matches,
-                "problem": self.engine_problem,
-            },
-            "in_catalog": self.in_catalog,
-            "worker_current": self.worker_current,
-            "app_current": self.app_current,
-            "plugins": {
-                "added": [
-                    {
-                        "name": p.name,
-                        "version": p.version,
-                        "requirements": list(p.requirements),
-                        "trusted": p.trusted,
-                    }
-                    for p in self.added_plugins
-                ],
-                "required": list(self.required),
-                "in_image": list(self.in_image),
-                "missing_from_image": self.missing_from_image,
-                "unused_in_image": self.unused_in_image,
-            },
-            "stale": self.stale,
-            "stale_reasons": list(self.stale_reasons),
-        }
-
-
 def _plugin_from_rows(row: Plugin, files: Sequence[PluginFile], root: Path) -> InstalledPlugin:
     return InstalledPlugin(
         name=row.name,
@@ -213,27 +119,6 @@ def _stored_path(root: Path, row: Plugin) -> Path:
         raise PluginError(
             f"the catalog holds an invalid folder for plugin {row.name!r}: {row.store_dir!r}"
         ) from None
-
-
-def _legacy_path(root: Path, row: Plugin) -> Path | None:
-    """Where this row's copy lived before tree-hash folders, if its strings form a safe name."""
-    if not re.match(PLUGIN_NAME_RE, row.name) or not re.match(PLUGIN_VERSION_RE, row.version):
-        return None
-    return legacy_store_dir(root, row.name, row.version)
-
-
-def _holds_manifest(folder: Path, row: Plugin) -> bool:
-    """Whether `folder` (a real directory) holds this row's manifest, byte for byte."""
-    try:
-        if not stat.S_ISDIR(os.lstat(folder).st_mode):
-            return False
-        flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(folder / row.manifest_file, flags)
-    except OSError:
-        return False
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(1 << 20)
-    return hashlib.sha256(data).hexdigest() == row.manifest_sha256
 
 
 class SandboxService:
@@ -284,14 +169,14 @@ class SandboxService:
         with session_scope(self.engine, write=True) as session:
             rows = session.exec(select(Plugin).where(col(Plugin.store_dir).is_(None))).all()
             for row in sorted(rows, key=lambda r: r.name):
-                new = store_dir(self.plugins_root, row.tree_sha256)
-                old = _legacy_path(self.plugins_root, row)
-                if not os.path.lexists(new) and old is not None and _holds_manifest(old, row):
-                    try:
-                        os.rename(old, new)
-                        moved.append(row.name)
-                    except OSError:
-                        pass  # another process moved it first, or the folder is gone
+                safe = re.match(PLUGIN_NAME_RE, row.name) and re.match(
+                    PLUGIN_VERSION_RE, row.version
+                )
+                manifest = (row.manifest_file, row.manifest_sha256)
+                if safe and move_legacy_folder(
+                    self.plugins_root, row.name, row.version, row.tree_sha256, manifest
+                ):
+                    moved.append(row.name)
                 row.store_dir = row.tree_sha256
                 session.add(row)
         return moved

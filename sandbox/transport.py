@@ -64,12 +64,8 @@ from sandbox.labels import (
     ModelTransport,
     _app_version,
 )
-from sandbox.plugins import (
-    InstalledPlugin,
-    copy_recorded_files,
-    read_recorded_files,
-    remove_tree,
-)
+from sandbox.plugin_store import copy_recorded_files, read_recorded_files
+from sandbox.plugins import InstalledPlugin, remove_tree
 from sandbox.protocol import ModelRef
 
 

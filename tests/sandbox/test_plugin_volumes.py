@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from sandbox.errors import PluginTamperedError, SandboxError
-from sandbox.plugins import InstalledPlugin, make_read_only, stage_plugin, store_dir
+from sandbox.plugin_store import store_dir
+from sandbox.plugins import InstalledPlugin, make_read_only, stage_plugin
 from sandbox.protocol import JobSpec, Limits
 from sandbox.runner import (
     FILL_DIR,
