@@ -97,9 +97,14 @@ def _scan_stored(root: Path) -> _StoredTree:
         raise NotADirectoryError(str(root))
 
     def visit(directory: str, parts: tuple[str, ...]) -> None:
+        entries = []
         with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
+            for entry in it:  # bounded even for a folder someone filled with millions
+                entries.append(entry)
+                if len(entries) > limit:
+                    found.overflow = True
+                    break
+        for entry in sorted(entries, key=lambda e: e.name):
             if len(found.files) + len(found.directories) + len(found.others) >= limit:
                 found.overflow = True
                 return

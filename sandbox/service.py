@@ -169,6 +169,8 @@ class SandboxService:
         with session_scope(self.engine, write=True) as session:
             rows = session.exec(select(Plugin).where(col(Plugin.store_dir).is_(None))).all()
             for row in sorted(rows, key=lambda r: r.name):
+                if not re.match(r"^[0-9a-f]{64}$", row.tree_sha256):
+                    continue  # a damaged row: `_stored_path` refuses it when it is used
                 safe = re.match(PLUGIN_NAME_RE, row.name) and re.match(
                     PLUGIN_VERSION_RE, row.version
                 )
