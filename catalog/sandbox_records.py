@@ -7,7 +7,8 @@ because the catalog never imports the sandbox.
 * `Plugin`: one row per added plugin (unique name). `tree_sha256` hashes every
   (path, sha256) pair, so it identifies the plugin's exact content; `requirements` are the
   exact pins its manifest asked for, which the image build adds to the wheelhouse lock;
-  `trusted` allows its plugin set to share a warm worker.
+  `trusted` allows its plugin set to share a warm worker; `store_dir` names the stored copy's
+  folder (the tree sha256, so two plugins never share one).
 * `PluginFile`: every file of the stored copy with its sha256 and size, checked before each run.
 * `SandboxImage`: each recorded build (`sandbox.image.ImageRecord`), keyed by the engine's
   image id; `record_json` keeps the whole record, the other columns are for queries.
@@ -46,6 +47,9 @@ class Plugin(SQLModel, table=True):
     trusted: bool = False
     source_path: str = Field(default="", sa_type=Text)
     """The directory it was added from (informational only; the stored copy is what runs)."""
+    store_dir: str | None = None
+    """The stored copy's folder under the plugins directory: its tree sha256. None for rows
+    from before folders were named by tree hash, until their copy is moved (on open)."""
     added_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
     files: list["PluginFile"] = Relationship(

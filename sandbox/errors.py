@@ -5,6 +5,7 @@
     ├── ImageError                 building, importing or verifying the pinned image failed
     │   ├── ImageMismatchError     the engine's image no longer matches the recorded one
     │   ├── ImageStaleError        the image lacks what a job needs (plugin requirements)
+    │   ├── PluginWheelRefusedError a plugin's requirement wheel carries a startup hook
     │   └── BuildCancelledError    the caller cancelled the build
     ├── PluginError                a plugin could not be added, found or used
     │   ├── PluginManifestError    the plugin directory or its manifest was refused
@@ -50,6 +51,24 @@ class ImageMismatchError(ImageError):
 class ImageStaleError(ImageError):
     title = "Sandbox image out of date"
     hint = "Run `assetmgr sandbox build` to rebuild the image with every added plugin's wheels."
+
+
+class PluginWheelRefusedError(ImageError):
+    title = "Plugin requirement refused"
+    hint = (
+        "A plugin's requirements may not install .pth files or sitecustomize/usercustomize "
+        "modules (they would run at every start of Python in the sandbox); drop the plugin "
+        "(`assetmgr plugins remove NAME`) or ask its author for a dependency without them."
+    )
+
+    def __init__(self, *, wheel: str, member: str, installs_as: str) -> None:
+        super().__init__(
+            f"plugin requirement wheel {wheel} is refused: its file {member} would install "
+            f"{installs_as}, a startup hook"
+        )
+        self.wheel = wheel
+        self.member = member
+        self.installs_as = installs_as
 
 
 class BuildCancelledError(ImageError):
@@ -161,6 +180,7 @@ __all__ = [
     "PluginManifestError",
     "PluginNotFoundError",
     "PluginTamperedError",
+    "PluginWheelRefusedError",
     "SandboxError",
     "WorkerProtocolError",
 ]

@@ -12,9 +12,9 @@ source only; native code belongs in pinned wheels), files over `MAX_FILE_BYTES`,
 `MAX_FILES` files or `MAX_TOTAL_BYTES` in all, and nesting deeper than `MAX_DEPTH`. Cache
 directories (`SKIPPED_DIRS`) are left out.
 
-The stored copy lives in ``<plugins dir>/<name>-<version>/`` with read-only modes; the catalog
-keeps every file's sha256 (`catalog.sandbox_records`). `verify_installed` re-hashes the copy
-before every run and refuses on any changed, missing or extra file.
+The stored copy lives in ``<plugins dir>/<tree sha256>/`` with read-only modes; the catalog
+keeps every file's sha256 (`catalog.sandbox_records`). `sandbox.plugin_store` checks that a
+stored copy is exactly its recorded files and hands a job those files only.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sandbox.errors import PluginManifestError, PluginTamperedError
+from sandbox.errors import PluginManifestError
 from sandbox.protocol import (
     PLUGIN_ENTRY_RE,
     PLUGIN_HOOKS,
@@ -63,6 +63,13 @@ _REQUIREMENT_RE: Final = re.compile(
     r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?)"
     r"==(?P<version>[0-9][0-9A-Za-z.+!_-]{0,63})$"
 )
+
+
+def requirements_key(requirements: Sequence[str]) -> str:
+    """What names a set of pinned requirements: the image keeps each set's wheels in
+    ``/opt/plugin-deps/<key>`` and jobs find them by it (`PluginRef.deps`)."""
+    lines = "".join(f"{r}\n" for r in sorted(set(requirements)))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def canonical_name(name: str) -> str:
@@ -188,7 +195,11 @@ class _Budget:
 
 
 def _walk(root: Path) -> Iterator[tuple[tuple[str, ...], os.stat_result]]:
-    """Yield (relative parts, lstat) of every regular file under `root`; refuse anything odd."""
+    """Yield (relative parts, lstat) of every regular file under `root`; refuse anything odd.
+
+    For a directory being added: cache directories (`SKIPPED_DIRS`) are left out. A stored copy
+    is checked by `verify_installed`, which skips nothing.
+    """
     root_st = os.lstat(root)
     if not stat.S_ISDIR(root_st.st_mode):
         raise PluginManifestError(f"{root} is not a directory")
@@ -380,10 +391,6 @@ def stage_plugin(source: Path, plugins_root: Path) -> StagedPlugin:
         raise
 
 
-def install_dir(plugins_root: Path, name: str, version: str) -> Path:
-    return plugins_root / f"{name}-{version}"
-
-
 # ---------------------------------------------------------------------------------------------
 # Installed plugins
 
@@ -405,6 +412,11 @@ class InstalledPlugin:
     description: str = ""
     added_at: datetime | None = None
 
+    @property
+    def deps_key(self) -> str | None:
+        """`requirements_key` of its requirements; None when it has none."""
+        return requirements_key(self.requirements) if self.requirements else None
+
     def ref(self) -> PluginRef:
         return PluginRef(
             name=self.name,
@@ -412,38 +424,7 @@ class InstalledPlugin:
             sha256=self.tree_sha256,
             entry=self.entry,
             hooks=self.hooks,
-        )
-
-
-def verify_installed(plugin: InstalledPlugin) -> None:
-    """Re-hash the stored copy; raise `PluginTamperedError` naming each file that differs."""
-    label = f"plugin {plugin.name} {plugin.version}"
-    problems: list[str] = []
-    try:
-        found = {f.path: f.sha256 for f in hash_tree(plugin.path)}
-    except FileNotFoundError:
-        problems.append(f"its stored copy {plugin.path} is missing")
-        found = {}
-    except PluginManifestError as exc:
-        problems.append(str(exc))
-        found = {}
-    if not problems:
-        for path, expected in sorted(plugin.files.items()):
-            got = found.get(path)
-            if got is None:
-                problems.append(f"{path}: missing (expected sha256 {expected})")
-            elif got != expected:
-                problems.append(f"{path}: expected sha256 {expected}, got {got}")
-        for path in sorted(set(found) - set(plugin.files)):
-            problems.append(f"{path}: not part of the plugin (sha256 {found[path]})")
-        if not problems and tree_sha256(found) != plugin.tree_sha256:
-            problems.append("the tree hash differs from the recorded one")
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise PluginTamperedError(
-            f"{label} was modified after it was added: {problems[0]}{more}",
-            plugin=plugin.name,
-            problems=problems,
+            deps=self.deps_key,
         )
 
 
@@ -483,13 +464,12 @@ __all__ = [
     "canonical_name",
     "copy_tree_hashed",
     "hash_tree",
-    "install_dir",
     "make_read_only",
     "normalize_requirement",
     "parse_manifest",
     "remove_tree",
     "requirement_conflicts",
+    "requirements_key",
     "stage_plugin",
     "tree_sha256",
-    "verify_installed",
 ]

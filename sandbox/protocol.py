@@ -73,6 +73,10 @@ WORK_DIR: Final = "/job/work"
 MODELS_DIR: Final = "/models"
 #: Each vetted plugin a job asks for is bind-mounted read-only at ``/plugins/<name>``.
 PLUGINS_DIR: Final = "/plugins"
+#: In the image: each plugin's requirement wheels, installed apart from the worker's venv in
+#: ``/opt/plugin-deps/<requirements key>`` (`PluginRef.deps`); a job appends only its plugins'
+#: directories to ``sys.path``, as plain entries (no ``.pth`` processing).
+PLUGIN_DEPS_DIR: Final = "/opt/plugin-deps"
 
 MAX_SPEC_BYTES: Final = 256 * 1024
 #: In-band outputs (warm workers): raw bytes per `OutputMessage` piece (base64 on the wire).
@@ -154,6 +158,8 @@ class PluginRef(_Strict):
     sha256: str = Field(pattern=_SHA256_RE)
     entry: str = Field(pattern=PLUGIN_ENTRY_RE)
     hooks: tuple[str, ...] = Field(min_length=1, max_length=len(PLUGIN_HOOKS))
+    deps: str | None = Field(default=None, pattern=_SHA256_RE)
+    """The key of its requirements' directory under `PLUGIN_DEPS_DIR`; None without any."""
 
     @field_validator("hooks")
     @classmethod
@@ -583,6 +589,7 @@ __all__ = [
     "OUTPUT_RESULT_JSON",
     "OUT_DIR",
     "PLUGINS_DIR",
+    "PLUGIN_DEPS_DIR",
     "PLUGIN_ENTRY_RE",
     "PLUGIN_HOOKS",
     "PLUGIN_NAME_RE",

@@ -4,8 +4,10 @@
 
 * plugins: `add_plugin` vets a directory (`sandbox.plugins.stage_plugin`), refuses
   requirement conflicts with the image's pins and with other plugins, moves the read-only copy
-  into ``<plugins dir>/<name>-<version>/`` and records it with every file's sha256
-  (`catalog.sandbox_records`); `verify_plugins` re-hashes the stored copies;
+  into ``<plugins dir>/<tree sha256>/`` and records it with every file's sha256 and its folder
+  (`catalog.sandbox_records`); `verify_plugins` checks each stored copy is exactly its
+  recorded files. Copies stored under the old ``<name>-<version>`` names (which two plugins
+  could share) are moved to their tree-hash folders when the service opens the catalog;
 * the image: `build` passes every added plugin's requirements to `build_image` (so the
   hash-locked wheelhouse includes them), and records the `ImageRecord` in the catalog as well
   as in the JSON record file; `image_status` says whether the image is missing, changed on the
@@ -22,9 +24,10 @@ container.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -45,17 +48,17 @@ from sandbox.errors import (
     SandboxError,
 )
 from sandbox.image.record import ImageRecord, load_record
+from sandbox.plugin_store import move_legacy_folder, store_dir, verify_installed
 from sandbox.plugins import (
     InstalledPlugin,
     base_pins,
-    install_dir,
     make_read_only,
     remove_tree,
     requirement_conflicts,
     stage_plugin,
-    verify_installed,
 )
 from sandbox.protocol import PLUGIN_NAME_RE, PLUGIN_VERSION_RE, JobSpec, Limits, ModelRef
+from sandbox.status import ImageStatus
 
 RunMode = Literal["auto", "per-job", "warm"]
 
@@ -92,90 +95,6 @@ class PluginCheck:
     problems: tuple[str, ...] = ()
 
 
-@dataclass
-class ImageStatus:
-    """What `assetmgr sandbox status` reports."""
-
-    record_path: Path
-    record: ImageRecord | None
-    record_problem: str | None = None
-    engine_reachable: bool | None = None
-    engine_matches: bool | None = None
-    engine_problem: str | None = None
-    in_catalog: bool = False
-    worker_current: bool | None = None
-    app_current: bool | None = None
-    added_plugins: list[InstalledPlugin] = field(default_factory=list)
-    required: list[str] = field(default_factory=list)
-    in_image: list[str] = field(default_factory=list)
-    stale_reasons: list[str] = field(default_factory=list)
-
-    @property
-    def built(self) -> bool:
-        return self.record is not None
-
-    @property
-    def stale(self) -> bool:
-        return bool(self.stale_reasons)
-
-    @property
-    def missing_from_image(self) -> list[str]:
-        return sorted(set(self.required) - set(self.in_image))
-
-    @property
-    def unused_in_image(self) -> list[str]:
-        return sorted(set(self.in_image) - set(self.required))
-
-    def as_json(self) -> dict[str, Any]:
-        r = self.record
-        return {
-            "record_path": str(self.record_path),
-            "built": self.built,
-            "record_problem": self.record_problem,
-            "image": None
-            if r is None
-            else {
-                "image_id": r.image_id,
-                "tag": r.tag,
-                "layer_diff_ids": list(r.layer_diff_ids),
-                "lock_sha256": r.lock_sha256,
-                "rootfs_sha256": r.rootfs_sha256,
-                "torch_variant": r.torch_variant,
-                "built_at": r.created_at.isoformat(),
-                "app_version": r.app_version,
-                "worker_sha256": r.worker_sha256,
-                "size_bytes": r.size_bytes,
-                "plugin_requirements": list(r.plugin_requirements),
-                "plugin_requirements_sha256": r.plugin_requirements_sha256,
-            },
-            "engine": {
-                "reachable": self.engine_reachable,
-                "matches": self.engine_matches,
-                "problem": self.engine_problem,
-            },
-            "in_catalog": self.in_catalog,
-            "worker_current": self.worker_current,
-            "app_current": self.app_current,
-            "plugins": {
-                "added": [
-                    {
-                        "name": p.name,
-                        "version": p.version,
-                        "requirements": list(p.requirements),
-                        "trusted": p.trusted,
-                    }
-                    for p in self.added_plugins
-                ],
-                "required": list(self.required),
-                "in_image": list(self.in_image),
-                "missing_from_image": self.missing_from_image,
-                "unused_in_image": self.unused_in_image,
-            },
-            "stale": self.stale,
-            "stale_reasons": list(self.stale_reasons),
-        }
-
-
 def _plugin_from_rows(row: Plugin, files: Sequence[PluginFile], root: Path) -> InstalledPlugin:
     return InstalledPlugin(
         name=row.name,
@@ -185,20 +104,21 @@ def _plugin_from_rows(row: Plugin, files: Sequence[PluginFile], root: Path) -> I
         requirements=tuple(row.requirements),
         tree_sha256=row.tree_sha256,
         trusted=row.trusted,
-        path=_safe_install_dir(root, row.name, row.version),
+        path=_stored_path(root, row),
         files={f.path: f.sha256 for f in files},
         description=row.description,
         added_at=row.added_at,
     )
 
 
-def _safe_install_dir(root: Path, name: str, version: str) -> Path:
-    """The stored copy's directory; the catalog's strings are re-checked before use as a path."""
-    import re
-
-    if not re.match(PLUGIN_NAME_RE, name) or not re.match(PLUGIN_VERSION_RE, version):
-        raise PluginError(f"the catalog holds an invalid plugin name or version: {name!r}")
-    return install_dir(root, name, version)
+def _stored_path(root: Path, row: Plugin) -> Path:
+    """The stored copy's folder; the catalog's string is re-checked before use as a path."""
+    try:
+        return store_dir(root, row.store_dir or row.tree_sha256)
+    except PluginManifestError:
+        raise PluginError(
+            f"the catalog holds an invalid folder for plugin {row.name!r}: {row.store_dir!r}"
+        ) from None
 
 
 class SandboxService:
@@ -222,6 +142,7 @@ class SandboxService:
         self.reuse_workers = reuse_workers
         self._warm: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         self._lock = threading.Lock()
+        self.moved_plugins = self._move_legacy_folders()
 
     @property
     def client(self) -> Any:
@@ -232,6 +153,35 @@ class SandboxService:
         return self._client
 
     # --- plugins ----------------------------------------------------------------------------
+
+    def _move_legacy_folders(self) -> list[str]:
+        """Give plugins stored as ``<name>-<version>`` their tree-hash folder; record it.
+
+        Such a folder is moved only if it holds this plugin's manifest (two plugins could
+        share it, and only the one written last is in it); the other plugin's copy then shows
+        as missing in `verify_plugins` and must be added again. Returns the moved names.
+        """
+        with session_scope(self.engine) as session:
+            pending = session.exec(select(Plugin).where(col(Plugin.store_dir).is_(None))).first()
+        if pending is None:
+            return []
+        moved = []
+        with session_scope(self.engine, write=True) as session:
+            rows = session.exec(select(Plugin).where(col(Plugin.store_dir).is_(None))).all()
+            for row in sorted(rows, key=lambda r: r.name):
+                if not re.match(r"^[0-9a-f]{64}$", row.tree_sha256):
+                    continue  # a damaged row: `_stored_path` refuses it when it is used
+                safe = re.match(PLUGIN_NAME_RE, row.name) and re.match(
+                    PLUGIN_VERSION_RE, row.version
+                )
+                manifest = (row.manifest_file, row.manifest_sha256)
+                if safe and move_legacy_folder(
+                    self.plugins_root, row.name, row.version, row.tree_sha256, manifest
+                ):
+                    moved.append(row.name)
+                row.store_dir = row.tree_sha256
+                session.add(row)
+        return moved
 
     def _load(self, session: Session, name: str) -> tuple[Plugin, list[PluginFile]] | None:
         row = session.exec(select(Plugin).where(Plugin.name == name)).first()
@@ -303,10 +253,10 @@ class SandboxService:
                         f"plugin {m.name} cannot be added: {'; '.join(conflicts)}",
                         hint="Plugins share one image: their pinned requirements must agree.",
                     )
-                dest = install_dir(self.plugins_root, m.name, m.version)
+                dest = store_dir(self.plugins_root, staged.tree_sha256)
                 if existing is not None:
                     row, old_files = existing
-                    old_dir = _safe_install_dir(self.plugins_root, row.name, row.version)
+                    old_dir = _stored_path(self.plugins_root, row)
                     for f in old_files:
                         session.delete(f)
                     session.delete(row)
@@ -331,6 +281,7 @@ class SandboxService:
                     total_bytes=staged.total_bytes,
                     trusted=trust,
                     source_path=str(staged.source),
+                    store_dir=staged.tree_sha256,
                 )
                 session.add(row)
                 session.flush()
@@ -391,6 +342,11 @@ class SandboxService:
     def required_requirements(self, plugins: Sequence[InstalledPlugin] | None = None) -> list[str]:
         plugins = self.list_plugins() if plugins is None else plugins
         return sorted({r for p in plugins for r in p.requirements})
+
+    @staticmethod
+    def required_sets(plugins: Sequence[InstalledPlugin]) -> dict[str, list[str]]:
+        """Each plugin requirement set the image must hold, by key (`requirements_key`)."""
+        return {p.deps_key: sorted(p.requirements) for p in plugins if p.deps_key is not None}
 
     # --- the image ----------------------------------------------------------------------------
 
@@ -467,7 +423,7 @@ class SandboxService:
             force=force,
             progress=progress,
             cancel=cancel,
-            plugin_requirements=self.required_requirements(),
+            plugin_requirement_sets=[p.requirements for p in self.list_plugins()],
             find_links=list(find_links),
             no_index=no_index,
         )
@@ -489,6 +445,8 @@ class SandboxService:
             return status
         status.record = record
         status.in_image = sorted(record.plugin_requirements)
+        status.required_sets = self.required_sets(status.added_plugins)
+        status.in_image_sets = dict(record.plugin_dep_sets)
         stored = self.catalog_record(record.image_id)
         if stored is None:
             self.record_image(record)
@@ -530,9 +488,10 @@ class SandboxService:
 
     def prune(self, *, include_running: bool = False, models: bool = False) -> dict[str, list[str]]:
         from sandbox.image.build import prune_images
-        from sandbox.runner import prune
+        from sandbox.prune import prune, prune_plugin_copies
 
         report = prune(self.client, include_running=include_running, models=models)
+        copies = prune_plugin_copies(self.client, self.plugins_root)
         keep = ""
         try:
             keep = load_record(self.record_path).image_id
@@ -545,6 +504,7 @@ class SandboxService:
             "model_volumes": report.model_volumes,
             "plugin_volumes": report.plugin_volumes,
             "compile_caches": report.compile_caches,
+            "plugin_copies": copies,
             "images": images,
         }
 
@@ -678,6 +638,7 @@ def _identity(record: ImageRecord) -> tuple[Any, ...]:
         record.rootfs_sha256,
         record.inputs_sha256,
         tuple(record.plugin_requirements),
+        tuple(sorted(record.plugin_dep_sets)),
     )
 
 

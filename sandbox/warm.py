@@ -79,6 +79,7 @@ from sandbox.runner import (
     JobContainer,
     JobResult,
     MessageCallback,
+    PluginSources,
     check_engine,
     check_plugins,
     new_job_id,
@@ -157,6 +158,7 @@ class WarmWorker:
         self.jobs_done = 0
         self.ready_s: float | None = None
         self._container: JobContainer | None = None
+        self._plugin_sources = PluginSources()
         self._sock: Any = None
         self._demux = _Demux()
 
@@ -179,26 +181,31 @@ class WarmWorker:
         model_volumes, check_local = prepare_models(
             self.client, self.image, self.models, self.model_files
         )
-        plugin_volumes = prepare_plugins(self.client, self.image, self.plugins)
-        plan = plan_container(
-            new_job_id().replace("job-", "warm-"),
-            self.image,
-            self.limits,
-            self.models,
-            self.model_files,
-            client=self.client,
-            gpus=self.gpus,
-            check_local_paths=check_local,
-            model_volumes=model_volumes,
-            role="warm-worker",
-            command=(*WORKER_COMMAND[:-1], "--serve"),
-            stdin_open=True,
-            plugin_refs=[p.ref() for p in self.plugins],
-            plugin_dirs={p.name: p.path for p in self.plugins},
-            plugin_volumes=plugin_volumes,
-        )
-        job = JobContainer(self.client, plan)
-        job.__enter__()
+        self._plugin_sources.close()
+        self._plugin_sources = prepare_plugins(self.client, self.image, self.plugins)
+        try:
+            plan = plan_container(
+                new_job_id().replace("job-", "warm-"),
+                self.image,
+                self.limits,
+                self.models,
+                self.model_files,
+                client=self.client,
+                gpus=self.gpus,
+                check_local_paths=check_local,
+                model_volumes=model_volumes,
+                role="warm-worker",
+                command=(*WORKER_COMMAND[:-1], "--serve"),
+                stdin_open=True,
+                plugin_refs=[p.ref() for p in self.plugins],
+                plugin_dirs=self._plugin_sources.dirs,
+                plugin_volumes=self._plugin_sources.volumes,
+            )
+            job = JobContainer(self.client, plan)
+            job.__enter__()
+        except BaseException:
+            self._plugin_sources.close()
+            raise
         self._container = job
         try:
             ct = job.container
@@ -228,6 +235,7 @@ class WarmWorker:
         if self._container is not None:
             self._container.remove()
             self._container = None
+        self._plugin_sources.close()
         self._demux = _Demux()
 
     def _raw_socket(self) -> socket.socket:

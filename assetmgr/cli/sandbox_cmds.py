@@ -208,7 +208,9 @@ def sandbox_prune(
         f"removed {len(report['containers'])} containers, {len(report['volumes'])} volumes, "
         f"{len(report['model_volumes'])} model volumes, "
         f"{len(report.get('plugin_volumes', []))} plugin volumes, "
-        f"{len(report.get('compile_caches', []))} compile caches, {len(report['images'])} images",
+        f"{len(report.get('compile_caches', []))} compile caches, "
+        f"{len(report.get('plugin_copies', []))} leftover plugin copies, "
+        f"{len(report['images'])} images",
         err=True,
     )
 
@@ -263,7 +265,7 @@ def demo_lines(result: Any) -> list[str]:
 # plugins
 
 
-def _plugin_json(p: Any, in_image: set[str] | None = None) -> dict[str, Any]:
+def _plugin_json(p: Any, sets_in_image: set[str] | None = None) -> dict[str, Any]:
     data = {
         "name": p.name,
         "version": p.version,
@@ -277,8 +279,8 @@ def _plugin_json(p: Any, in_image: set[str] | None = None) -> dict[str, Any]:
         "description": p.description,
         "added_at": p.added_at.isoformat() if p.added_at else None,
     }
-    if in_image is not None:
-        data["in_image"] = set(p.requirements) <= in_image
+    if sets_in_image is not None:
+        data["in_image"] = p.deps_key is None or p.deps_key in sets_in_image
     return data
 
 
@@ -297,7 +299,7 @@ def plugins_add(
     service = _service()
     result = service.add_plugin(directory, trust=trust, replace=replace)
     p = result.plugin
-    stale = bool(p.requirements) and not _image_has(service, p.requirements)
+    stale = p.deps_key is not None and not _image_has(service, p.deps_key)
     if as_json:
         print_json(
             {
@@ -322,7 +324,8 @@ def plugins_add(
         )
 
 
-def _image_has(service: Any, requirements: Any) -> bool:
+def _image_has(service: Any, deps_key: str) -> bool:
+    """Whether the built image holds this requirement set (its own directory of wheels)."""
     from sandbox.errors import ImageError
     from sandbox.image.record import load_record
 
@@ -330,7 +333,7 @@ def _image_has(service: Any, requirements: Any) -> bool:
         record = load_record(service.record_path)
     except ImageError:
         return False
-    return set(requirements) <= set(record.plugin_requirements)
+    return deps_key in record.plugin_dep_sets
 
 
 @plugins_app.command("list")
@@ -343,13 +346,13 @@ def plugins_list(
 
     service = _service()
     plugins = service.list_plugins()
-    in_image: set[str] | None
+    sets_in_image: set[str] | None
     try:
-        in_image = set(load_record(service.record_path).plugin_requirements)
+        sets_in_image = set(load_record(service.record_path).plugin_dep_sets)
     except ImageError:
-        in_image = None
+        sets_in_image = None
     if as_json:
-        print_json([_plugin_json(p, in_image) for p in plugins])
+        print_json([_plugin_json(p, sets_in_image) for p in plugins])
         return
     if not plugins:
         print_line("no plugins added; add one with `assetmgr plugins add DIR`", err=True)

@@ -42,8 +42,11 @@ class ImageRecord(BaseModel):
     build_inputs: dict[str, JsonValue] = Field(default_factory=dict)
     timings_s: dict[str, float] = Field(default_factory=dict)
     plugin_requirements: list[str] = Field(default_factory=list)
-    """The added plugins' pinned requirements whose wheels the image's lock includes."""
+    """Every pinned requirement of the plugin sets below (for display)."""
     plugin_requirements_sha256: str | None = None
+    plugin_dep_sets: dict[str, list[str]] = Field(default_factory=dict)
+    """Each plugin requirement set the image holds, by key (its ``/opt/plugin-deps/<key>``
+    directory, `sandbox.plugins.requirements_key`): the pins it was resolved from."""
 
 
 def default_record_path() -> Path:

@@ -17,11 +17,13 @@ import shutil
 import sys
 import tempfile
 import threading
+import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from sandbox.errors import ImageError
+from sandbox.errors import ImageError, PluginWheelRefusedError
 from sandbox.image._proc import ProgressCallback, base_env, run_command
 
 TorchVariant = Literal["cpu", "cuda"]
@@ -79,15 +81,9 @@ class Wheelhouse:
     lock_sha256: str
     wheels: tuple[LockedWheel, ...]
     cached: bool
-    extra_directories: tuple[Path, ...] = ()
-    """More wheel directories (plugin wheels on top of the base wheelhouse)."""
-    plugin_requirements: tuple[str, ...] = ()
 
     def wheel_paths(self) -> list[Path]:
-        out = []
-        for directory in (self.directory, *self.extra_directories):
-            out += [p for p in sorted(directory.iterdir()) if not p.name.startswith(".")]
-        return out
+        return [p for p in sorted(self.directory.iterdir()) if not p.name.startswith(".")]
 
 
 def platform_tags(machine: str, glibc: tuple[int, int]) -> list[str]:
@@ -326,16 +322,119 @@ def prepare_wheelhouse(
 
 
 # ---------------------------------------------------------------------------------------------
-# Plugin requirements on top of the base wheelhouse
+# Plugin requirements: one wheel set per plugin, installed apart from the worker's venv
+
+
+#: Modules that ``site`` imports at start-up when they are on ``sys.path``.
+_HOOK_MODULES = ("sitecustomize", "usercustomize")
+
+
+def _installs_as(member: str) -> str | None:
+    """Where a wheel member lands, relative to the directory ``pip install --target`` fills.
+
+    ``<dist>.data/purelib|platlib|data/X`` land at ``X`` (pip moves the data scheme's files
+    into the target too), ``.data/scripts/X`` at ``bin/X``; headers go elsewhere (None).
+    """
+    parts = member.split("/")
+    if len(parts) >= 3 and parts[0].endswith(".data"):
+        scheme, rest = parts[1], "/".join(parts[2:])
+        if scheme in ("purelib", "platlib", "data"):
+            return rest
+        return f"bin/{rest}" if scheme == "scripts" else None
+    return member
+
+
+def startup_hooks(wheel: Path) -> list[tuple[str, str]]:
+    """(member, installed path) of every file of `wheel` that Python would run at start-up.
+
+    That is a ``.pth`` file at the top of the install directory (``*-nspkg.pth`` included:
+    its ``import`` lines run), a top-level ``sitecustomize`` or ``usercustomize`` module or
+    package, and anything whose path leaves the install directory.
+    """
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ImageError(f"{wheel.name} is not a readable wheel: {exc}") from None
+    found = []
+    for member in names:
+        target = _installs_as(member)
+        if target is None:
+            continue
+        parts = [p for p in target.split("/") if p]
+        if target.startswith("/") or ".." in parts:
+            found.append((member, target))
+            continue
+        if not parts:
+            continue
+        top = parts[0]
+        if (len(parts) == 1 and top.lower().endswith(".pth")) or any(
+            top == hook or top.startswith(hook + ".") for hook in _HOOK_MODULES
+        ):
+            found.append((member, top))
+    return found
+
+
+def refuse_startup_hooks(wheels: Sequence[Path]) -> None:
+    """Raise `PluginWheelRefusedError` naming the first wheel and file that is a startup hook."""
+    for wheel in wheels:
+        hooks = startup_hooks(wheel)
+        if hooks:
+            member, target = hooks[0]
+            raise PluginWheelRefusedError(wheel=wheel.name, member=member, installs_as=target)
+
+
+@dataclass(frozen=True)
+class PluginDepSet:
+    """The wheels one plugin's requirements need beyond the image's own (their closure)."""
+
+    key: str
+    """`sandbox.plugins.requirements_key` of `requirements`: its directory in the image."""
+    requirements: tuple[str, ...]
+    directory: Path
+    wheels: tuple[LockedWheel, ...]
+    cached: bool
+
+    @property
+    def lock_text(self) -> str:
+        return "".join(
+            f"{w.name}=={w.version} --hash=sha256:{w.sha256}\n"
+            for w in sorted(self.wheels, key=lambda w: w.name)
+        )
+
+    def wheel_paths(self) -> list[Path]:
+        return [self.directory / w.filename for w in self.wheels]
+
+
+@dataclass(frozen=True)
+class PluginWheelhouse:
+    """Every added plugin's wheel set; each is installed into its own directory of the image."""
+
+    sets: tuple[PluginDepSet, ...] = ()
+
+    @property
+    def lock_text(self) -> str:
+        return "".join(
+            f"# plugin requirements {s.key}: {' '.join(s.requirements)}\n{s.lock_text}"
+            for s in self.sets
+        )
+
+    @property
+    def requirements(self) -> list[str]:
+        return sorted({r for s in self.sets for r in s.requirements})
+
+    @property
+    def cached(self) -> bool:
+        return all(s.cached for s in self.sets)
 
 
 def _plugin_key(
-    base: Wheelhouse, requirements: list[str], find_links: list[Path], no_index: bool
+    base: Wheelhouse, requirements: Sequence[str], find_links: list[Path], no_index: bool
 ) -> str:
     blob = json.dumps(
         {
             "base_lock": base.lock_sha256,
-            "requirements": requirements,
+            "requirements": list(requirements),
             "find_links": [str(p) for p in find_links],
             "no_index": no_index,
             "lock_format": LOCK_FORMAT,
@@ -345,68 +444,33 @@ def _plugin_key(
     return hashlib.sha256(blob).hexdigest()
 
 
-def _merged(
+def _resolve_set(
     base: Wheelhouse,
-    extra_dir: Path,
-    extras: list[LockedWheel],
-    inputs: WheelhouseInputs,
-    requirements: list[str],
-    cached: bool,
-) -> Wheelhouse:
-    wheels = [*base.wheels, *extras]
-    lock_text = render_lock(wheels, inputs) + "".join(
-        f"# plugin requirement: {r}\n" for r in requirements
-    )
-    return Wheelhouse(
-        directory=base.directory,
-        lock_path=extra_dir.parent / "requirements.lock",
-        lock_text=lock_text,
-        lock_sha256=hashlib.sha256(lock_text.encode()).hexdigest(),
-        wheels=tuple(sorted(wheels, key=lambda w: w.name)),
-        cached=cached,
-        extra_directories=(extra_dir,),
-        plugin_requirements=tuple(requirements),
-    )
-
-
-def extend_wheelhouse(
-    base: Wheelhouse,
-    plugin_requirements: list[str],
+    requirements: tuple[str, ...],
     inputs: WheelhouseInputs,
     cache_dir: Path,
     *,
     progress: ProgressCallback,
     cancel: threading.Event,
-    offline: bool = False,
-    find_links: list[Path] | None = None,
-    no_index: bool = False,
-) -> Wheelhouse:
-    """The base wheelhouse plus the wheels that plugins' pinned requirements need.
+    offline: bool,
+    links: list[Path],
+    no_index: bool,
+) -> PluginDepSet:
+    from sandbox.plugins import requirements_key
 
-    ``pip download --only-binary :all:`` resolves the requirements for the image's platform,
-    constrained to the base lock (a plugin can add packages, never change a pinned one), with
-    the base wheels as a local source. Only wheels the base lacks are kept, in their own cache
-    entry keyed by the base lock and the requirement set; the merged lock (base + extras, and a
-    comment per plugin requirement) is what the image installs with ``--require-hashes``.
-    `find_links` and `no_index` let a wheel come from a local directory (offline tests, vetted
-    private wheels).
-    """
-    requirements = sorted(set(plugin_requirements))
-    if not requirements:
-        return base
-    links = [Path(p).resolve() for p in find_links or []]
+    key = requirements_key(requirements)
     entry = cache_dir / "plugin-wheels" / _plugin_key(base, requirements, links, no_index)[:24]
     extra_dir = entry / "wheels"
     base_locked = {w.name: (w.version, w.sha256) for w in base.wheels}
     lock_path = entry / "requirements.lock"
     if lock_path.is_file() and extra_dir.is_dir():
-        extras = _scan(extra_dir)
-        merged = _merged(base, extra_dir, extras, inputs, requirements, cached=True)
-        if merged.lock_text == lock_path.read_text() and not set(base_locked) & {
-            w.name for w in extras
+        found = PluginDepSet(key, requirements, extra_dir, tuple(_scan(extra_dir)), cached=True)
+        if found.lock_text == lock_path.read_text() and not set(base_locked) & {
+            w.name for w in found.wheels
         }:
+            refuse_startup_hooks(found.wheel_paths())
             progress("verify cached plugin wheels", 1.0)
-            return merged
+            return found
     if offline and not no_index:
         raise ImageError(
             "plugin requirements are not in the cache and --offline was given",
@@ -444,13 +508,67 @@ def extend_wheelhouse(
                     f"the image pins {pinned[0]}"
                 )
             else:
-                (scratch / wheel.filename).unlink()  # the base already has it
+                (scratch / wheel.filename).unlink()  # the worker's venv already has it
+        refuse_startup_hooks([scratch / w.filename for w in extras])
         shutil.rmtree(extra_dir, ignore_errors=True)
         scratch.rename(extra_dir)
-        merged = _merged(base, extra_dir, extras, inputs, requirements, cached=False)
+        resolved = PluginDepSet(key, requirements, extra_dir, tuple(extras), cached=False)
         tmp_lock = entry / ".requirements.lock.tmp"
-        tmp_lock.write_text(merged.lock_text)
-        tmp_lock.replace(lock_path)
-        return merged
+        tmp_lock.write_text(resolved.lock_text)
+        tmp_lock.replace(lock_path)  # written last: its presence marks a complete entry
+        return resolved
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def resolve_plugin_wheels(
+    base: Wheelhouse,
+    requirement_sets: Sequence[Sequence[str]],
+    inputs: WheelhouseInputs,
+    cache_dir: Path,
+    *,
+    progress: ProgressCallback,
+    cancel: threading.Event,
+    offline: bool = False,
+    find_links: Sequence[Path] | None = None,
+    no_index: bool = False,
+) -> PluginWheelhouse:
+    """The wheels each plugin's pinned requirements need, one set per distinct requirement list.
+
+    Each set is resolved by ``pip download --only-binary :all:`` for the image's platform,
+    constrained to the base lock (a plugin can add packages, never change a pinned one), with
+    the base wheels as a local source; only wheels the base lacks are kept, cached per (base
+    lock, requirements). Wheels that would install a startup hook are refused
+    (`PluginWheelRefusedError`), and sets that a job could combine must agree on every
+    package's version. The image installs each set with ``pip install --target`` into its
+    own directory (``/opt/plugin-deps/<key>``), never into the worker's venv. `find_links`
+    and `no_index` let a wheel come from a local directory (offline tests, vetted wheels).
+    """
+    links = [Path(p).resolve() for p in find_links or []]
+    wanted = sorted({tuple(sorted(set(reqs))) for reqs in requirement_sets if reqs})
+    sets = [
+        _resolve_set(
+            base,
+            reqs,
+            inputs,
+            cache_dir,
+            progress=progress,
+            cancel=cancel,
+            offline=offline,
+            links=links,
+            no_index=no_index,
+        )
+        for reqs in wanted
+    ]
+    chosen: dict[str, tuple[LockedWheel, PluginDepSet]] = {}
+    for dep_set in sets:
+        for wheel in dep_set.wheels:
+            earlier = chosen.setdefault(wheel.name, (wheel, dep_set))
+            if (earlier[0].version, earlier[0].sha256) != (wheel.version, wheel.sha256):
+                raise ImageError(
+                    f"plugins' requirements need two versions of {wheel.name}: "
+                    f"{earlier[0].version} (for {' '.join(earlier[1].requirements)}) and "
+                    f"{wheel.version} (for {' '.join(dep_set.requirements)})",
+                    hint="A job may use both plugins: pin requirements that agree.",
+                )
+    return PluginWheelhouse(tuple(sets))

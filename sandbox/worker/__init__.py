@@ -148,11 +148,13 @@ def execute(
     channel: Channel,
     *,
     plugins_root: Path | None = None,
+    plugin_deps_root: Path | None = None,
     inline_outputs: bool = False,
 ) -> ResultMessage:
     """Run one validated job, write its files under `out_dir` and send its result line.
 
-    `plugins_root` is where the job's plugins are mounted (default ``/plugins``). With
+    `plugins_root` is where the job's plugins are mounted (default ``/plugins``) and
+    `plugin_deps_root` where the image keeps their requirements (``/opt/plugin-deps``). With
     `inline_outputs` (warm workers) the files also go out over `channel`, before the result
     line (see `Channel.send_outputs`).
     """
@@ -160,7 +162,7 @@ def execute(
     if runner is None:
         raise ValueError(f"this worker cannot run kind {spec.kind!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with plugin_host.activate(spec, plugins_root) as host:
+    with plugin_host.activate(spec, plugins_root, plugin_deps_root) as host:
         data = runner(spec, out_dir, channel)
         if host.plugins:
             extra = host.write_extra_outputs(out_dir, seed=_job_seed(spec))

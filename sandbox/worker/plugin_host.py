@@ -1,7 +1,11 @@
 """Loads a job's plugins from their read-only mounts and calls their hooks, containing failures.
 
-Runs only inside the container (the host never imports plugin code). For each `PluginRef` of
-the job, in order, the entry module is imported as ``assetmgr_plugin_<name>.<entry>`` from
+Runs only inside the container (the host never imports plugin code). First each plugin's
+requirement directory (``/opt/plugin-deps/<PluginRef.deps>``, built into the image apart from
+the worker's venv) is appended to ``sys.path`` as a plain entry: after the venv, so it shadows
+nothing the worker imports, and without ``site.addsitedir``, so no ``.pth`` file in it is read.
+A job that names no plugin never gets any of these directories. Then, for each `PluginRef`, in
+order, the entry module is imported as ``assetmgr_plugin_<name>.<entry>`` from
 ``/plugins/<name>`` (the plugin directory acts as a package, so relative imports work). Only
 the hooks the vetted manifest declares are looked up, and each must be a callable.
 
@@ -30,7 +34,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +43,7 @@ from typing import Any, Final
 from sandbox.protocol import (
     OUTPUT_EXTRA_RE,
     OUTPUT_PNG_RE,
+    PLUGIN_DEPS_DIR,
     PLUGINS_DIR,
     JobSpec,
     PluginRef,
@@ -105,6 +110,27 @@ def _import_entry(ref: PluginRef, directory: Path) -> types.ModuleType:
     return module
 
 
+def add_dependency_paths(refs: Sequence[PluginRef], deps_root: Path) -> list[str]:
+    """Append each plugin's requirement directory to ``sys.path``; return those added.
+
+    Plain entries at the end (never ``site.addsitedir``): ``.pth`` files and
+    ``sitecustomize`` there are never run, and nothing of the venv can be shadowed.
+    """
+    added = []
+    for ref in refs:
+        if ref.deps is None:
+            continue
+        directory = deps_root / ref.deps
+        if not directory.is_dir():
+            raise PluginError(
+                ref.name, "load", f"its requirements are not in the sandbox image ({directory})"
+            )
+        if str(directory) not in sys.path:
+            sys.path.append(str(directory))
+            added.append(str(directory))
+    return added
+
+
 def _contained(plugin: str, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
@@ -123,8 +149,11 @@ class PluginHost:
         self.plugins = plugins
 
     @classmethod
-    def load(cls, spec: JobSpec, root: Path | None = None) -> PluginHost:
+    def load(
+        cls, spec: JobSpec, root: Path | None = None, deps_root: Path | None = None
+    ) -> PluginHost:
         root = Path(root or PLUGINS_DIR)
+        add_dependency_paths(spec.plugins, Path(deps_root or PLUGIN_DEPS_DIR))
         raw_options = spec.params.get("plugin_options")
         all_options = raw_options if isinstance(raw_options, dict) else {}
         loaded = []
@@ -335,12 +364,14 @@ _ACTIVE: PluginHost | None = None
 
 
 @contextmanager
-def activate(spec: JobSpec, root: Path | None = None) -> Iterator[PluginHost]:
+def activate(
+    spec: JobSpec, root: Path | None = None, deps_root: Path | None = None
+) -> Iterator[PluginHost]:
     """Load the job's plugins and make them the active set until the block ends."""
     global _ACTIVE
     if _ACTIVE is not None:
         raise RuntimeError("a plugin host is already active")
-    host = PluginHost.load(spec, root) if spec.plugins else PluginHost(spec, [])
+    host = PluginHost.load(spec, root, deps_root) if spec.plugins else PluginHost(spec, [])
     _ACTIVE = host
     try:
         yield host
@@ -390,6 +421,7 @@ __all__ = [
     "PluginHost",
     "activate",
     "active",
+    "add_dependency_paths",
     "apply_post_process",
     "apply_prompt_hooks",
     "sampler_factories",

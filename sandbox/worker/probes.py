@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib
 import os
 import signal
 import socket
 import stat
 import struct
 import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -280,6 +282,7 @@ def environ(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
 
 @probe
 def processes(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    """Every visible process: name and real uid (read from its status, which stays readable)."""
     procs = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -287,11 +290,135 @@ def processes(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
         try:
             with open(f"/proc/{entry}/comm") as f:
                 comm = f.read().strip()
-            uid = os.stat(f"/proc/{entry}").st_uid
-        except OSError:
+            with open(f"/proc/{entry}/status") as f:
+                uid_line = next(line for line in f if line.startswith("Uid:"))
+        except (OSError, StopIteration):
             continue
-        procs.append({"pid": int(entry), "comm": comm, "uid": uid})
+        procs.append({"pid": int(entry), "comm": comm, "uid": int(uid_line.split()[1])})
     return {"ok": True, "processes": sorted(procs, key=lambda p: p["pid"])}
+
+
+@probe
+def sys_path(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    return {"ok": True, "sys_path": list(sys.path)}
+
+
+@probe
+def import_module(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    """Import `name` (a plugin's requirement, say); report where it came from."""
+    try:
+        module = importlib.import_module(str(args["name"]))
+    except ImportError as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True, "file": getattr(module, "__file__", None)}
+
+
+# --- the container's init (PID 1) ------------------------------------------------------------
+
+_PTRACE_DETACH = 17
+_PTRACE_SEIZE = 0x4206
+_PTRACE_INTERRUPT = 0x4207
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _ptrace_from_child(target: int) -> Observation:
+    """PTRACE_SEIZE `target` from a forked child (so the worker itself never becomes a tracer);
+    on success it interrupts the target, reports its state and detaches at once."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.ptrace(_PTRACE_SEIZE, target, None, None)
+        code = 0 if rc == 0 else ctypes.get_errno()
+        state = ""
+        if rc == 0:
+            libc.ptrace(_PTRACE_INTERRUPT, target, None, None)
+            time.sleep(0.2)
+            state = _proc_state(target)
+            libc.ptrace(_PTRACE_DETACH, target, None, None)
+        os.write(w, f"{code} {state}".encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        code_text, _, state = f.read().partition(" ")
+    os.waitpid(pid, 0)
+    code = int(code_text or "-1")
+    if code:
+        return {"ok": False, "errno": code, "errname": errno.errorcode.get(code, str(code))}
+    return {"ok": True, "state_while_traced": state}
+
+
+@probe
+def ptrace_init(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    """Try to ptrace PID 1 (what would let a job stop it and outlive its worker)."""
+    return {**_ptrace_from_child(1), "init_state_after": _proc_state(1)}
+
+
+@probe
+def ptrace_child(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    """Positive control for ptrace_init: ptrace works on a process of the job's own."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        return _ptrace_from_child(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+@probe
+def proc_mem_init(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    """Open PID 1's memory for writing (code injection without ptrace)."""
+    try:
+        os.close(os.open("/proc/1/mem", os.O_RDWR))
+    except OSError as exc:
+        return _err(exc)
+    return {"ok": True}
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+@probe
+def process_vm_init(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    """``process_vm_readv`` from PID 1: EPERM when access is refused, EFAULT when it is granted
+    (the address read is arbitrary)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.process_vm_readv.restype = ctypes.c_ssize_t
+    buf = ctypes.create_string_buffer(8)
+    local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), 8)
+    remote = _IoVec(int(args.get("address", 0x10000)), 8)
+    got = libc.process_vm_readv(1, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if got >= 0:
+        return {"ok": True, "bytes": got}
+    code = ctypes.get_errno()
+    return {"ok": False, "errno": code, "errname": errno.errorcode.get(code, str(code))}
+
+
+@probe
+def signal_init(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
+    """Send PID 1 the stop signals; report its state after each (``T`` would mean stopped)."""
+    states = {}
+    for name in ("SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU"):
+        try:
+            os.kill(1, getattr(signal, name))
+        except OSError as exc:
+            states[name] = _err(exc)["errname"]
+            continue
+        time.sleep(0.1)
+        states[name] = _proc_state(1)
+    stopped = [name for name, state in states.items() if state in ("T", "t")]
+    if stopped:
+        os.kill(1, signal.SIGCONT)
+    return {"ok": not stopped, "states": states, "stopped_by": stopped}
 
 
 # --- resource abuse --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -15,13 +15,23 @@ def _record_hash(data: bytes) -> str:
 
 
 def make_wheel(
-    dest: Path, name: str, version: str, code: str, requires: Sequence[str] = ()
+    dest: Path,
+    name: str,
+    version: str,
+    code: str,
+    requires: Sequence[str] = (),
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write ``<dist>-<version>-py3-none-any.whl`` with one module named like the dist."""
+    """Write ``<dist>-<version>-py3-none-any.whl`` with one module named like the dist.
+
+    `extra_files` adds members by their path in the wheel (e.g. ``evil.pth`` at the root, or
+    ``<dist>-<version>.data/data/x.pth``), each listed in RECORD like the rest.
+    """
     dist = name.replace("-", "_")
     info = f"{dist}-{version}.dist-info"
     files = {
         f"{dist}.py": code.encode(),
+        **dict(extra_files or {}),
         f"{info}/METADATA": (
             f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
             + "".join(f"Requires-Dist: {r}\n" for r in requires)

@@ -53,7 +53,7 @@ def test_plugins_add_list_verify_remove(tmp_path: Path, _isolated_home: Path) ->
     assert PLUGIN_KEYS <= set(added)
     assert added["name"] == "wildcards" and added["already_added"] is False
     assert added["hooks"] == ["prompt_transform", "extra_outputs"] and added["files"] == 7
-    assert Path(added["path"]) == _isolated_home / "plugins" / "wildcards-1.0.0"
+    assert Path(added["path"]) == _isolated_home / "plugins" / added["tree_sha256"]
     assetmgr("plugins", "add", str(EXAMPLES / "posterize"), "--trust")
     listed = json.loads(assetmgr("plugins", "list", "--json").stdout)
     assert [p["name"] for p in listed] == ["posterize", "wildcards"]
@@ -77,6 +77,30 @@ def test_plugins_add_list_verify_remove(tmp_path: Path, _isolated_home: Path) ->
     missing = assetmgr("plugins", "remove", "wildcards", check=False)
     assert missing.returncode == 3
     assert missing.stderr.startswith("error: no plugin named 'wildcards'")
+
+
+def test_a_planted_bytecode_file_is_named_by_verify_and_refuses_the_run(
+    tmp_path: Path, _isolated_home: Path
+) -> None:
+    import hashlib
+
+    added = json.loads(assetmgr("plugins", "add", str(EXAMPLES / "wildcards"), "--json").stdout)
+    stored = Path(added["path"])
+    stored.chmod(0o755)
+    (stored / "__pycache__").mkdir()
+    (stored / "__pycache__" / "wildcards_plugin.cpython-311.pyc").write_bytes(b"\0" * 16)
+    problem = (
+        "__pycache__/wildcards_plugin.cpython-311.pyc: not part of the plugin "
+        f"(sha256 {hashlib.sha256(bytes(16)).hexdigest()})"
+    )
+    bad = assetmgr("plugins", "verify", check=False)
+    assert bad.returncode == 1
+    assert bad.stderr == f"MODIFIED: wildcards 1.0.0: {problem}\n"
+    run = assetmgr("sandbox", "demo", "-p", "wildcards", check=False)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert lines[0] == f"error: plugin wildcards 1.0.0 was modified after it was added: {problem}"
+    assert lines[1].startswith("hint: Nothing was run.") and len(lines) == 2
 
 
 def test_refused_plugins_get_one_line_errors_with_hints(tmp_path: Path) -> None:

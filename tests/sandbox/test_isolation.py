@@ -28,6 +28,7 @@ from sandbox.errors import (
     JobTimeoutError,
     WorkerProtocolError,
 )
+from sandbox.labels import INIT_COMMAND, WORKER_COMMAND
 from sandbox.protocol import JobSpec, Limits, ModelRef, StreamLimits
 from sandbox.runner import (
     BASE_ENVIRONMENT,
@@ -184,6 +185,12 @@ def readonly_probes(
             ("hostname", {}),
             ("mounts", {}),
             ("read_file", {"path": "/proc/kcore"}),
+            ("ptrace_init", {}),
+            ("ptrace_child", {}),
+            ("proc_mem_init", {}),
+            ("process_vm_init", {}),
+            ("signal_init", {}),
+            ("read_file", {"path": "/proc/1/environ"}),
         ]
         observations, result = run_probes(
             sandbox_image,
@@ -302,8 +309,9 @@ def test_no_docker_socket_and_no_host_processes(readonly_probes: dict[str, Any])
     assert sock["present"] == [] and sock["mounted"] == []
     procs = obs(readonly_probes, 19)["processes"]
     comms = {p["comm"] for p in procs}
-    assert comms <= {"docker-init", "python", "python3", "python3.11"}, comms
+    assert comms <= {"sandbox-init", "python", "python3", "python3.11"}, comms
     assert {p["uid"] for p in procs} == {65534}
+    assert (procs[0]["pid"], procs[0]["comm"]) == (1, "sandbox-init")
     assert obs(readonly_probes, 20)["hostname"] == "sandbox"
 
 
@@ -311,6 +319,23 @@ def test_proc_kcore_is_masked(readonly_probes: dict[str, Any]) -> None:
     o = obs(readonly_probes, 22)
     # masked (reads as empty) or, on kernels without it, absent
     assert (o["ok"] and o["bytes"] == 0) or o.get("errname") in ("EACCES", "EPERM", "ENOENT"), o
+
+
+def test_the_init_cannot_be_traced_stopped_or_written(readonly_probes: dict[str, Any]) -> None:
+    control = obs(readonly_probes, 24)  # ptrace itself works on the job's own processes
+    assert control["ok"] is True and control["state_while_traced"] == "t", control
+    traced = obs(readonly_probes, 23)
+    assert traced["ok"] is False and traced["errname"] == "EPERM", traced
+    assert traced["init_state_after"] == "S", traced
+    mem = obs(readonly_probes, 25)
+    assert mem["ok"] is False and mem["errname"] in ("EACCES", "EPERM"), mem
+    vm = obs(readonly_probes, 26)
+    assert vm["ok"] is False and vm["errname"] == "EPERM", vm  # EFAULT would mean allowed
+    stop = obs(readonly_probes, 27)
+    assert stop["ok"] is True and stop["stopped_by"] == [], stop
+    assert set(stop["states"]) == {"SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU"}
+    environ = obs(readonly_probes, 28)  # non-dumpable: not even readable by the job's uid
+    assert environ["ok"] is False and environ["errname"] == "EACCES", environ
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,7 +504,8 @@ def test_created_container_passes_static_checks(
         assert hc["Memory"] == hc["MemorySwap"] == spec.limits.memory_bytes
         assert hc["NanoCpus"] > 0
         assert hc["IpcMode"] == "private" and hc["ShmSize"] == spec.limits.shm_bytes
-        assert hc["Init"] is True
+        assert not hc["Init"]  # our own PID 1 instead of docker-init
+        assert cfg["Cmd"] == [*INIT_COMMAND, *WORKER_COMMAND]
         assert hc["LogConfig"]["Type"] == "local" and hc["LogConfig"]["Config"]["max-size"]
         assert hc["Tmpfs"]["/tmp"].startswith("rw,noexec,nosuid,nodev")
         assert not hc["PortBindings"] and not hc.get("Devices")

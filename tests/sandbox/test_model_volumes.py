@@ -34,10 +34,8 @@ from sandbox.runner import (
     MODEL_TRANSPORT_ENV,
     SESSION_ID,
     StagedModel,
-    _volume_helper,
     check_host_config,
     engine_is_remote,
-    model_tar_stream,
     model_transport,
     new_job_id,
     new_nonce,
@@ -45,6 +43,7 @@ from sandbox.runner import (
     prune,
     run_job,
 )
+from sandbox.transport import _volume_helper, model_tar_stream
 
 MiB = 1 << 20
 IMAGE_ENV = ["PATH=/opt/venv/bin"]

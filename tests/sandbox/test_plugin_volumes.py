@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from sandbox.errors import PluginTamperedError, SandboxError
-from sandbox.plugins import InstalledPlugin, install_dir, make_read_only, stage_plugin
+from sandbox.plugin_store import store_dir
+from sandbox.plugins import InstalledPlugin, make_read_only, stage_plugin
 from sandbox.protocol import JobSpec, Limits
 from sandbox.runner import (
     FILL_DIR,
@@ -29,7 +30,6 @@ from sandbox.runner import (
     PLUGIN_DIR,
     SESSION_ID,
     StagedVolume,
-    _volume_helper,
     check_host_config,
     new_job_id,
     new_nonce,
@@ -38,6 +38,7 @@ from sandbox.runner import (
     prune,
     run_job,
 )
+from sandbox.transport import _volume_helper
 from tests.sandbox.test_model_volumes import watch_volume_fills
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def installed(root: Path, name: str = "wildcards") -> InstalledPlugin:
     """An added plugin (hashed, read-only stored copy), without the catalog."""
     staged = stage_plugin(EXAMPLES / name, root)
     m = staged.manifest
-    dest = install_dir(root, m.name, m.version)
+    dest = store_dir(root, staged.tree_sha256)
     make_read_only(staged.staging)
     os.rename(staged.staging, dest)
     return InstalledPlugin(

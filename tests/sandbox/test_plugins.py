@@ -42,11 +42,18 @@ from sandbox.errors import (
 )
 from sandbox.image.build import worker_digest
 from sandbox.image.record import ImageRecord, save_record
-from sandbox.image.wheels import LockedWheel, Wheelhouse, WheelhouseInputs, extend_wheelhouse
+from sandbox.image.wheels import (
+    LockedWheel,
+    PluginWheelhouse,
+    Wheelhouse,
+    WheelhouseInputs,
+    resolve_plugin_wheels,
+)
 from sandbox.plugins import (
     MAX_FILE_BYTES,
     hash_tree,
     parse_manifest,
+    requirements_key,
     stage_plugin,
     tree_sha256,
 )
@@ -125,6 +132,9 @@ def fake_record(requirements: list[str] | None = None, **kw: Any) -> ImageRecord
         "labels": {},
         "created_at": datetime.now(UTC),
         "plugin_requirements": sorted(requirements or []),
+        "plugin_dep_sets": (
+            {requirements_key(requirements): sorted(requirements)} if requirements else {}
+        ),
     }
     data.update(kw)
     return ImageRecord(**data)
@@ -341,7 +351,7 @@ def test_add_records_every_file_and_keeps_a_read_only_copy(
     result = service.add_plugin(src)
     p = result.plugin
     assert not result.already_added and p.name == "wildcards" and p.version == "1.0.0"
-    assert p.path == tmp_path / "plugins" / "wildcards-1.0.0"
+    assert p.path == tmp_path / "plugins" / p.tree_sha256  # named by content, never clashes
     expected = {
         str(f.relative_to(src)): hashlib.sha256(f.read_bytes()).hexdigest()
         for f in src.rglob("*")
@@ -487,7 +497,7 @@ def _base_house(tmp_path: Path) -> tuple[Wheelhouse, WheelhouseInputs]:
     return house, WheelhouseInputs(requirements="basepkg==1.0\n")
 
 
-def test_plugin_requirements_are_resolved_into_the_hashed_lock(tmp_path: Path) -> None:
+def test_plugin_requirements_are_resolved_into_hashed_sets(tmp_path: Path) -> None:
     base, inputs = _base_house(tmp_path)
     links = tmp_path / "links"
     dep = make_wheel(
@@ -498,13 +508,14 @@ def test_plugin_requirements_are_resolved_into_the_hashed_lock(tmp_path: Path) -
         requires=["tinyplug-sub==1.0", "basepkg==1.0"],
     )
     sub = make_wheel(links, "tinyplug-sub", "1.0", "X = 42\n")
+    other = make_wheel(links, "otherdep", "1.0", "Y = 1\n")
     make_wheel(links, "tinyplug-dep", "2.0", "VALUE = 2\n")
     stages: list[str] = []
 
-    def build() -> Wheelhouse:
-        return extend_wheelhouse(
+    def build(*sets: list[str]) -> PluginWheelhouse:
+        return resolve_plugin_wheels(
             base,
-            ["tinyplug-dep==1.0"],
+            list(sets),
             inputs,
             tmp_path / "cache",
             progress=lambda s, f: stages.append(s),
@@ -513,38 +524,36 @@ def test_plugin_requirements_are_resolved_into_the_hashed_lock(tmp_path: Path) -
             no_index=True,
         )
 
-    house = build()
-    lines = [line for line in house.lock_text.splitlines() if not line.startswith("#")]
+    house = build(["tinyplug-dep==1.0"], ["otherdep==1.0"], ["tinyplug-dep==1.0"], [])
+    by_key = {s.key: s for s in house.sets}
+    assert set(by_key) == {
+        requirements_key(["tinyplug-dep==1.0"]),
+        requirements_key(["otherdep==1.0"]),
+    }
+    dep_set = by_key[requirements_key(["tinyplug-dep==1.0"])]
+    lines = dep_set.lock_text.splitlines()
     for wheel, name in ((dep, "tinyplug-dep"), (sub, "tinyplug-sub")):
         sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
         assert f"{name}==1.0 --hash=sha256:{sha}" in lines
-    assert base.lock_text.strip() in lines  # the base pins stay, once
-    assert "# plugin requirement: tinyplug-dep==1.0" in house.lock_text
-    assert sorted(p.name for p in house.wheel_paths()) == sorted(
-        ["basepkg-1.0-py3-none-any.whl", dep.name, sub.name]
-    )
-    assert house.lock_sha256 != base.lock_sha256 and not house.cached
-    again = build()
-    assert again.cached and again.lock_sha256 == house.lock_sha256
-    assert (
-        extend_wheelhouse(
-            base, [], inputs, tmp_path / "cache", progress=print, cancel=threading.Event()
-        )
-        is base
-    )
+    assert len(lines) == 2  # basepkg is the venv's: never in a plugin set
+    assert [p.name for p in by_key[requirements_key(["otherdep==1.0"])].wheel_paths()] == [
+        other.name
+    ]
+    assert house.requirements == ["otherdep==1.0", "tinyplug-dep==1.0"]
+    assert "# plugin requirements " + dep_set.key + ": tinyplug-dep==1.0" in house.lock_text
+    assert not house.cached
+    again = build(["tinyplug-dep==1.0"], ["otherdep==1.0"])
+    assert again.cached and again.lock_text == house.lock_text
+    assert build().sets == ()
 
     make_wheel(links, "basepkg", "2.0", "VALUE = 2\n")
     with pytest.raises(ImageError, match="basepkg"):
-        extend_wheelhouse(
-            base,
-            ["basepkg==2.0"],
-            inputs,
-            tmp_path / "cache",
-            progress=print,
-            cancel=threading.Event(),
-            find_links=[links],
-            no_index=True,
-        )
+        build(["basepkg==2.0"])
+    # two sets a job could combine must agree on every package
+    make_wheel(links, "tinyplug-sub", "2.0", "X = 2\n")
+    make_wheel(links, "needs-new-sub", "1.0", "", requires=["tinyplug-sub==2.0"])
+    with pytest.raises(ImageError, match="two versions of tinyplug-sub"):
+        build(["tinyplug-dep==1.0"], ["needs-new-sub==1.0"])
 
 
 def test_status_says_stale_when_a_plugin_needs_new_wheels(
@@ -980,7 +989,8 @@ def test_trusted_plugins_share_a_warm_worker(real_service: SandboxService, tmp_p
 def test_plugin_requirement_wheels_are_in_the_rebuilt_image(
     engine: Engine, tmp_path: Path, docker_client: Any, sandbox_image: Any
 ) -> None:
-    """A plugin with a new requirement makes the image stale; a rebuild locks its wheel in.
+    """A plugin with a new requirement makes the image stale; a rebuild installs its wheel in
+    its own directory, which only jobs naming that plugin get on ``sys.path``.
 
     The wheel is built here and served from a local find-links directory (no index), so the
     test works offline. The rebuilt image gets its own tag and stays cached for later runs.
@@ -1003,9 +1013,10 @@ def test_plugin_requirement_wheels_are_in_the_rebuilt_image(
         "import tinyplug_dep\n"
         "def prompt_transform(p, n, ctx):\n    return p + ' ' + tinyplug_dep.VALUE, n\n"
     )
-    svc.add_plugin(
+    needsdep = svc.add_plugin(
         write_plugin(tmp_path / "src", "needsdep", requirements='["tinyplug-dep==1.0"]', code=code)
-    )
+    ).plugin
+    svc.add_plugin(EXAMPLES / "wildcards")  # a plugin without requirements
     status = svc.image_status()
     assert status.stale and status.missing_from_image == ["tinyplug-dep==1.0"]
     with pytest.raises(ImageStaleError):
@@ -1019,6 +1030,7 @@ def test_plugin_requirement_wheels_are_in_the_rebuilt_image(
         )
     record = svc.build(offline=True, find_links=[links], no_index=True)
     assert record.plugin_requirements == ["tinyplug-dep==1.0"]
+    assert record.plugin_dep_sets == {needsdep.deps_key: ["tinyplug-dep==1.0"]}
     assert record.tag.endswith("-p" + (record.plugin_requirements_sha256 or "")[:12])
     assert record.lock_sha256 != sandbox_image.lock_sha256
     assert not svc.image_status().stale
@@ -1031,6 +1043,33 @@ def test_plugin_requirement_wheels_are_in_the_rebuilt_image(
         gpus="none",
     )
     assert result.result.data["prompt"] == "x from a locked wheel"
+
+    deps_dir = f"/opt/plugin-deps/{needsdep.deps_key}"
+    probes = [{"name": "sys_path"}, {"name": "import_module", "args": {"name": "tinyplug_dep"}}]
+    for plugins in ([], ["wildcards"], ["needsdep"]):
+        run = svc.run(
+            "probe",
+            {"probes": probes},
+            tmp_path / f"probe-{'-'.join(plugins)}",
+            plugins=plugins,
+            limits=SMALL,
+            gpus="none",
+        )
+        path, imported = run.result.data["probes"]
+        if plugins == ["needsdep"]:  # positive control: its plugin's job imports it
+            assert path["sys_path"][-1] == deps_dir
+            assert imported == {
+                "name": "import_module",
+                "ok": True,
+                "file": f"{deps_dir}/tinyplug_dep.py",
+            }
+        else:  # nothing a plugin brought is on the path of a job that does not name it
+            assert not [e for e in path["sys_path"] if e.startswith("/opt/plugin-deps")], path
+            assert imported == {
+                "name": "import_module",
+                "ok": False,
+                "error": "ModuleNotFoundError",
+            }
 
 
 def test_the_plugin_api_agrees_with_the_protocol(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def attrs_for(plan: ContainerPlan) -> dict[str, Any]:
             "UTSMode": "",
             "UsernsMode": "",
             "ShmSize": plan.limits.shm_bytes,
-            "Init": True,
+            "Init": False,
             "AutoRemove": False,
             "RestartPolicy": {"Name": "", "MaximumRetryCount": 0},
             "PortBindings": {},
@@ -97,7 +97,7 @@ def attrs_for(plan: ContainerPlan) -> dict[str, Any]:
         },
         "Config": {
             "Image": plan.image_id,
-            "Cmd": list(plan.command),
+            "Cmd": plan.container_command,
             "OpenStdin": False,
             "User": SANDBOX_USER,
             "Hostname": "sandbox",
@@ -120,7 +120,7 @@ def test_plan_is_hardened(plan: ContainerPlan) -> None:
     assert kw["image"] == IMAGE_ID and kw["network_mode"] == "none" and kw["read_only"]
     assert kw["cap_drop"] == ["ALL"] and "cap_add" not in kw
     assert kw["mem_limit"] == kw["memswap_limit"]
-    assert kw["use_config_proxy"] is False and kw["init"] is True
+    assert kw["use_config_proxy"] is False and kw["init"] is False
     assert kw["user"] == "65534:65534" and kw["ipc_mode"] == "private"
     assert kw["environment"]["HF_HUB_OFFLINE"] == "1"
     assert "device_requests" not in kw
@@ -145,7 +145,7 @@ def test_static_check_accepts_the_plan_and_catches_each_weakening(plan: Containe
         "ipc": ("HostConfig", "IpcMode", "host"),
         "pid": ("HostConfig", "PidMode", "host"),
         "userns": ("HostConfig", "UsernsMode", "host"),
-        "init": ("HostConfig", "Init", False),
+        "docker-init": ("HostConfig", "Init", True),
         "logs": ("HostConfig", "LogConfig", {"Type": "json-file", "Config": {}}),
         "ports": ("HostConfig", "PortBindings", {"80/tcp": [{"HostPort": "80"}]}),
         "devices": ("HostConfig", "Devices", [{"PathOnHost": "/dev/sda"}]),

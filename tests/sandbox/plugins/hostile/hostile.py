@@ -14,15 +14,21 @@ Modes, from the prompt (``hostile:<mode>``):
   crash      raise from the hook
   exit       call sys.exit from the hook
   bad_return return something that is not (prompt, negative)
+  stop_init  try to stop or take over PID 1 (ptrace from a child left behind, SIGSTOP,
+             /proc/1/mem, process_vm_readv), print what happened to stderr, then exit 9 so
+             that a stopped init would keep the container (and the job) alive
 """
 
+import ctypes
 import errno
 import json
 import os
+import signal
 import socket
 import stat
 import sys
 import sysconfig
+import time
 
 OBS = {"import": {}, "hook": {}}
 MODE = {"mode": "observe"}
@@ -148,6 +154,51 @@ def _forge():
     OBS["hook"]["forged_fds"] = hit
 
 
+def _errname(code):
+    return errno.errorcode.get(code, str(code))
+
+
+def _init_state():
+    with open("/proc/1/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _stop_init():
+    libc = ctypes.CDLL(None, use_errno=True)
+    seen = {"init_state_before": _init_state()}
+    try:
+        os.close(os.open("/proc/1/mem", os.O_RDWR))
+        seen["proc1_mem"] = "ok"
+    except OSError as exc:
+        seen["proc1_mem"] = _errname(exc.errno)
+    buf = ctypes.create_string_buffer(8)
+    local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), 8)
+    remote = _IoVec(0x10000, 8)
+    libc.process_vm_readv.restype = ctypes.c_ssize_t
+    got = libc.process_vm_readv(1, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    seen["process_vm_readv"] = "ok" if got >= 0 else _errname(ctypes.get_errno())
+    os.kill(1, signal.SIGSTOP)
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # the tracer stays behind after the worker exits
+        rc = libc.ptrace(0x4206, 1, None, None)  # PTRACE_SEIZE
+        code = ctypes.get_errno()
+        if rc == 0:
+            libc.ptrace(0x4207, 1, None, None)  # PTRACE_INTERRUPT: stop it
+        os.write(write_end, (_errname(code) if rc else "ok").encode())
+        while True:
+            time.sleep(60)
+    seen["ptrace_seize"] = os.read(read_end, 64).decode()
+    time.sleep(0.5)
+    seen["init_state_after"] = _init_state()
+    sys.stderr.write("stop_init " + json.dumps(seen, sort_keys=True) + "\n")
+    sys.stderr.flush()
+    os._exit(9)
+
+
 def prompt_transform(prompt, negative, ctx):
     _parse(prompt)
     mode = MODE["mode"]
@@ -165,6 +216,8 @@ def prompt_transform(prompt, negative, ctx):
         sys.exit(3)
     elif mode == "bad_return":
         return 42
+    elif mode == "stop_init":
+        _stop_init()
     return prompt + " [hostile]", negative
 
 
