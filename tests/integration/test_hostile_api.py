@@ -35,20 +35,32 @@ SOCKET_SLACK = 64 << 20
 BY_HASH = "/api/v1/model-versions/by-hash"
 
 
+# Runs the CLI from a small launcher and reports the CLI's peak RSS. A child forked straight
+# from pytest would count pytest's own pages (ru_maxrss survives exec), hundreds of MiB in a
+# full run; the launcher's child starts from the launcher's few MiB.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(proc.pid, 0)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)\n"
+)
+
+
 def run_measured(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, int]:
     """Run the CLI; (exit code, stderr, peak RSS in bytes of it and its children)."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "assetmgr", *args],
+        launched = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "assetmgr", *args],
             cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=err,
             env={**os.environ, **(env or {})},
+            check=True,
+            timeout=600,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code, peak = (int(x) for x in launched.stdout.split())
         err.seek(0)
-        return proc.returncode, err.read().decode(), usage.ru_maxrss * 1024
+        return code, err.read().decode(), peak
 
 
 def error_lines(stderr: str) -> tuple[str, str]:
