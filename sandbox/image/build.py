@@ -477,6 +477,9 @@ def build_image(
     if plugin_sets_sha:
         labels[f"{LABEL_PREFIX}plugins.requirements.sha256"] = plugin_sets_sha
         tag += f"-p{plugin_sets_sha[:12]}"
+    # The inputs' hash in the tag: two checkouts or versions of the worker never move each
+    # other's tag (a moved tag fails every job's image check).
+    tag += f"-i{inputs_sha[:12]}"
 
     image_id = None
     if not force:

@@ -1031,7 +1031,7 @@ def test_plugin_requirement_wheels_are_in_the_rebuilt_image(
     record = svc.build(offline=True, find_links=[links], no_index=True)
     assert record.plugin_requirements == ["tinyplug-dep==1.0"]
     assert record.plugin_dep_sets == {needsdep.deps_key: ["tinyplug-dep==1.0"]}
-    assert record.tag.endswith("-p" + (record.plugin_requirements_sha256 or "")[:12])
+    assert "-p" + (record.plugin_requirements_sha256 or "")[:12] + "-i" in record.tag
     assert record.lock_sha256 != sandbox_image.lock_sha256
     assert not svc.image_status().stale
     result = svc.run(
