@@ -277,15 +277,18 @@ class JobContainer:
 
     def remove(self) -> None:
         if self.container is not None:
-            try:
-                self.container.remove(force=True, v=True)
-            except docker.errors.NotFound:
-                pass
-            except (docker.errors.APIError, requests.exceptions.RequestException):
-                # An engine that takes longer than the client's timeout (seen under load with
-                # a killed job still flooding its stdout) must not hide the job's own error;
-                # prune() removes what this missed, by label.
-                pass
+            for attempt in range(3):
+                try:
+                    self.container.remove(force=True, v=True)
+                    break
+                except docker.errors.NotFound:
+                    break
+                except (docker.errors.APIError, requests.exceptions.RequestException):
+                    # An engine slower than the client's timeout (seen under load with a killed
+                    # job still flooding its stdout) usually finishes the removal anyway: ask
+                    # again; a failure must not hide the job's own error, and prune() removes
+                    # what is still left, by label.
+                    time.sleep(0.5 * (attempt + 1))
             self.container = None
         if self.volume is not None:
             for _ in range(20):

@@ -35,7 +35,7 @@ def probe(name: str, args: dict[str, Any], **limits: Any) -> JobSpec:
     )
 
 
-def worker_containers(client: Any) -> list[Any]:
+def all_worker_containers(client: Any) -> list[Any]:
     return [
         c
         for c in client.containers.list(all=True, filters={"label": LABEL_JOB})
@@ -43,8 +43,19 @@ def worker_containers(client: Any) -> list[Any]:
     ]
 
 
+@pytest.fixture
+def worker_containers(docker_client: Any) -> Any:
+    """Warm-worker containers made during this test (not ones an earlier test left behind)."""
+    before = {c.id for c in all_worker_containers(docker_client)}
+
+    def made_here(client: Any) -> list[Any]:
+        return [c for c in all_worker_containers(client) if c.id not in before]
+
+    return made_here
+
+
 def test_jobs_share_one_container_and_cleanup(
-    docker_client: Any, sandbox_image: Any, tmp_path: Path
+    docker_client: Any, sandbox_image: Any, tmp_path: Path, worker_containers: Any
 ) -> None:
     with WarmWorker(sandbox_image, client=docker_client, limits=LIMITS, gpus="none") as w:
         first = w.run(echo("one"), tmp_path / "1")
@@ -61,7 +72,7 @@ def test_jobs_share_one_container_and_cleanup(
 
 
 def test_failures_recycle_the_worker(
-    docker_client: Any, sandbox_image: Any, tmp_path: Path
+    docker_client: Any, sandbox_image: Any, tmp_path: Path, worker_containers: Any
 ) -> None:
     with WarmWorker(sandbox_image, client=docker_client, limits=LIMITS, gpus="none") as w:
         w.run(echo("warm"), tmp_path / "0")
