@@ -64,6 +64,8 @@ class ImportStop:
 
 @dataclass
 class ImportReport:
+    folder: str = ""
+    """The folder that was imported."""
     scanned: int = 0
     """Model-named files the walk found (the files every outcome adds up to)."""
     imported: list[ImportedFile] = field(default_factory=list)
@@ -121,6 +123,7 @@ class ImportReport:
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "folder": self.folder,
             "scanned": self.scanned,
             "counts": self.counts,
             "imported": [asdict(f) for f in self.imported],

@@ -275,7 +275,7 @@ def import_folder(
             hint="Check that ASSETMGR_HOME is on a writable volume with free space.",
         ) from exc
     cache = HashCache(store.root / "hash-cache.sqlite3")
-    report = ImportReport()
+    report = ImportReport(folder=str(folder))
     walk = FolderWalk(folder)
     found = list(walk.files())
     report.links = walk.links
@@ -488,7 +488,7 @@ def _import_one(
         link_target=c.target,
         model_type=model_type,
         base_model=placed.base_model,
-        folder_hint=c.detected.hint if placed.source == "local" else None,
+        folder_hint=c.detected.hint if placed.identified_by == "local" else None,
         sidecars=list(c.sidecars.read),
     )
     name = sanitize_relative_path(
