@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,9 +38,13 @@ from catalog.civitai import types as api
 log = logging.getLogger(__name__)
 
 MAX_SIDECAR_BYTES = 4 * 1024 * 1024
+SIDECAR_SUFFIXES = (".civitai.info", ".json", ".metadata.json")
+"""What a sidecar's name adds to its model file's stem: Civitai Helper's info, A1111's user
+metadata, LoRA Manager's metadata."""
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 _A1111_BASES = {"sd1": "SD 1.5", "sd2": "SD 2.1", "sdxl": "SDXL 1.0"}
 """A1111's ``sd version`` values and the base model each names."""
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _KNOWN_BASES = frozenset({"SD 1.5", "SD 2.1", "SDXL 1.0", "Pony", "Illustrious", "Flux.1 D"})
 
 
@@ -78,12 +83,7 @@ def _clean_strings(value: Any) -> Any:
     """`value` with NUL characters and lone surrogates taken out of every string in it."""
 
     def fix(text: str) -> str:
-        text = text.replace("\x00", "")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            text = text.encode("utf-8", "replace").decode("utf-8")
-        return text
+        return _SURROGATES.sub("\ufffd", text.replace("\x00", ""))
 
     def fix_any(item: Any) -> Any:
         return fix(item) if isinstance(item, str) else item
@@ -122,6 +122,10 @@ def parse_json(raw: bytes) -> Any:
     return _clean_strings(data)
 
 
+_UNREAD = object()
+"""`_read_json`'s answer for a sidecar that is absent or could not be read (null is JSON)."""
+
+
 def _read_json(path: Path, model_path: Path, out: Sidecars) -> Any:
     def issue(code: str, reason: str) -> None:
         out.issues.append(SidecarIssue(str(path), code, reason, str(model_path)))
@@ -129,26 +133,26 @@ def _read_json(path: Path, model_path: Path, out: Sidecars) -> Any:
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
-        return None
+        return _UNREAD
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             issue("sidecar-link", "a symlink; sidecars are read only as plain files")
         else:
             issue("sidecar-unreadable", f"cannot be opened ({exc.strerror})")
-        return None
+        return _UNREAD
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             issue("sidecar-unreadable", "not a regular file; not read")
-            return None
+            return _UNREAD
         if st.st_size > MAX_SIDECAR_BYTES:
             issue("sidecar-unreadable", f"larger than {MAX_SIDECAR_BYTES // 2**20} MiB")
-            return None
+            return _UNREAD
         with open(fd, "rb", closefd=False) as f:
             raw = f.read(MAX_SIDECAR_BYTES + 1)
         if len(raw) > MAX_SIDECAR_BYTES:
             issue("sidecar-unreadable", f"larger than {MAX_SIDECAR_BYTES // 2**20} MiB")
-            return None
+            return _UNREAD
         return parse_json(raw)
     except OSError as exc:
         issue("sidecar-unreadable", f"cannot be read ({exc.strerror})")
@@ -156,7 +160,7 @@ def _read_json(path: Path, model_path: Path, out: Sidecars) -> Any:
         issue("sidecar-malformed", "not valid JSON")
     finally:
         os.close(fd)
-    return None
+    return _UNREAD
 
 
 def _sha_of(file: Any) -> str | None:
@@ -218,7 +222,7 @@ def _claim_from(data: dict[str, Any], path: Path, model_path: Path, out: Sidecar
 def _civitai_info(model_path: Path, stem: Path, sha256: str | None, out: Sidecars) -> None:
     info_path = Path(f"{stem}.civitai.info")
     info = _read_json(info_path, model_path, out)
-    if info is None:
+    if info is _UNREAD:
         return
     out.read.append(str(info_path))
     if not isinstance(info, dict):
@@ -246,7 +250,7 @@ def _civitai_info(model_path: Path, stem: Path, sha256: str | None, out: Sidecar
 def _a1111_json(model_path: Path, stem: Path, out: Sidecars) -> None:
     meta_path = Path(f"{stem}.json")
     meta = _read_json(meta_path, model_path, out)
-    if meta is None:
+    if meta is _UNREAD:
         return
     out.read.append(str(meta_path))
     if isinstance(meta, dict):
@@ -260,7 +264,7 @@ def _a1111_json(model_path: Path, stem: Path, out: Sidecars) -> None:
 def _lora_manager(model_path: Path, stem: Path, out: Sidecars) -> None:
     lm_path = Path(f"{stem}.metadata.json")
     lm = _read_json(lm_path, model_path, out)
-    if lm is None:
+    if lm is _UNREAD:
         return
     out.read.append(str(lm_path))
     if not isinstance(lm, dict):
@@ -386,6 +390,7 @@ def user_meta(sidecars: Sidecars, *, claimed_words: list[str] | None) -> dict[st
 
 __all__ = [
     "MAX_SIDECAR_BYTES",
+    "SIDECAR_SUFFIXES",
     "SidecarIssue",
     "Sidecars",
     "base_model_hint",
