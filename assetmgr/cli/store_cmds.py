@@ -349,12 +349,10 @@ def _print_import_report(data: dict[str, Any]) -> None:
         codes.append(issue["code"])
     for path in data["not_reached"]:
         print_line(f"not reached {path}", err=True)
-    for code in dict.fromkeys(codes):
-        hint = hint_for(code)
-        if hint:
-            print_line(f"hint: {hint}", err=True)
-    if data["duplicates"]:
-        print_line(f"hint: {DUPLICATE_HINT}", err=True)
+    hints = [hint_for(code) for code in codes]
+    hints += [DUPLICATE_HINT] if data["duplicates"] else []
+    for hint in dict.fromkeys(h for h in hints if h):
+        print_line(f"hint: {hint}", err=True)
 
 
 def export_cmd(

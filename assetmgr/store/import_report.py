@@ -38,7 +38,8 @@ class ImportedFile:
     folder_hint: str | None = None
     """The folder name that set a new local model's type or base model (the header could not)."""
     sidecars: list[str] = field(default_factory=list)
-    """The sidecars beside it that were read."""
+    """The sidecars beside it that were read as hints (a refused claim is also listed among
+    the report's ignored sidecars)."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ store, and sidecars are only read. The file's own bytes decide everything:
    safetensors file, or (with `allow_pickle`) a real pickle stream or torch zip archive, are
    taken, whatever the name says; pickles are stored, never unpickled;
 2. its six hashes, read from the same descriptor, cached by (device, inode, size, mtime);
-   files with the same SHA256 are imported once, the others reported as its duplicates;
+   files with the same SHA256 are imported once (a copy with sidecars first), the others
+   reported as its duplicates;
 3. which version it is, by its SHA256: Civitai's answer to one bulk by-hash request; else a
    catalog file with that SHA256; else a sidecar's claim that `catalog.claims` accepts
    (Civitai could not say, the SHA256 matches, nothing in the catalog contradicts it); else
@@ -294,8 +295,8 @@ def import_folder(
     try:
         candidates: list[_Candidate] = []
         for index, item in enumerate(found):
-            run.check_cancel()
             step(index, str(item.path))
+            run.check_cancel()
             try:
                 scanned = _scan_one(item, allow_pickle, hash_fd)
             except Exception as exc:
@@ -311,8 +312,8 @@ def import_folder(
         by_sha, refuted = _ask_civitai(client, [g[0] for g in groups.values()], report)
         done = len(found)
         for group in groups.values():
-            run.check_cancel()
             step(done, str(group[0].file.path))
+            run.check_cancel()
             _import_group(run, group, by_sha, refuted)
             done += len(group)
     except _Stopped as stopped:
@@ -349,8 +350,10 @@ def _import_group(
     by_sha: dict[str, api.ModelVersion],
     refuted: dict[str, str],
 ) -> None:
-    """Import the first file of `group` (same SHA256) that can be; the rest are duplicates."""
+    """Import the first file of `group` (same SHA256) that can be, the copies with sidecars
+    first; the rest are its duplicates."""
     report = run.report
+    group = sorted(group, key=lambda c: not c.sidecars.read)
     for index, c in enumerate(group):
         try:
             outcome = _import_one(run, c, by_sha, refuted)

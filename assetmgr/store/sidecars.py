@@ -75,7 +75,7 @@ class Sidecars:
     a1111: dict[str, Any] | None = None
     lora_manager: dict[str, Any] | None = None
     read: list[str] = field(default_factory=list)
-    """The sidecars that were read (whatever they contributed)."""
+    """The sidecars read as hints: JSON objects (a claim among them may still be refused)."""
     issues: list[SidecarIssue] = field(default_factory=list)
 
 
@@ -224,12 +224,12 @@ def _civitai_info(model_path: Path, stem: Path, sha256: str | None, out: Sidecar
     info = _read_json(info_path, model_path, out)
     if info is _UNREAD:
         return
-    out.read.append(str(info_path))
     if not isinstance(info, dict):
         out.issues.append(
             SidecarIssue(str(info_path), "sidecar-malformed", "not a JSON object", str(model_path))
         )
         return
+    out.read.append(str(info_path))
     if not info:
         out.says_unknown = True
         return
@@ -252,8 +252,8 @@ def _a1111_json(model_path: Path, stem: Path, out: Sidecars) -> None:
     meta = _read_json(meta_path, model_path, out)
     if meta is _UNREAD:
         return
-    out.read.append(str(meta_path))
     if isinstance(meta, dict):
+        out.read.append(str(meta_path))
         out.a1111 = meta
     else:
         out.issues.append(
@@ -266,12 +266,12 @@ def _lora_manager(model_path: Path, stem: Path, out: Sidecars) -> None:
     lm = _read_json(lm_path, model_path, out)
     if lm is _UNREAD:
         return
-    out.read.append(str(lm_path))
     if not isinstance(lm, dict):
         out.issues.append(
             SidecarIssue(str(lm_path), "sidecar-malformed", "not a JSON object", str(model_path))
         )
         return
+    out.read.append(str(lm_path))
     out.lora_manager = lm
     civ = lm.get("civitai")
     if out.claim is None and isinstance(civ, dict) and civ.get("id"):
