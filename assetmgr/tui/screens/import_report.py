@@ -27,6 +27,8 @@ class ImportReportScreen(ModalScreen[None]):
     """One import's outcome, file by file."""
 
     BINDINGS = [Binding("escape,q", "dismiss", "Close", id="dialog.close")]
+    AUTO_FOCUS = "#report-body"
+    """Arrow keys and Page Up/Down scroll the report."""
 
     DEFAULT_CSS = """
     ImportReportScreen .import-report-dialog {
@@ -59,11 +61,11 @@ class ImportReportScreen(ModalScreen[None]):
             return os.path.relpath(path, folder)
         return path
 
-    def _section(self, title: str, lines: Iterable[Text]) -> ComposeResult:
+    def _section(self, title: str, lines: Iterable[Text], *, counted: bool = True) -> ComposeResult:
         body = list(lines)
         if not body:
             return
-        yield Label(f"{title} ({len(body)})", classes="report-section")
+        yield Label(f"{title} ({len(body)})" if counted else title, classes="report-section")
         yield Static(Text("\n").join(body), classes="report-lines")
 
     @staticmethod
@@ -149,7 +151,7 @@ class ImportReportScreen(ModalScreen[None]):
                 for link in r.links
             ),
         )
-        yield from self._section("What to do", (line(h) for h in self._hints()))
+        yield from self._section("What to do", (line(h) for h in self._hints()), counted=False)
 
     def _hints(self) -> list[str]:
         r = self.report
@@ -160,9 +162,6 @@ class ImportReportScreen(ModalScreen[None]):
         if r.stopped is not None and r.stopped.code in STOP_HINTS:
             hints.insert(0, STOP_HINTS[r.stopped.code])
         return list(dict.fromkeys(hints))
-
-    def on_mount(self) -> None:
-        self.query_one("#report-body", VerticalScroll).focus()
 
     @on(Button.Pressed, "#close")
     def close(self) -> None:
