@@ -371,3 +371,32 @@ def test_any_sidecar_leaves_its_model_file_imported(
         meta = session.get(UserMeta, imported.version_id)
         if meta is not None and meta.preferred_weight is not None:
             assert math.isfinite(meta.preferred_weight)
+
+
+def test_a_sidecars_base_model_fills_what_the_header_lacks_and_the_folder_comes_after(
+    catalog: tuple[Engine, BlobStore, Path],
+) -> None:
+    engine, store, root = catalog
+    folder = root / "base-hints" / "Lora" / "pony"
+    folder.mkdir(parents=True)
+    no_base = {"lora_unet_mid.lora_down.weight": (4, 8)}  # a LoRA whose base nothing shows
+    (folder / "a1111.safetensors").write_bytes(layouts.st_bytes(no_base, fill=201))
+    (folder / "a1111.json").write_text(json.dumps({"sd version": "SDXL"}))
+    (folder / "lm.safetensors").write_bytes(layouts.st_bytes(no_base, fill=202))
+    (folder / "lm.metadata.json").write_text(json.dumps({"base_model": "Illustrious"}))
+    (folder / "made_up.safetensors").write_bytes(layouts.st_bytes(no_base, fill=203))
+    (folder / "made_up.metadata.json").write_text(json.dumps({"base_model": "\x1b[2J"}))
+    (folder / "clear.safetensors").write_bytes(layouts.lora(204))  # the header says SD 1.5
+    (folder / "clear.json").write_text(json.dumps({"sd version": "SDXL"}))
+
+    report = import_folder(engine, store, None, root / "base-hints")
+
+    found = {
+        Path(f.path).stem: (f.model_type, f.base_model, f.folder_hint) for f in report.imported
+    }
+    assert found == {
+        "a1111": ("LORA", "SDXL 1.0", None),
+        "lm": ("LORA", "Illustrious", None),
+        "made_up": ("LORA", "Pony", "pony"),
+        "clear": ("LORA", "SD 1.5", None),
+    }
