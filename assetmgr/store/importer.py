@@ -159,7 +159,6 @@ class _Run:
 
     engine: Engine
     store: BlobStore
-    folder: Path
     report: ImportReport
     mode: str
     now: datetime
@@ -282,7 +281,7 @@ def import_folder(
     report.links = walk.links
     report.skipped.extend(walk.skipped)
     report.scanned = len(found) + sum(1 for s in walk.skipped if s.code not in FOLDER_SKIPS)
-    run = _Run(engine, store, folder, report, mode, datetime.now(UTC), cancel)
+    run = _Run(engine, store, report, mode, datetime.now(UTC), cancel)
     steps = 2 * len(found)
 
     def step(done: int, path: str) -> None:

@@ -57,8 +57,11 @@ class ImportReportScreen(ModalScreen[None]):
     def _path(self, path: str) -> str:
         """`path` relative to the imported folder when it lies inside it."""
         folder = self.report.folder
-        if folder and os.path.commonpath([folder, path]) == folder and path != folder:
-            return os.path.relpath(path, folder)
+        try:
+            if folder and path != folder and os.path.commonpath([folder, path]) == folder:
+                return os.path.relpath(path, folder)
+        except ValueError:  # one absolute, one relative
+            pass
         return path
 
     def _section(self, title: str, lines: Iterable[Text], *, counted: bool = True) -> ComposeResult:
