@@ -593,3 +593,36 @@ def test_the_cli_reports_a_full_store_then_fails_with_a_hint(
     assert lines[-1] == (
         "hint: Free some space or move ASSETMGR_HOME to a larger volume, then import again."
     )
+
+
+def test_an_unforeseen_failure_on_one_file_is_that_files_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from assetmgr.store import importer
+
+    engine = open_catalog(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+    store = BlobStore(tmp_path / "store")
+    folder = tmp_path / "Lora"
+    folder.mkdir()
+    cursed = layouts.st_bytes({"lora_unet_x.lora_down.weight": (2, 4)}, {"cursed": "1"}, 1)
+    (folder / "a.safetensors").write_bytes(layouts.lora(1))
+    (folder / "b.safetensors").write_bytes(cursed)
+    (folder / "c.safetensors").write_bytes(layouts.lora(3))
+    real_detect = importer.detect
+
+    def detect(info: Any) -> Any:  # a bug that only this file's header triggers
+        if info.metadata.get("cursed"):
+            raise RuntimeError("boom")
+        return real_detect(info)
+
+    monkeypatch.setattr(importer, "detect", detect)
+
+    report = import_folder(engine, store, None, folder)
+    engine.dispose()
+
+    assert [Path(f.path).name for f in report.imported] == ["a.safetensors", "c.safetensors"]
+    assert [(Path(s.path).name, s.code, s.reason) for s in report.skipped] == [
+        ("b.safetensors", "internal-error", "an unexpected RuntimeError (a bug in assetmgr)")
+    ]
+    assert report.stopped is None and report.accounted
+    assert "importing" in caplog.text and "boom" in caplog.text  # the traceback is in the log
