@@ -286,35 +286,39 @@ def import_cmd(
         print_json(data)
     else:
         _print_import_report(data)
+    if report.stopped is not None:
+        from assetmgr.cli import fail
+        from assetmgr.errors import AssetMgrError
+        from assetmgr.import_hints import STOP_HINTS
 
-
-_IMPORT_HINTS = {
-    "pickle-refused": "Pickle checkpoints can run code when loaded; pass --allow-pickle to store "
-    "them anyway (never unpickled on the host), or use a .safetensors version.",
-    "invalid-safetensors": "Only files whose bytes are a valid model are imported; "
-    "the file was left as it is.",
-    "not-a-model": "Only files whose bytes are a valid model are imported, whatever their "
-    "names; the file was left as it is.",
-    "special-file": "FIFOs, devices and sockets are never opened as models.",
-    "broken-link": "Fix or remove the link and import again.",
-    "link-loop": "Each folder is walked once, however many links lead to it.",
-    "changed": "Another program is writing the file; import again when it is done.",
-    "claim-contradicted": "A sidecar never changes what the catalog holds; the file's own "
-    "hash decides. The file was imported by its content.",
-    "claim-hash-mismatch": "The sidecar describes other bytes; the file was imported by its "
-    "content.",
-    "claim-ids": "The file was imported by its content; the sidecar was ignored.",
-    "claim-not-recorded": "The file was imported by its content; the sidecar was ignored.",
-    "claim-overruled": "The file's own hash decides which version it is.",
-}
+        left = len(report.not_reached)
+        fail(
+            AssetMgrError(
+                f"import stopped: {report.stopped.reason}; {left} file{'s' if left != 1 else ''}"
+                " not reached",
+                hint=STOP_HINTS.get(report.stopped.code, ""),
+            )
+        )
+        raise SystemExit(130 if report.stopped.code == "cancelled" else 1)
 
 
 def _print_import_report(data: dict[str, Any]) -> None:
-    """The import summary on stderr: counts, followed links, skips and ignored sidecars."""
-    imported = data["imported"]
+    """The import report on stderr: counts, then one line per followed link, skipped file,
+    duplicate, ignored sidecar and file not reached, then one hint per reason code."""
+    from assetmgr.import_hints import DUPLICATE_HINT, hint_for
+
+    counts = data["counts"]
+    others = [
+        f"{counts['skipped']} skipped" if counts["skipped"] else "",
+        f"{counts['duplicates']} duplicate{'s' if counts['duplicates'] != 1 else ''}"
+        if counts["duplicates"]
+        else "",
+        f"{counts['not_reached']} not reached" if counts["not_reached"] else "",
+    ]
+    rest = "; " + ", ".join(o for o in others if o) if any(others) else ""
     print_line(
-        f"imported {len(imported)} of {data['scanned']} files ({data['civitai']} known to "
-        f"Civitai, {data['sidecar']} identified by a sidecar only, {data['local']} local)",
+        f"imported {counts['imported']} of {counts['files']} files ({data['civitai']} known to "
+        f"Civitai, {data['sidecar']} identified by a sidecar only, {data['local']} local){rest}",
         err=True,
     )
     if data["lookup_error"]:
@@ -326,17 +330,29 @@ def _print_import_report(data: dict[str, Any]) -> None:
     for link in data["links"]:
         where = " (outside the folder)" if link["outside"] else ""
         print_line(f"followed link {link['path']} -> {link['target']}{where}", err=True)
+    for f in data["imported"]:
+        if f["folder_hint"]:
+            print_line(
+                f"typed by its folder {f['path']}: {f['model_type']}, {f['base_model']} "
+                f"(from {f['folder_hint']}/; the header could not tell)",
+                err=True,
+            )
     codes: list[str] = []
     for s in data["skipped"]:
         via = f" (link to {s['target']})" if s["target"] else ""
         print_line(f"skipped {s['path']}{via}: {s['reason']}", err=True)
         codes.append(s["code"])
+    for d in data["duplicates"]:
+        print_line(f"duplicate {d['path']}: the same bytes as {d['duplicate_of']}", err=True)
     for issue in data["ignored_sidecars"]:
         print_line(f"ignored sidecar {issue['path']}: {issue['reason']}", err=True)
         codes.append(issue["code"])
-    for code in dict.fromkeys(codes):
-        if code in _IMPORT_HINTS:
-            print_line(f"hint: {_IMPORT_HINTS[code]}", err=True)
+    for path in data["not_reached"]:
+        print_line(f"not reached {path}", err=True)
+    hints = [hint_for(code) for code in codes]
+    hints += [DUPLICATE_HINT] if data["duplicates"] else []
+    for hint in dict.fromkeys(h for h in hints if h):
+        print_line(f"hint: {hint}", err=True)
 
 
 def export_cmd(

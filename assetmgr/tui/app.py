@@ -28,6 +28,7 @@ import assetmgr.tui.widgets.preview  # noqa: F401
 from assetmgr.config import Settings
 from assetmgr.display import CleanLogFormatter, clean
 from assetmgr.errors import AssetMgrError
+from assetmgr.store.import_report import ImportReport
 from assetmgr.tui import messages as m
 from assetmgr.tui.actions import ACTIONS, bindings_for
 from assetmgr.tui.jobs import JobBoard
@@ -36,6 +37,7 @@ from assetmgr.tui.screens.catalog import CatalogScreen
 from assetmgr.tui.screens.dialogs import ConfirmModal, ErrorModal, PromptModal, UpdatesModal
 from assetmgr.tui.screens.generate import GenerateScreen
 from assetmgr.tui.screens.help import HelpScreen
+from assetmgr.tui.screens.import_report import ImportReportScreen
 from assetmgr.tui.screens.sandbox import SandboxScreen
 from assetmgr.tui.screens.settings import SettingsScreen
 from assetmgr.tui.services import GenerationRequest, Services
@@ -73,6 +75,8 @@ class AssetMgrApp(WorkersMixin, App[None]):
         self.job_workers: dict[Worker[Any], str] = {}
         self.download_queue: deque[tuple[str, int, str]] = deque()
         self.pending_prompt: list[str] = []
+        self.last_import: tuple[str, ImportReport] | None = None
+        """The newest import's job label and report, for the palette's "Import report"."""
         self.catalog = CatalogScreen()
         self.generate_screen = GenerateScreen()
         self.sandbox_screen = SandboxScreen()
@@ -130,6 +134,12 @@ class AssetMgrApp(WorkersMixin, App[None]):
                 lambda target=target, action=spec.action: self.call_later(
                     target.run_action, action
                 ),
+            )
+        if self.last_import is not None:
+            yield SystemCommand(
+                "Import report",
+                "What the newest import did with each file, and why",
+                self.open_import_report,
             )
 
     # --- text that leaves the widgets: toasts and the clipboard ----------------------------
@@ -224,6 +234,19 @@ class AssetMgrApp(WorkersMixin, App[None]):
     def cancel_pressed(self, event: JobsBar.CancelPressed) -> None:
         self.cancel_job(event.job_id)
 
+    @on(JobsBar.ReportPressed)
+    def report_pressed(self, event: JobsBar.ReportPressed) -> None:
+        job = self.jobs.get(event.job_id)
+        if job is not None and isinstance(job.result, ImportReport):
+            job.seen()
+            self._jobs_changed()
+            self.push_screen(ImportReportScreen(job.result, f"{job.label}: report"))
+
+    def open_import_report(self) -> None:
+        if self.last_import is not None:
+            label, report = self.last_import
+            self.push_screen(ImportReportScreen(report, f"{label}: report"))
+
     def cancel_job(self, job_id: str) -> None:
         for entry in list(self.download_queue):
             if entry[0] == job_id:
@@ -312,9 +335,27 @@ class AssetMgrApp(WorkersMixin, App[None]):
 
     @on(m.JobFinished)
     def job_finished(self, message: m.JobFinished) -> None:
-        self.jobs.finish(message.job_id, "done", message.summary)
+        status = "done"
+        if isinstance(message.result, ImportReport) and message.result.stopped is not None:
+            status = "cancelled" if message.result.stopped.code == "cancelled" else "failed"
+        job = self.jobs.finish(message.job_id, status, message.summary)
+        summary = message.summary
+        if job is not None and isinstance(message.result, ImportReport):
+            # Kept (and openable) even when a cancel already closed the job's line.
+            report = message.result
+            job.result = report
+            job.summary = summary
+            self.last_import = (job.label, report)
+            clean_run = report.accounted and len(report.imported) == report.scanned
+            job.keep = not (clean_run and not report.ignored_sidecars)
+            summary += " (Report in the jobs bar, or Import report in the command palette)"
         self._jobs_changed()
-        self.notify(message.summary, timeout=4, markup=False)
+        self.notify(
+            summary,
+            severity="warning" if status == "failed" else "information",
+            timeout=6 if job and job.keep else 4,
+            markup=False,
+        )
 
     @on(m.CatalogChanged)
     def catalog_changed(self, message: m.CatalogChanged) -> None:

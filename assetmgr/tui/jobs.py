@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 RUNNING_STATES = ("queued", "running")
 
@@ -26,6 +27,14 @@ class Job:
     summary: str = ""
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
+    result: Any = None
+    """What the job left to open (an import's report)."""
+    keep: bool = False
+    """Stays listed after it finished until its result is opened (`seen`)."""
+
+    def seen(self) -> None:
+        self.keep = False
+        self.finished_at = time.monotonic()
 
     @property
     def active(self) -> bool:
@@ -86,7 +95,7 @@ class JobBoard:
     def prune(self, keep_finished: int = 3, older_than_s: float | None = None) -> None:
         """Forget all but the newest `keep_finished` finished jobs, and (with `older_than_s`)
         those finished longer ago than that."""
-        finished = [j for j in self._jobs.values() if not j.active]
+        finished = [j for j in self._jobs.values() if not j.active and not j.keep]
         drop = finished[:-keep_finished] if keep_finished else finished
         if older_than_s is not None:
             cutoff = time.monotonic() - older_than_s

@@ -273,11 +273,11 @@ class WorkersMixin(_Base):
             progress=progress,
             cancel=_cancel_event(),
         )
-        text = f"imported {len(report.imported)} of {report.scanned} files"
-        if report.skipped:
-            text += f", skipped {len(report.skipped)}"
+        text = report.summary()
+        if report.stopped is not None:
+            text = f"stopped ({report.stopped.reason}): {text}"
         if report.links:
-            text += f", followed {len(report.links)} symlinks"
+            text += f"; followed {len(report.links)} symlinks"
         self.post_message(m.JobFinished(job_id, text, report))
         self.post_message(m.CatalogChanged("import"))
 

@@ -1,4 +1,5 @@
-"""The jobs bar: one line per running (or just finished) job, with progress and Cancel."""
+"""The jobs bar: one line per running (or just finished) job, with progress and Cancel, and
+Report on a finished import."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class JobLine(Horizontal):
         yield ProgressBar(total=None, show_eta=False, classes="job-bar")
         yield Label("", classes="job-text")
         yield Button("Cancel", classes="job-cancel", compact=True)
+        yield Button("Report", classes="job-report", compact=True)
 
     def on_mount(self) -> None:
         self._show(self._job)
@@ -47,6 +49,7 @@ class JobLine(Horizontal):
         self.set_class(not job.active, "-finished")
         self.set_class(job.status == "failed", "-failed")
         self.query_one(".job-cancel", Button).display = job.active
+        self.query_one(".job-report", Button).display = not job.active and job.result is not None
 
 
 class JobsBar(Vertical):
@@ -54,6 +57,12 @@ class JobsBar(Vertical):
 
     @dataclass
     class CancelPressed(Message):
+        job_id: str
+
+    @dataclass
+    class ReportPressed(Message):
+        """Open what a finished job left (an import's report)."""
+
         job_id: str
 
     def sync_jobs(self, jobs: list[Job]) -> None:
@@ -74,4 +83,7 @@ class JobsBar(Vertical):
         line = next((a for a in event.button.ancestors if isinstance(a, JobLine)), None)
         if line is not None:
             event.stop()
-            self.post_message(self.CancelPressed(line.job_id))
+            if event.button.has_class("job-report"):
+                self.post_message(self.ReportPressed(line.job_id))
+            else:
+                self.post_message(self.CancelPressed(line.job_id))
