@@ -124,6 +124,7 @@ class FileTarget:
     model_type: str | None = None
     base_model: str | None = None
     model_name: str | None = None
+    version_name: str | None = None
     pickle_scan_result: str | None = None
     virus_scan_result: str | None = None
     download_params: dict[str, str] = field(default_factory=dict)
