@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -233,17 +234,20 @@ def models_show(
     from catalog import repo
     from catalog.db import session_scope
 
-    engine = open_engine(Settings.load())
+    settings = Settings.load()
+    engine = open_engine(settings)
     with session_scope(engine) as session:
         obj = repo.model_to_dict(repo.get_model(session, model_id))
     if as_json:
         print_json(obj)
         return
-    _print_model(obj)
+    _print_model(obj, api_key_set=settings.api_key is not None)
 
 
-def _print_model(obj: dict[str, Any]) -> None:
+def _print_model(obj: dict[str, Any], *, api_key_set: bool) -> None:
     from rich.text import Text
+
+    from catalog.access import AccessRule, describe
 
     lines: list[Text] = [
         Text.assemble(
@@ -264,6 +268,10 @@ def _print_model(obj: dict[str, Any]) -> None:
                 clean(f" #{v['id']} {v.get('base_model') or ''} {v.get('published_at') or ''}"),
             )
         )
+        for rule in v.get("access") or []:
+            until = datetime.fromisoformat(rule["until"]) if rule["until"] else None
+            shown = describe(AccessRule(rule["code"], until))
+            lines.append(Text(f"    download: {shown}", style="yellow"))
         for word in v.get("trained_words") or []:
             lines.append(Text(clean(f"    trigger: {word}")))
         for f in v.get("files", []):
@@ -279,6 +287,14 @@ def _print_model(obj: dict[str, Any]) -> None:
                     )
                 )
             )
+    if not api_key_set:
+        lines.append(
+            Text(
+                "note: no API key is set, and Civitai asks for a login to download many files "
+                "(`assetmgr config set-key`)",
+                style="dim",
+            )
+        )
     print_rich(Text("\n").join(lines))
 
 

@@ -41,6 +41,7 @@ from assetmgr.store.download import (
 from assetmgr.store.hashing import FileChangedError, FileHashes, compute_hashes
 from assetmgr.store.safetensors_check import detect_format, validate_safetensors
 from catalog import repo
+from catalog.civitai.errors import DownloadDisabledError, EarlyAccessError
 from catalog.db import session_scope
 from catalog.models import LocalFile, ModelFile, ModelVersion
 
@@ -175,6 +176,9 @@ class StoreService:
         except HashMismatchError:
             self._set_state(target, "quarantined")
             raise
+        except (DownloadDisabledError, EarlyAccessError) as exc:
+            self._record_refusal(target, exc)
+            raise
         except BaseException:
             partial, _ = self.store.partial_paths(f"file-{target.file_id}")
             if not partial.exists():
@@ -199,6 +203,23 @@ class StoreService:
                 fingerprint=fingerprint,
             )
         return result
+
+    def _record_refusal(
+        self, target: FileTarget, exc: DownloadDisabledError | EarlyAccessError
+    ) -> None:
+        """What Civitai said in refusing goes into the catalog (`catalog.access`), so the file
+        shows as early access or downloads disabled before the next try. No partial file was
+        made: the API refused the first link."""
+        from catalog import access
+
+        with session_scope(self.engine, write=True) as session:
+            records.clear_unfinished(session, target.file_id)
+            if isinstance(exc, EarlyAccessError):
+                access.record_refusal(
+                    session, target.version_id, access.EARLY_ACCESS, until=exc.deadline
+                )
+            else:
+                access.record_refusal(session, target.version_id, access.DOWNLOADS_DISABLED)
 
     def _set_state(self, target: FileTarget, state: str) -> None:
         with session_scope(self.engine, write=True) as session:
