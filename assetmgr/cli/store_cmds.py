@@ -161,7 +161,13 @@ def _print_pull_result(res: dict[str, Any]) -> None:
     from assetmgr.store.targets import describe_bytes
 
     if "error" in res:
-        print_line(f"error: {_pull_label(res)}: {res['error']}", err=True)
+        # The model and version; the message itself names the file or the request.
+        what = (
+            f" ({res['model_name'] or '?'} / {res['version_name'] or '?'})"
+            if res["file_name"] is not None
+            else ""
+        )
+        print_line(f"error: version {res['version_id']}{what}: {res['error']}", err=True)
         if res.get("hint"):
             print_line(f"hint: {res['hint']}", err=True)
         return

@@ -183,7 +183,8 @@ def hostile_server() -> Iterator[str]:
     ("args", "error_start"),
     [
         (["sync", "--max-models", "5"], "error: bad "),
-        (["pull", str(h.NEWEST_VERSION_ID)], f"error: version {h.NEWEST_VERSION_ID}: bad "),
+        # A pull's error names the model, version and file: catalog text, cleaned too.
+        (["pull", str(h.NEWEST_VERSION_ID)], f"error: version {h.NEWEST_VERSION_ID} (␛]52;"),
         (["lookup", "AB" * 32], "error: bad "),
     ],
     ids=["sync", "pull", "lookup"],
