@@ -13,9 +13,9 @@ from assetmgr.config import Settings, mask_secret, store_api_key
 from assetmgr.display import clean
 from assetmgr.errors import AssetMgrError
 
-models_app = typer.Typer(help="Browse the local catalog.", no_args_is_help=True)
-db_app = typer.Typer(help="The catalog database.", no_args_is_help=True)
-config_app = typer.Typer(help="Settings and the Civitai API key.", no_args_is_help=True)
+models_app = typer.Typer(help="Browse the local catalog.")
+db_app = typer.Typer(help="The catalog database.")
+config_app = typer.Typer(help="Settings and the Civitai API key.")
 
 
 def register(app: typer.Typer) -> None:

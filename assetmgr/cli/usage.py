@@ -30,16 +30,15 @@ def usage_error_lines(exc: BaseException, root: Any, argv: Sequence[str]) -> tup
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command", None) if ctx is not None else None
     path = command_path(root, argv)
-    if type(exc).__name__ == "NoArgsIsHelpError" and command is not None:
-        # A group given no command: name the commands rather than print the whole help.
-        names = sorted(command.list_commands(ctx)) if hasattr(command, "list_commands") else []
-        message = f"missing command: `{path}` takes one of: {', '.join(names)}"
-    else:
-        message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
-        if message[:1].isupper() and message[1:2].islower():  # "No such option" → "no such…"
-            message = message[0].lower() + message[1:]
-        # Typer checks values with pydantic, whose messages may start "Value error, ".
-        message = message.replace(": Value error, ", ": ").removesuffix(".")
+    message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    if message.startswith("Missing command") and hasattr(command, "list_commands"):
+        # A group given no command: name its commands rather than print the whole help.
+        names = ", ".join(sorted(command.list_commands(ctx)))
+        message = f"missing command: `{path}` takes one of: {names}"
+    if message[:1].isupper() and message[1:2].islower():  # "No such option" → "no such…"
+        message = message[0].lower() + message[1:]
+    # Typer checks values with pydantic, whose messages may start "Value error, ".
+    message = message.replace(": Value error, ", ": ").removesuffix(".")
     exit_code = int(exc.exit_code)  # type: ignore[attr-defined]
     hint = f"Run `{path} --help` for usage."
     if exit_code != 2:  # a click error that is not about usage (e.g. an unreadable file)
