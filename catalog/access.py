@@ -63,9 +63,10 @@ def record_refusal(
 ) -> None:
     """Keep what a refused download taught about a version, so the next look shows it first.
 
-    A listing sync carries neither ``usageControl`` nor an ended deadline, so a version read
-    from a listing learns "downloads disabled" only here; a later standalone read of the
-    version (a lookup, a pull of an unknown version) writes Civitai's own value over it.
+    A listing sync does not carry ``usageControl``, so a version read from a listing learns
+    "downloads disabled" only here; a later standalone read of the version (a lookup, a pull
+    of an unknown version) writes Civitai's own value over it, as the next sync does for early
+    access and the archived mode.
     """
     version = session.get(ModelVersion, version_id)
     if version is None:
@@ -77,6 +78,8 @@ def record_refusal(
         version.availability = "EarlyAccess"
         if until is not None:
             version.early_access_deadline = until
+    elif code == ARCHIVED and version.model is not None:
+        version.model.mode = "Archived"
 
 
 def describe(rule: AccessRule) -> str:

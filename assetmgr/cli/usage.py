@@ -28,7 +28,7 @@ def usage_error_lines(exc: BaseException, root: Any, argv: Sequence[str]) -> tup
     command the mistake belongs to when the exception carries no context.
     """
     ctx = getattr(exc, "ctx", None)
-    command = getattr(ctx, "command", None) if ctx is not None else None
+    command: Any = getattr(ctx, "command", None)
     path = command_path(root, argv)
     message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
     if message.startswith("Missing command") and hasattr(command, "list_commands"):

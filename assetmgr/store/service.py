@@ -41,7 +41,7 @@ from assetmgr.store.download import (
 from assetmgr.store.hashing import FileChangedError, FileHashes, compute_hashes
 from assetmgr.store.safetensors_check import detect_format, validate_safetensors
 from catalog import repo
-from catalog.civitai.errors import DownloadDisabledError, EarlyAccessError
+from catalog.civitai.errors import ArchivedError, DownloadDisabledError, EarlyAccessError
 from catalog.db import session_scope
 from catalog.models import LocalFile, ModelFile, ModelVersion
 
@@ -176,7 +176,7 @@ class StoreService:
         except HashMismatchError:
             self._set_state(target, "quarantined")
             raise
-        except (DownloadDisabledError, EarlyAccessError) as exc:
+        except (DownloadDisabledError, EarlyAccessError, ArchivedError) as exc:
             self._record_refusal(target, exc)
             raise
         except BaseException:
@@ -205,11 +205,11 @@ class StoreService:
         return result
 
     def _record_refusal(
-        self, target: FileTarget, exc: DownloadDisabledError | EarlyAccessError
+        self, target: FileTarget, exc: DownloadDisabledError | EarlyAccessError | ArchivedError
     ) -> None:
         """What Civitai said in refusing goes into the catalog (`catalog.access`), so the file
-        shows as early access or downloads disabled before the next try. No partial file was
-        made: the API refused the first link."""
+        shows as early access, downloads disabled or archived before the next try. The API
+        refused the link, so the partial file (if any) is gone too."""
         from catalog import access
 
         with session_scope(self.engine, write=True) as session:
@@ -218,6 +218,8 @@ class StoreService:
                 access.record_refusal(
                     session, target.version_id, access.EARLY_ACCESS, until=exc.deadline
                 )
+            elif isinstance(exc, ArchivedError):
+                access.record_refusal(session, target.version_id, access.ARCHIVED)
             else:
                 access.record_refusal(session, target.version_id, access.DOWNLOADS_DISABLED)
 
@@ -258,8 +260,15 @@ class StoreService:
                 outcome.error = exc
             return outcome
 
+        cancel = cancel or threading.Event()
         with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="pull") as pool:
-            return list(pool.map(one, requests))
+            try:
+                return list(pool.map(one, requests))
+            except BaseException:
+                # Ctrl-C lands here: stop the transfers (their partial files stay, to resume)
+                # rather than wait for them to finish.
+                cancel.set()
+                raise
 
 
 @dataclass
