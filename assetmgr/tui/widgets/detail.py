@@ -202,7 +202,7 @@ class DetailPane(VerticalScroll):
         for rule in v.access:
             info.append(f"download    {describe(rule)}\n", style="yellow")
         if not v.is_local and not v.access and not self._api_key_set():
-            info.append("download    no API key: Civitai may ask for a login (F5)\n", style="dim")
+            info.append("login       no API key (F5)\n", style="dim")
         if self.detail.type in ("LORA", "LoCon", "DoRA"):
             info.append(f"weight      {v.weight.label()}\n")
         if v.description:
