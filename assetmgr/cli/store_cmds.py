@@ -58,13 +58,13 @@ def pull(
 
     from assetmgr.cli.progress import label_column, progress_label, stderr_console
     from assetmgr.context import make_client, open_engine
-    from assetmgr.errors import AssetMgrError
+    from assetmgr.errors import UsageError
     from assetmgr.store.service import StoreService
 
     if file_id is not None and len(version_ids) != 1:
-        raise AssetMgrError(
+        raise UsageError(
             "--file-id needs exactly one VERSION_ID",
-            hint="Pull one version at a time with --file-id.",
+            hint="Pull one version at a time with --file-id (`assetmgr pull --help`).",
         )
     settings = Settings.load(api_base=api_base)
     engine = open_engine(settings)

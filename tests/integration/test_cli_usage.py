@@ -349,6 +349,15 @@ def test_usage_errors_on_the_development_install(case: Case) -> None:
     check_case(run_script(DEV_SCRIPT, *case.argv), case)
 
 
+def test_options_that_cannot_go_together_are_a_usage_error_too() -> None:
+    result = run_script(DEV_SCRIPT, "pull", "1", "2", "--file-id", "3")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: --file-id needs exactly one VERSION_ID",
+        "hint: Pull one version at a time with --file-id (`assetmgr pull --help`).",
+    ]
+
+
 def test_a_usage_error_keeps_hostile_arguments_on_their_line() -> None:
     result = run_script(DEV_SCRIPT, "models", "show", "1\n\x1b[2Jevil")
     assert result.returncode == 2
