@@ -180,7 +180,7 @@ class StoreService:
             self._record_refusal(target, exc)
             raise
         except BaseException:
-            partial, _ = self.store.partial_paths(f"file-{target.file_id}")
+            partial, _ = self.store.partial_paths(target.partial_key)
             if not partial.exists():
                 with session_scope(self.engine, write=True) as session:
                     records.clear_unfinished(session, target.file_id)

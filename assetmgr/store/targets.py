@@ -131,6 +131,11 @@ class FileTarget:
     approx_size: int | None = None
     """An approximate size (a fractional sizeKB, rounded up) when the exact one is unknown."""
 
+    @property
+    def partial_key(self) -> str:
+        """The key of its partial file and lock in the store (one per catalog file)."""
+        return f"file-{self.file_id}"
+
     def catalog_bound(self, max_bytes: int) -> TransferBound:
         """The bound the catalog sets (the maximum when it knows no size)."""
         if self.expected_size is not None:
