@@ -8,7 +8,6 @@ server or job messages in it are outside text.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -102,31 +101,44 @@ _register()
 
 
 def main() -> None:
-    """Console entry point: one-line errors with a hint, never a traceback for expected ones."""
+    """Console entry point: one-line errors with a hint, never a traceback for expected ones.
+
+    Usage mistakes exit 2 with an ``error:`` and a ``hint:`` line; an interrupt exits 130.
+    """
+    from assetmgr.cli.usage import PROG, is_usage_error, usage_error_lines
+
+    argv = sys.argv[1:]
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer returns the code of an exit (`--help`: 0; Ctrl-C,
+        # which it turns into an exit: 130) and raises usage errors for us to word.
+        code = app(args=argv, prog_name=PROG, standalone_mode=False)
     except AssetMgrError as exc:
         fail(exc)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
-        print_line("error: interrupted", err=True)
-        raise SystemExit(130) from None
+        code = 130
     except typer.Abort:
         print_line("error: aborted", err=True)
         raise SystemExit(1) from None
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors and the unexpected
-        # Typer raises its own vendored click's exceptions, so recognise them by their shape.
-        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(exit_code, int):
-            # Usage errors quote the arguments, which a script may have taken from outside.
-            shown = io.StringIO()
-            show(file=shown)
-            sys.stderr.write(clean(shown.getvalue(), multiline=True))
+    except Exception as exc:  # usage errors and the unexpected
+        if is_usage_error(exc):
+            error, hint, exit_code = usage_error_lines(exc, typer.main.get_command(app), argv)
+            print_line(error, err=True)
+            print_line(hint, err=True)
             raise SystemExit(exit_code) from None
         if os.environ.get("ASSETMGR_DEBUG"):
             raise
         print_line(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
         print_line("hint: rerun with ASSETMGR_DEBUG=1 for a traceback and report it.", err=True)
         raise SystemExit(70) from None
+    if code == 130:
+        print_line("error: interrupted", err=True)
+        print_line(
+            "hint: Run the same command again; an interrupted pull or sync goes on where it "
+            "stopped.",
+            err=True,
+        )
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        raise SystemExit(code)

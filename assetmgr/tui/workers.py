@@ -194,9 +194,15 @@ class WorkersMixin(_Base):
             text = f"{_human_bytes(p.done_bytes)}" + (f" / {_human_bytes(total)}" if total else "")
             self.post_message(m.JobProgressed(job_id, p.done_bytes, total, text))
 
-        result = self.services.store_service().pull(
-            version_id, progress=progress, cancel=_cancel_event()
-        )
+        try:
+            result = self.services.store_service().pull(
+                version_id, progress=progress, cancel=_cancel_event()
+            )
+        except BaseException:
+            # A refused pull changes what the pane shows too: the file's state, and what the
+            # refusal taught (early access, downloads disabled).
+            self.post_message(m.CatalogChanged("pull"))
+            raise
         verb = "already in the store" if result.already_present else "downloaded and verified"
         self.post_message(m.JobFinished(job_id, f"{verb}: {result.sha256[:12]}…", result))
         self.post_message(m.CatalogChanged("pull"))
