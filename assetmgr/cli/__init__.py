@@ -123,7 +123,9 @@ def main() -> None:
             raise SystemExit(exit_code) from None
         if os.environ.get("ASSETMGR_DEBUG"):
             raise
-        print_line(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        from assetmgr.logs import redact_secrets
+
+        print_line(f"error: unexpected {type(exc).__name__}: {redact_secrets(str(exc))}", err=True)
         print_line(f"hint: {_unexpected_hint(exc)}", err=True)
         raise SystemExit(70) from None
 
