@@ -120,8 +120,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "v",
         "toggle_detail",
         "Detail",
-        "Show or hide the detail pane (on small terminals it takes the list's place; Enter "
-        "on a row opens it, Escape goes back)",
+        "Show or hide the detail pane (small terminals: in the list's place)",
         "catalog",
     ),
     ActionSpec(
