@@ -17,9 +17,9 @@ import os
 import re
 import stat
 import sys
+from io import TextIOWrapper
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import IO, Any
 
 from assetmgr import paths
 from assetmgr.display import CleanLogFormatter
@@ -79,7 +79,7 @@ class PrivateLogHandler(RotatingFileHandler):
             path, maxBytes=MAX_LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8", delay=True
         )
 
-    def _open(self) -> IO[Any]:
+    def _open(self) -> TextIOWrapper:
         from assetmgr.store.blobs import PRIVATE_DIR_MODE, open_private
 
         path = Path(self.baseFilename)

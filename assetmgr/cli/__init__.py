@@ -9,7 +9,6 @@ server or job messages in it are outside text.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import sys
 from typing import Any

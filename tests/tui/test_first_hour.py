@@ -232,4 +232,3 @@ def test_the_job_board_keeps_the_newest_failures() -> None:
     assert board.all()[0].summary == "reason 2"
     board.forget(failed[-1].id)
     assert failed[-1].id not in {j.id for j in board.all()}
-

@@ -316,4 +316,3 @@ async def test_a_search_that_matches_nothing_clears_the_detail(
         await wait_until(pilot, lambda: pane.detail is not None, what="detail again")
         assert pane.detail is not None and pane.detail.name == "Ink Wash Style"
         assert shown(pane.query_one("#versions"))
-

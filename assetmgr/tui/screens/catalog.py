@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from PIL.Image import Image as PILImage
 from rich.text import Text
-from textual import on
-from textual import events
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.geometry import Size

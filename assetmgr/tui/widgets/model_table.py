@@ -14,6 +14,7 @@ from textual.widgets import DataTable
 from assetmgr.display import clean
 from assetmgr.tui.queries import ModelRow, SortKey
 
+
 @dataclass(frozen=True)
 class Column:
     key: str
