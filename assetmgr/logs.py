@@ -37,6 +37,8 @@ _KEY_VALUE_RE = re.compile(
     r"(?i)(\b(?:civitai_api_key|api[_-]?key|apikey|token|authorization)\b[\"']?\s*[:=]\s*[\"']?)"
     r"(?!bearer\b)[^\s\"',;&]+"
 )
+MIN_SECRET_CHARS = 6
+_known_secrets: set[str] = set()
 FILE_ONLY = {"assetmgr_file_only": True}
 """``extra=`` for a record meant for the log file only (a traceback the terminal must not get)."""
 _MARK = "_assetmgr_handler"
@@ -48,11 +50,20 @@ def log_file() -> Path:
     return paths.logs_dir() / LOG_FILE_NAME
 
 
+def register_secret(value: str | None) -> None:
+    """A credential this process holds (the API key, the database password): masked wherever
+    a record quotes it, labelled or not."""
+    if value and len(value) >= MIN_SECRET_CHARS:
+        _known_secrets.add(value)
+
+
 def redact_secrets(text: str) -> str:
-    """`text` with credentials masked: signed-URL and ``token=`` query values, bearer tokens,
-    ``api_key=``/``token:`` values."""
+    """`text` with credentials masked: the registered secrets, signed-URL and ``token=`` query
+    values, bearer tokens, ``api_key=``/``token:`` values."""
     from catalog.civitai.errors import redact_url  # deferred: httpx is not needed to log
 
+    for secret in sorted(_known_secrets, key=len, reverse=True):
+        text = text.replace(secret, "REDACTED")
     text = redact_url(text)
     text = _BEARER_RE.sub(r"\1REDACTED", text)
     return _KEY_VALUE_RE.sub(r"\1REDACTED", text)
@@ -202,5 +213,6 @@ __all__ = [
     "log_file",
     "record_unexpected",
     "redact_secrets",
+    "register_secret",
     "setup_logging",
 ]

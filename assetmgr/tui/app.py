@@ -201,13 +201,13 @@ class AssetMgrApp(WorkersMixin, App[None]):
         if isinstance(error, AssetMgrError):
             log.warning("%s: %s", error.title, error.message)
             return JobError(error.title, error.message, error.hint)
-        from assetmgr.logs import record_unexpected
+        from assetmgr.logs import record_unexpected, redact_secrets
 
         log_path = record_unexpected(error or RuntimeError("unknown error"), "assetmgr.tui")
         where = f"the traceback is in {log_path}" if log_path else "the log file is unavailable"
         return JobError(
             "Unexpected error",
-            f"{type(error).__name__}: {error}",
+            redact_secrets(f"{type(error).__name__}: {error}"),
             f"This is a bug in assetmgr; {where}. Please report it.",
         )
 

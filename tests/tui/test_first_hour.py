@@ -205,6 +205,7 @@ async def test_an_unexpected_failure_names_the_log_that_has_its_traceback(
         modal = app.screen
         assert isinstance(modal, ErrorModal)
         assert modal.error_title == "Unexpected error"
+        assert "SECRET-B2-TOKEN" not in modal.message and "Authorization=REDACTED" in modal.message
         assert modal.hint == (
             f"This is a bug in assetmgr; the traceback is in {logs.log_file()}. Please report it."
         )

@@ -122,6 +122,22 @@ def test_secrets_never_reach_the_log() -> None:
     assert "&ok=1" in text  # only the credentials go, not the whole URL
 
 
+def test_the_api_key_and_database_password_are_masked_even_unlabelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from assetmgr.config import Settings
+
+    monkeypatch.setenv("CIVITAI_API_KEY", "civkey-7f3a9c2e11")
+    Settings.load(database_url="postgresql+psycopg://assetmgr:pg-pass-5521@db.example/assetmgr")
+    logs.setup_logging(terminal=False)
+    logging.getLogger("catalog.sync").error(
+        "refused civkey-7f3a9c2e11 at postgresql+psycopg://assetmgr:pg-pass-5521@db.example/x"
+    )
+    text = logs.log_file().read_text("utf-8")
+    assert "civkey-7f3a9c2e11" not in text and "pg-pass-5521" not in text
+    assert "refused REDACTED at postgresql+psycopg://assetmgr:REDACTED@db.example/x" in text
+
+
 def test_records_are_cleaned() -> None:
     logs.setup_logging(terminal=False)
     logging.getLogger("catalog.sync").warning("name %s", "evil\x1b]0;PWNED\x07\nsecond")
