@@ -316,3 +316,20 @@ async def test_a_search_that_matches_nothing_clears_the_detail(
         await wait_until(pilot, lambda: pane.detail is not None, what="detail again")
         assert pane.detail is not None and pane.detail.name == "Ink Wash Style"
         assert shown(pane.query_one("#versions"))
+
+
+async def test_a_resize_while_another_screen_is_shown_applies_on_return(
+    build_app: Callable[..., AssetMgrApp],
+) -> None:
+    app = build_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        await pilot.press("f3")
+        await settle(pilot)
+        await pilot.resize_terminal(*SMALL)
+        await settle(pilot)
+        await pilot.press("f2")
+        await settle(pilot)
+        assert app.catalog.mode == "single"
+        assert not shown(app.catalog.query_one(DetailPane))
+        assert "creator" not in app.catalog.query_one(ModelTable).shown_columns
