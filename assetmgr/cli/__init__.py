@@ -8,14 +8,13 @@ server or job messages in it are outside text.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any
 
 import typer
 
-from assetmgr.display import CleanLogFormatter, clean, dumps_json
+from assetmgr.display import clean, dumps_json
 from assetmgr.errors import AssetMgrError
 
 app = typer.Typer(
@@ -35,13 +34,9 @@ state = _State()
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(CleanLogFormatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
-    # httpx logs full request URLs at INFO; ours are redacted, its are not: keep it quiet.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    from assetmgr.logs import setup_logging
+
+    setup_logging(verbose=verbose, terminal=True)
 
 
 @app.callback(invoke_without_command=True)
@@ -130,8 +125,10 @@ def main() -> None:
             raise SystemExit(exit_code) from None
         if os.environ.get("ASSETMGR_DEBUG"):
             raise
-        print_line(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
-        print_line("hint: rerun with ASSETMGR_DEBUG=1 for a traceback and report it.", err=True)
+        from assetmgr.logs import redact_secrets
+
+        print_line(f"error: unexpected {type(exc).__name__}: {redact_secrets(str(exc))}", err=True)
+        print_line(f"hint: {_unexpected_hint(exc)}", err=True)
         raise SystemExit(70) from None
     if code == 130:
         print_line("error: interrupted", err=True)
@@ -142,3 +139,16 @@ def main() -> None:
         )
     if isinstance(code, int) and not isinstance(code, bool) and code:
         raise SystemExit(code)
+
+
+def _unexpected_hint(exc: BaseException) -> str:
+    """The traceback goes to the log file only; the hint says where it is."""
+    from assetmgr.logs import record_unexpected
+
+    log_path = record_unexpected(exc, "assetmgr.cli")
+    if log_path is not None:
+        return (
+            f"this is a bug in assetmgr; the traceback is in {log_path} "
+            "(or rerun with ASSETMGR_DEBUG=1); please report it."
+        )
+    return "this is a bug in assetmgr; rerun with ASSETMGR_DEBUG=1 for a traceback and report it."

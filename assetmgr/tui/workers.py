@@ -103,6 +103,14 @@ class WorkersMixin(_Base):
         if not _cancelled():
             self.post_message(m.FacetsLoaded(facets))
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-demo")
+    def check_demo(self) -> None:
+        from catalog.demo import is_demo_catalog
+
+        is_demo = is_demo_catalog(self.services.engine)
+        if not _cancelled():
+            self.post_message(m.DemoChecked(is_demo))
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-detail")
     def load_detail(self, model_id: int) -> None:
         with Session(self.services.engine) as session:

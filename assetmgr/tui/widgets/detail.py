@@ -135,9 +135,20 @@ class DetailPane(VerticalScroll):
         yield Label("About", classes="section")
         yield Static("", id="description")
 
-    def show_message(self, text: str) -> None:
-        for title in self.query("#detail-title").results(Static):
-            title.update(Text(clean(text)))
+    def on_mount(self) -> None:
+        self.add_class("-empty")
+
+    def show_empty(self, text: str) -> None:
+        """No model to show (nothing matches): the pane keeps nothing of the previous one."""
+        self.detail = None
+        self.version_index = 0
+        self.add_class("-empty")
+        self.query_one("#detail-title", Static).update(Text(clean(text), style="bold"))
+        for part in ("#detail-meta", "#version-info", "#files", "#description"):
+            self.query_one(part, Static).update("")
+        self.query_one("#versions", OptionList).clear_options()
+        self.query_one("#words", Vertical).remove_children()
+        self.query_one("#preview", PreviewPane).show_note("")
 
     @property
     def version(self) -> VersionDetail | None:
@@ -147,6 +158,7 @@ class DetailPane(VerticalScroll):
 
     def show_detail(self, detail: ModelDetail, *, version_index: int = 0) -> None:
         self.detail = detail
+        self.remove_class("-empty")
         title = Text(clean(detail.name), style="bold")
         title.append(f"  {clean(detail.type)}", style="cyan")
         if detail.nsfw:
