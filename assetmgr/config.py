@@ -199,6 +199,7 @@ class Settings:
                 hint="Give ASSETMGR_MAX_DOWNLOAD_SIZE or max_download_size as bytes or with a "
                 "unit, e.g. 64GiB or 500MB.",
             )
+        _register_secrets(api_key, str(db_url))
         return cls(
             home=paths.home(),
             database_url=str(db_url),
@@ -209,3 +210,16 @@ class Settings:
             sync_concurrency=max(1, sync_concurrency),
             max_download_bytes=max_download_bytes,
         )
+
+
+def _register_secrets(api_key: str | None, database_url: str) -> None:
+    """The key and the database password are masked in every log record from now on."""
+    from urllib.parse import urlsplit
+
+    from assetmgr.logs import register_secret
+
+    register_secret(api_key)
+    try:
+        register_secret(urlsplit(database_url).password)
+    except ValueError:  # not a URL with a parseable netloc: nothing to mask
+        pass

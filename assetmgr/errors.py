@@ -5,6 +5,7 @@ Every error a user can meet derives from `AssetMgrError`, which carries a one-li
 ``error: <message>`` and ``hint: <hint>`` on stderr and exits with `exit_code`.
 
     AssetMgrError
+    ├── UsageError                       options that cannot go together (exit 2, as typer's)
     ├── ConfigError                      bad settings, bad database URL, unreadable config
     ├── CatalogError                     the local catalog (database, migrations, lookups)
     │   ├── NotInCatalogError            an id, name or hash that the catalog does not hold
@@ -50,6 +51,13 @@ class AssetMgrError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class UsageError(AssetMgrError):
+    """A command line whose parts parse but cannot go together; exits 2 like typer's own."""
+
+    title = "Usage error"
+    exit_code = 2
 
 
 class ConfigError(AssetMgrError):
@@ -111,4 +119,5 @@ __all__ = [
     "NotInCatalogError",
     "SandboxError",
     "StoreError",
+    "UsageError",
 ]

@@ -33,8 +33,8 @@ MAX_ID = 2**31 - 1
 
 @dataclass(frozen=True)
 class ClaimRefused:
-    """Why a claim was not used; `code` is ``claim-hash-mismatch``, ``claim-ids`` or
-    ``claim-contradicted``."""
+    """Why a claim was not used; `code` is ``claim-hash-mismatch``, ``claim-no-hash``,
+    ``claim-ids`` or ``claim-contradicted``."""
 
     code: str
     reason: str
@@ -44,6 +44,11 @@ def claimed_file(claim: api.ModelVersion, sha256: str) -> api.ModelFile | ClaimR
     """The claim's file with this SHA256, or why the claim cannot be about this file."""
     digest = sha256.upper()
     matched = next((f for f in claim.files if (f.sha256 or "").upper() == digest), None)
+    if matched is None and not any(f.sha256 for f in claim.files):
+        return ClaimRefused(
+            "claim-no-hash",
+            f"claims version {claim.id}, but lists no SHA256 to check it by (an older sidecar)",
+        )
     if matched is None:
         return ClaimRefused(
             "claim-hash-mismatch",

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from sqlalchemy import Engine, func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from catalog import repo
 from catalog.civitai.types import Model
@@ -25,6 +25,27 @@ def demo_models() -> list[Model]:
 def catalog_is_empty(engine: Engine) -> bool:
     with Session(engine) as session:
         return int(session.execute(select(func.count()).select_from(ModelRow)).scalar_one()) == 0
+
+
+def demo_model_ids() -> frozenset[int]:
+    """The ids of the bundled demo models (invented, outside Civitai's real range in use)."""
+    raw = json.loads(resources.files("catalog").joinpath("demo_catalog.json").read_text("utf-8"))
+    return frozenset(int(item["id"]) for item in raw["items"])
+
+
+def is_demo_catalog(engine: Engine) -> bool:
+    """Whether the catalog holds demo models and nothing else (no real sync has filled it)."""
+    ids = demo_model_ids()
+    with Session(engine) as session:
+        other = session.execute(
+            select(col(ModelRow.id)).where(col(ModelRow.id).not_in(ids)).limit(1)
+        ).first()
+        if other is not None:
+            return False
+        demo = session.execute(
+            select(col(ModelRow.id)).where(col(ModelRow.id).in_(ids)).limit(1)
+        ).first()
+        return demo is not None
 
 
 def seed_demo(engine: Engine) -> dict[str, int]:

@@ -34,6 +34,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import SQLModel
 
 from assetmgr.errors import CatalogError, NotInCatalogError
+from catalog.access import version_access
 from catalog.civitai import types as api
 from catalog.local_files import detach_changed
 from catalog.models import (
@@ -1728,6 +1729,7 @@ def model_to_dict(model: Model) -> dict[str, Any]:
         v for v in model.versions if v.state != "gone" or any(f.local is not None for f in v.files)
     ]
     versions.sort(key=_newest_first, reverse=True)
+    now = datetime.now(UTC)
     return {
         "id": model.id,
         "name": model.name,
@@ -1742,6 +1744,10 @@ def model_to_dict(model: Model) -> dict[str, Any]:
                 "base_model": v.base_model,
                 "trained_words": v.trained_word_list,
                 "published_at": _iso(v.published_at),
+                "access": [
+                    {"code": rule.code, "until": _iso(rule.until)}
+                    for rule in version_access(v, model, now=now)
+                ],
                 "files": [
                     _file_dict(f) for f in sorted(v.files, key=lambda f: (not f.is_primary, f.id))
                 ],

@@ -155,6 +155,33 @@ def model_filters(
     return clauses
 
 
+def count_models(
+    session: Session,
+    *,
+    search: str | None = None,
+    types: Sequence[str] | None = None,
+    base_models: Sequence[str] | None = None,
+    nsfw: bool = True,
+    local_only: bool = False,
+    include_gone: bool = False,
+) -> int:
+    """How many models `catalog.repo.list_models` would list with these filters, unlimited."""
+    filters = model_filters(
+        types=types,
+        base_models=base_models,
+        nsfw=nsfw,
+        local_only=local_only,
+        include_gone=include_gone,
+    )
+    if search is not None and search.strip():
+        matching = match_clause(session, search)
+        if matching is None:
+            return 0
+        filters.append(matching)
+    query = select(func.count()).select_from(_table("model")).where(*filters)
+    return int(session.execute(query).scalar_one())
+
+
 def search_models(
     session: Session,
     text: str,
@@ -259,6 +286,7 @@ def _search_postgresql(
 __all__ = [
     "BM25_WEIGHTS",
     "RANK_CAP",
+    "count_models",
     "fts5_query",
     "match_clause",
     "model_filters",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -125,6 +125,15 @@ def find_updates(session: Session, *, model_ids: Sequence[int] | None = None) ->
                 )
             )
     return sorted(updates, key=lambda u: (u.model_name.lower(), u.family))
+
+
+def count_verified_local(session: Session) -> int:
+    """How many files the store holds verified (what `updates` and `duplicates` look at)."""
+    return int(
+        session.execute(
+            select(func.count()).select_from(LocalFile).where(col(LocalFile.state) == "verified")
+        ).scalar_one()
+    )
 
 
 def find_duplicates(session: Session) -> dict[str, list[dict[str, Any]]]:

@@ -8,15 +8,13 @@ server or job messages in it are outside text.
 
 from __future__ import annotations
 
-import io
-import logging
 import os
 import sys
 from typing import Any
 
 import typer
 
-from assetmgr.display import CleanLogFormatter, clean, dumps_json
+from assetmgr.display import clean, dumps_json
 from assetmgr.errors import AssetMgrError
 
 app = typer.Typer(
@@ -36,13 +34,9 @@ state = _State()
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(CleanLogFormatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
-    # httpx logs full request URLs at INFO; ours are redacted, its are not: keep it quiet.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    from assetmgr.logs import setup_logging
+
+    setup_logging(verbose=verbose, terminal=True)
 
 
 @app.callback(invoke_without_command=True)
@@ -102,31 +96,59 @@ _register()
 
 
 def main() -> None:
-    """Console entry point: one-line errors with a hint, never a traceback for expected ones."""
+    """Console entry point: one-line errors with a hint, never a traceback for expected ones.
+
+    Usage mistakes exit 2 with an ``error:`` and a ``hint:`` line; an interrupt exits 130.
+    """
+    from assetmgr.cli.usage import PROG, is_usage_error, usage_error_lines
+
+    argv = sys.argv[1:]
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer returns the code of an exit (`--help`: 0; Ctrl-C,
+        # which it turns into an exit: 130) and raises usage errors for us to word.
+        code = app(args=argv, prog_name=PROG, standalone_mode=False)
     except AssetMgrError as exc:
         fail(exc)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
-        print_line("error: interrupted", err=True)
-        raise SystemExit(130) from None
+        code = 130
     except typer.Abort:
         print_line("error: aborted", err=True)
         raise SystemExit(1) from None
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors and the unexpected
-        # Typer raises its own vendored click's exceptions, so recognise them by their shape.
-        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(exit_code, int):
-            # Usage errors quote the arguments, which a script may have taken from outside.
-            shown = io.StringIO()
-            show(file=shown)
-            sys.stderr.write(clean(shown.getvalue(), multiline=True))
+    except Exception as exc:  # usage errors and the unexpected
+        if is_usage_error(exc):
+            error, hint, exit_code = usage_error_lines(exc, typer.main.get_command(app), argv)
+            print_line(error, err=True)
+            print_line(hint, err=True)
             raise SystemExit(exit_code) from None
         if os.environ.get("ASSETMGR_DEBUG"):
             raise
-        print_line(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
-        print_line("hint: rerun with ASSETMGR_DEBUG=1 for a traceback and report it.", err=True)
+        from assetmgr.logs import redact_secrets
+
+        print_line(f"error: unexpected {type(exc).__name__}: {redact_secrets(str(exc))}", err=True)
+        print_line(f"hint: {_unexpected_hint(exc)}", err=True)
         raise SystemExit(70) from None
+    if code == 130:
+        print_line("error: interrupted", err=True)
+        print_line(
+            "hint: Run the same command again; an interrupted pull or sync goes on where it "
+            "stopped.",
+            err=True,
+        )
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        raise SystemExit(code)
+
+
+def _unexpected_hint(exc: BaseException) -> str:
+    """The traceback goes to the log file only; the hint says where it is."""
+    from assetmgr.logs import record_unexpected
+
+    log_path = record_unexpected(exc, "assetmgr.cli")
+    if log_path is not None:
+        return (
+            f"this is a bug in assetmgr; the traceback is in {log_path} "
+            "(or rerun with ASSETMGR_DEBUG=1); please report it."
+        )
+    return "this is a bug in assetmgr; rerun with ASSETMGR_DEBUG=1 for a traceback and report it."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -12,9 +13,9 @@ from assetmgr.config import Settings, mask_secret, store_api_key
 from assetmgr.display import clean
 from assetmgr.errors import AssetMgrError
 
-models_app = typer.Typer(help="Browse the local catalog.", no_args_is_help=True)
-db_app = typer.Typer(help="The catalog database.", no_args_is_help=True)
-config_app = typer.Typer(help="Settings and the Civitai API key.", no_args_is_help=True)
+models_app = typer.Typer(help="Browse the local catalog.")
+db_app = typer.Typer(help="The catalog database.")
+config_app = typer.Typer(help="Settings and the Civitai API key.")
 
 
 def register(app: typer.Typer) -> None:
@@ -124,6 +125,9 @@ def sync(
             print_line(f"skipped item: {err}", err=True)
 
 
+DEFAULT_LIST_LIMIT = 100
+
+
 @models_app.command("list")
 def models_list(
     types: list[str] = typer.Option([], "--type", help="Model type (repeatable)."),
@@ -132,29 +136,59 @@ def models_list(
         None, "--search", help="Full-text search in the local catalog."
     ),
     local: bool = typer.Option(False, "--local", help="Only models with files in the local store."),
-    limit: int = typer.Option(100, "--limit", min=1, help="At most this many models."),
+    limit: int = typer.Option(
+        DEFAULT_LIST_LIMIT, "--limit", min=0, help="At most this many models (0: all)."
+    ),
+    show_all: bool = typer.Option(False, "--all", help="Every matching model (as --limit 0)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array on stdout."),
 ) -> None:
-    """List models in the local catalog."""
+    """List models in the local catalog (a cut list says so on stderr)."""
     from assetmgr.context import open_engine
     from catalog import repo
     from catalog.db import session_scope
+    from catalog.search import count_models
 
+    filters: dict[str, Any] = {
+        "types": list(types) or None,
+        "base_models": list(base_models) or None,
+        "search": search,
+        "local_only": local,
+    }
     engine = open_engine(Settings.load())
     with session_scope(engine) as session:
-        rows = repo.list_models(
-            session,
-            types=list(types) or None,
-            base_models=list(base_models) or None,
-            search=search,
-            local_only=local,
-            limit=limit,
-        )
+        wanted = None if show_all or limit == 0 else limit
+        total = count_models(session, **filters) if wanted is None else None
+        # One row past the limit tells whether the list is cut, without counting first.
+        fetch = wanted + 1 if wanted is not None else max(total or 0, 1)
+        rows = repo.list_models(session, **filters, limit=fetch)
+        cut = wanted is not None and len(rows) > wanted
+        if cut:
+            rows = rows[:wanted]
+            total = count_models(session, **filters)
         objects = [repo.model_to_dict(row) for row in rows]
+        catalog_empty = not objects and count_models(session) == 0
     if as_json:
         print_json(objects)
-        return
-    _print_models_table(objects)
+    elif objects:
+        _print_models_table(objects)
+    if cut:
+        print_line(
+            f"{len(objects)} of {total} models shown; pass --limit N for more, or --all",
+            err=True,
+        )
+    elif catalog_empty:
+        print_line("the catalog is empty; run `assetmgr sync` or `assetmgr demo` first", err=True)
+    elif not objects:
+        print_line(_no_match(local), err=True)
+
+
+def _no_match(local: bool) -> str:
+    if local:
+        return (
+            "no local models match; `assetmgr pull VERSION_ID` or `assetmgr import DIR` adds "
+            "files to the store"
+        )
+    return "no models match these filters"
 
 
 def _cell(value: object) -> Any:
@@ -173,7 +207,11 @@ def _print_models_table(objects: list[dict[str, Any]]) -> None:
     for obj in objects:
         versions = obj.get("versions") or []
         base = versions[0]["base_model"] if versions else ""
-        local = any(f.get("local") for v in versions for f in v.get("files", []))
+        local = any(
+            (f.get("local") or {}).get("state") == "verified"
+            for v in versions
+            for f in v.get("files", [])
+        )
         table.add_row(
             _cell(obj["id"]),
             _cell(obj["type"]),
@@ -184,13 +222,11 @@ def _print_models_table(objects: list[dict[str, Any]]) -> None:
             _cell("yes" if local else ""),
         )
     print_rich(table)
-    if not objects:
-        print_line("no models; run `assetmgr sync` or `assetmgr demo` first", err=True)
 
 
 @models_app.command("show")
 def models_show(
-    model_id: int = typer.Argument(..., help="Civitai model id."),
+    model_id: int = typer.Argument(..., metavar="MODEL_ID", help="Civitai model id."),
     as_json: bool = typer.Option(False, "--json", help="Print the model object on stdout."),
 ) -> None:
     """Show one model with its versions, files, hashes and trigger words."""
@@ -198,17 +234,20 @@ def models_show(
     from catalog import repo
     from catalog.db import session_scope
 
-    engine = open_engine(Settings.load())
+    settings = Settings.load()
+    engine = open_engine(settings)
     with session_scope(engine) as session:
         obj = repo.model_to_dict(repo.get_model(session, model_id))
     if as_json:
         print_json(obj)
         return
-    _print_model(obj)
+    _print_model(obj, api_key_set=settings.api_key is not None)
 
 
-def _print_model(obj: dict[str, Any]) -> None:
+def _print_model(obj: dict[str, Any], *, api_key_set: bool) -> None:
     from rich.text import Text
+
+    from catalog.access import AccessRule, describe
 
     lines: list[Text] = [
         Text.assemble(
@@ -229,6 +268,10 @@ def _print_model(obj: dict[str, Any]) -> None:
                 clean(f" #{v['id']} {v.get('base_model') or ''} {v.get('published_at') or ''}"),
             )
         )
+        for rule in v.get("access") or []:
+            until = datetime.fromisoformat(rule["until"]) if rule["until"] else None
+            shown = describe(AccessRule(rule["code"], until))
+            lines.append(Text(f"    download: {shown}", style="yellow"))
         for word in v.get("trained_words") or []:
             lines.append(Text(clean(f"    trigger: {word}")))
         for f in v.get("files", []):
@@ -244,6 +287,14 @@ def _print_model(obj: dict[str, Any]) -> None:
                     )
                 )
             )
+    if not api_key_set:
+        lines.append(
+            Text(
+                "note: no API key is set, and Civitai asks for a login to download many files "
+                "(`assetmgr config set-key`)",
+                style="dim",
+            )
+        )
     print_rich(Text("\n").join(lines))
 
 

@@ -156,11 +156,11 @@ def rerun(
 
 
 def runs(
-    limit: int = typer.Option(20, "--limit", min=1),
+    limit: int = typer.Option(20, "--limit", min=0, help="At most this many runs (0: all)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Recorded generation runs, newest first."""
-    from sqlalchemy import select
+    """Recorded generation runs, newest first (a cut list says so on stderr)."""
+    from sqlalchemy import func, select
     from sqlmodel import col
 
     from catalog.db import session_scope
@@ -168,13 +168,12 @@ def runs(
 
     engine, _, _ = _services()
     with session_scope(engine) as session:
-        rows = (
-            session.execute(
-                select(GenerationRun).order_by(col(GenerationRun.id).desc()).limit(limit)
-            )
-            .scalars()
-            .all()
-        )
+        query = select(GenerationRun).order_by(col(GenerationRun.id).desc())
+        rows = session.execute(query.limit(limit) if limit else query).scalars().all()
+        total = len(rows)
+        if limit and total == limit:
+            counted = select(func.count()).select_from(GenerationRun)
+            total = int(session.execute(counted).scalar_one())
         data = [
             {
                 "run_id": r.id,
@@ -190,9 +189,19 @@ def runs(
         ]
     if as_json:
         print_json(data)
-        return
-    for r in data:
+    else:
+        for r in data:
+            print_line(
+                f"#{r['run_id']} {r['created_at']} {r['status']} seed={r['seed']} "
+                f"{(r['prompt'] or '')[:60]!r}"
+            )
+    if not data:
         print_line(
-            f"#{r['run_id']} {r['created_at']} {r['status']} seed={r['seed']} "
-            f"{(r['prompt'] or '')[:60]!r}"
+            "no generation runs yet; `assetmgr generate --model M --prompt P` records one",
+            err=True,
+        )
+    elif total > len(data):
+        print_line(
+            f"{len(data)} of {total} runs shown; pass --limit N for more, or --limit 0",
+            err=True,
         )

@@ -14,12 +14,8 @@ from assetmgr.cli import print_json, print_line
 from assetmgr.config import Settings
 from assetmgr.errors import AssetMgrError
 
-sandbox_app = typer.Typer(
-    help="The container sandbox: image, status, cleanup.", no_args_is_help=True
-)
-plugins_app = typer.Typer(
-    help="Vetted plugins: hashed, read-only, run only inside the sandbox.", no_args_is_help=True
-)
+sandbox_app = typer.Typer(help="The container sandbox: image, status, cleanup.")
+plugins_app = typer.Typer(help="Vetted plugins: hashed, read-only, run only inside the sandbox.")
 
 
 def register(app: typer.Typer) -> None:

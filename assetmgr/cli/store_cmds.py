@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,13 @@ def pull(
 
     from assetmgr.cli.progress import label_column, progress_label, stderr_console
     from assetmgr.context import make_client, open_engine
-    from assetmgr.errors import AssetMgrError
+    from assetmgr.errors import UsageError
     from assetmgr.store.service import StoreService
 
     if file_id is not None and len(version_ids) != 1:
-        raise AssetMgrError(
+        raise UsageError(
             "--file-id needs exactly one VERSION_ID",
-            hint="Pull one version at a time with --file-id.",
+            hint="Pull one version at a time with --file-id (`assetmgr pull --help`).",
         )
     settings = Settings.load(api_base=api_base)
     engine = open_engine(settings)
@@ -107,54 +108,91 @@ def pull(
             raise
         finally:
             service.close()
-    results: list[dict[str, Any]] = []
-    failed: list[AssetMgrError] = []
-    for o in outcomes:
-        if o.error is not None:
-            failed.append(o.error)
-            results.append(
-                {
-                    "version_id": o.version_id,
-                    "file_id": o.file_id,
-                    "error": o.error.message,
-                    "hint": o.error.hint,
-                }
-            )
-        else:
-            r = o.result
-            assert r is not None
-            results.append(
-                {
-                    "version_id": o.version_id,
-                    "file_id": r.file_id,
-                    "sha256": r.sha256,
-                    "path": str(r.blob_path),
-                    "link": str(r.link_path) if r.link_path else None,
-                    "downloaded_bytes": r.downloaded_bytes,
-                    "resumed_from": r.resumed_from,
-                    "already_present": r.already_present,
-                    "state": "verified",
-                }
-            )
+    results = [_pull_json(o) for o in outcomes]
     if as_json:
         print_json(results)
     else:
         for res in results:
-            if "error" in res:
-                print_line(f"error: version {res['version_id']}: {res['error']}", err=True)
-                if res.get("hint"):
-                    print_line(f"hint: {res['hint']}", err=True)
-            else:
-                note = (
-                    " (already in the store)"
-                    if res["already_present"]
-                    else (
-                        f" (resumed at byte {res['resumed_from']})" if res["resumed_from"] else ""
-                    )
-                )
-                print_line(f"{res['path']}{note}")
+            _print_pull_result(res)
+        print_line(_pull_summary(results), err=True)
+    failed = [o.error for o in outcomes if o.error is not None]
     if failed:
         raise SystemExit(max(e.exit_code for e in failed))
+
+
+def _pull_json(outcome: Any) -> dict[str, Any]:
+    """One pull's result: what was asked, what the catalog calls it, and what happened."""
+    target = outcome.target
+    data: dict[str, Any] = {
+        "version_id": outcome.version_id,
+        "file_id": outcome.file_id,
+        "model_name": target.model_name if target else None,
+        "version_name": target.version_name if target else None,
+        "file_name": target.name if target else None,
+    }
+    if outcome.error is not None:
+        return {**data, "error": outcome.error.message, "hint": outcome.error.hint}
+    r = outcome.result
+    return {
+        **data,
+        "sha256": r.sha256,
+        "size_bytes": r.hashes.size if r.hashes is not None else r.blob_path.stat().st_size,
+        "path": str(r.blob_path),
+        "link": str(r.link_path) if r.link_path else None,
+        "downloaded_bytes": r.downloaded_bytes,
+        "resumed_from": r.resumed_from,
+        "already_present": r.already_present,
+        "state": "verified",
+    }
+
+
+def _pull_label(res: dict[str, Any]) -> str:
+    """``Model / version (#id) / file``, from what the catalog knows."""
+    if res["file_name"] is None:
+        return f"version {res['version_id']}"
+    return (
+        f"{res['model_name'] or '?'} / {res['version_name'] or '?'} (#{res['version_id']})"
+        f" / {res['file_name']}"
+    )
+
+
+def _print_pull_result(res: dict[str, Any]) -> None:
+    """The blob's path on stdout (for scripts); what it is, or why not, on stderr."""
+    from assetmgr.store.targets import describe_bytes
+
+    if "error" in res:
+        # The model and version; the message itself names the file or the request.
+        what = (
+            f" ({res['model_name'] or '?'} / {res['version_name'] or '?'})"
+            if res["file_name"] is not None
+            else ""
+        )
+        print_line(f"error: version {res['version_id']}{what}: {res['error']}", err=True)
+        if res.get("hint"):
+            print_line(f"hint: {res['hint']}", err=True)
+        return
+    if res["already_present"]:
+        how = "already in the store"
+    elif res["resumed_from"]:
+        how = f"downloaded and verified (resumed at byte {res['resumed_from']})"
+    else:
+        how = "downloaded and verified"
+    print_line(f"{_pull_label(res)}, {describe_bytes(res['size_bytes'])}: {how}", err=True)
+    print_line(res["path"])
+
+
+def _pull_summary(results: list[dict[str, Any]]) -> str:
+    from assetmgr.store.targets import describe_bytes
+
+    done = [r for r in results if "error" not in r]
+    fresh = [r for r in done if not r["already_present"]]
+    downloaded = describe_bytes(sum(r["downloaded_bytes"] for r in fresh))
+    parts = [f"{len(fresh)} downloaded ({downloaded})"]
+    if len(done) > len(fresh):
+        parts.append(f"{len(done) - len(fresh)} already in the store")
+    if len(done) < len(results):
+        parts.append(f"{len(results) - len(done)} failed")
+    return f"pulled {len(done)} of {len(results)} files: " + ", ".join(parts)
 
 
 def verify(
@@ -286,35 +324,39 @@ def import_cmd(
         print_json(data)
     else:
         _print_import_report(data)
+    if report.stopped is not None:
+        from assetmgr.cli import fail
+        from assetmgr.errors import AssetMgrError
+        from assetmgr.import_hints import STOP_HINTS
 
-
-_IMPORT_HINTS = {
-    "pickle-refused": "Pickle checkpoints can run code when loaded; pass --allow-pickle to store "
-    "them anyway (never unpickled on the host), or use a .safetensors version.",
-    "invalid-safetensors": "Only files whose bytes are a valid model are imported; "
-    "the file was left as it is.",
-    "not-a-model": "Only files whose bytes are a valid model are imported, whatever their "
-    "names; the file was left as it is.",
-    "special-file": "FIFOs, devices and sockets are never opened as models.",
-    "broken-link": "Fix or remove the link and import again.",
-    "link-loop": "Each folder is walked once, however many links lead to it.",
-    "changed": "Another program is writing the file; import again when it is done.",
-    "claim-contradicted": "A sidecar never changes what the catalog holds; the file's own "
-    "hash decides. The file was imported by its content.",
-    "claim-hash-mismatch": "The sidecar describes other bytes; the file was imported by its "
-    "content.",
-    "claim-ids": "The file was imported by its content; the sidecar was ignored.",
-    "claim-not-recorded": "The file was imported by its content; the sidecar was ignored.",
-    "claim-overruled": "The file's own hash decides which version it is.",
-}
+        left = len(report.not_reached)
+        fail(
+            AssetMgrError(
+                f"import stopped: {report.stopped.reason}; {left} file{'s' if left != 1 else ''}"
+                " not reached",
+                hint=STOP_HINTS.get(report.stopped.code, ""),
+            )
+        )
+        raise SystemExit(130 if report.stopped.code == "cancelled" else 1)
 
 
 def _print_import_report(data: dict[str, Any]) -> None:
-    """The import summary on stderr: counts, followed links, skips and ignored sidecars."""
-    imported = data["imported"]
+    """The import report on stderr: counts, then one line per followed link, skipped file,
+    duplicate, ignored sidecar and file not reached, then one hint per reason code."""
+    from assetmgr.import_hints import DUPLICATE_HINT, hint_for
+
+    counts = data["counts"]
+    others = [
+        f"{counts['skipped']} skipped" if counts["skipped"] else "",
+        f"{counts['duplicates']} duplicate{'s' if counts['duplicates'] != 1 else ''}"
+        if counts["duplicates"]
+        else "",
+        f"{counts['not_reached']} not reached" if counts["not_reached"] else "",
+    ]
+    rest = "; " + ", ".join(o for o in others if o) if any(others) else ""
     print_line(
-        f"imported {len(imported)} of {data['scanned']} files ({data['civitai']} known to "
-        f"Civitai, {data['sidecar']} identified by a sidecar only, {data['local']} local)",
+        f"imported {counts['imported']} of {counts['files']} files ({data['civitai']} known to "
+        f"Civitai, {data['sidecar']} identified by a sidecar only, {data['local']} local){rest}",
         err=True,
     )
     if data["lookup_error"]:
@@ -326,22 +368,41 @@ def _print_import_report(data: dict[str, Any]) -> None:
     for link in data["links"]:
         where = " (outside the folder)" if link["outside"] else ""
         print_line(f"followed link {link['path']} -> {link['target']}{where}", err=True)
+    for f in data["imported"]:
+        if f["folder_hint"]:
+            print_line(
+                f"typed by its folder {f['path']}: {f['model_type']}, {f['base_model']} "
+                f"(from {f['folder_hint']}/; the header could not tell)",
+                err=True,
+            )
     codes: list[str] = []
     for s in data["skipped"]:
         via = f" (link to {s['target']})" if s["target"] else ""
         print_line(f"skipped {s['path']}{via}: {s['reason']}", err=True)
         codes.append(s["code"])
+    for d in data["duplicates"]:
+        print_line(f"duplicate {d['path']}: the same bytes as {d['duplicate_of']}", err=True)
     for issue in data["ignored_sidecars"]:
         print_line(f"ignored sidecar {issue['path']}: {issue['reason']}", err=True)
         codes.append(issue["code"])
-    for code in dict.fromkeys(codes):
-        if code in _IMPORT_HINTS:
-            print_line(f"hint: {_IMPORT_HINTS[code]}", err=True)
+    for path in data["not_reached"]:
+        print_line(f"not reached {path}", err=True)
+    hints = [hint_for(code) for code in codes]
+    hints += [DUPLICATE_HINT] if data["duplicates"] else []
+    for hint in dict.fromkeys(h for h in hints if h):
+        print_line(f"hint: {hint}", err=True)
+
+
+class Layout(StrEnum):
+    """The folder layouts `export` writes (a choice, so a typo is a usage error)."""
+
+    A1111 = "a1111"
+    COMFYUI = "comfyui"
 
 
 def export_cmd(
     dest: Path = typer.Argument(..., help="Folder to write the layout into."),
-    layout: str = typer.Option(..., "--layout", help="a1111 or comfyui."),
+    layout: Layout = typer.Option(..., "--layout", help="a1111 or comfyui."),
     hardlink: bool = typer.Option(False, "--hardlink", help="Hard links instead of symlinks."),
     move_aside: bool = typer.Option(
         False,
@@ -362,7 +423,7 @@ def export_cmd(
         engine,
         _store(),
         dest.expanduser(),
-        layout=layout,
+        layout=layout.value,
         hardlink=hardlink,
         move_aside=move_aside,
     )
@@ -380,39 +441,60 @@ def updates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
     """Models whose newest version (same base-model family) is not in the store."""
     from assetmgr.context import open_engine
     from catalog.db import session_scope
-    from catalog.updates import find_updates
+    from catalog.updates import count_verified_local, find_updates
 
     with session_scope(open_engine(Settings.load())) as session:
         found = [u.as_json() for u in find_updates(session)]
+        local = count_verified_local(session)
     if as_json:
         print_json(found)
-        return
-    for u in found:
+    else:
+        for u in found:
+            print_line(
+                f"{u['model_name']} [{u['base_model_family']}]: have {u['local_version']['name']}"
+                f" (#{u['local_version']['id']}), newest {u['newest_version']['name']}"
+                f" (#{u['newest_version']['id']}) -> assetmgr pull {u['newest_version']['id']}"
+            )
+    if not local:
         print_line(
-            f"{u['model_name']} [{u['base_model_family']}]: have {u['local_version']['name']}"
-            f" (#{u['local_version']['id']}), newest {u['newest_version']['name']}"
-            f" (#{u['newest_version']['id']}) -> assetmgr pull {u['newest_version']['id']}"
+            "nothing is local yet, so there is nothing to update; `assetmgr pull VERSION_ID` "
+            "or `assetmgr import DIR` adds files",
+            err=True,
         )
-    if not found:
-        print_line("everything local is up to date", err=True)
+    elif not found:
+        print_line(f"all {_files(local)} in the store are up to date", err=True)
+    else:
+        count = f"{len(found)} model" + (" has" if len(found) == 1 else "s have")
+        print_line(f"{count} a newer version than the one in the store", err=True)
+
+
+def _files(n: int) -> str:
+    return f"{n} local file" + ("" if n == 1 else "s")
 
 
 def duplicates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Local files with the same bytes (SHA256) or the same tensors (AutoV3)."""
     from assetmgr.context import open_engine
     from catalog.db import session_scope
-    from catalog.updates import find_duplicates
+    from catalog.updates import count_verified_local, find_duplicates
 
     with session_scope(open_engine(Settings.load())) as session:
         groups = find_duplicates(session)
+        local = count_verified_local(session)
     if as_json:
         print_json(groups)
-        return
-    for g in groups["by_sha256"]:
-        names = ", ".join(str(f["file_name"]) for f in g["files"])
-        print_line(f"same bytes {g['sha256'][:16]}…: {names}")
-    for g in groups["by_autov3"]:
-        names = ", ".join(str(f["file_name"]) for f in g["files"])
-        print_line(f"same tensors {g['autov3']}: {names}")
-    if not groups["by_sha256"] and not groups["by_autov3"]:
-        print_line("no duplicates", err=True)
+    else:
+        for g in groups["by_sha256"]:
+            names = ", ".join(str(f["file_name"]) for f in g["files"])
+            print_line(f"same bytes {g['sha256'][:16]}…: {names}")
+        for g in groups["by_autov3"]:
+            names = ", ".join(str(f["file_name"]) for f in g["files"])
+            print_line(f"same tensors {g['autov3']}: {names}")
+    if not local:
+        print_line(
+            "nothing is local yet, so there are no duplicates to find; `assetmgr pull "
+            "VERSION_ID` or `assetmgr import DIR` adds files",
+            err=True,
+        )
+    elif not groups["by_sha256"] and not groups["by_autov3"]:
+        print_line(f"no duplicates among {_files(local)}", err=True)

@@ -89,7 +89,8 @@ def _check_sha256(sha256: str) -> str:
     return digest
 
 
-_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
+# Lone surrogates stand for the undecodable bytes of a file name; no database takes them.
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/\ud800-\udfff]')
 _RESERVED = {
     "CON",
     "PRN",

@@ -235,7 +235,7 @@ class Downloader:
             return PullResult(
                 target.file_id, expected, self.store.blob_path(expected), None, 0, 0, True
             )
-        key = f"file-{target.file_id}"
+        key = target.partial_key
         with self.store.lock(key, timeout=0.5):
             if self.store.has(expected):  # someone finished it while we waited
                 return PullResult(

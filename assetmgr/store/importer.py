@@ -7,47 +7,74 @@ store, and sidecars are only read. The file's own bytes decide everything:
    safetensors file, or (with `allow_pickle`) a real pickle stream or torch zip archive, are
    taken, whatever the name says; pickles are stored, never unpickled;
 2. its six hashes, read from the same descriptor, cached by (device, inode, size, mtime);
+   files with the same SHA256 are imported once (a copy with sidecars first), the others
+   reported as its duplicates;
 3. which version it is, by its SHA256: Civitai's answer to one bulk by-hash request; else a
    catalog file with that SHA256; else a sidecar's claim that `catalog.claims` accepts
    (Civitai could not say, the SHA256 matches, nothing in the catalog contradicts it); else
    a new local model (negative ids, ``source='local'``) named after the file, with type and
-   base model read from the safetensors header;
+   base model read from the safetensors header (where it cannot tell, a sidecar's or the
+   folder's name fills in: `detect.with_folder_hint`);
 4. A1111 ``.json`` sidecars, LoRA Manager usage tips and notes, and an accepted claim's trained
    words become `UserMeta`, the user's own layer (`sidecars`).
 
-A file that changed between its check and its arrival in the store is skipped, and the blob
-this import made from it removed.
+Import never aborts a folder: every file ends imported, skipped with a `code` and a `reason`,
+or a duplicate (`import_report`). Whatever goes wrong with one file (its bytes, its sidecars,
+its catalog row) is that file's outcome; the blob this import made for a file it could not
+record is removed again. Only a cancellation, the catalog becoming unavailable or the store
+unwritable stop the whole import, and the report then says why and which files it did not
+reach.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from assetmgr.errors import AssetMgrError, CatalogError, CivitaiError
+from assetmgr.errors import AssetMgrError, CatalogError, CivitaiError, StoreError
 from assetmgr.store import records
-from assetmgr.store.blobs import BlobStore, sanitize_filename, sanitize_relative_path
-from assetmgr.store.detect import detect
-from assetmgr.store.hashing import FileChangedError, FileHashes, HashCache, cached_hashes
-from assetmgr.store.scan import (
-    MODEL_SUFFIXES,
-    CheckedFile,
-    FolderWalk,
-    FollowedLink,
-    Skipped,
-    check_file,
+from assetmgr.store.blobs import (
+    BlobStore,
+    DiskSpaceError,
+    PlacedBlob,
+    sanitize_filename,
+    sanitize_relative_path,
 )
-from assetmgr.store.sidecars import SidecarIssue, Sidecars, read_sidecars, user_meta
+from assetmgr.store.detect import Detected, detect, with_folder_hint
+from assetmgr.store.hashing import (
+    FileChangedError,
+    FileHashes,
+    HashCache,
+    HashingCancelled,
+    cached_hashes,
+)
+from assetmgr.store.import_report import (
+    FOLDER_SKIPS,
+    DuplicateFile,
+    ImportedFile,
+    ImportReport,
+    ImportStop,
+)
+from assetmgr.store.scan import MODEL_SUFFIXES, CheckedFile, FolderWalk, Found, Skipped, check_file
+from assetmgr.store.sidecars import (
+    SidecarIssue,
+    Sidecars,
+    base_model_hint,
+    read_sidecars,
+    user_meta,
+)
 from catalog import claims, repo
 from catalog.civitai import types as api
 from catalog.civitai.errors import NotFoundError
@@ -60,52 +87,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_NOT_FILES = frozenset({"link-loop", "unreadable-folder"})
-
-
-@dataclass
-class ImportedFile:
-    path: str
-    sha256: str
-    file_id: int
-    version_id: int
-    model_id: int
-    source: str
-    """``civitai`` (Civitai's data), ``sidecar`` (a version created from an accepted sidecar
-    claim, until Civitai's data replaces it) or ``local`` (unknown to Civitai)."""
-    identified_by: str
-    """``civitai`` (by-hash), ``catalog`` (a catalog file with this SHA256), ``sidecar`` or
-    ``local`` (a new local model)."""
-    link_target: str | None = None
-    """Where the path points, when it is a symlink."""
-
-
-@dataclass
-class ImportReport:
-    scanned: int = 0
-    imported: list[ImportedFile] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-    links: list[FollowedLink] = field(default_factory=list)
-    """Every symlink the walk followed, with where it points."""
-    ignored_sidecars: list[SidecarIssue] = field(default_factory=list)
-    lookup_error: str | None = None
-    """Why Civitai could not be asked (files were then identified offline)."""
-
-    def count(self, source: str) -> int:
-        return sum(1 for f in self.imported if f.source == source)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "scanned": self.scanned,
-            "imported": [asdict(f) for f in self.imported],
-            "skipped": [asdict(s) for s in self.skipped],
-            "links": [asdict(link) for link in self.links],
-            "ignored_sidecars": [asdict(i) for i in self.ignored_sidecars],
-            "lookup_error": self.lookup_error,
-            "civitai": self.count("civitai"),
-            "sidecar": self.count("sidecar"),
-            "local": self.count("local"),
-        }
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# SQLite's words for a catalog that cannot take writes at all (every file would fail alike).
+_CATALOG_DOWN_WORDS = (
+    "readonly database",
+    "disk is full",
+    "unable to open database",
+    "disk i/o error",
+)
 
 
 def local_id(sha256: str) -> int:
@@ -121,11 +111,15 @@ def local_id(sha256: str) -> int:
 class _Candidate:
     file: CheckedFile
     sidecars: Sidecars
-    detected: tuple[str, str]
+    detected: Detected
 
     @property
     def sha256(self) -> str:
         return self.file.hashes.sha256.upper()
+
+    @property
+    def target(self) -> str | None:
+        return self.file.link.target if self.file.link else None
 
 
 @dataclass(frozen=True)
@@ -138,11 +132,119 @@ class _Placed:
     base_model: str | None
 
 
+class _Stopped(Exception):
+    """The whole import stops (`stop`); `done` is a file imported just before it did."""
+
+    def __init__(self, stop: ImportStop, done: ImportedFile | None = None) -> None:
+        super().__init__(stop.reason)
+        self.stop = stop
+        self.done = done
+
+
 def _matching_file(version: api.ModelVersion, sha256: str) -> api.ModelFile | None:
     for f in version.files:
         if (f.sha256 or "").upper() == sha256:
             return f
     return None
+
+
+def _readable(name: str) -> str:
+    """A file name as text a database takes: undecodable bytes become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+@dataclass
+class _Run:
+    """One import: its settings, and the report it fills."""
+
+    engine: Engine
+    store: BlobStore
+    report: ImportReport
+    mode: str
+    now: datetime
+    cancel: threading.Event | None
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise _Stopped(ImportStop("cancelled", "the import was cancelled"))
+
+    # --- what one failure means ----------------------------------------------------------
+
+    def _in_store(self, exc: OSError) -> bool:
+        root = os.path.abspath(self.store.root)
+        names = [n for n in (exc.filename, exc.filename2) if isinstance(n, str | bytes | Path)]
+        return any(
+            os.path.commonpath([root, os.path.abspath(os.fsdecode(n))]) == root for n in names
+        )
+
+    def stop_for(self, exc: BaseException) -> ImportStop | None:
+        """The stop `exc` means for the whole import, or None when it concerns one file."""
+        if isinstance(exc, HashingCancelled):
+            return ImportStop("cancelled", "the import was cancelled")
+        if isinstance(exc, DiskSpaceError):
+            return ImportStop("store-unwritable", exc.message)
+        if isinstance(exc, OSError):
+            if exc.errno in _DISK_FULL:
+                return ImportStop("store-unwritable", f"the store's disk is full ({exc.strerror})")
+            if exc.errno in _NOT_WRITABLE and self._in_store(exc):
+                return ImportStop(
+                    "store-unwritable",
+                    f"the store at {self.store.root} cannot be written ({exc.strerror})",
+                )
+            return None
+        if isinstance(exc, SQLAlchemyError):
+            message = _db_message(exc)
+            if any(words in message.lower() for words in _CATALOG_DOWN_WORDS):
+                return ImportStop(
+                    "catalog-unavailable", f"the catalog cannot be written ({message})"
+                )
+            try:  # one row refused, or the catalog gone? Ask it.
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            except SQLAlchemyError as probe:
+                return ImportStop(
+                    "catalog-unavailable", f"the catalog cannot be reached ({_db_message(probe)})"
+                )
+        return None
+
+    def skip_for(self, exc: Exception, path: Path, target: str | None) -> Skipped:
+        """`exc` as the outcome of the one file it happened to; raises `_Stopped` when it
+        stops the whole import."""
+        stop = self.stop_for(exc)
+        if stop is not None:
+            raise _Stopped(stop) from exc
+
+        def skip(code: str, reason: str) -> Skipped:
+            return Skipped(str(path), code, reason, target)
+
+        if isinstance(exc, SQLAlchemyError):
+            return skip("catalog-refused", f"the catalog refused its record ({_db_message(exc)})")
+        if isinstance(exc, CatalogError):
+            return skip("catalog-refused", f"the catalog refused its record ({exc.message})")
+        if isinstance(exc, FileChangedError):
+            return skip("changed", "the file changed while it was imported")
+        if isinstance(exc, OSError):
+            if self._in_store(exc):
+                return skip("store-failed", f"could not be placed in the store ({exc.strerror})")
+            return skip("unreadable", f"cannot be read ({exc.strerror or exc})")
+        if isinstance(exc, AssetMgrError):
+            return skip("failed", exc.message)
+        log.error("importing %s failed", path, exc_info=exc)
+        return skip("internal-error", f"an unexpected {type(exc).__name__} (a bug in assetmgr)")
+
+
+def _db_message(exc: BaseException) -> str:
+    """The database's own one-line message (never the statement or its parameters)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    first = lines[0] if lines else type(orig).__name__
+    return first[:200]
+
+
+def _folders(path: Path) -> list[str]:
+    """The names of the folders `path` sits in, nearest first."""
+    parts = Path(os.path.abspath(path)).parent.parts
+    return [p for p in reversed(parts) if p not in ("", os.sep)]
 
 
 def import_folder(
@@ -156,50 +258,139 @@ def import_folder(
     progress: Callable[[int, int, str], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> ImportReport:
-    """Import every model file under `folder`; see the module docstring."""
+    """Import every model file under `folder`; see the module docstring.
+
+    `progress` gets (step, steps, path): each file is one step while it is checked and hashed
+    and one while it is stored and catalogued.
+    """
     if not folder.is_dir():
         raise AssetMgrError(
             f"{folder} is not a folder", hint="Pass the models folder of A1111 or ComfyUI."
         )
-    store.ensure()
+    try:
+        store.ensure()
+    except OSError as exc:
+        raise StoreError(
+            f"the store at {store.root} cannot be written ({exc.strerror or exc})",
+            hint="Check that ASSETMGR_HOME is on a writable volume with free space.",
+        ) from exc
     cache = HashCache(store.root / "hash-cache.sqlite3")
-    report = ImportReport()
+    report = ImportReport(folder=str(folder))
     walk = FolderWalk(folder)
     found = list(walk.files())
     report.links = walk.links
     report.skipped.extend(walk.skipped)
-    report.scanned = len(found) + sum(1 for s in walk.skipped if s.code not in _NOT_FILES)
+    report.scanned = len(found) + sum(1 for s in walk.skipped if s.code not in FOLDER_SKIPS)
+    run = _Run(engine, store, report, mode, datetime.now(UTC), cancel)
+    steps = 2 * len(found)
+
+    def step(done: int, path: str) -> None:
+        if progress is not None:
+            progress(done, steps, path)
 
     def hash_fd(fd: int) -> FileHashes:
         return cached_hashes(fd, cache, cancel=cancel)
 
-    candidates: list[_Candidate] = []
-    for index, item in enumerate(found):
-        if cancel is not None and cancel.is_set():
-            break
-        if progress is not None:
-            progress(index, len(found), str(item.path))
-        checked = check_file(item, allow_pickle=allow_pickle, hash_fd=hash_fd)
-        if isinstance(checked, Skipped):
-            report.skipped.append(checked)
-            continue
-        detected = ("Other", "Other")
-        if checked.info is not None:
-            d = detect(checked.info)
-            detected = (d.model_type, d.base_model)
-        sidecars = read_sidecars(checked.path)
-        report.ignored_sidecars.extend(sidecars.issues)
-        candidates.append(_Candidate(checked, sidecars, detected))
-
-    by_sha, refuted = _ask_civitai(client, candidates, report)
-    now = datetime.now(UTC)
-    for c in candidates:
-        if cancel is not None and cancel.is_set():
-            break
-        _import_one(engine, store, c, by_sha, refuted, report, mode=mode, now=now)
-    if progress is not None:
-        progress(len(found), len(found), "")
+    try:
+        candidates: list[_Candidate] = []
+        for index, item in enumerate(found):
+            step(index, str(item.path))
+            run.check_cancel()
+            try:
+                scanned = _scan_one(item, allow_pickle, hash_fd)
+            except Exception as exc:
+                scanned = run.skip_for(exc, item.path, item.link.target if item.link else None)
+            if isinstance(scanned, Skipped):
+                report.skipped.append(scanned)
+            else:
+                report.ignored_sidecars.extend(scanned.sidecars.issues)
+                candidates.append(scanned)
+        groups: dict[str, list[_Candidate]] = {}
+        for c in candidates:
+            groups.setdefault(c.sha256, []).append(c)
+        by_sha, refuted = _ask_civitai(client, [g[0] for g in groups.values()], report)
+        done = len(found)
+        for group in groups.values():
+            step(done, str(group[0].file.path))
+            run.check_cancel()
+            _import_group(run, group, by_sha, refuted)
+            done += len(group)
+    except _Stopped as stopped:
+        report.stopped = stopped.stop
+    except KeyboardInterrupt:
+        report.stopped = ImportStop("cancelled", "the import was interrupted")
+    if report.stopped is not None:
+        settled = {f.path for f in report.imported}
+        settled |= {s.path for s in report.skipped} | {d.path for d in report.duplicates}
+        report.not_reached = [str(f.path) for f in found if str(f.path) not in settled]
+    step(steps, "")
     return report
+
+
+def _scan_one(
+    item: Found, allow_pickle: bool, hash_fd: Callable[[int], FileHashes]
+) -> _Candidate | Skipped:
+    """Check and hash one file, read its sidecars, and say what its header (or folder) is."""
+    checked = check_file(item, allow_pickle=allow_pickle, hash_fd=hash_fd)
+    if isinstance(checked, Skipped):
+        return checked
+    detected = detect(checked.info) if checked.info is not None else Detected("Other", "Other")
+    sidecars = read_sidecars(checked.path, sha256=checked.hashes.sha256)
+    hinted_base = base_model_hint(sidecars)
+    if detected.base_model == "Other" and hinted_base is not None:
+        detected = replace(detected, base_model=hinted_base)
+    detected = with_folder_hint(detected, _folders(checked.path))
+    return _Candidate(checked, sidecars, detected)
+
+
+def _import_group(
+    run: _Run,
+    group: list[_Candidate],
+    by_sha: dict[str, api.ModelVersion],
+    refuted: dict[str, str],
+) -> None:
+    """Import the first file of `group` (same SHA256) that can be, the copies with sidecars
+    first; the rest are its duplicates."""
+    report = run.report
+    group = sorted(group, key=lambda c: not c.sidecars.read)
+    for index, c in enumerate(group):
+        try:
+            outcome = _import_one(run, c, by_sha, refuted)
+        except _Stopped as stopped:
+            if stopped.done is not None:
+                report.imported.append(stopped.done)
+            raise
+        except Exception as exc:
+            outcome = run.skip_for(exc, c.file.path, c.target)
+        if isinstance(outcome, Skipped):
+            report.skipped.append(outcome)
+            continue
+        report.imported.append(outcome)
+        for dup in group[index + 1 :]:
+            report.duplicates.append(
+                DuplicateFile(str(dup.file.path), dup.sha256, outcome.path, dup.target)
+            )
+            report.ignored_sidecars.extend(
+                SidecarIssue(
+                    path,
+                    "sidecar-of-duplicate",
+                    f"beside a duplicate of {outcome.path}, whose sidecars were used",
+                    str(dup.file.path),
+                )
+                for path in dup.sidecars.read
+            )
+        return
+
+
+def _discard_new_blob(stored: PlacedBlob) -> None:
+    """Remove a blob this import made for a file it then could not record (a hardlink goes;
+    the user's own file stays)."""
+    if stored.method == "existing":
+        return
+    try:
+        stored.path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove unrecorded blob %s: %s", stored.path, exc)
 
 
 def _ask_civitai(
@@ -215,9 +406,11 @@ def _ask_civitai(
             for f in answer.files:
                 if f.sha256:
                     by_sha.setdefault(f.sha256.upper(), answer)
-    except CivitaiError as exc:
-        report.lookup_error = exc.message
-        log.warning("Civitai lookup failed (%s); identifying files offline", exc.message)
+    except Exception as exc:  # whatever Civitai did, the files are identified offline
+        report.lookup_error = (
+            exc.message if isinstance(exc, CivitaiError) else f"unexpected {type(exc).__name__}"
+        )
+        log.warning("Civitai lookup failed (%s); identifying files offline", report.lookup_error)
         return by_sha, refuted
     # A claimed version Civitai has, but whose files do not include this one, is refuted;
     # one Civitai does not have (deleted, or never there) leaves the claim to the catalog.
@@ -231,8 +424,8 @@ def _ask_civitai(
             truth = client.get_model_version(claim.id)
         except NotFoundError:
             continue
-        except CivitaiError as exc:
-            log.info("could not check claimed version %s: %s", claim.id, exc.message)
+        except Exception as exc:
+            log.info("could not check claimed version %s: %s", claim.id, exc)
             continue
         if _matching_file(truth, c.sha256) is not None:
             by_sha[c.sha256] = truth
@@ -242,90 +435,95 @@ def _ask_civitai(
 
 
 def _import_one(
-    engine: Engine,
-    store: BlobStore,
+    run: _Run,
     c: _Candidate,
     by_sha: dict[str, api.ModelVersion],
     refuted: dict[str, str],
-    report: ImportReport,
-    *,
-    mode: str,
-    now: datetime,
-) -> None:
-    sha = c.sha256
+) -> ImportedFile | Skipped:
+    """Store one file and record it in one transaction; a failure undoes both."""
+    store, sha = run.store, c.sha256
     try:
-        stored = store.import_file(c.file.real_path, sha, mode=mode, expected=c.file.identity)
+        stored = store.import_file(c.file.real_path, sha, mode=run.mode, expected=c.file.identity)
     except FileChangedError:
-        report.skipped.append(
-            Skipped(
-                str(c.file.path),
-                "changed",
-                "the file changed while it was imported",
-                c.file.link.target if c.file.link else None,
-            )
+        return Skipped(
+            str(c.file.path), "changed", "the file changed while it was imported", c.target
         )
-        return
     blob = stored.path
-    with session_scope(engine, write=True) as session:
-        placed = _place(session, c, by_sha, refuted, report, now)
-        model = session.get(Model, placed.model_id)
-        store.link_name(
-            sha,
-            sanitize_relative_path(
-                [
-                    model.type if model else "Other",
-                    placed.base_model or "unknown",
-                    f"{placed.file_id}-{sanitize_filename(c.file.path.name)}",
-                ]
-            ),
-        )
-        records.set_local_state(
-            session,
-            file_id=placed.file_id,
-            sha256=sha,
-            state="verified",
-            path=blob,
-            hashes=c.file.hashes,
-            fingerprint=stored.fingerprint,
-        )
-        claim = c.sidecars.claim
-        words = claim.trained_words if claim and placed.identified_by == "sidecar" else None
-        meta = user_meta(c.sidecars, claimed_words=words)
-        if meta is not None:
-            row = session.get(UserMeta, placed.version_id) or UserMeta(version_id=placed.version_id)
-            for key, value in meta.items():
-                setattr(row, key, value)
-            row.updated_at = now
-            session.add(row)
-    link_target = c.file.link.target if c.file.link else None
-    store.record_provenance(
-        {
-            "event": "import",
-            "source_path": str(c.file.path),
-            "link_target": link_target,
-            "file_id": placed.file_id,
-            "version_id": placed.version_id,
-            "computed": c.file.hashes.as_civitai_dict(),
-            "expected": None if placed.source == "local" else {"SHA256": sha},
-            "result": "verified",
-            "path": str(blob),
-            "stored_as": stored.method,
-            "identified_by": placed.identified_by,
-            "sidecar": c.sidecars.claim_path if placed.identified_by == "sidecar" else None,
-        }
+    issues: list[SidecarIssue] = []
+    try:
+        with session_scope(run.engine, write=True) as session:
+            placed = _place(session, c, by_sha, refuted, issues, run.now)
+            model = session.get(Model, placed.model_id)
+            model_type = model.type if model else "Other"
+            records.set_local_state(
+                session,
+                file_id=placed.file_id,
+                sha256=sha,
+                state="verified",
+                path=blob,
+                hashes=c.file.hashes,
+                fingerprint=stored.fingerprint,
+            )
+            claim = c.sidecars.claim
+            words = claim.trained_words if claim and placed.identified_by == "sidecar" else None
+            meta = user_meta(c.sidecars, claimed_words=words)
+            if meta is not None:
+                row = session.get(UserMeta, placed.version_id) or UserMeta(
+                    version_id=placed.version_id
+                )
+                for key, value in meta.items():
+                    setattr(row, key, value)
+                row.updated_at = run.now
+                session.add(row)
+    except BaseException:
+        _discard_new_blob(stored)
+        raise
+    run.report.ignored_sidecars.extend(issues)
+    imported = ImportedFile(
+        path=str(c.file.path),
+        sha256=sha,
+        file_id=placed.file_id,
+        version_id=placed.version_id,
+        model_id=placed.model_id,
+        source=placed.source,
+        identified_by=placed.identified_by,
+        link_target=c.target,
+        model_type=model_type,
+        base_model=placed.base_model,
+        folder_hint=c.detected.hint if placed.identified_by == "local" else None,
+        sidecars=list(c.sidecars.read),
     )
-    report.imported.append(
-        ImportedFile(
-            str(c.file.path),
-            sha,
-            placed.file_id,
-            placed.version_id,
-            placed.model_id,
-            placed.source,
-            placed.identified_by,
-            link_target,
-        )
+    name = sanitize_relative_path(
+        [
+            model_type,
+            placed.base_model or "unknown",
+            f"{placed.file_id}-{sanitize_filename(c.file.path.name)}",
+        ]
     )
+    try:
+        store.link_name(sha, name)
+        store.record_provenance(
+            {
+                "event": "import",
+                "source_path": str(c.file.path),
+                "link_target": c.target,
+                "file_id": placed.file_id,
+                "version_id": placed.version_id,
+                "computed": c.file.hashes.as_civitai_dict(),
+                "expected": None if placed.source == "local" else {"SHA256": sha},
+                "result": "verified",
+                "path": str(blob),
+                "stored_as": stored.method,
+                "identified_by": placed.identified_by,
+                "sidecar": c.sidecars.claim_path if placed.identified_by == "sidecar" else None,
+            }
+        )
+    except OSError as exc:  # recorded and verified already: only the name link or log is lost
+        stop = run.stop_for(exc)
+        if stop is not None:
+            raise _Stopped(stop, imported) from exc
+        log.warning("%s imported, but its name link or provenance was not written: %s", sha, exc)
+    return imported
 
 
 def _place(
@@ -333,7 +531,7 @@ def _place(
     c: _Candidate,
     by_sha: dict[str, api.ModelVersion],
     refuted: dict[str, str],
-    report: ImportReport,
+    issues: list[SidecarIssue],
     now: datetime,
 ) -> _Placed:
     """Which catalog file the bytes are (writing only Civitai's data or a new version)."""
@@ -354,24 +552,22 @@ def _place(
         if placed is not None and placed.source != "local":
             if placed.version_id != claim.id:
                 _claim_issue(
-                    report,
+                    issues,
                     c,
                     "claim-overruled",
                     f"claims version {claim.id}; the file's SHA256 says version "
                     f"{placed.version_id}",
                 )
         else:
-            placed = _try_claim(session, c, claim, refuted.get(sha), report, now) or placed
+            placed = _try_claim(session, c, claim, refuted.get(sha), issues, now) or placed
     if placed is None:
         file_id, version_id, model_id = _add_local_model(session, c, now)
-        placed = _Placed(file_id, version_id, model_id, "local", "local", c.detected[1])
+        placed = _Placed(file_id, version_id, model_id, "local", "local", c.detected.base_model)
     return placed
 
 
-def _claim_issue(report: ImportReport, c: _Candidate, code: str, reason: str) -> None:
-    report.ignored_sidecars.append(
-        SidecarIssue(c.sidecars.claim_path or "", code, reason, str(c.file.path))
-    )
+def _claim_issue(issues: list[SidecarIssue], c: _Candidate, code: str, reason: str) -> None:
+    issues.append(SidecarIssue(c.sidecars.claim_path or "", code, reason, str(c.file.path)))
 
 
 def _try_claim(
@@ -379,12 +575,12 @@ def _try_claim(
     c: _Candidate,
     claim: api.ModelVersion,
     refutation: str | None,
-    report: ImportReport,
+    issues: list[SidecarIssue],
     now: datetime,
 ) -> _Placed | None:
     """Use an accepted claim (`catalog.claims`); list a refused one and return None."""
     if refutation is not None:
-        _claim_issue(report, c, "claim-contradicted", refutation)
+        _claim_issue(issues, c, "claim-contradicted", refutation)
         return None
     matched = claims.claimed_file(claim, c.sha256)
     verdict = (
@@ -393,7 +589,7 @@ def _try_claim(
         else claims.contradiction(session, claim, matched)
     )
     if verdict is not None:
-        _claim_issue(report, c, verdict.code, verdict.reason)
+        _claim_issue(issues, c, verdict.code, verdict.reason)
         return None
     assert isinstance(matched, api.ModelFile) and claim.model_id is not None
     try:
@@ -405,7 +601,7 @@ def _try_claim(
         # Whatever else is wrong with an old or damaged sidecar costs only the sidecar.
         log.info("claim of %s not recorded: %s", c.sidecars.claim_path, exc)
         _claim_issue(
-            report, c, "claim-not-recorded", f"could not be recorded ({type(exc).__name__})"
+            issues, c, "claim-not-recorded", f"could not be recorded ({type(exc).__name__})"
         )
         return None
     return _Placed(matched.id, claim.id, claim.model_id, "sidecar", "sidecar", claim.base_model)
@@ -449,12 +645,12 @@ def _add_local_model(session: Session, c: _Candidate, now: datetime) -> tuple[in
             version = existing.version
             return existing.id, version.id, version.model_id
         new_id = new_id - 1 if new_id > -(2**31) else -1
-    model_type, base_model = c.detected
+    model_type, base_model = c.detected.model_type, c.detected.base_model
     words: list[str] = []
     a1111 = c.sidecars.a1111
     if a1111 and isinstance(a1111.get("activation text"), str):
         words = [w.strip() for w in a1111["activation text"].split(",") if w.strip()][:20]
-    name = c.file.path.stem[:200] or f"local-{sha[:10]}"
+    name = _readable(c.file.path.stem)[:200] or f"local-{sha[:10]}"
     payload = api.Model.model_validate(
         {
             "id": new_id,
@@ -492,4 +688,12 @@ def _add_local_model(session: Session, c: _Candidate, now: datetime) -> tuple[in
     return new_id, new_id, new_id
 
 
-__all__ = ["MODEL_SUFFIXES", "ImportReport", "ImportedFile", "import_folder", "local_id"]
+__all__ = [
+    "MODEL_SUFFIXES",
+    "DuplicateFile",
+    "ImportReport",
+    "ImportStop",
+    "ImportedFile",
+    "import_folder",
+    "local_id",
+]

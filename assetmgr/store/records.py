@@ -50,6 +50,7 @@ def file_target(session: Session, version_id: int, file_id: int | None = None) -
         model_type=model.type if model else None,
         base_model=version.base_model,
         model_name=model.name if model else None,
+        version_name=version.name,
         pickle_scan_result=chosen.pickle_scan_result,
         virus_scan_result=chosen.virus_scan_result,
     )
@@ -135,6 +136,18 @@ def set_local_state(
         row.crc32 = hashes.crc32
         row.blake3 = hashes.blake3
     return row
+
+
+def clear_unfinished(session: Session, file_id: int) -> None:
+    """After a download that cannot go on: a "downloading" row goes, so the file reads as not
+    local instead of as a partial download that no longer exists."""
+    row = (
+        session.execute(select(LocalFile).where(col(LocalFile.file_id) == file_id))
+        .scalars()
+        .first()
+    )
+    if row is not None and row.state == "downloading":
+        session.delete(row)
 
 
 def verified_rows(session: Session, sha256: str) -> list[LocalFile]:

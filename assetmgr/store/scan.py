@@ -142,7 +142,13 @@ class FolderWalk:
                 continue
             subfolders: list[str] = []
             for entry in entries:
-                found = self._visit(entry, seen)
+                try:
+                    found = self._visit(entry, seen)
+                except OSError as exc:  # one entry the OS will not describe; the walk goes on
+                    self.skipped.append(
+                        Skipped(entry.path, "unreadable", f"cannot be read ({exc.strerror})")
+                    )
+                    continue
                 if isinstance(found, str):
                     subfolders.append(found)
                 elif found is not None:

@@ -22,18 +22,26 @@ from sqlmodel import col
 from assetmgr.config import DEFAULT_MAX_DOWNLOAD_BYTES
 from assetmgr.errors import AssetMgrError, NotInCatalogError, StoreError
 from assetmgr.store import records
-from assetmgr.store.blobs import BLOB_MODE, BlobStore, QuarantineRecord, stat_fingerprint
+from assetmgr.store.blobs import (
+    BLOB_MODE,
+    BlobStore,
+    QuarantineRecord,
+    StoreLockTimeout,
+    stat_fingerprint,
+)
 from assetmgr.store.download import (
     Downloader,
     DownloadProgress,
     FileTarget,
     HashMismatchError,
     PullResult,
+    check_policy,
     is_pickle_format,
 )
 from assetmgr.store.hashing import FileChangedError, FileHashes, compute_hashes
 from assetmgr.store.safetensors_check import detect_format, validate_safetensors
 from catalog import repo
+from catalog.civitai.errors import ArchivedError, DownloadDisabledError, EarlyAccessError
 from catalog.db import session_scope
 from catalog.models import LocalFile, ModelFile, ModelVersion
 
@@ -68,6 +76,8 @@ class PullOutcome:
     file_id: int | None
     result: PullResult | None = None
     error: AssetMgrError | None = None
+    target: FileTarget | None = None
+    """What the catalog says the file is (None when the version could not be found)."""
 
 
 class StoreService:
@@ -119,50 +129,61 @@ class StoreService:
         progress: Callable[[DownloadProgress], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> PullResult:
-        target = self.target(version_id, file_id)
-        with session_scope(self.engine, write=True) as session:
-            if not self.store.has(target.expected_sha256 or "0" * 64):
-                records.set_local_state(
-                    session,
-                    file_id=target.file_id,
-                    sha256=target.expected_sha256 or "0" * 64,
-                    state="downloading",
-                    path=None,
-                )
+        return self.pull_target(
+            self.target(version_id, file_id),
+            allow_pickle=allow_pickle,
+            progress=progress,
+            cancel=cancel,
+        )
+
+    def pull_target(
+        self,
+        target: FileTarget,
+        *,
+        allow_pickle: bool = False,
+        progress: Callable[[DownloadProgress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> PullResult:
+        """Download one catalog file and keep its `LocalFile` row in a clear state.
+
+        The row reads "downloading" only while bytes of it sit in a partial file: from the
+        first bytes received until the file is verified, or for good after an interruption
+        that can resume (a dropped connection, a kill, Ctrl-C). A refusal (policy, Danger
+        scan, the API's 401/403/404/410, a transfer past its bound) leaves no row; bytes
+        that failed their hash are recorded as quarantined.
+        """
+        # Refusals of policy come first: nothing is written to the catalog or the store.
+        check_policy(target, allow_pickle=allow_pickle)
+        started = threading.Event()
+
+        def on_progress(p: DownloadProgress) -> None:
+            if not started.is_set():
+                started.set()
+                self._set_state(target, "downloading")
+            if progress is not None:
+                progress(p)
+
         try:
             result = self.downloader.pull(
                 target,
                 allow_pickle=allow_pickle,
-                progress=progress,
+                progress=on_progress,
                 cancel=cancel,
                 validate=validate_for(target),
             )
+        except StoreLockTimeout:
+            raise  # another process is on this file; its row is its own
         except HashMismatchError:
-            with session_scope(self.engine, write=True) as session:
-                records.set_local_state(
-                    session,
-                    file_id=target.file_id,
-                    sha256=target.expected_sha256,
-                    state="quarantined",
-                    path=None,
-                )
+            self._set_state(target, "quarantined")
             raise
-        except StoreError as exc:
-            if getattr(exc, "title", "") != "Download cancelled":
+        except (DownloadDisabledError, EarlyAccessError, ArchivedError) as exc:
+            self._record_refusal(target, exc)
+            raise
+        except BaseException:
+            partial, _ = self.store.partial_paths(target.partial_key)
+            if not partial.exists():
                 with session_scope(self.engine, write=True) as session:
-                    row = (
-                        session.execute(
-                            select(LocalFile).where(col(LocalFile.file_id) == target.file_id)
-                        )
-                        .scalars()
-                        .first()
-                    )
-                    if (
-                        row is not None
-                        and row.state == "downloading"
-                        and exc.title != "Download incomplete"
-                    ):
-                        session.delete(row)
+                    records.clear_unfinished(session, target.file_id)
             raise
         full = result.hashes if isinstance(result.hashes, FileHashes) else None
         # A fresh download is the store's own inode, just hashed; an existing blob keeps
@@ -183,6 +204,35 @@ class StoreService:
             )
         return result
 
+    def _record_refusal(
+        self, target: FileTarget, exc: DownloadDisabledError | EarlyAccessError | ArchivedError
+    ) -> None:
+        """What Civitai said in refusing goes into the catalog (`catalog.access`), so the file
+        shows as early access, downloads disabled or archived before the next try. The API
+        refused the link, so the partial file (if any) is gone too."""
+        from catalog import access
+
+        with session_scope(self.engine, write=True) as session:
+            records.clear_unfinished(session, target.file_id)
+            if isinstance(exc, EarlyAccessError):
+                access.record_refusal(
+                    session, target.version_id, access.EARLY_ACCESS, until=exc.deadline
+                )
+            elif isinstance(exc, ArchivedError):
+                access.record_refusal(session, target.version_id, access.ARCHIVED)
+            else:
+                access.record_refusal(session, target.version_id, access.DOWNLOADS_DISABLED)
+
+    def _set_state(self, target: FileTarget, state: str) -> None:
+        with session_scope(self.engine, write=True) as session:
+            records.set_local_state(
+                session,
+                file_id=target.file_id,
+                sha256=target.expected_sha256,
+                state=state,
+                path=None,
+            )
+
     def pull_many(
         self,
         requests: Sequence[tuple[int, int | None]],
@@ -196,20 +246,29 @@ class StoreService:
 
         def one(req: tuple[int, int | None]) -> PullOutcome:
             version_id, file_id = req
+            outcome = PullOutcome(version_id, file_id)
             try:
-                res = self.pull(
-                    version_id,
-                    file_id=file_id,
+                outcome.target = self.target(version_id, file_id)
+                outcome.file_id = outcome.target.file_id
+                outcome.result = self.pull_target(
+                    outcome.target,
                     allow_pickle=allow_pickle,
                     progress=progress,
                     cancel=cancel,
                 )
-                return PullOutcome(version_id, res.file_id, result=res)
             except AssetMgrError as exc:
-                return PullOutcome(version_id, file_id, error=exc)
+                outcome.error = exc
+            return outcome
 
+        cancel = cancel or threading.Event()
         with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="pull") as pool:
-            return list(pool.map(one, requests))
+            try:
+                return list(pool.map(one, requests))
+            except BaseException:
+                # Ctrl-C lands here: stop the transfers (their partial files stay, to resume)
+                # rather than wait for them to finish.
+                cancel.set()
+                raise
 
 
 @dataclass

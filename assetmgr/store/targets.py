@@ -124,11 +124,17 @@ class FileTarget:
     model_type: str | None = None
     base_model: str | None = None
     model_name: str | None = None
+    version_name: str | None = None
     pickle_scan_result: str | None = None
     virus_scan_result: str | None = None
     download_params: dict[str, str] = field(default_factory=dict)
     approx_size: int | None = None
     """An approximate size (a fractional sizeKB, rounded up) when the exact one is unknown."""
+
+    @property
+    def partial_key(self) -> str:
+        """The key of its partial file and lock in the store (one per catalog file)."""
+        return f"file-{self.file_id}"
 
     def catalog_bound(self, max_bytes: int) -> TransferBound:
         """The bound the catalog sets (the maximum when it knows no size)."""

@@ -116,6 +116,23 @@ ACTIONS: tuple[ActionSpec, ...] = (
         show=False,
     ),
     ActionSpec(
+        "catalog.detail",
+        "v",
+        "toggle_detail",
+        "Detail",
+        "Show or hide the detail pane (small terminals: in the list's place)",
+        "catalog",
+    ),
+    ActionSpec(
+        "catalog.filters",
+        "f",
+        "toggle_filters",
+        "Filters",
+        "Show the type, base-model and tag filters (a second line on narrow terminals)",
+        "catalog",
+        show=False,
+    ),
+    ActionSpec(
         "catalog.sort", "o", "cycle_sort", "Sort", "Cycle the sort order", "catalog", show=False
     ),
     ActionSpec(

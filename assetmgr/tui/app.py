@@ -28,14 +28,16 @@ import assetmgr.tui.widgets.preview  # noqa: F401
 from assetmgr.config import Settings
 from assetmgr.display import CleanLogFormatter, clean
 from assetmgr.errors import AssetMgrError
+from assetmgr.store.import_report import ImportReport
 from assetmgr.tui import messages as m
 from assetmgr.tui.actions import ACTIONS, bindings_for
-from assetmgr.tui.jobs import JobBoard
+from assetmgr.tui.jobs import JobBoard, JobError
 from assetmgr.tui.queries import BrowseQuery
 from assetmgr.tui.screens.catalog import CatalogScreen
 from assetmgr.tui.screens.dialogs import ConfirmModal, ErrorModal, PromptModal, UpdatesModal
 from assetmgr.tui.screens.generate import GenerateScreen
 from assetmgr.tui.screens.help import HelpScreen
+from assetmgr.tui.screens.import_report import ImportReportScreen
 from assetmgr.tui.screens.sandbox import SandboxScreen
 from assetmgr.tui.screens.settings import SettingsScreen
 from assetmgr.tui.services import GenerationRequest, Services
@@ -43,6 +45,7 @@ from assetmgr.tui.widgets.filter_bar import FilterBar
 from assetmgr.tui.widgets.jobs import JobsBar
 from assetmgr.tui.widgets.model_table import ModelTable
 from assetmgr.tui.workers import WorkersMixin
+from catalog.civitai.errors import CivitaiConnectionError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -58,6 +61,8 @@ _CANCEL_TITLES = frozenset(
 _WORKER_THREADS = 32
 FINISHED_JOB_SHOWN_S = 10.0
 """How long a finished job stays in the jobs bar (its result was also a notification)."""
+FAILED_JOBS_KEPT = 5
+"""Failed jobs stay in the jobs bar, with their reason, until dismissed (the newest five)."""
 
 
 class AssetMgrApp(WorkersMixin, App[None]):
@@ -65,6 +70,9 @@ class AssetMgrApp(WorkersMixin, App[None]):
     TITLE = "assetmgr"
     SUB_TITLE = "models · LoRAs · sandbox"
     BINDINGS = bindings_for("app")
+    # Screen classes for the terminal's size; the catalog adds its own layout classes.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-medium"), (140, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (28, "-tall")]
 
     def __init__(self, services: Services) -> None:
         super().__init__()
@@ -73,6 +81,11 @@ class AssetMgrApp(WorkersMixin, App[None]):
         self.job_workers: dict[Worker[Any], str] = {}
         self.download_queue: deque[tuple[str, int, str]] = deque()
         self.pending_prompt: list[str] = []
+        self.last_import: tuple[str, ImportReport] | None = None
+        """The newest import's job label and report, for the palette's "Import report"."""
+        self.civitai_unreachable: str | None = None
+        """Why the last sync could not reach Civitai (None once one got through)."""
+        self._log_handler: TextualHandler | None = None
         self.catalog = CatalogScreen()
         self.generate_screen = GenerateScreen()
         self.sandbox_screen = SandboxScreen()
@@ -81,9 +94,11 @@ class AssetMgrApp(WorkersMixin, App[None]):
     # --- start and screens -----------------------------------------------------------------
 
     def on_mount(self) -> None:
-        handler = TextualHandler()
-        handler.setFormatter(CleanLogFormatter())
-        logging.getLogger("assetmgr").addHandler(handler)
+        # Records also go to the devtools console (the log file is set up by `run_app`);
+        # never to stderr, which is the screen.
+        self._log_handler = TextualHandler(stderr=False)
+        self._log_handler.setFormatter(CleanLogFormatter())
+        logging.getLogger("assetmgr").addHandler(self._log_handler)
         import asyncio
 
         asyncio.get_running_loop().set_default_executor(
@@ -131,6 +146,12 @@ class AssetMgrApp(WorkersMixin, App[None]):
                     target.run_action, action
                 ),
             )
+        if self.last_import is not None:
+            yield SystemCommand(
+                "Import report",
+                "What the newest import did with each file, and why",
+                self.open_import_report,
+            )
 
     # --- text that leaves the widgets: toasts and the clipboard ----------------------------
 
@@ -171,24 +192,55 @@ class AssetMgrApp(WorkersMixin, App[None]):
             self._job_done(worker)
         elif event.state == WorkerState.ERROR:
             error = worker.error
-            title = getattr(error, "title", "")
-            if job_id:
-                cancelled = title in _CANCEL_TITLES
-                self.jobs.finish(job_id, "cancelled" if cancelled else "failed", str(error))
+            if job_id and getattr(error, "title", "") in _CANCEL_TITLES:
+                self.jobs.finish(job_id, "cancelled", "cancelled")
                 self._job_done(worker)
-                if cancelled:
-                    return
-            self.show_error(error)
+                return
+            described = self.describe_error(error)
+            job = self.jobs.get(job_id) if job_id else None
+            if job is not None and job.kind == "sync":
+                self._sync_failed(error)
+            if job_id:
+                self.jobs.fail(job_id, described)
+                self._job_done(worker)
+            self.push_screen(ErrorModal(described.title, described.message, described.hint))
+
+    def describe_error(self, error: BaseException | None) -> JobError:
+        """Title, message and hint of a failure, written to the log as well; an unexpected
+        one gets its traceback logged and a hint that says where the log is."""
+        if isinstance(error, AssetMgrError):
+            log.warning("%s: %s", error.title, error.message)
+            return JobError(error.title, error.message, error.hint)
+        from assetmgr.logs import record_unexpected, redact_secrets
+
+        log_path = record_unexpected(error or RuntimeError("unknown error"), "assetmgr.tui")
+        where = f"the traceback is in {log_path}" if log_path else "the log file is unavailable"
+        return JobError(
+            "Unexpected error",
+            redact_secrets(f"{type(error).__name__}: {error}"),
+            f"This is a bug in assetmgr; {where}. Please report it.",
+        )
 
     def show_error(self, error: BaseException | None) -> None:
-        if isinstance(error, AssetMgrError):
-            title, message, hint = error.title, error.message, error.hint
-        else:
-            title = "Unexpected error"
-            message = f"{type(error).__name__}: {error}"
-            hint = "This is a bug in assetmgr; the log has the traceback."
-            log.error("worker failed", exc_info=error)
-        self.push_screen(ErrorModal(title, message, hint))
+        described = self.describe_error(error)
+        self.push_screen(ErrorModal(described.title, described.message, described.hint))
+
+    @on(JobsBar.DetailsPressed)
+    def job_details_pressed(self, event: JobsBar.DetailsPressed) -> None:
+        job = self.jobs.get(event.job_id)
+        if job is not None and job.error is not None:
+            self.push_screen(ErrorModal(job.error.title, job.error.message, job.error.hint))
+
+    @on(JobsBar.DismissPressed)
+    def job_dismiss_pressed(self, event: JobsBar.DismissPressed) -> None:
+        self.jobs.forget(event.job_id)
+        self._jobs_changed()
+
+    def _sync_failed(self, error: BaseException | None) -> None:
+        if isinstance(error, CivitaiConnectionError):
+            self.civitai_unreachable = error.message
+            if self._live(self.catalog):
+                self.catalog.show_demo_state(self.catalog.is_demo, self.civitai_unreachable)
 
     def _job_done(self, worker: Worker[Any]) -> None:
         self.job_workers.pop(worker, None)
@@ -196,9 +248,11 @@ class AssetMgrApp(WorkersMixin, App[None]):
         self._jobs_changed()
 
     def _jobs_changed(self) -> None:
-        self.jobs.prune(keep_finished=3, older_than_s=FINISHED_JOB_SHOWN_S)
+        self.jobs.prune(
+            keep_finished=3, older_than_s=FINISHED_JOB_SHOWN_S, keep_failed=FAILED_JOBS_KEPT
+        )
         jobs = self.jobs.all()
-        if any(not job.active for job in jobs):
+        if any(not job.active and job.status != "failed" for job in jobs):
             self.set_timer(FINISHED_JOB_SHOWN_S + 0.1, self._jobs_changed)
         for screen in (self.catalog, self.generate_screen):
             if self._live(screen):
@@ -223,6 +277,19 @@ class AssetMgrApp(WorkersMixin, App[None]):
     @on(JobsBar.CancelPressed)
     def cancel_pressed(self, event: JobsBar.CancelPressed) -> None:
         self.cancel_job(event.job_id)
+
+    @on(JobsBar.ReportPressed)
+    def report_pressed(self, event: JobsBar.ReportPressed) -> None:
+        job = self.jobs.get(event.job_id)
+        if job is not None and isinstance(job.result, ImportReport):
+            job.seen()
+            self._jobs_changed()
+            self.push_screen(ImportReportScreen(job.result, f"{job.label}: report"))
+
+    def open_import_report(self) -> None:
+        if self.last_import is not None:
+            label, report = self.last_import
+            self.push_screen(ImportReportScreen(report, f"{label}: report"))
 
     def cancel_job(self, job_id: str) -> None:
         for entry in list(self.download_queue):
@@ -312,9 +379,30 @@ class AssetMgrApp(WorkersMixin, App[None]):
 
     @on(m.JobFinished)
     def job_finished(self, message: m.JobFinished) -> None:
-        self.jobs.finish(message.job_id, "done", message.summary)
+        status = "done"
+        if isinstance(message.result, ImportReport) and message.result.stopped is not None:
+            status = "cancelled" if message.result.stopped.code == "cancelled" else "failed"
+        job = self.jobs.get(message.job_id)
+        if job is not None and job.kind == "sync":
+            self.civitai_unreachable = None
+        job = self.jobs.finish(message.job_id, status, message.summary)
+        summary = message.summary
+        if job is not None and isinstance(message.result, ImportReport):
+            # Kept (and openable) even when a cancel already closed the job's line.
+            report = message.result
+            job.result = report
+            job.summary = summary
+            self.last_import = (job.label, report)
+            clean_run = report.accounted and len(report.imported) == report.scanned
+            job.keep = not (clean_run and not report.ignored_sidecars)
+            summary += " (Report in the jobs bar, or Import report in the command palette)"
         self._jobs_changed()
-        self.notify(message.summary, timeout=4, markup=False)
+        self.notify(
+            summary,
+            severity="warning" if status == "failed" else "information",
+            timeout=6 if job and job.keep else 4,
+            markup=False,
+        )
 
     @on(m.CatalogChanged)
     def catalog_changed(self, message: m.CatalogChanged) -> None:
@@ -322,6 +410,7 @@ class AssetMgrApp(WorkersMixin, App[None]):
             self.catalog.refresh_listing(keep_selection=True)
             self.load_facets()
             self.mark_updates()
+            self.check_demo()
         if self._live(self.generate_screen):
             self.load_local_models()
 
@@ -368,6 +457,11 @@ class AssetMgrApp(WorkersMixin, App[None]):
     def facets_loaded(self, message: m.FacetsLoaded) -> None:
         if self._live(self.catalog):
             self.catalog.query_one(FilterBar).set_facets(message.facets)
+
+    @on(m.DemoChecked)
+    def demo_checked(self, message: m.DemoChecked) -> None:
+        if self._live(self.catalog):
+            self.catalog.show_demo_state(message.is_demo, self.civitai_unreachable)
 
     @on(m.UpdatesMarked)
     def updates_marked(self, message: m.UpdatesMarked) -> None:
@@ -448,6 +542,8 @@ class AssetMgrApp(WorkersMixin, App[None]):
         self.notify(message.summary, timeout=4, markup=False)
 
     async def on_unmount(self) -> None:
+        if self._log_handler is not None:
+            logging.getLogger("assetmgr").removeHandler(self._log_handler)
         self.services.close()
 
 
@@ -465,6 +561,9 @@ def make_app(
 
 
 def run_app(settings: Settings) -> None:
+    from assetmgr.logs import leave_terminal
+
+    leave_terminal()  # log records go to the log file, never over the screen
     make_app(settings).run()
 
 

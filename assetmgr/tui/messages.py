@@ -106,6 +106,13 @@ class CatalogChanged(Message):
 
 
 @dataclass
+class DemoChecked(Message):
+    """Whether the catalog is still the built-in demo (the browser's first-run banner)."""
+
+    is_demo: bool
+
+
+@dataclass
 class UpdatesFound(Message):
     """The result of "check updates": (model id, newest version id) pairs, with labels."""
 
@@ -179,6 +186,7 @@ __all__ = [
     "CatalogChanged",
     "CompletionsFound",
     "DeletePlanned",
+    "DemoChecked",
     "FacetsLoaded",
     "GenerationFinished",
     "GenerationProgressed",

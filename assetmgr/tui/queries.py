@@ -22,6 +22,7 @@ from sqlmodel import SQLModel
 
 import catalog.models  # noqa: F401  (registers the tables)
 from assetmgr import paths
+from catalog.access import AccessRule, version_access
 from catalog.models import HASH_COLUMNS
 from catalog.search import match_clause, model_filters, search_models
 from catalog.text import html_to_text
@@ -370,6 +371,8 @@ class VersionDetail:
     files: list[FileDetail]
     images: list[PreviewImage]
     preview_path: Path | None
+    access: tuple[AccessRule, ...] = ()
+    """What Civitai will refuse a download for (`catalog.access`)."""
 
     @property
     def is_local(self) -> bool:
@@ -555,6 +558,7 @@ def load_detail(session: Session, model_id: int) -> ModelDetail:
                 files=files,
                 images=images,
                 preview_path=preview_path(v.id, images),
+                access=tuple(version_access(v, row)),
             )
         )
     updates = [vid for mid, vid in find_update_pairs(session) if mid == model_id]

@@ -103,6 +103,14 @@ class WorkersMixin(_Base):
         if not _cancelled():
             self.post_message(m.FacetsLoaded(facets))
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-demo")
+    def check_demo(self) -> None:
+        from catalog.demo import is_demo_catalog
+
+        is_demo = is_demo_catalog(self.services.engine)
+        if not _cancelled():
+            self.post_message(m.DemoChecked(is_demo))
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-detail")
     def load_detail(self, model_id: int) -> None:
         with Session(self.services.engine) as session:
@@ -194,9 +202,15 @@ class WorkersMixin(_Base):
             text = f"{_human_bytes(p.done_bytes)}" + (f" / {_human_bytes(total)}" if total else "")
             self.post_message(m.JobProgressed(job_id, p.done_bytes, total, text))
 
-        result = self.services.store_service().pull(
-            version_id, progress=progress, cancel=_cancel_event()
-        )
+        try:
+            result = self.services.store_service().pull(
+                version_id, progress=progress, cancel=_cancel_event()
+            )
+        except BaseException:
+            # A refused pull changes what the pane shows too: the file's state, and what the
+            # refusal taught (early access, downloads disabled).
+            self.post_message(m.CatalogChanged("pull"))
+            raise
         verb = "already in the store" if result.already_present else "downloaded and verified"
         self.post_message(m.JobFinished(job_id, f"{verb}: {result.sha256[:12]}…", result))
         self.post_message(m.CatalogChanged("pull"))
@@ -273,11 +287,11 @@ class WorkersMixin(_Base):
             progress=progress,
             cancel=_cancel_event(),
         )
-        text = f"imported {len(report.imported)} of {report.scanned} files"
-        if report.skipped:
-            text += f", skipped {len(report.skipped)}"
+        text = report.summary()
+        if report.stopped is not None:
+            text = f"stopped ({report.stopped.reason}): {text}"
         if report.links:
-            text += f", followed {len(report.links)} symlinks"
+            text += f"; followed {len(report.links)} symlinks"
         self.post_message(m.JobFinished(job_id, text, report))
         self.post_message(m.CatalogChanged("import"))
 

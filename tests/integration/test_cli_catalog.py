@@ -34,7 +34,8 @@ def assetmgr(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedP
 
 
 MODEL_KEYS = {"id", "name", "type", "nsfw", "tags", "creator", "versions"}
-VERSION_KEYS = {"id", "name", "base_model", "trained_words", "published_at", "files"}
+VERSION_KEYS = {"id", "name", "base_model", "trained_words", "published_at", "access", "files"}
+ACCESS_CODES = {"early_access", "downloads_disabled", "archived", "gone"}
 FILE_KEYS = {"id", "name", "size_kb", "primary", "format", "hashes", "local"}
 
 
@@ -42,6 +43,8 @@ def check_model_object(obj: dict[str, Any]) -> None:
     assert set(obj) == MODEL_KEYS
     for version in obj["versions"]:
         assert set(version) == VERSION_KEYS
+        for rule in version["access"]:
+            assert set(rule) == {"code", "until"} and rule["code"] in ACCESS_CODES
         for f in version["files"]:
             assert set(f) == FILE_KEYS
             for name, digest in f["hashes"].items():

@@ -183,7 +183,8 @@ def hostile_server() -> Iterator[str]:
     ("args", "error_start"),
     [
         (["sync", "--max-models", "5"], "error: bad "),
-        (["pull", str(h.NEWEST_VERSION_ID)], f"error: version {h.NEWEST_VERSION_ID}: bad "),
+        # A pull's error names the model, version and file: catalog text, cleaned too.
+        (["pull", str(h.NEWEST_VERSION_ID)], f"error: version {h.NEWEST_VERSION_ID} (␛]52;"),
         (["lookup", "AB" * 32], "error: bad "),
     ],
     ids=["sync", "pull", "lookup"],
@@ -217,7 +218,9 @@ def test_a_usage_error_quoting_a_hostile_argument_is_cleaned(_isolated_home: Pat
     result = run_cli("models", f"nope{h.TITLE}")
     assert result.returncode == 2
     assert_clean(result)
-    assert "No such command" in result.stderr.decode()
+    error, hint = result.stderr.decode().splitlines()
+    assert error.startswith("error: no such command 'nope") and "PWNED-TITLE" in error
+    assert hint == "hint: Run `assetmgr models --help` for usage."
 
 
 def test_progress_labels_show_outside_names_as_plain_text() -> None:

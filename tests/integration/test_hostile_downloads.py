@@ -124,7 +124,11 @@ def test_cli_pull_with_no_size_anywhere_stops_at_the_maximum_and_keeps_nothing(
         )
         assert out.returncode == 1
         error, hint = error_lines(out.stderr)
-        assert error.startswith(f"error: version {vid}: {f.name}: stopped at ")
+        v = fake_catalog.versions[vid]
+        model = fake_catalog.models[v.model_id]
+        assert error.startswith(
+            f"error: version {vid} ({model.name} / {v.name}): {f.name}: stopped at "
+        )
         stopped_at = refused(error, "the maximum download size", MAX)
         assert MAX < stopped_at <= MAX + SLICE
         assert hint == (

@@ -314,7 +314,7 @@ def test_an_old_sidecar_with_civitai_unreachable_does_not_abort_the_import(
             "claim-ids",
             "has no usable model, version or file id (old or damaged sidecar)",
         ),
-        ("garbage.civitai.info", "sidecar-malformed", "not valid UTF-8 JSON"),
+        ("garbage.civitai.info", "sidecar-malformed", "not valid JSON"),
     ]
     shown = show(catalog, 434343)
     assert (shown["name"], shown["type"], shown["nsfw"]) == ("Old LoRA", "LORA", False)

@@ -40,6 +40,23 @@ from catalog.demo import seed_demo
 SIZE = (160, 48)
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The app logs failures to the log file, installing its handler when none is there
+    (`assetmgr.logs`); take ours off the root logger after each test."""
+    import logging
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if getattr(handler, "_assetmgr_handler", None) and handler not in before:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
 @pytest.fixture
 def settings() -> Settings:
     return Settings.load()

@@ -524,8 +524,17 @@ def test_model_to_dict_shape(catalog_engine: Engine) -> None:
     assert harbor["tags"] == ["base model", "photorealistic", "landscapes"]
     assert [v["id"] for v in harbor["versions"]] == [800201, 800200]  # newest first
     version = harbor["versions"][0]
-    assert set(version) == {"id", "name", "base_model", "trained_words", "published_at", "files"}
+    assert set(version) == {
+        "id",
+        "name",
+        "base_model",
+        "trained_words",
+        "published_at",
+        "access",
+        "files",
+    }
     assert version["published_at"] == "2025-11-05T09:12:44.201Z"
+    assert version["access"] == []
     first = version["files"][0]
     assert set(first) == {"id", "name", "size_kb", "primary", "format", "hashes", "local"}
     assert first["id"] == 900301 and first["primary"] is True and first["format"] == "SafeTensor"

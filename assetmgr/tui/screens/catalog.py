@@ -3,24 +3,30 @@
 Thin: it keeps the view state (the current query and its generation number, what is loaded,
 which version is shown) and asks the App's workers for data; the App's handlers call the
 ``show_*`` methods when results arrive.
+
+The layout follows the terminal (`layout_mode`): the detail pane beside the table on wide
+terminals, under it on medium ones, and on small ones (80x24) hidden until asked for, when it
+takes the table's place. Below `FULL_FILTERS_MIN_WIDTH` the filter bar keeps one line (search,
+local, NSFW, sort) and shows the type, base-model and tag filters on a second line on demand.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from PIL.Image import Image as PILImage
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.containers import Horizontal
+from textual.geometry import Size
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from assetmgr.display import clean
-from assetmgr.tui.actions import bindings_for
+from assetmgr.tui.actions import action, bindings_for
 from assetmgr.tui.queries import SORT_KEYS, BrowseQuery, ModelDetail, VersionDetail
 from assetmgr.tui.widgets.detail import DetailPane
 from assetmgr.tui.widgets.filter_bar import ASCENDING_FIRST, FilterBar
@@ -34,6 +40,36 @@ if TYPE_CHECKING:
 
 SEARCH_DEBOUNCE_S = 0.15
 DETAIL_DEBOUNCE_S = 0.08
+SIDE_BY_SIDE_MIN_WIDTH = 140
+"""From this width the detail pane sits beside the table (the table keeps ~96 columns)."""
+STACKED_MIN_WIDTH = 100
+STACKED_MIN_HEIGHT = 28
+"""From 100x28 the detail pane sits under the table; below, it replaces it when opened."""
+FULL_FILTERS_MIN_WIDTH = 140
+NO_MATCH = "No model matches. Change the filters, or press {key} to sync from Civitai."
+
+LayoutMode = Literal["side", "stacked", "single"]
+
+
+def layout_mode(size: Size) -> LayoutMode:
+    """Where the detail pane goes on a terminal of `size`."""
+    if size.width >= SIDE_BY_SIDE_MIN_WIDTH:
+        return "side"
+    if size.width >= STACKED_MIN_WIDTH and size.height >= STACKED_MIN_HEIGHT:
+        return "stacked"
+    return "single"
+
+
+def demo_banner(unreachable: str | None) -> Text:
+    """The first-run line over the browser while the catalog is the built-in demo."""
+    key = action("catalog.sync").key
+    text = Text.assemble(("Demo catalog", "bold"))
+    if unreachable is None:
+        text.append(f" (offline sample models) · press {key} to sync from Civitai")
+    else:
+        text.append(f" · press {key} to retry the sync · Civitai was unreachable: ")
+        text.append(clean(unreachable))
+    return text
 
 
 class CatalogScreen(Screen[None]):
@@ -57,6 +93,13 @@ class CatalogScreen(Screen[None]):
         self.revealed: set[int] = set()
         self._search_timer: Timer | None = None
         self._detail_timer: Timer | None = None
+        self.mode: LayoutMode = "side"
+        self.detail_toggled = False
+        """The user flipped the detail pane: opened it (single) or hid it (side, stacked)."""
+        self.filters_open = False
+        """The second filter line is shown (only below `FULL_FILTERS_MIN_WIDTH`)."""
+        self.is_demo = False
+        """The catalog holds only the built-in demo models (the banner says so)."""
 
     @property
     def mgr(self) -> AssetMgrApp:
@@ -64,6 +107,7 @@ class CatalogScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
+        yield Static("", id="banner")
         yield FilterBar(id="filters")
         with Horizontal(id="browser"):
             yield ModelTable(id="models")
@@ -74,8 +118,67 @@ class CatalogScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(JobsBar).display = False
+        self.query_one("#banner").display = False
         self.query_one(ModelTable).focus()
+        self._apply_layout(self.app.size)
         self.refresh_listing()
+
+    # --- layout ----------------------------------------------------------------------------
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._apply_layout(event.size)
+
+    def _apply_layout(self, size: Size) -> None:
+        mode = layout_mode(size)
+        if mode != self.mode:
+            self.mode = mode
+            self.detail_toggled = False
+        compact = size.width < FULL_FILTERS_MIN_WIDTH
+        for name in ("side", "stacked", "single"):
+            self.set_class(name == mode, f"-layout-{name}")
+        self.set_class(self.detail_toggled, "-detail-toggled")
+        self.set_class(compact, "-compact-filters")
+        self.set_class(compact and self.filters_open, "-filters-open")
+
+    @property
+    def detail_visible(self) -> bool:
+        return self.detail_toggled if self.mode == "single" else not self.detail_toggled
+
+    @property
+    def table_visible(self) -> bool:
+        return not (self.mode == "single" and self.detail_toggled)
+
+    def action_toggle_detail(self) -> None:
+        self.detail_toggled = not self.detail_toggled
+        self._apply_layout(self.size)
+        if self.detail_visible and self.mode == "single":
+            self.query_one(DetailPane).focus()
+        elif not self.detail_visible and not self.query_one(ModelTable).has_focus:
+            self.query_one(ModelTable).focus()
+
+    @on(DataTable.RowSelected, "#models")
+    def row_selected(self) -> None:
+        if self.mode == "single" and not self.detail_toggled:
+            self.action_toggle_detail()
+
+    @on(FilterBar.MoreFiltersPressed)
+    def action_toggle_filters(self) -> None:
+        if not self.has_class("-compact-filters"):
+            self.query_one("#type-filter").focus()
+            return
+        self.filters_open = not self.filters_open
+        self._apply_layout(self.size)
+        if self.filters_open:
+            self.query_one("#type-filter").focus()
+        elif self.query_one(FilterBar).has_focus_within:
+            self.query_one("#search", Input).focus()
+
+    def show_demo_state(self, is_demo: bool, unreachable: str | None) -> None:
+        """The demo banner, shown until a real sync has filled the catalog."""
+        self.is_demo = is_demo
+        banner = self.query_one("#banner", Static)
+        banner.update(demo_banner(unreachable) if is_demo else "")
+        banner.display = is_demo
 
     # --- the listing -----------------------------------------------------------------------
 
@@ -126,10 +229,16 @@ class CatalogScreen(Screen[None]):
                 else:
                     self._request_detail(message.rows[0].id, immediate=True)
             else:
-                self.query_one(DetailPane).show_message(
-                    "No models match. Change the filters, or press s to sync from Civitai."
-                )
+                self._show_no_match()
         self._update_status()
+
+    def _show_no_match(self) -> None:
+        # Nothing is selected now: a detail still on its way for the old model is dropped,
+        # and pull, delete and copy find no version to act on.
+        self.selected_model_id = None
+        if self._detail_timer is not None:
+            self._detail_timer.stop()
+        self.query_one(DetailPane).show_empty(NO_MATCH.format(key=action("catalog.sync").key))
 
     def _after_first_paint(self, with_rows: bool) -> None:
         import time
@@ -142,6 +251,7 @@ class CatalogScreen(Screen[None]):
             self._request_detail(self.selected_model_id, immediate=True)
         self.mgr.load_facets()
         self.mgr.mark_updates()
+        self.mgr.check_demo()
 
     def show_count(self, total: int) -> None:
         self.total = total
@@ -154,6 +264,11 @@ class CatalogScreen(Screen[None]):
         parts = [f"{self.loaded:,} of {total} models", f"sort: {q.effective_sort} {arrow}"]
         if q.search.strip():
             parts.append(f"search: {q.search.strip()!r}")
+        for label, values in (("type", q.types), ("base", q.base_models), ("tags", q.tags)):
+            if values:
+                parts.append(f"{label}: {', '.join(values)}")
+        if self.total == 0 and not self.page_loading:
+            parts.append("no model matches")
         if note:
             parts.append(note)
         self.query_one("#status", Static).update(Text(clean("  ·  ".join(parts))))
@@ -188,7 +303,7 @@ class CatalogScreen(Screen[None]):
 
     @on(DataTable.HeaderSelected)
     def header_selected(self, event: DataTable.HeaderSelected) -> None:
-        sort = {key: s for key, _, s, _ in COLUMNS}.get(str(event.column_key.value))
+        sort = {column.key: column.sort for column in COLUMNS}.get(str(event.column_key.value))
         if sort is None:
             return
         q = self.query_state
@@ -323,6 +438,9 @@ class CatalogScreen(Screen[None]):
     def action_escape(self) -> None:
         if isinstance(self.focused, Input) or self.query_one(FilterBar).has_focus_within:
             self.query_one(ModelTable).focus()
+            return
+        if self.mode == "single" and self.detail_toggled:
+            self.action_toggle_detail()  # back from the detail to the list
             return
         self.mgr.action_cancel_job()
 

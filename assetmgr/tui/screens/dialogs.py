@@ -47,6 +47,10 @@ class ErrorModal(ModalScreen[None]):
 
 
 class ConfirmModal(ModalScreen[bool]):
+    """A yes/no question before something destructive: Cancel has the focus, so a stray
+    Enter cancels; the action needs its own button or ``y``."""
+
+    AUTO_FOCUS = "#no"
     BINDINGS = [
         Binding("escape,n", "answer(False)", "No", id="dialog.no"),
         Binding("y", "answer(True)", "Yes", id="dialog.yes"),

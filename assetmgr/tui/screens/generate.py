@@ -11,6 +11,7 @@ shown cleaned (`assetmgr.display.clean`), and cleaned before they go into the pr
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -60,6 +61,8 @@ SIZES = ("512", "640", "768", "832", "896", "1024", "1152", "1216")
 
 class GenerateScreen(Screen[None]):
     BINDINGS = bindings_for("generate")
+    AUTO_FOCUS = None
+    """The prompt takes the focus once laid out (`on_mount`); later visits keep the last one."""
 
     def __init__(self) -> None:
         super().__init__(id="generate")
@@ -138,6 +141,7 @@ class GenerateScreen(Screen[None]):
                     yield Label("", id="gen-text")
             with Vertical(id="gen-output"):
                 yield PreviewPane(id="output")
+                yield Static("", id="gen-result")
                 yield Label("History", classes="section")
                 yield OptionList(id="history")
                 yield Button("Rerun selected", id="rerun", compact=True)
@@ -155,6 +159,8 @@ class GenerateScreen(Screen[None]):
             self.insert_prompt_text(text)
         self.mgr.pending_prompt.clear()
         self.mgr._jobs_changed()
+        # After the first layout: focusing earlier scrolls the form past the prompt's label.
+        self.call_after_refresh(self.query_one(PromptEditor).focus)
 
     # --- data from the App -----------------------------------------------------------------
 
@@ -233,6 +239,25 @@ class GenerateScreen(Screen[None]):
             output.show_image(image)
         else:
             output.show_note("The run produced no image.")
+        self._show_outputs(f"run {result.run_id}", result.images)
+
+    def _show_outputs(self, what: str, images: tuple[Path, ...]) -> None:
+        """Where a run's images were written, under the picture."""
+        text = Text(clean(what), style="bold")
+        if images:
+            text.append(" saved to ")
+            text.append(clean(str(images[0])))
+            if len(images) > 1:
+                text.append(f" (+{len(images) - 1} more in that folder)", style="dim")
+        else:
+            text.append(" wrote no image", style="dim")
+        self.query_one("#gen-result", Static).update(text)
+
+    @on(OptionList.OptionHighlighted, "#history")
+    def history_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        run = next((r for r in self.runs if r.run_id == event.option.id), None)
+        if run is not None:
+            self._show_outputs(f"run {run.run_id}", run.images)
 
     def show_history(self, runs: list[RunRecord]) -> None:
         self.runs = runs
@@ -270,7 +295,7 @@ class GenerateScreen(Screen[None]):
             options.action_cursor_down()
         elif event.key == "up":
             options.action_cursor_up()
-        elif event.key == "tab" and options.highlighted is not None:
+        elif event.key in ("tab", "enter") and options.highlighted is not None:
             self._accept_completion(options.highlighted)
         else:
             self._close_completions()

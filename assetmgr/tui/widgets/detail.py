@@ -21,13 +21,18 @@ from textual.widgets.option_list import Option
 from assetmgr.display import clean
 from assetmgr.tui.queries import FileDetail, ModelDetail, VersionDetail
 from assetmgr.tui.widgets.preview import PreviewPane
+from catalog.access import DOWNLOADS_DISABLED, EARLY_ACCESS, describe
 
 DESCRIPTION_CHARS = 4_000
 _STATE_STYLE = {
     "verified": ("✓ verified", "green"),
-    "downloading": ("↓ partial download", "yellow"),
+    "downloading": ("↓ partial download (d resumes it)", "yellow"),
     "quarantined": ("✗ quarantined (hash mismatch)", "red"),
     "missing": ("? missing from the store", "red"),
+}
+_ACCESS_BADGE = {
+    EARLY_ACCESS: "⏳ early access",
+    DOWNLOADS_DISABLED: "⊘ no downloads",
 }
 _CHECK_MARK = {"match": ("✓", "green"), "mismatch": ("✗", "bold red"), "unchecked": ("·", "dim")}
 
@@ -130,9 +135,20 @@ class DetailPane(VerticalScroll):
         yield Label("About", classes="section")
         yield Static("", id="description")
 
-    def show_message(self, text: str) -> None:
-        for title in self.query("#detail-title").results(Static):
-            title.update(Text(clean(text)))
+    def on_mount(self) -> None:
+        self.add_class("-empty")
+
+    def show_empty(self, text: str) -> None:
+        """No model to show (nothing matches): the pane keeps nothing of the previous one."""
+        self.detail = None
+        self.version_index = 0
+        self.add_class("-empty")
+        self.query_one("#detail-title", Static).update(Text(clean(text), style="bold"))
+        for part in ("#detail-meta", "#version-info", "#files", "#description"):
+            self.query_one(part, Static).update("")
+        self.query_one("#versions", OptionList).clear_options()
+        self.query_one("#words", Vertical).remove_children()
+        self.query_one("#preview", PreviewPane).show_note("")
 
     @property
     def version(self) -> VersionDetail | None:
@@ -142,6 +158,7 @@ class DetailPane(VerticalScroll):
 
     def show_detail(self, detail: ModelDetail, *, version_index: int = 0) -> None:
         self.detail = detail
+        self.remove_class("-empty")
         title = Text(clean(detail.name), style="bold")
         title.append(f"  {clean(detail.type)}", style="cyan")
         if detail.nsfw:
@@ -165,6 +182,9 @@ class DetailPane(VerticalScroll):
                 label.append("  ✓ local", style="green")
             if v.id in detail.update_version_ids:
                 label.append("  ↑ update", style="bold cyan")
+            for rule in v.access:
+                if rule.code in _ACCESS_BADGE:
+                    label.append(f"  {_ACCESS_BADGE[rule.code]}", style="yellow")
             if v.state != "active":
                 label.append(f"  {clean(v.state)}", style="red")
             versions.add_option(Option(label, id=str(v.id)))
@@ -191,6 +211,10 @@ class DetailPane(VerticalScroll):
         if v.published_at:
             info.append(f"published   {v.published_at:%Y-%m-%d}\n")
         info.append(f"version id  {v.id}\n", style="dim")
+        for rule in v.access:
+            info.append(f"download    {describe(rule)}\n", style="yellow")
+        if not v.is_local and not v.access and not self._api_key_set():
+            info.append("login       no API key (F5)\n", style="dim")
         if self.detail.type in ("LORA", "LoCon", "DoRA"):
             info.append(f"weight      {v.weight.label()}\n")
         if v.description:
@@ -215,6 +239,11 @@ class DetailPane(VerticalScroll):
             words.mount(Label("none", classes="dim"))
         self.query_one(".copy-words", Button).display = bool(v.trained_words)
         self.query_one("#files", Static).update(files_renderable(v.files))
+
+    def _api_key_set(self) -> bool:
+        """Whether downloads go out with a key (the app's settings; True when unknown)."""
+        settings = getattr(getattr(self.app, "services", None), "settings", None)
+        return settings is None or getattr(settings, "api_key", None) is not None
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         event.stop()

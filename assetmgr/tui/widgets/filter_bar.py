@@ -1,4 +1,9 @@
-"""The filter bar of the browser: search, type, base model, tags, local only, NSFW, sort."""
+"""The filter bar of the browser: search, type, base model, tags, local only, NSFW, sort.
+
+Three groups (search; type, base model and tags; local, NSFW and sort) on one line; on a
+narrow terminal the catalog screen's CSS moves the middle group to a second line that the
+"Filters" button (or its key) shows and hides.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.suggester import SuggestFromList
-from textual.widgets import Checkbox, Input, Select
+from textual.widgets import Button, Checkbox, Input, Select
 
 from assetmgr.display import clean
 from assetmgr.tui.queries import SORT_KEYS, BrowseQuery, Facets, SortKey
@@ -39,6 +44,16 @@ class FilterBar(Horizontal):
             return self.bar
 
     @dataclass
+    class MoreFiltersPressed(Message):
+        """The "Filters" button of the narrow layout: show or hide the second line."""
+
+        bar: FilterBar
+
+        @property
+        def control(self) -> FilterBar:
+            return self.bar
+
+    @dataclass
     class SearchTyped(Message):
         bar: FilterBar
         text: str
@@ -48,19 +63,27 @@ class FilterBar(Horizontal):
             return self.bar
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="/ search names, tags, trigger words…", id="search", compact=True)
-        yield Select[str]([], prompt="Any type", id="type-filter", compact=True)
-        yield Select[str]([], prompt="Any base", id="base-filter", compact=True)
-        yield Input(placeholder="tags, comma-separated", id="tag-filter", compact=True)
-        yield Checkbox("Local", id="local-filter", compact=True)
-        yield Checkbox("NSFW", id="nsfw-filter", compact=True)
-        yield Select[str](
-            [(label, key) for key, label in SORT_LABELS.items()],
-            value="downloads",
-            allow_blank=False,
-            id="sort",
-            compact=True,
-        )
+        with Horizontal(id="filters-main"):
+            yield Input(
+                placeholder="/ search names, tags, trigger words…", id="search", compact=True
+            )
+        with Horizontal(id="filters-more"):
+            yield Select[str]([], prompt="Any type", id="type-filter", compact=True)
+            yield Select[str]([], prompt="Any base", id="base-filter", compact=True)
+            yield Input(placeholder="tags, comma-separated", id="tag-filter", compact=True)
+        with Horizontal(id="filters-flags"):
+            yield Checkbox("Local", id="local-filter", compact=True)
+            yield Checkbox("NSFW", id="nsfw-filter", compact=True)
+            yield Select[str](
+                [(label, key) for key, label in SORT_LABELS.items()],
+                value="downloads",
+                allow_blank=False,
+                id="sort",
+                compact=True,
+            )
+            yield Button(
+                "Filters", id="more-filters", compact=True, tooltip="Type, base model, tags (f)"
+            )
 
     def set_facets(self, facets: Facets) -> None:
         for select_id, values in (
@@ -121,6 +144,11 @@ class FilterBar(Horizontal):
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
         self.post_message(self.Changed(self))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        if event.button.id == "more-filters":
+            self.post_message(self.MoreFiltersPressed(self))
 
     def on_descendant_blur(self, event: object) -> None:
         # A tags edit applies when the user leaves the field as well as on Enter.

@@ -1,4 +1,9 @@
-"""The jobs bar: one line per running (or just finished) job, with progress and Cancel."""
+"""The jobs bar: one line per running (or just finished) job, with progress and Cancel, and
+Report on a finished import.
+
+A failed job keeps its line, with the reason and the hint, until it is dismissed; Details
+opens the whole error.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ class JobLine(Horizontal):
         yield ProgressBar(total=None, show_eta=False, classes="job-bar")
         yield Label("", classes="job-text")
         yield Button("Cancel", classes="job-cancel", compact=True)
+        yield Button("Report", classes="job-report", compact=True)
+        yield Button("Details", classes="job-details", compact=True, tooltip="The whole error")
+        yield Button("✕", classes="job-dismiss", compact=True, tooltip="Dismiss")
 
     def on_mount(self) -> None:
         self._show(self._job)
@@ -43,10 +51,16 @@ class JobLine(Horizontal):
             bar.update(total=1, progress=1)
         text = job.summary if not job.active else job.text
         status = "" if job.status in ("running", "done") else f"[{job.status}] "
+        if job.error is not None and job.error.hint:
+            text = f"{text} · hint: {job.error.hint}"
         self.query_one(".job-text", Label).update(Text(clean(f"{status}{text}")))
+        failed = job.status == "failed"
         self.set_class(not job.active, "-finished")
-        self.set_class(job.status == "failed", "-failed")
+        self.set_class(failed, "-failed")
         self.query_one(".job-cancel", Button).display = job.active
+        self.query_one(".job-report", Button).display = not job.active and job.result is not None
+        self.query_one(".job-details", Button).display = failed and job.error is not None
+        self.query_one(".job-dismiss", Button).display = failed
 
 
 class JobsBar(Vertical):
@@ -54,6 +68,24 @@ class JobsBar(Vertical):
 
     @dataclass
     class CancelPressed(Message):
+        job_id: str
+
+    @dataclass
+    class ReportPressed(Message):
+        """Open what a finished job left (an import's report)."""
+
+        job_id: str
+
+    @dataclass
+    class DetailsPressed(Message):
+        """Open the whole error of a failed job."""
+
+        job_id: str
+
+    @dataclass
+    class DismissPressed(Message):
+        """Take a failed job off the bar."""
+
         job_id: str
 
     def sync_jobs(self, jobs: list[Job]) -> None:
@@ -72,6 +104,14 @@ class JobsBar(Vertical):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         line = next((a for a in event.button.ancestors if isinstance(a, JobLine)), None)
-        if line is not None:
-            event.stop()
+        if line is None:
+            return
+        event.stop()
+        if event.button.has_class("job-report"):
+            self.post_message(self.ReportPressed(line.job_id))
+        elif event.button.has_class("job-details"):
+            self.post_message(self.DetailsPressed(line.job_id))
+        elif event.button.has_class("job-dismiss"):
+            self.post_message(self.DismissPressed(line.job_id))
+        else:
             self.post_message(self.CancelPressed(line.job_id))

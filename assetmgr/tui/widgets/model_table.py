@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rich.text import Text
+from textual import events
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
@@ -13,16 +14,56 @@ from textual.widgets import DataTable
 from assetmgr.display import clean
 from assetmgr.tui.queries import ModelRow, SortKey
 
-# (column key, header, sort key the header selects or None, width): fixed widths keep a page
-# from resizing the columns as rows arrive, and the table inside its pane.
-COLUMNS: tuple[tuple[str, str, SortKey | None, int], ...] = (
-    ("type", "Type", "type", 10),
-    ("base", "Base model", None, 11),
-    ("name", "Name", "name", 24),
-    ("creator", "Creator", "creator", 13),
-    ("downloads", "Downloads", "downloads", 9),
-    ("local", "Local", None, 9),
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    sort: SortKey | None
+    """The sort key its header selects, if any."""
+    width: int
+    keep: int
+    """Lower is kept longer when the table is narrow; 0 (name, type, local) always shows."""
+
+
+# Fixed widths keep a page from resizing the columns as rows arrive; only Name stretches.
+COLUMNS: tuple[Column, ...] = (
+    Column("type", "Type", "type", 10, 0),
+    Column("base", "Base model", None, 11, 1),
+    Column("name", "Name", "name", 24, 0),
+    Column("creator", "Creator", "creator", 13, 3),
+    Column("downloads", "Downloads", "downloads", 9, 2),
+    Column("local", "Local", None, 11, 0),
 )
+NAME_MIN_WIDTH = 16
+NAME_MAX_WIDTH = 48
+_CELL_PADDING = 1
+_SCROLLBAR = 2
+
+
+def fit_columns(width: int) -> list[tuple[Column, int]]:
+    """The columns that fit a table `width` cells wide, in display order, with their widths.
+
+    Name, Type and Local (which carries the update badge) always show; Base model, Downloads
+    and Creator follow as room allows; Name takes what is left, between its min and max.
+    """
+    room = width - _SCROLLBAR
+    shown = {c.key for c in COLUMNS if c.keep == 0}
+
+    def used(keys: set[str]) -> int:
+        return sum(
+            (NAME_MIN_WIDTH if c.key == "name" else c.width) + 2 * _CELL_PADDING
+            for c in COLUMNS
+            if c.key in keys
+        )
+
+    for column in sorted((c for c in COLUMNS if c.keep), key=lambda c: c.keep):
+        if used(shown | {column.key}) <= room:
+            shown.add(column.key)
+    name_width = max(NAME_MIN_WIDTH, min(NAME_MAX_WIDTH, NAME_MIN_WIDTH + room - used(shown)))
+    return [(c, name_width if c.key == "name" else c.width) for c in COLUMNS if c.key in shown]
+
+
 # Civitai's type names as users know them, short enough for the column.
 _TYPE_LABELS = {
     "TextualInversion": "Embedding",
@@ -83,10 +124,40 @@ class ModelTable(DataTable[Text]):
         self.update_ids: set[int] = set()
         self._asked_at = -1
         self._appending = False
+        self.column_layout: list[tuple[Column, int]] = []
+        """The columns shown now, with their widths (`fit_columns` of the table's width)."""
 
     def on_mount(self) -> None:
-        for key, header, _, width in COLUMNS:
-            self.add_column(header, key=key, width=width)
+        self._fit(self.size.width)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit(event.size.width)
+
+    def _fit(self, width: int) -> None:
+        """Show the columns that fit; rows are rebuilt from `rows_by_id` when they change."""
+        layout = fit_columns(width)
+        if layout == self.column_layout:
+            return
+        self.column_layout = layout
+        keep = self.selected_model_id
+        rows = list(self.rows_by_id.values())
+        # The rebuild moves the cursor through row 0; only the final position is news.
+        with self.prevent(DataTable.RowHighlighted):
+            self.clear(columns=True)
+            for column, column_width in layout:
+                self.add_column(column.header, key=column.key, width=column_width)
+            self.rows_by_id.clear()
+            self._appending = True
+            try:
+                self._add(rows)
+            finally:
+                self._appending = False
+            if keep is not None and keep in self.rows_by_id:
+                self.move_cursor(row=self.get_row_index(str(keep)), animate=False)
+
+    @property
+    def shown_columns(self) -> list[str]:
+        return [column.key for column, _ in self.column_layout]
 
     def reset(self) -> None:
         self.clear()
@@ -111,15 +182,15 @@ class ModelTable(DataTable[Text]):
                 name.append(" nsfw", style="dim red")
             # Text, never str: DataTable reads str cells as markup, and Civitai names often
             # contain brackets ("[Pony] …"). Cleaned: names are outside text.
-            self.add_row(
-                Text(clean(_TYPE_LABELS.get(row.type, row.type))),
-                Text(clean(row.base_model or "")),
-                name,
-                Text(clean(row.creator or "")),
-                downloads_cell(row.downloads),
-                local_cell(row.local_state, row.id in self.update_ids),
-                key=str(row.id),
-            )
+            cells = {
+                "type": Text(clean(_TYPE_LABELS.get(row.type, row.type))),
+                "base": Text(clean(row.base_model or "")),
+                "name": name,
+                "creator": Text(clean(row.creator or "")),
+                "downloads": downloads_cell(row.downloads),
+                "local": local_cell(row.local_state, row.id in self.update_ids),
+            }
+            self.add_row(*(cells[c.key] for c, _ in self.column_layout), key=str(row.id))
 
     def mark_updates(self, model_ids: set[int]) -> None:
         changed = (self.update_ids | model_ids) - (self.update_ids & model_ids)

@@ -1,8 +1,8 @@
 """The prompt editor: a TextArea that offers ``<lora:…>`` names and trigger words as you type.
 
 The screen asks the catalog for suggestions (`CompletionWanted`) and shows them in an
-`OptionList` under the editor; while that list is open, Up/Down move in it, Tab accepts and
-Escape closes it.
+`OptionList` under the editor; while that list is open, Up/Down move in it, Tab or Enter
+accepts and Escape closes it.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class PromptEditor(TextArea):
 
     @dataclass
     class CompletionKey(Message):
-        """A key meant for the open suggestion list: ``up``, ``down``, ``tab`` or ``escape``."""
+        """A key meant for the open suggestion list: ``up``, ``down``, ``tab``, ``enter`` or
+        ``escape``."""
 
         editor: PromptEditor
         key: str
@@ -63,7 +64,7 @@ class PromptEditor(TextArea):
     completion_open = False
 
     async def _on_key(self, event: events.Key) -> None:
-        if self.completion_open and event.key in ("up", "down", "tab", "escape"):
+        if self.completion_open and event.key in ("up", "down", "tab", "enter", "escape"):
             event.stop()
             event.prevent_default()
             self.post_message(self.CompletionKey(self, event.key))
