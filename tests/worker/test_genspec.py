@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from sandbox.worker import samplers
 from sandbox.worker.errors import SamplerError
-from sandbox.worker.genspec import GenSpec
+from sandbox.jobspec import GenSpec
 from sandbox.worker.tools import build_tokenizer
 
 from .helpers import base_spec
