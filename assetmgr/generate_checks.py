@@ -83,10 +83,13 @@ class InvalidRequestError(AssetMgrError):
         self.option = option
         self.reason = reason
         self.value = value
+        self._own_message = message is not None
         super().__init__(message or self.worded(OPTION_FLAGS.get(option, option)), hint=hint)
 
     def worded(self, name: str) -> str:
         """The problem, naming the option as `name` (a CLI flag, or a label in the TUI)."""
+        if self._own_message:
+            return self.message
         if self.value is None:
             return f"{name}: {self.reason}"
         return f"{name} {_shown(self.value)} {self.reason}"
