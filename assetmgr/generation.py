@@ -255,7 +255,8 @@ def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> Gene
             first = next((r for r, a in resolved if a.mount_name == asset.mount_name), req.model)
             raise InvalidRequestError(
                 option,
-                f"{ref!r} and {first!r} are the same file ({asset.alias})",
+                f"names the same file as {first!r} ({asset.alias})",
+                value=ref,
                 hint="Give each LoRA once, as a tag or as --lora.",
             )
         resolved.append((ref, asset))
@@ -380,8 +381,8 @@ def run_generation(
         ModelRef(name=name, mount_path=f"/models/{name}", sha256=info["sha256"].lower())
         for name, info in models.items()
     ]
-    out_dir.mkdir(parents=True, exist_ok=True)
     image = sandbox.load_image()
+    out_dir.mkdir(parents=True, exist_ok=True)  # no empty folder for a run that never started
     try:
         result = sandbox.run(
             "generate",

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from sandbox.jobspec import GenSpec
 from sandbox.worker import samplers
 from sandbox.worker.errors import SamplerError
-from sandbox.jobspec import GenSpec
 from sandbox.worker.tools import build_tokenizer
 
 from .helpers import base_spec
