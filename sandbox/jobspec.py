@@ -160,7 +160,7 @@ def canonical_sampler(name: str) -> str:
 LORA_TAG_KINDS: Final = ("lora", "lyco")
 _TAG_OPEN = re.compile(r"<(\w+):")
 _OTHER_TAG = re.compile(r"<(\w+):([^<>]+)>")
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NAMED_ARGS: Final = ("te", "unet", "dyn")
 _MAX_SHOWN = 80
 
