@@ -214,6 +214,8 @@ class JobFailedError(JobError):
         what = what or f"job {job_id}"
         if oom:
             message = f"{what} was killed by the kernel's OOM killer without a result"
+        elif exit_code is None:
+            message = f"{what} ended without a result"
         else:
             message = f"{what} exited with code {exit_code} without a result"
             if state.get("OOMKilled") is True:
