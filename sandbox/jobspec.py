@@ -274,11 +274,13 @@ def scan_tags(text: str, field: str = "prompt") -> tuple[list[NetworkTag], list[
     """
     tags: list[NetworkTag] = []
     errors: list[TagError] = []
-    pos = 0
+    pos, close = 0, -2  # close: the next '>' (-1: none left), found again only once passed
     while (m := _TAG_OPEN.search(text, pos)) is not None:
         start, kind = m.start(), m.group(1).lower()
         if kind in LORA_TAG_KINDS:
-            close, reopen = text.find(">", m.end()), text.find("<", m.end())
+            if close != -1 and close < m.end():
+                close = text.find(">", m.end())
+            reopen = text.find("<", m.end())
             if close < 0 or 0 <= reopen < close:
                 stop = reopen if reopen >= 0 else len(text)
                 errors.append(

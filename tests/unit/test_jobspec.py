@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from assetmgr.generate_checks import (
@@ -199,3 +201,26 @@ def test_host_errors_carry_the_option_and_the_value() -> None:
     assert isinstance(tag, PromptTagError) and tag.tag == "<lora:a:x>" and tag.position == 0
     assert all(p.exit_code == 2 for p in problems)
     assert request_problems(GenerateRequest(model="m", prompt="a <lora:a:0.5>")) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("<>:lorayc=1.-ax ")), max_size=200) | st.text())
+def test_any_text_scans_without_raising(text: str) -> None:
+    """Prompts from outside (preview images, half-typed ones) never make the scanner raise;
+    every tag it returns is a span of the text, and the strict parser agrees with it."""
+    tags, errors = scan_tags(text)
+    for tag in tags:
+        assert 0 <= tag.start < tag.end <= len(text) and text[tag.start] == "<"
+        assert text[tag.end - 1] == ">"
+    for error in errors:
+        assert 0 <= error.position < len(text)
+    if errors:
+        with pytest.raises(TagError):
+            parse_tags(text)
+    else:
+        assert parse_tags(text) == tags
+
+
+def test_a_long_run_of_unclosed_tags_is_one_error_each() -> None:
+    tags, errors = scan_tags("<lora:" * 50_000)
+    assert tags == [] and len(errors) == 50_000
