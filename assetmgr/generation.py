@@ -221,6 +221,14 @@ class GenerationPlan:
     warnings: list[GenerationWarning] = field(default_factory=list)
 
 
+def _first_problem(exc: Any) -> str:
+    """ ": at FIELD: what pydantic found" for the first error of a `ValidationError`."""
+    detail = exc.errors()[0]
+    where = ".".join(str(p) for p in detail["loc"])
+    message = str(detail["msg"]).removeprefix("Value error, ")
+    return f" at {where}: {message}" if where else f": {message}"
+
+
 def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> GenerationPlan:
     """Check a request and resolve its files; nothing runs and the engine is not contacted.
 
@@ -303,9 +311,7 @@ def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> Gene
     try:
         spec = GenSpec.model_validate(params).model_dump(mode="json")
     except ValidationError as exc:  # what the checks above cannot see: catalog names, say
-        detail = exc.errors()[0]
-        where = ".".join(str(p) for p in detail["loc"]) or "spec"
-        reason = f"the job spec is invalid at {where}: {detail['msg']}"
+        reason = f"the job spec is invalid{_first_problem(exc)}"
         raise InvalidRequestError("model", reason, message=reason) from None
     size = len(json.dumps(spec))
     if size > MAX_PARAMS_BYTES:
@@ -471,7 +477,18 @@ def rerun(
     on_message: Callable[[Any], None] | None = None,
 ) -> RunRecord:
     """Repeat a recorded run with the same spec and inputs; report whether the bytes match."""
+    from pydantic import ValidationError
+
+    from sandbox.jobspec import GenSpec
+
     old = load_run(engine, run_id)
+    try:
+        GenSpec.model_validate(old.spec)
+    except ValidationError as exc:  # recorded by an older version, or a run that failed
+        raise GenerationError(
+            f"run {run_id} cannot be repeated: its spec is invalid{_first_problem(exc)}",
+            hint="Start a new run with `assetmgr generate`.",
+        ) from None
     mounts: dict[str, Path] = {}
     for name, info in old.models.items():
         sha = str(info["sha256"]).upper()

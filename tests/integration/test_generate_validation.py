@@ -371,3 +371,29 @@ def test_a_valid_request_passes_every_check_and_goes_on_to_the_sandbox(library: 
     )
     assert result.returncode == 1
     assert result.stderr.splitlines()[-2:] == NO_IMAGE
+
+
+def test_a_recorded_spec_that_is_invalid_today_is_not_rerun(tmp_path: Path) -> None:
+    """A run recorded before these checks (here a sampler name the worker never knew) is
+    refused by `rerun` with one line, before its files or the engine are looked at."""
+    from sqlmodel import Session
+
+    from catalog.db import open_catalog
+    from catalog.runs import GenerationRun
+
+    home = tmp_path / "home"
+    home.mkdir()
+    engine = open_catalog(f"sqlite:///{home / 'catalog.sqlite3'}")
+    spec = {"model_path": "/models/m.safetensors", "model_sha256": "ab" * 32, "prompt": "x"}
+    with Session(engine) as session:
+        run_row = GenerationRun(status="failed", spec={**spec, "seed": 1, "sampler": "Euler b"})
+        session.add(run_row)
+        session.commit()
+        run_id = run_row.id
+    engine.dispose()
+    result = run(home, "rerun", str(run_id))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: run {run_id} cannot be repeated: its spec is invalid: unknown sampler 'Euler b'",
+        "hint: Start a new run with `assetmgr generate`.",
+    ]
