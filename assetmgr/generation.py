@@ -222,7 +222,7 @@ class GenerationPlan:
 
 
 def _first_problem(exc: Any) -> str:
-    """ ": at FIELD: what pydantic found" for the first error of a `ValidationError`."""
+    """The first error of a pydantic `ValidationError`, as " at FIELD: why" (or ": why")."""
     detail = exc.errors()[0]
     where = ".".join(str(p) for p in detail["loc"])
     message = str(detail["msg"]).removeprefix("Value error, ")
