@@ -3,14 +3,17 @@ record the run.
 
 References (`--model`, `--lora`, and ``<lora:NAME:W>`` tags in the prompt) are a version id,
 a model name, or a file name / A1111 alias (the file name without extension); they must be
-verified files in the local store. The job spec records everything that changes pixels
-(see `sandbox.worker.genspec.GenSpec`), and the run is stored in the catalog with the image id
-and the hashes of every input and output, so `rerun` can repeat it and compare bytes.
+verified files in the local store. Before anything runs, the request is checked against the
+job contract the worker enforces (`assetmgr.generate_checks`, `sandbox.jobspec`). The job spec
+records everything that changes pixels (`sandbox.jobspec.GenSpec`), and the run is stored in the
+catalog with the image id and the hashes of every input and output, so `rerun` can repeat it
+and compare bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -23,13 +26,22 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from assetmgr.errors import AssetMgrError, NotInCatalogError
+from assetmgr.generate_checks import (
+    GenerationWarning,
+    InvalidRequestError,
+    WrongModelTypeError,
+    family_check,
+    validate_request,
+)
 from assetmgr.store.blobs import BlobStore
 from catalog.db import session_scope
 from catalog.models import LocalFile, Model, ModelFile, ModelVersion
 from catalog.runs import GenerationRun
 from catalog.usermeta import UserMeta
+from sandbox.protocol import MAX_PARAMS_BYTES
 
-_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>")
+CHECKPOINT_TYPES = ("Checkpoint",)
+LORA_TYPES = ("LORA", "LoCon", "DoRA")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -74,10 +86,9 @@ def _verified_files(session: Session, version_ids: Sequence[int]) -> list[tuple[
     )
 
 
-def resolve_asset(
-    session: Session, store: BlobStore, ref: str, *, kinds: Sequence[str] = ()
-) -> LocalAsset:
-    """A version id, model name or file alias -> its verified local file."""
+def _find_asset(
+    session: Session, store: BlobStore, ref: str, kinds: Sequence[str]
+) -> LocalAsset | None:
     text = ref.strip()
     version_ids: list[int] = []
     if text.lstrip("-").isdigit():
@@ -128,6 +139,24 @@ def resolve_asset(
                 trained_words=[w.word for w in version.trained_words],
                 preferred_weight=meta.preferred_weight if meta else None,
             )
+    return None
+
+
+def resolve_asset(
+    session: Session, store: BlobStore, ref: str, *, kinds: Sequence[str] = (), option: str = ""
+) -> LocalAsset:
+    """A version id, model name or file alias -> its verified local file.
+
+    With `kinds`, a file of another catalog type raises `WrongModelTypeError` for `option`
+    (a LoRA given as the checkpoint, say) instead of "not found".
+    """
+    asset = _find_asset(session, store, ref, kinds)
+    if asset is not None:
+        return asset
+    if kinds:
+        other = _find_asset(session, store, ref, ())
+        if other is not None:
+            raise WrongModelTypeError(option or "model", ref, other.model_type, other.model_name)
     what = "/".join(kinds) if kinds else "model"
     raise NotInCatalogError(
         f"no verified local {what} file for {ref!r}",
@@ -155,6 +184,8 @@ class GenerateRequest:
     device: str = "cpu"
     threads: int | None = 2
     timeout_s: float = 1800.0
+    allow_mismatch: bool = False
+    """Run LoRAs of another base-model family than the checkpoint's, with a warning."""
 
 
 @dataclass
@@ -179,13 +210,38 @@ class RunRecord:
         return data
 
 
-def build_spec(
-    session: Session, store: BlobStore, req: GenerateRequest
-) -> tuple[dict[str, Any], dict[str, Path], dict[str, Any]]:
-    """(GenSpec params, mount name -> host file, models record) for a request."""
-    from sandbox.worker.genspec import GenSpec  # pure pydantic; no torch on the host
+@dataclass
+class GenerationPlan:
+    """A checked request: the GenSpec params, mount name -> host file, the models record, and
+    what the run goes ahead with despite doubts (`warnings`)."""
 
-    checkpoint = resolve_asset(session, store, req.model, kinds=("Checkpoint",))
+    spec: dict[str, Any]
+    mounts: dict[str, Path]
+    models: dict[str, Any]
+    warnings: list[GenerationWarning] = field(default_factory=list)
+
+
+def _first_problem(exc: Any) -> str:
+    """The first error of a pydantic `ValidationError`, as " at FIELD: why" (or ": why")."""
+    detail = exc.errors()[0]
+    where = ".".join(str(p) for p in detail["loc"])
+    message = str(detail["msg"]).removeprefix("Value error, ")
+    return f" at {where}: {message}" if where else f": {message}"
+
+
+def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> GenerationPlan:
+    """Check a request and resolve its files; nothing runs and the engine is not contacted.
+
+    Raises `InvalidRequestError` (exit 2) for whatever the worker would refuse, a file of the
+    wrong type or a LoRA of another base-model family (unless `req.allow_mismatch`), and
+    `NotInCatalogError` for a reference with no verified local file.
+    """
+    from pydantic import ValidationError
+
+    from sandbox.jobspec import GenSpec, canonical_sampler, check_prompt_tags
+
+    validate_request(req)
+    checkpoint = resolve_asset(session, store, req.model, kinds=CHECKPOINT_TYPES, option="model")
     mounts: dict[str, Path] = {checkpoint.mount_name: checkpoint.blob_path}
     models: dict[str, Any] = {
         checkpoint.mount_name: {
@@ -194,13 +250,24 @@ def build_spec(
             "file_id": checkpoint.file_id,
         }
     }
+    tagged = [t.name for t in check_prompt_tags(req.prompt, req.negative)]
     wanted: dict[str, float | None] = dict(req.loras)
-    for name in _LORA_TAG.findall(req.prompt):
+    for name in tagged:
         wanted.setdefault(name, None)
     loras = []
-    tagged = set(_LORA_TAG.findall(req.prompt))
+    resolved: list[tuple[str, LocalAsset]] = []
     for ref, weight in wanted.items():
-        asset = resolve_asset(session, store, ref, kinds=("LORA", "LoCon", "DoRA"))
+        option = "loras" if ref not in tagged else "prompt"
+        asset = resolve_asset(session, store, ref, kinds=LORA_TYPES, option=option)
+        if asset.mount_name in mounts:
+            first = next((r for r, a in resolved if a.mount_name == asset.mount_name), req.model)
+            raise InvalidRequestError(
+                option,
+                f"names the same file as {first!r} ({asset.alias})",
+                value=ref,
+                hint="Give each LoRA once, as a tag or as --lora.",
+            )
+        resolved.append((ref, asset))
         mounts[asset.mount_name] = asset.blob_path
         models[asset.mount_name] = {
             "sha256": asset.sha256,
@@ -219,30 +286,42 @@ def build_spec(
                 "trigger_words": asset.trained_words,
             }
         )
-    spec = GenSpec.model_validate(
-        {
-            "model_path": f"/models/{checkpoint.mount_name}",
-            "model_sha256": checkpoint.sha256.lower(),
-            "model_name": checkpoint.alias,
-            "base_model": checkpoint.base_model,
-            "loras": loras,
-            "prepend_trigger_words": req.add_trigger_words,
-            "prompt": req.prompt,
-            "negative_prompt": req.negative,
-            "steps": req.steps,
-            "cfg_scale": req.cfg,
-            "seed": req.seed,
-            "width": req.width,
-            "height": req.height,
-            "batch_size": req.batch,
-            "sampler": req.sampler,
-            "clip_skip": req.clip_skip,
-            "dtype": req.dtype,
-            "device": req.device,
-            "threads": req.threads,
-        }
-    )
-    return spec.model_dump(mode="json"), mounts, models
+    warnings = family_check(checkpoint, resolved, allow_mismatch=req.allow_mismatch)
+    params = {
+        "model_path": f"/models/{checkpoint.mount_name}",
+        "model_sha256": checkpoint.sha256.lower(),
+        "model_name": checkpoint.alias,
+        "base_model": checkpoint.base_model,
+        "loras": loras,
+        "prepend_trigger_words": req.add_trigger_words,
+        "prompt": req.prompt,
+        "negative_prompt": req.negative,
+        "steps": req.steps,
+        "cfg_scale": req.cfg,
+        "seed": req.seed,
+        "width": req.width,
+        "height": req.height,
+        "batch_size": req.batch,
+        "sampler": canonical_sampler(req.sampler),
+        "clip_skip": req.clip_skip,
+        "dtype": req.dtype,
+        "device": req.device,
+        "threads": req.threads,
+    }
+    try:
+        spec = GenSpec.model_validate(params).model_dump(mode="json")
+    except ValidationError as exc:  # what the checks above cannot see: catalog names, say
+        reason = f"the job spec is invalid{_first_problem(exc)}"
+        raise InvalidRequestError("model", reason, message=reason) from None
+    size = len(json.dumps(spec))
+    if size > MAX_PARAMS_BYTES:
+        raise InvalidRequestError(
+            "prompt",
+            f"the job spec is {size} bytes; at most {MAX_PARAMS_BYTES}",
+            message=f"the job spec is {size} bytes; the sandbox takes at most {MAX_PARAMS_BYTES}",
+            hint="Use fewer LoRAs (each brings its trigger words) or shorter prompts.",
+        )
+    return GenerationPlan(spec, mounts, models, warnings)
 
 
 def _sha256_file(path: Path) -> str:
@@ -308,8 +387,8 @@ def run_generation(
         ModelRef(name=name, mount_path=f"/models/{name}", sha256=info["sha256"].lower())
         for name, info in models.items()
     ]
-    out_dir.mkdir(parents=True, exist_ok=True)
     image = sandbox.load_image()
+    out_dir.mkdir(parents=True, exist_ok=True)  # no empty folder for a run that never started
     try:
         result = sandbox.run(
             "generate",
@@ -398,7 +477,18 @@ def rerun(
     on_message: Callable[[Any], None] | None = None,
 ) -> RunRecord:
     """Repeat a recorded run with the same spec and inputs; report whether the bytes match."""
+    from pydantic import ValidationError
+
+    from sandbox.jobspec import GenSpec
+
     old = load_run(engine, run_id)
+    try:
+        GenSpec.model_validate(old.spec)
+    except ValidationError as exc:  # recorded by an older version, or a run that failed
+        raise GenerationError(
+            f"run {run_id} cannot be repeated: its spec is invalid{_first_problem(exc)}",
+            hint="Start a new run with `assetmgr generate`.",
+        ) from None
     mounts: dict[str, Path] = {}
     for name, info in old.models.items():
         sha = str(info["sha256"]).upper()

@@ -33,11 +33,16 @@ def base_model_family(base_model: str | None) -> str:
     Pony, Illustrious and NoobAI are SDXL architectures but separate families in practice: a
     Pony LoRA is no update for an SDXL 1.0 LoRA user.
     """
+    return known_base_model_family(base_model) or base_model or "Other"
+
+
+def known_base_model_family(base_model: str | None) -> str | None:
+    """The family of a base model `base_model_family` knows; None for others ("Other", None)."""
     text = (base_model or "").strip().lower()
     for prefix, family in _FAMILY_PREFIXES:
         if text.startswith(prefix):
             return family
-    return base_model or "Other"
+    return None
 
 
 @dataclass(frozen=True)

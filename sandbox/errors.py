@@ -25,7 +25,8 @@ as protocol messages instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from assetmgr.errors import SandboxError
 
@@ -146,8 +147,107 @@ class JobCancelledError(JobError):
     title = "Sandbox job cancelled"
 
 
+OOM_HINT = (
+    "The job ran out of memory and the kernel's OOM killer ended it; use a smaller image size "
+    "or batch, or give the job more memory."
+)
+
+
+def killed_by_oom(state: Mapping[str, Any]) -> bool:
+    """Whether the kernel's OOM killer ended the job, by the engine's container ``State``.
+
+    ``OOMKilled`` alone says some process of the container met the OOM killer; the job itself
+    was ended by it only when the container also died of SIGKILL (exit code 137: PID 1 exits
+    with the worker's ``128 + signal``).
+    """
+    return state.get("OOMKilled") is True and state.get("ExitCode") == 137
+
+
 class JobFailedError(JobError):
-    hint = "See the worker's log tail; an OOM kill means the memory limit is too low."
+    """The worker exited or gave up without a result.
+
+    The hint speaks of memory only when the OOM killer ended the job (`oom_killed`);
+    otherwise it points at the worker's own reason: its protocol error (`worker_error_code`,
+    in the message) or, without one, its exit code and the end of its log.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str,
+        container_exit_code: int | None = None,
+        oom_killed: bool = False,
+        log_tail: Sequence[str] = (),
+        hint: str | None = None,
+        worker_error_code: str | None = None,
+    ) -> None:
+        if hint is None:
+            hint = failure_hint(
+                oom_killed=oom_killed, exit_code=container_exit_code, worker_code=worker_error_code
+            )
+        super().__init__(
+            message,
+            job_id=job_id,
+            container_exit_code=container_exit_code,
+            oom_killed=oom_killed,
+            log_tail=log_tail,
+            hint=hint,
+        )
+        self.worker_error_code = worker_error_code
+
+    @classmethod
+    def from_state(
+        cls,
+        job_id: str,
+        state: Mapping[str, Any],
+        *,
+        worker_error: tuple[str, str] | None = None,
+        log_tail: Sequence[str] = (),
+        what: str = "",
+    ) -> JobFailedError:
+        """The failure of a job whose container ended with `state` (the engine's ``State``),
+        after the worker sent `worker_error` (code, message) or nothing."""
+        oom = killed_by_oom(state)
+        code = state.get("ExitCode")
+        exit_code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        what = what or f"job {job_id}"
+        if oom:
+            message = f"{what} was killed by the kernel's OOM killer without a result"
+        elif exit_code is None:
+            message = f"{what} ended without a result"
+        else:
+            message = f"{what} exited with code {exit_code} without a result"
+            if state.get("OOMKilled") is True:
+                message += " (a process inside it was OOM-killed)"
+        if worker_error is not None:
+            message += f": {worker_error[1] or worker_error[0]}"
+        elif not oom:
+            last = next((line.strip() for line in reversed(log_tail) if line.strip()), "")
+            if last:
+                message += f"; its log ends: {last[:300]}"
+        return cls(
+            message,
+            job_id=job_id,
+            container_exit_code=exit_code,
+            oom_killed=oom,
+            log_tail=log_tail,
+            worker_error_code=worker_error[0] if worker_error is not None else None,
+        )
+
+
+def failure_hint(*, oom_killed: bool, exit_code: int | None, worker_code: str | None) -> str:
+    """The hint of a failed job: memory only for an OOM kill, else the worker's own reason."""
+    if oom_killed:
+        return OOM_HINT
+    if worker_code:
+        return f"The worker stopped the job with its own error ({worker_code}); see the message."
+    if exit_code is not None:
+        return (
+            f"The worker exited with code {exit_code} without saying why; the message quotes "
+            "the end of its log."
+        )
+    return "The worker stopped without a result; check `assetmgr sandbox status`."
 
 
 class WorkerProtocolError(JobError):
@@ -183,4 +283,6 @@ __all__ = [
     "PluginWheelRefusedError",
     "SandboxError",
     "WorkerProtocolError",
+    "failure_hint",
+    "killed_by_oom",
 ]

@@ -40,7 +40,9 @@ this job's own outputs, which the host validates and re-encodes like any other o
 plugin code in a separate process with its own descriptors would narrow this further.
 
 Extending: a new job kind registers a params model with `register_kind`; the spec keeps
-``params`` as an open JSON object validated against that model on both sides.
+``params`` as an open JSON object validated against that model on both sides. The ``generate``
+kind's params are a full `sandbox.jobspec.GenSpec`, the contract the host checks requests
+against before any container starts.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from sandbox.jobspec import MAX_MODEL_FILES, GenSpec
 
 PROTOCOL_VERSION: Final = 1
 
@@ -85,6 +89,8 @@ OUTPUT_CHUNK_B64: Final = 4 * OUTPUT_CHUNK_BYTES // 3
 MAX_OUTPUT_NAME: Final = 300
 MAX_PARAMS_BYTES: Final = 128 * 1024
 MAX_TEXT: Final = 4096
+#: The longest time limit a job may have (`Limits.timeout_s`).
+MAX_TIMEOUT_S: Final = 24 * 3600
 
 #: Output names the host accepts, relative to ``/job`` (the archive holds ``out/...``).
 OUTPUT_PNG_RE: Final = re.compile(r"^out/[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.png$")
@@ -115,7 +121,7 @@ class _Strict(BaseModel):
 class Limits(_Strict):
     """Resource limits of one job; the host turns them into container settings."""
 
-    timeout_s: float = Field(default=600.0, gt=0, le=24 * 3600)
+    timeout_s: float = Field(default=600.0, gt=0, le=MAX_TIMEOUT_S)
     """Wall-clock limit from container start; the container is killed after it."""
     memory_bytes: int = Field(default=8 * GiB, ge=64 * MiB)
     """RAM limit (swap is disabled: memswap == memory). tmpfs pages count against it."""
@@ -223,26 +229,11 @@ class PluginDemoParams(BaseModel):
     """Per-plugin options, keyed by plugin name (each plugin sees only its own)."""
 
 
-class GenerateParams(BaseModel):
-    """Params of kind ``generate``: a `sandbox.worker.genspec.GenSpec` as JSON.
-
-    Checked here only for its shape; the worker validates it fully as a ``GenSpec`` (the
-    protocol module cannot import the worker package without an import cycle).
-    """
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    prompt: str = Field(max_length=MAX_TEXT)
-    model_path: str = Field(max_length=4096)
-    model_sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
-    seed: int = Field(ge=0, lt=2**32)
-
-
 _KIND_PARAMS: dict[str, type[BaseModel]] = {
     "probe": ProbeParams,
     "echo": EchoParams,
     "plugin_demo": PluginDemoParams,
-    "generate": GenerateParams,
+    "generate": GenSpec,
 }
 
 
@@ -266,7 +257,7 @@ class JobSpec(_Strict):
     """Per-job secret the result line must echo (see the module docstring for its limits)."""
     kind: str
     params: dict[str, JsonValue] = Field(default_factory=dict)
-    models: list[ModelRef] = Field(default_factory=list, max_length=32)
+    models: list[ModelRef] = Field(default_factory=list, max_length=MAX_MODEL_FILES)
     plugins: list[PluginRef] = Field(default_factory=list, max_length=64)
     limits: Limits = Field(default_factory=Limits)
 
@@ -580,6 +571,7 @@ class ProtocolReader:
 __all__ = [
     "JOB_DIR",
     "MAX_SPEC_BYTES",
+    "MAX_TIMEOUT_S",
     "MAX_OUTPUT_NAME",
     "MODELS_DIR",
     "OUTPUT_CHUNK_B64",
@@ -618,6 +610,5 @@ __all__ = [
     "encode_message",
     "known_kinds",
     "register_kind",
-    "GenerateParams",
     "bound_text",
 ]

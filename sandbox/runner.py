@@ -384,16 +384,12 @@ class JobContainer:
                 pumps[0].join(timeout=5)
                 with lock:
                     reader.finish()
-                state = self.state()
-                err = reader.errors[-1].message if reader.errors else ""
-                oom = bool(state.get("OOMKilled"))
-                code = state.get("ExitCode")
-                why = "killed by the OOM killer" if oom else f"exited with code {code}"
-                raise fail(
-                    JobFailedError,
-                    f"job {spec.job_id} {why} without a result" + (f": {err}" if err else ""),
-                    container_exit_code=code,
-                    oom_killed=oom,
+                last = reader.errors[-1] if reader.errors else None
+                raise JobFailedError.from_state(
+                    spec.job_id,
+                    self.state(),
+                    worker_error=(last.code, last.message) if last is not None else None,
+                    log_tail=list(tail.lines),
                 )
 
             timings["result"] = time.monotonic() - self.created_at

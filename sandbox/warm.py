@@ -313,12 +313,10 @@ class WarmWorker:
                         job_id=spec.job_id,
                     ) from exc
                 except EOFError as exc:
-                    state = self._container.state()
-                    raise JobFailedError(
-                        f"warm worker exited during job {spec.job_id}",
-                        job_id=spec.job_id,
-                        container_exit_code=state.get("ExitCode"),
-                        oom_killed=bool(state.get("OOMKilled")),
+                    raise JobFailedError.from_state(
+                        spec.job_id,
+                        self._container.state(),
+                        what=f"the warm worker of job {spec.job_id}",
                     ) from exc
                 for m in messages:
                     if isinstance(m, OutputMessage):
@@ -328,7 +326,9 @@ class WarmWorker:
                         on_message(m)
                     if isinstance(m, ErrorMessage) and m.job_id in (None, spec.job_id):
                         raise JobFailedError(
-                            f"job {spec.job_id} failed: {m.code}: {m.message}", job_id=spec.job_id
+                            f"job {spec.job_id} failed: {m.code}: {m.message}",
+                            job_id=spec.job_id,
+                            worker_error_code=m.code,
                         )
                 if reader.flooded or reader.tampered:
                     raise WorkerProtocolError(

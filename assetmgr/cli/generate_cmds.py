@@ -10,25 +10,12 @@ import typer
 
 from assetmgr.cli import print_json, print_line
 from assetmgr.config import Settings
-from assetmgr.errors import AssetMgrError
 
 
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate)
     app.command("rerun")(rerun)
     app.command("runs")(runs)
-
-
-def _parse_lora(text: str) -> tuple[str, float]:
-    ref, sep, weight = text.rpartition(":")
-    if not sep:
-        return text, 1.0
-    try:
-        return ref, float(weight)
-    except ValueError:
-        raise AssetMgrError(
-            f"bad --lora {text!r}", hint="Use --lora REF:WEIGHT, e.g. --lora inkwash:0.8"
-        ) from None
 
 
 def _new_run_dir(root: Path) -> Path:
@@ -67,34 +54,42 @@ def generate(
     prompt: str = typer.Option(..., "--prompt", help="A1111 prompt; <lora:NAME:W> tags work."),
     loras: list[str] = typer.Option([], "--lora", help="REF:WEIGHT (repeatable)."),
     negative: str = typer.Option("", "--negative", help="Negative prompt."),
-    steps: int = typer.Option(20, "--steps", min=1, max=150),
-    cfg: float = typer.Option(7.0, "--cfg", min=0.0, max=30.0),
-    seed: int = typer.Option(0, "--seed", min=0),
-    width: int = typer.Option(512, "--width", min=64, max=2048),
-    height: int = typer.Option(512, "--height", min=64, max=2048),
-    batch: int = typer.Option(1, "--batch", min=1, max=16),
+    steps: int = typer.Option(20, "--steps", help="Sampling steps."),
+    cfg: float = typer.Option(7.0, "--cfg", help="CFG scale."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first image (+1 per image)."),
+    width: int = typer.Option(512, "--width", help="Pixels, a multiple of 8."),
+    height: int = typer.Option(512, "--height", help="Pixels, a multiple of 8."),
+    batch: int = typer.Option(1, "--batch", help="Images in one run."),
     sampler: str = typer.Option("Euler a", "--sampler", help="A1111 sampler name."),
-    clip_skip: int = typer.Option(1, "--clip-skip", min=1, max=12),
+    clip_skip: int = typer.Option(1, "--clip-skip", help="A1111 numbering: 1 = last layer."),
     plugins: list[str] = typer.Option([], "--plugin", help="Added plugin to run (repeatable)."),
     triggers: bool = typer.Option(False, "--add-trigger-words", help="Prepend LoRA triggers."),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch", help="Run LoRAs made for another base model (a warning)."
+    ),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 (CPU) or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    threads: int = typer.Option(2, "--threads", min=1, help="Torch threads (part of the spec)."),
+    threads: int = typer.Option(2, "--threads", help="Torch threads (part of the spec)."),
     timeout: float = typer.Option(1800.0, "--timeout", help="Seconds before the job is killed."),
     out: Path | None = typer.Option(None, "--out", help="Output folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
-    """Generate images in the sandbox from catalog models; the run is recorded."""
+    """Generate images in the sandbox from catalog models; the run is recorded.
+
+    The whole request is checked before any container starts: the ranges of the numbers,
+    the sampler, the LoRA tags and weights, and that each file is of the right type and base
+    model.
+    """
     from assetmgr import paths
+    from assetmgr.generate_checks import parse_lora_option, validate_request
     from assetmgr.generation import GenerateRequest, build_spec, run_generation
     from catalog.db import session_scope
 
-    engine, store, sandbox = _services()
     req = GenerateRequest(
         model=model,
         prompt=prompt,
         negative=negative,
-        loras=[_parse_lora(x) for x in loras],
+        loras=[parse_lora_option(x) for x in loras],
         steps=steps,
         cfg=cfg,
         seed=seed,
@@ -109,17 +104,22 @@ def generate(
         device=device,
         threads=threads,
         timeout_s=timeout,
+        allow_mismatch=allow_mismatch,
     )
+    validate_request(req)  # before the catalog is even opened
+    engine, store, sandbox = _services()
     with session_scope(engine) as session:
-        spec, mounts, models = build_spec(session, store, req)
+        plan = build_spec(session, store, req)
+    for warning in plan.warnings:
+        print_line(f"warning: {warning.message}", err=True)
     out_dir = out or _new_run_dir(paths.runs_dir())
     record = run_generation(
         engine,
         store,
         sandbox,
-        spec,
-        mounts,
-        models,
+        plan.spec,
+        plan.mounts,
+        plan.models,
         plugins=plugins,
         out_dir=out_dir,
         timeout_s=timeout,

@@ -8,6 +8,7 @@ messages and hand the data to the screen that shows it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -497,6 +498,31 @@ class AssetMgrApp(WorkersMixin, App[None]):
         )
         job = self.jobs.add("generate", label)
         self._track(self.run_generation(job.id, request, rerun_id), job.id)
+
+    @on(m.GenerationRequestChecked)
+    def generation_request_checked(self, message: m.GenerationRequestChecked) -> None:
+        """Start the run the check passed; a LoRA for another base model asks first."""
+        check, request = message.check, message.request
+        if self._live(self.generate_screen):
+            self.generate_screen.show_check(check)
+        if check.problems:
+            return
+        mismatch = check.mismatch
+        if mismatch is not None:
+
+            def answered(run_anyway: bool | None) -> None:
+                if run_anyway:
+                    self.start_generation(dataclasses.replace(request, allow_mismatch=True))
+
+            body = (
+                f"{mismatch.message}.\n\nRun it anyway? The worker still refuses a LoRA "
+                "whose tensors do not fit the checkpoint."
+            )
+            self.push_screen(
+                ConfirmModal("LoRA for another base model", body, yes="Run anyway"), answered
+            )
+            return
+        self.start_generation(request)
 
     @on(m.CompletionsFound)
     def completions_found(self, message: m.CompletionsFound) -> None:

@@ -125,9 +125,7 @@ class JobBoard:
         newest `keep_failed` stay until the user dismisses them, so their reasons stay readable."""
         failed = [j for j in self._jobs.values() if j.status == "failed"]
         finished = [
-            j
-            for j in self._jobs.values()
-            if not j.active and not j.keep and j.status != "failed"
+            j for j in self._jobs.values() if not j.active and not j.keep and j.status != "failed"
         ]
         drop = finished[:-keep_finished] if keep_finished else finished
         if older_than_s is not None:

@@ -23,7 +23,14 @@ if TYPE_CHECKING:
         ModelDetail,
         ModelRow,
     )
-    from assetmgr.tui.services import GenerationResult, RunRecord, SandboxInfo, ServiceState
+    from assetmgr.tui.services import (
+        GenerationCheck,
+        GenerationRequest,
+        GenerationResult,
+        RunRecord,
+        SandboxInfo,
+        ServiceState,
+    )
 
 
 # --- the catalog browser ---------------------------------------------------------------------
@@ -145,6 +152,14 @@ class GenerationStateChecked(Message):
     state: ServiceState
     samplers: list[str]
     plugins: list[tuple[str, str]]
+
+
+@dataclass
+class GenerationRequestChecked(Message):
+    """The check before a run (`GenerationService.check`) of the request the user asked for."""
+
+    request: GenerationRequest
+    check: GenerationCheck
 
 
 @dataclass

@@ -398,7 +398,6 @@ _WEIGHT_RE = re.compile(
     r"(?:weight|strength)s?\D{0,24}?(-?\d+(?:\.\d+)?)(?:\s*(?:-|–|~|to)\s*(-?\d+(?:\.\d+)?))?",
     re.IGNORECASE,
 )
-_LORA_TAG_RE = re.compile(r"<lora:[^:>]+:(-?\d+(?:\.\d+)?)(?::[^>]*)?>", re.IGNORECASE)
 
 
 def suggest_weight(descriptions: Sequence[str | None], prompts: Sequence[str]) -> Weight:
@@ -417,11 +416,13 @@ def suggest_weight(descriptions: Sequence[str | None], prompts: Sequence[str]) -
         low, high = min(low, high), max(low, high)
         middle = round((low + high) / 2 * 20) / 20  # to 0.05
         return Weight(middle, low, high, "description")
+    from sandbox.jobspec import scan_tags
+
     seen: dict[float, int] = {}
     for prompt in prompts:
-        for m in _LORA_TAG_RE.finditer(prompt):
-            value = float(m.group(1))
-            seen[value] = seen.get(value, 0) + 1
+        for tag in scan_tags(prompt)[0]:
+            if tag.is_lora:
+                seen[tag.te] = seen.get(tag.te, 0) + 1
     if seen:
         best = max(seen.items(), key=lambda kv: (kv[1], -abs(kv[0] - 1)))[0]
         return Weight(best, min(seen), max(seen), "preview prompts")

@@ -26,10 +26,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from assetmgr import paths
 from assetmgr.config import Settings
 from assetmgr.errors import AssetMgrError, SandboxError
+from sandbox.jobspec import LISTED_NAMES
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from assetmgr.generate_checks import BaseModelMismatchError, GenerationWarning
+    from assetmgr.generation import GenerateRequest
     from assetmgr.store.blobs import BlobStore
     from assetmgr.store.service import StoreService
     from assetmgr.tui.queries import LocalModel
@@ -37,8 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC")
-"""A fallback list; the sandbox worker's own list is used when it can be imported."""
+SAMPLERS: tuple[str, ...] = LISTED_NAMES
+"""The sampler names the job contract accepts, in A1111's order (`sandbox.jobspec`)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class GenerationRequest:
     width: int = 512
     height: int = 512
     plugins: tuple[str, ...] = ()
+    allow_mismatch: bool = False
+    """Run LoRAs made for another base model than the checkpoint's (the user confirmed)."""
 
     def summary(self) -> dict[str, Any]:
         """A JSON-safe record of the request (for the run history)."""
@@ -121,6 +126,23 @@ class GenerationRequest:
             height=int(data.get("height", 512)),
             plugins=tuple(data.get("plugins", ())),
         )
+
+
+@dataclass(frozen=True)
+class GenerationCheck:
+    """What the check before a run found (`GenerationService.check`); nothing ran.
+
+    `problems` stop the run; `mismatch` is a LoRA for another base model, which the user may
+    confirm (the run then has `allow_mismatch`); `warnings` go along with the run.
+    """
+
+    problems: list[AssetMgrError] = field(default_factory=list)
+    mismatch: BaseModelMismatchError | None = None
+    warnings: list[GenerationWarning] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.mismatch is None
 
 
 @dataclass(frozen=True)
@@ -172,6 +194,10 @@ class GenerationService(Protocol):
         """Selectable plugins as (name, sha256)."""
         ...
 
+    def check(self, request: GenerationRequest) -> GenerationCheck:
+        """The request checked as `generate` would, before anything runs."""
+        ...
+
     def generate(
         self,
         request: GenerationRequest,
@@ -189,14 +215,6 @@ class GenerationService(Protocol):
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
     ) -> GenerationResult: ...
-
-
-def _samplers() -> list[str]:
-    try:
-        from sandbox.worker.samplers import LISTED_NAMES  # plain data; no torch on the host
-    except ImportError:  # pragma: no cover - the package is part of the wheel
-        return list(SAMPLERS)
-    return list(LISTED_NAMES)
 
 
 class SandboxGeneration:
@@ -241,7 +259,7 @@ class SandboxGeneration:
         return ServiceState(True)
 
     def samplers(self) -> Sequence[str]:
-        return _samplers()
+        return list(SAMPLERS)
 
     def plugins(self) -> Sequence[tuple[str, str]]:
         try:
@@ -283,23 +301,16 @@ class SandboxGeneration:
 
         return on_message
 
-    def generate(
-        self,
-        request: GenerationRequest,
-        *,
-        progress: ProgressFn | None = None,
-        cancel: threading.Event | None = None,
-    ) -> GenerationResult:
-        from assetmgr.generation import GenerateRequest, build_spec, run_generation
-        from catalog.db import session_scope
+    @staticmethod
+    def _request(request: GenerationRequest) -> GenerateRequest:
+        from assetmgr.generation import GenerateRequest
 
         if request.checkpoint is None:
             raise SandboxError(
                 "no checkpoint selected", hint="Pull a checkpoint, then pick it on this screen."
             )
-        started = time.monotonic()
         # LoRAs travel as <lora:NAME:W> tags in the prompt, resolved by `build_spec`.
-        req = GenerateRequest(
+        return GenerateRequest(
             model=str(request.checkpoint.version_id),
             prompt=request.prompt,
             negative=request.negative_prompt,
@@ -310,17 +321,50 @@ class SandboxGeneration:
             height=request.height,
             sampler=request.sampler,
             plugins=list(request.plugins),
+            allow_mismatch=request.allow_mismatch,
         )
+
+    def check(self, request: GenerationRequest) -> GenerationCheck:
+        """`request_problems` and `build_spec`, the CLI's checks; nothing runs."""
+        from assetmgr.generate_checks import BaseModelMismatchError, request_problems
+        from assetmgr.generation import build_spec
+        from catalog.db import session_scope
+
+        try:
+            req = self._request(request)
+            problems: list[AssetMgrError] = list(request_problems(req))
+            if problems:
+                return GenerationCheck(problems=problems)
+            with session_scope(self.engine) as session:
+                plan = build_spec(session, self.store, req)
+        except BaseModelMismatchError as exc:
+            return GenerationCheck(mismatch=exc)
+        except AssetMgrError as exc:
+            return GenerationCheck(problems=[exc])
+        return GenerationCheck(warnings=plan.warnings)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        from assetmgr.generation import build_spec, run_generation
+        from catalog.db import session_scope
+
+        started = time.monotonic()
+        req = self._request(request)
         with session_scope(self.engine) as session:
-            spec, mounts, models = build_spec(session, self.store, req)
+            plan = build_spec(session, self.store, req)
         out_dir = paths.runs_dir() / datetime.now(UTC).strftime("tui-%Y%m%d-%H%M%S-%f")
         record = run_generation(
             self.engine,
             self.store,
             self.sandbox,
-            spec,
-            mounts,
-            models,
+            plan.spec,
+            plan.mounts,
+            plan.models,
             plugins=list(request.plugins),
             out_dir=out_dir,
             timeout_s=req.timeout_s,
@@ -557,6 +601,7 @@ class Services:
 
 __all__ = [
     "SAMPLERS",
+    "GenerationCheck",
     "GenerationProgress",
     "GenerationRequest",
     "GenerationResult",

@@ -312,6 +312,11 @@ class WorkersMixin(_Base):
             m.GenerationStateChecked(state, list(service.samplers()), list(service.plugins()))
         )
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="generate-check")
+    def check_generation_request(self, request: GenerationRequest) -> None:
+        check = self.services.generation.check(request)
+        self.post_message(m.GenerationRequestChecked(request, check))
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate-history")
     def load_history(self) -> None:
         self.post_message(m.HistoryLoaded(self.services.generation.history()))

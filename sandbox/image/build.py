@@ -58,11 +58,11 @@ IMAGE_FORMAT = 3
 PYTHON_VERSION = "3.11"  # bookworm's python3; the wheelhouse is resolved for it
 
 _SANDBOX_SRC = Path(__file__).resolve().parents[1]
-#: What the image gets of the `sandbox` package: the shared protocol and the whole worker
-#: package (code and data files). It gets an empty ``sandbox/__init__.py`` of its own, so
-#: importing the worker never pulls in host modules.
+#: What the image gets of the `sandbox` package: the shared protocol, the generate job's
+#: contract and the whole worker package (code and data files). It gets an empty
+#: ``sandbox/__init__.py`` of its own, so importing the worker never pulls in host modules.
 WORKER_PACKAGE = "worker"
-SHARED_FILES = ("protocol.py",)
+SHARED_FILES = ("protocol.py", "jobspec.py")
 _SKIP_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 
 DOCKERFILE = """\

@@ -11,19 +11,19 @@ import hashlib
 import importlib.metadata
 import logging
 import math
-import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox.jobspec import GenSpec, TagError, check_prompt_tags, strip_tags
+
 from . import infotext
 from .errors import EngineError, SpecError
-from .genspec import GenSpec
 from .infotext import parse_parameters
 from .pipeline import Engine, LoraUse
-from .prompts import LoraRef, extract_loras, prepend_triggers
+from .prompts import LoraRef, prepend_triggers
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +77,16 @@ def resolve_prompt(spec: GenSpec) -> ResolvedPrompt:
     weights (default 1.0) and a tag is appended to the metadata prompt so the PNG still says
     what was used.
     """
-    found = extract_loras(spec.prompt)
-    if found.other:
-        raise SpecError(f"unsupported extra networks in prompt: {', '.join(found.other)}")
-    if extract_loras(spec.negative_prompt).loras:
-        raise SpecError("LoRA tags belong in the positive prompt")
+    try:
+        tags = check_prompt_tags(spec.prompt, spec.negative_prompt)
+    except TagError as exc:
+        raise SpecError(str(exc)) from None
     by_name = {lora.name: lora for lora in spec.loras}
     refs: dict[str, LoraRef] = {}
-    for found_ref in found.loras:
-        if found_ref.name not in by_name:
-            raise SpecError(f"prompt uses LoRA {found_ref.name!r} but the job has no file for it")
-        if found_ref.name in refs:
-            raise SpecError(f"LoRA {found_ref.name!r} appears twice in the prompt")
-        refs[found_ref.name] = found_ref
+    for tag in tags:
+        if tag.name not in by_name:
+            raise SpecError(f"prompt uses LoRA {tag.name!r} but the job has no file for it")
+        refs[tag.name] = LoraRef(tag.name, tag.te, tag.unet)
 
     uses: list[LoraUse] = []
     for lora in spec.loras:
@@ -104,21 +101,20 @@ def resolve_prompt(spec: GenSpec) -> ResolvedPrompt:
         uses.append(LoraUse(lora.name, lora.path, te, unet, lora.sha256, lora.base_model))
     weights = {u.name: (u.te_weight, u.unet_weight) for u in uses}
 
-    def canonical(m: re.Match[str]) -> str:
-        # Keep the user's tag text when it already states the effective weights.
-        one = extract_loras(m.group(0)).loras
-        if not one:
-            return m.group(0)
-        tag = one[0]
+    # The metadata prompt keeps the user's tag text where it states the effective weights.
+    parts, pos = [], 0
+    for tag in tags:
         te, unet = weights[tag.name]
-        return m.group(0) if (tag.te, tag.unet_weight) == (te, unet) else _tag(tag.name, te, unet)
-
-    meta_prompt = re.sub(r"<(?:lora|lyco):[^>]+>", canonical, spec.prompt, flags=re.IGNORECASE)
+        written = spec.prompt[tag.start : tag.end]
+        same = (tag.te, tag.unet_weight) == (te, unet)
+        parts += [spec.prompt[pos : tag.start], written if same else _tag(tag.name, te, unet)]
+        pos = tag.end
+    meta_prompt = "".join([*parts, spec.prompt[pos:]])
     untagged = [u for u in uses if u.name not in refs]
     if untagged:
-        tags = " ".join(_tag(u.name, u.te_weight, u.unet_weight) for u in untagged)
-        meta_prompt = f"{meta_prompt} {tags}" if meta_prompt.strip() else tags
-    text = found.prompt
+        extra = " ".join(_tag(u.name, u.te_weight, u.unet_weight) for u in untagged)
+        meta_prompt = f"{meta_prompt} {extra}" if meta_prompt.strip() else extra
+    text = strip_tags(spec.prompt, tags)
     if spec.prepend_trigger_words:
         triggers = [w for lora in spec.loras for w in lora.trigger_words]
         text = prepend_triggers(text, triggers)

@@ -30,9 +30,9 @@ def _get_engine() -> Any:
 
 
 def run_generate_job(spec: JobSpec, out_dir: Path, channel: Channel) -> dict[str, Any]:
+    from sandbox.jobspec import GenSpec
     from sandbox.worker import infotext
     from sandbox.worker.generate import generate
-    from sandbox.worker.genspec import GenSpec
 
     gen = GenSpec.model_validate(dict(spec.params))
     prompt, negative = plugin_host.apply_prompt_hooks(

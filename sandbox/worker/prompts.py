@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sandbox.jobspec import TagError, parse_tags, strip_tags
+
 from .errors import SpecError
 
 if TYPE_CHECKING:
@@ -56,46 +58,19 @@ class Extracted:
     other: list[str] = field(default_factory=list)
 
 
-_TAG = re.compile(r"<(\w+):([^>]+)>")
-
-
-def _num(text: str, tag: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise SpecError(f"bad weight {text!r} in {tag}") from None
-
-
 def extract_loras(prompt: str) -> Extracted:
-    """Take ``<lora:...>``/``<lyco:...>`` tags out of a prompt (A1111 extra-network syntax)."""
-    loras: list[LoraRef] = []
-    other: list[str] = []
+    """Take ``<lora:...>``/``<lyco:...>`` tags out of a prompt (A1111 extra-network syntax).
 
-    def repl(m: re.Match[str]) -> str:
-        kind, args = m.group(1).lower(), m.group(2).split(":")
-        if kind not in ("lora", "lyco"):
-            other.append(m.group(0))
-            return ""
-        positional: list[str] = []
-        named: dict[str, str] = {}
-        for arg in args:
-            key, eq, value = arg.partition("=")
-            if eq and key.strip() in ("te", "unet", "dyn"):
-                named[key.strip()] = value.strip()
-            else:
-                positional.append(arg.strip())
-        if not positional or not positional[0]:
-            raise SpecError(f"LoRA tag without a name: {m.group(0)}")
-        name = positional[0]
-        te_text = named.get("te", positional[1] if len(positional) > 1 else "1")
-        unet_text = named.get("unet", positional[2] if len(positional) > 2 else None)
-        te = _num(te_text, m.group(0))
-        unet = _num(unet_text, m.group(0)) if unet_text is not None else None
-        loras.append(LoraRef(name, te, unet))
-        return ""
-
-    cleaned = _TAG.sub(repl, prompt)
-    return Extracted(loras, cleaned, other)
+    The syntax is the job contract's (`sandbox.jobspec.parse_tags`), which the host checks
+    before a job starts; a malformed tag raises `SpecError`.
+    """
+    try:
+        tags = parse_tags(prompt)
+    except TagError as exc:
+        raise SpecError(str(exc)) from None
+    loras = [LoraRef(t.name, t.te, t.unet) for t in tags if t.is_lora]
+    other = [prompt[t.start : t.end] for t in tags if not t.is_lora]
+    return Extracted(loras, strip_tags(prompt, tags), other)
 
 
 # --- emphasis -------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.jobspec import LISTED_NAMES, SamplerNameError, split_sampler
+
 from .errors import SamplerError
 
 
@@ -26,6 +28,7 @@ class SamplerDef:
 
 
 _K = {"timestep_spacing": "linspace"}
+#: Keyed by `sandbox.jobspec.SAMPLER_NAMES` (a test keeps the two in step).
 SAMPLERS: dict[str, SamplerDef] = {
     "Euler": SamplerDef("EulerDiscreteScheduler", _K),
     "Euler a": SamplerDef("EulerAncestralDiscreteScheduler", _K),
@@ -52,7 +55,8 @@ SAMPLERS: dict[str, SamplerDef] = {
     "LCM": SamplerDef("LCMScheduler", {"timestep_spacing": "leading"}),
 }
 
-#: A1111 schedule types (>=1.9) and the flags that select them.
+#: A1111 schedule types (>=1.9) and the flags that select them; keyed by
+#: `sandbox.jobspec.SCHEDULE_TYPES`.
 SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
     "Automatic": {},
     "Karras": {"use_karras_sigmas": True},
@@ -60,30 +64,17 @@ SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
     "SGM Uniform": {"timestep_spacing": "trailing"},
 }
 
-#: The names the issue lists, in A1111's pre-1.9 "sampler + suffix" form.
-LISTED_NAMES = [
-    "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
-    "DPM++ SDE", "DPM++ SDE Karras", "DDIM", "UniPC", "Heun", "LMS", "LMS Karras", "DPM2",
-    "DPM2 Karras", "DPM2 a", "DPM2 a Karras", "PLMS", "DEIS", "LCM",
-]  # fmt: skip
-
 
 def split_name(name: str, schedule_type: str | None = None) -> tuple[str, str]:
-    """("DPM++ 2M Karras", None) -> ("DPM++ 2M", "Karras"); also accepts the split form."""
-    base = name.strip()
-    sched = schedule_type or "Automatic"
-    for suffix in ("Karras", "Exponential"):
-        if base.endswith(" " + suffix) and base[: -len(suffix) - 1] in SAMPLERS:
-            if schedule_type not in (None, "Automatic", suffix):
-                raise SamplerError(
-                    f"sampler {name!r} conflicts with schedule type {schedule_type!r}"
-                )
-            base, sched = base[: -len(suffix) - 1], suffix
-    if base not in SAMPLERS:
-        raise SamplerError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
-    if sched not in SCHEDULE_TYPES:
-        raise SamplerError(f"unknown schedule type {sched!r}; known: {', '.join(SCHEDULE_TYPES)}")
-    return base, sched
+    """("DPM++ 2M Karras", None) -> ("DPM++ 2M", "Karras"); also accepts the split form.
+
+    The names and their parsing are the job contract's (`sandbox.jobspec.split_sampler`),
+    which the host checks before any job starts.
+    """
+    try:
+        return split_sampler(name, schedule_type)
+    except SamplerNameError as exc:
+        raise SamplerError(str(exc)) from None
 
 
 def make_scheduler(
@@ -120,3 +111,13 @@ def infotext_fields(name: str, schedule_type: str | None = None) -> tuple[str, s
     """What A1111 >=1.9 writes: ``Sampler`` and ``Schedule type`` (None when automatic)."""
     base, sched = split_name(name, schedule_type)
     return base, (None if sched == "Automatic" else sched)
+
+
+__all__ = [
+    "LISTED_NAMES",
+    "SAMPLERS",
+    "SCHEDULE_TYPES",
+    "infotext_fields",
+    "make_scheduler",
+    "split_name",
+]

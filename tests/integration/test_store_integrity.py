@@ -157,9 +157,10 @@ def test_an_edited_original_is_refused_before_any_job_mounts_it(
     # Unchanged: the recorded fingerprint answers without a re-hash.
     assert check_before_mount(engine, store, sha) == lib["blob"]
     with Session(engine) as session:
-        spec, mounts, models = build_spec(
+        plan = build_spec(
             session, store, GenerateRequest(model="base15", prompt="a <lora:inkwash:0.5>")
         )
+        spec, mounts, models = plan.spec, plan.mounts, plan.models
 
     edited = edit_in_place(original)
 

@@ -155,8 +155,28 @@ def test_rerun_repeats_bytes_and_runs_are_listed(library: Path) -> None:
 
 
 def test_mismatched_lora_fails_clearly(library: Path) -> None:
+    """The host refuses an SDXL LoRA on an SD 1.5 checkpoint before any container starts;
+    overridden, the worker refuses its tensors, and its own reason comes back (not the hint
+    about memory, which only an OOM kill gets)."""
     result = generate(library, "generate", "--prompt", "x <lora:xl_only:1>", *COMMON, check=False)
-    assert result.returncode != 0
-    err = result.stderr.lower()
-    assert "error:" in err and ("sdxl" in err or "lora" in err)
-    assert "traceback" not in err
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        "error: 'xl_only' is a LoRA for SDXL 1.0; the checkpoint 'synth15' is SD 1.5"
+    )
+    forced = generate(
+        library,
+        "generate",
+        "--prompt",
+        "x <lora:xl_only:1>",
+        "--allow-mismatch",
+        *COMMON,
+        check=False,
+    )
+    assert forced.returncode == 1
+    lines = forced.stderr.splitlines()
+    assert lines[0].startswith("warning: 'xl_only' is a LoRA for SDXL 1.0")
+    assert lines[-2].startswith("error: job ") and "LoRA" in lines[-2], lines
+    assert lines[-1] == (
+        "hint: The worker stopped the job with its own error (LoraMismatchError); see the message."
+    )
+    assert "traceback" not in forced.stderr.lower() and "memory" not in forced.stderr.lower()

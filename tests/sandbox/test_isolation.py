@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from sandbox.errors import (
+    OOM_HINT,
     HostConfigError,
     HostileOutputError,
     JobFailedError,
@@ -359,6 +360,8 @@ def test_memory_hog_is_oom_killed(docker_client: Any, sandbox_image: Any, tmp_pa
         run_probes(sandbox_image, docker_client, tmp_path, [("memory_hog", {})], limits=limits)
     assert info.value.oom_killed is True
     assert info.value.container_exit_code == 137
+    assert f"job {info.value.job_id} was killed by the kernel's OOM killer" in info.value.message
+    assert info.value.hint == OOM_HINT
     assert docker_client.ping()  # the engine (and this host process) carry on
     assert leftovers(docker_client, info.value.job_id) == ([], [])
 

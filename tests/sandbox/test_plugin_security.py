@@ -477,7 +477,11 @@ def test_a_job_cannot_stop_the_containers_init(hostile: SandboxService, tmp_path
             limits=limits,
             gpus="none",
         )
-    assert "exited with code 9 without a result" in str(info.value)
+    assert "exited with code 9 without a result; its log ends: stop_init {" in str(info.value)
+    assert info.value.oom_killed is False
+    assert info.value.hint == (
+        "The worker exited with code 9 without saying why; the message quotes the end of its log."
+    )
     [line] = [line for line in info.value.log_tail if line.startswith("stop_init ")]
     seen = json.loads(line.removeprefix("stop_init "))
     assert seen["ptrace_seize"] == "EPERM", seen

@@ -954,6 +954,12 @@ def test_hostile_plugin_misbehaviour_fails_only_its_job(
         run_hostile(hostile, out, f"hostile:{mode}")
     text = str(info.value) + " " + " ".join(str(r) for r in getattr(info.value, "rejected", []))
     assert message in text
+    if isinstance(info.value, JobFailedError):  # the worker's own reason, never the OOM hint
+        assert info.value.oom_killed is False and info.value.worker_error_code
+        assert info.value.hint == (
+            f"The worker stopped the job with its own error ({info.value.worker_error_code}); "
+            "see the message."
+        )
     assert not out.exists() or list(out.iterdir()) == []
     assert _containers(hostile.client, info.value.job_id) == []  # type: ignore[attr-defined]
 

@@ -24,6 +24,7 @@ from assetmgr.config import Settings
 from assetmgr.errors import SandboxError
 from assetmgr.tui.app import AssetMgrApp, make_app
 from assetmgr.tui.services import (
+    GenerationCheck,
     GenerationProgress,
     GenerationRequest,
     GenerationResult,
@@ -153,6 +154,8 @@ class FakeGeneration:
         self.waiting_at_gate = False
         self.requests: list[GenerationRequest] = []
         self.available = ServiceState(True)
+        self.checker: Callable[[GenerationRequest], GenerationCheck] | None = None
+        """The check before a run; None passes every request."""
 
     def state(self) -> ServiceState:
         return self.available
@@ -162,6 +165,9 @@ class FakeGeneration:
 
     def plugins(self) -> Sequence[tuple[str, str]]:
         return (("hires-helper", "ab" * 32),)
+
+    def check(self, request: GenerationRequest) -> GenerationCheck:
+        return self.checker(request) if self.checker is not None else GenerationCheck()
 
     def generate(
         self,

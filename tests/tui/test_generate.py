@@ -128,3 +128,81 @@ async def test_generation_not_available_without_the_sandbox(
         await pilot.press("ctrl+r")
         await settle(pilot)
         assert not app.jobs.active("generate")
+
+
+def synthetic_library(engine: Engine, tmp_path: Path) -> BlobStore:
+    """An SD 1.5 checkpoint and LoRAs for SD 1.5 and SDXL, imported into the real store."""
+    from assetmgr.store.importer import import_folder
+    from tests.integration.test_export_attacks import sd15_checkpoint
+    from tests.integration.test_generate_validation import sdxl_lora
+    from tests.integration.test_import_export import sd15_lora
+
+    src = tmp_path / "models"
+    src.mkdir()
+    (src / "base15.safetensors").write_bytes(sd15_checkpoint())
+    (src / "inkwash.safetensors").write_bytes(sd15_lora(fill=5))
+    (src / "xlstyle.safetensors").write_bytes(sdxl_lora())
+    store = BlobStore(paths.store_dir())
+    assert len(import_folder(engine, store, None, src).imported) == 3
+    return store
+
+
+async def test_the_run_is_checked_before_a_job_starts(
+    build_app: Callable[..., AssetMgrApp],
+    engine: Engine,
+    fake_generation: FakeGeneration,
+    tmp_path: Path,
+) -> None:
+    """The CLI's checks (the real `SandboxGeneration.check`) run when Generate is pressed; what
+    they refuse shows under the button, no job starts, and a LoRA for another base model runs
+    only once the user confirms it."""
+    from assetmgr.tui.screens.dialogs import ConfirmModal
+
+    fake_generation.checker = SandboxGeneration(engine, synthetic_library(engine, tmp_path)).check
+    app = build_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        await settle(pilot)
+        screen = app.generate_screen
+        names = [c.model_name for c in screen.checkpoints]
+        screen.query_one("#checkpoint", Select).value = names.index("base15")
+        problems = screen.query_one("#gen-problems")
+        assert not problems.display
+
+        async def run(prompt: str, steps: str = "20") -> None:
+            screen.query_one(PromptEditor).text = prompt
+            screen.query_one("#steps", Input).value = steps
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+
+        await run("a heron <lora:inkwash:abc>")
+        assert problems.display
+        assert plain(problems).splitlines() == [
+            "✗ Prompt: '<lora:inkwash:abc>' at character 9: weight 'abc' is not a number",
+            "  Write LoRA tags as <lora:NAME:WEIGHT> (or <lyco:...>), e.g. <lora:inkwash:0.8>.",
+        ]
+        await run("a heron <lora:inkwash:0.5>", steps="0")
+        assert plain(problems).splitlines()[0] == "✗ Steps 0 is out of range (1 to 150)"
+        await run("a heron <lora:base15:1>")
+        assert plain(problems).splitlines()[0] == "✗ 'base15' is a Checkpoint, not a LoRA"
+        assert not app.jobs.active("generate") and fake_generation.requests == []
+
+        await run("a heron <lora:xlstyle:0.5>")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal), what="confirm")
+        assert "'xlstyle' is a LoRA for SDXL 1.0; the checkpoint 'base15' is SD 1.5" in plain(
+            app.screen.query_one(".dialog-body")
+        )
+        await pilot.press("escape")  # Cancel: nothing runs
+        await settle(pilot)
+        assert fake_generation.requests == []
+        await run("a heron <lora:xlstyle:0.5>")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmModal), what="confirm")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: len(fake_generation.requests) == 1, what="the run")
+        assert fake_generation.requests[0].allow_mismatch is True
+        await wait_until(pilot, lambda: not app.jobs.active("generate"), what="the run's end")
+
+        await run("a heron <lora:inkwash:0.5>")
+        await wait_until(pilot, lambda: len(fake_generation.requests) == 2, what="a second run")
+        assert fake_generation.requests[1].allow_mismatch is False
+        assert not problems.display

@@ -23,7 +23,7 @@ def _modules(package: str) -> list[str]:
     return names
 
 
-def _loaded_after_import(modules: list[str]) -> set[str]:
+def _loaded_after_import(modules: list[str], *, full_names: bool = False) -> set[str]:
     # httpx imports its optional CLI (httpx._main), which pulls in rich when rich is installed;
     # stub it so the check sees only what our own modules import.
     code = (
@@ -32,7 +32,8 @@ def _loaded_after_import(modules: list[str]) -> set[str]:
         "sys.modules['httpx._main'] = stub\n"
         f"for name in {modules!r}:\n"
         "    importlib.import_module(name)\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules if m != 'httpx._main'})))\n"
+        "real = [m for m in sys.modules if m != 'httpx._main']\n"
+        f"print(json.dumps(sorted({{m if {full_names!r} else m.split('.')[0] for m in real}})))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
@@ -80,3 +81,16 @@ def test_store_and_core_modules_do_not_import_ui() -> None:
         names += _modules("assetmgr.store")
     loaded = _loaded_after_import(names)
     assert not loaded & {"textual", "typer", "rich"}
+
+
+def test_the_host_never_loads_the_worker_package() -> None:
+    """Host and worker share `sandbox.protocol` and `sandbox.jobspec`; nothing on the host
+    (the CLI, the TUI, the catalog, the sandbox's host side) loads a `sandbox.worker` module."""
+    host = [
+        *_modules("assetmgr"),
+        *_modules("catalog"),
+        *[m for m in _modules("sandbox") if not m.startswith("sandbox.worker")],
+    ]
+    loaded = _loaded_after_import(host, full_names=True)
+    assert "assetmgr.generate_checks" in loaded and "sandbox.jobspec" in loaded
+    assert not {m for m in loaded if m == "sandbox.worker" or m.startswith("sandbox.worker.")}

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from sandbox import jobspec
+from sandbox.jobspec import GenSpec
 from sandbox.worker import samplers
 from sandbox.worker.errors import SamplerError
-from sandbox.worker.genspec import GenSpec
 from sandbox.worker.tools import build_tokenizer
 
 from .helpers import base_spec
@@ -48,6 +49,11 @@ def test_defaults_and_seeds() -> None:
 def test_invalid_specs(over: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         spec(**over)
+
+
+def test_the_worker_builds_every_sampler_the_contract_names() -> None:
+    assert tuple(samplers.SAMPLERS) == jobspec.SAMPLER_NAMES
+    assert tuple(samplers.SCHEDULE_TYPES) == jobspec.SCHEDULE_TYPES
 
 
 def test_sampler_names() -> None:

@@ -1,8 +1,9 @@
 """Generate: prompt with completion, checkpoint and LoRAs, sampler settings, run and history.
 
-LoRAs live in the prompt as A1111 ``<lora:name:weight>`` tags (the sandbox worker parses them
-the same way); the LoRA picker inserts such a tag, and the line under the editor says which
-tags resolve to local files.
+LoRAs live in the prompt as A1111 ``<lora:name:weight>`` tags (parsed by the job contract's
+parser, `sandbox.jobspec`, as the worker does); the LoRA picker inserts such a tag, and the line
+under the editor says which tags resolve to local files. Generate first runs the CLI's checks
+(`GenerationService.check`); what they refuse shows under the button and nothing starts.
 
 Model names, trigger words, plugin names, job progress and sandbox notes are outside text:
 shown cleaned (`assetmgr.display.clean`), and cleaned before they go into the prompt.
@@ -36,10 +37,12 @@ from textual.widgets import (
 from textual.widgets.option_list import Option
 
 from assetmgr.display import clean
+from assetmgr.generate_checks import InvalidRequestError
 from assetmgr.tui.actions import bindings_for
 from assetmgr.tui.queries import Completion, LocalModel
 from assetmgr.tui.services import (
     SAMPLERS,
+    GenerationCheck,
     GenerationRequest,
     GenerationResult,
     LoraChoice,
@@ -56,6 +59,19 @@ if TYPE_CHECKING:
     from assetmgr.tui.app import AssetMgrApp
 
 COMPLETION_DEBOUNCE_S = 0.12
+#: GenerateRequest field -> the label of its control here (the check's errors name it).
+FIELD_LABELS = {
+    "model": "Checkpoint",
+    "prompt": "Prompt",
+    "negative": "Negative prompt",
+    "loras": "LoRA",
+    "sampler": "Sampler",
+    "steps": "Steps",
+    "cfg": "CFG",
+    "seed": "Seed",
+    "width": "Width",
+    "height": "Height",
+}
 SIZES = ("512", "640", "768", "832", "896", "1024", "1152", "1216")
 
 
@@ -139,6 +155,7 @@ class GenerateScreen(Screen[None]):
                     yield Button("Generate", id="run", variant="success")
                     yield ProgressBar(total=1.0, show_eta=False, id="gen-progress")
                     yield Label("", id="gen-text")
+                yield Static("", id="gen-problems")
             with Vertical(id="gen-output"):
                 yield PreviewPane(id="output")
                 yield Static("", id="gen-result")
@@ -151,6 +168,7 @@ class GenerateScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one(JobsBar).display = False
         self.query_one("#completions").display = False
+        self.query_one("#gen-problems").display = False
         self.query_one("#output", PreviewPane).show_note("No image yet.")
         self.mgr.load_local_models()
         self.mgr.check_generation()
@@ -258,6 +276,28 @@ class GenerateScreen(Screen[None]):
         run = next((r for r in self.runs if r.run_id == event.option.id), None)
         if run is not None:
             self._show_outputs(f"run {run.run_id}", run.images)
+
+    def show_check(self, check: GenerationCheck) -> None:
+        """What the check before a run found, under the Generate button (empty: hidden)."""
+        text = Text()
+        for problem in check.problems:
+            if isinstance(problem, InvalidRequestError):
+                line = problem.worded(FIELD_LABELS.get(problem.option, problem.option))
+            else:
+                line = problem.message
+            text.append(f"✗ {clean(line)}\n", style="bold red")
+            if problem.hint:
+                text.append(f"  {clean(problem.hint)}\n", style="dim")
+        if check.mismatch is not None:
+            text.append(f"? {clean(check.mismatch.message)}\n", style="yellow")
+        for warning in check.warnings:
+            text.append(f"! {clean(warning.message)}\n", style="yellow")
+        text.rstrip()
+        box = self.query_one("#gen-problems", Static)
+        box.update(text)
+        box.display = bool(text.plain)
+        if check.problems:
+            self.show_progress(0.0, "not started: see below")
 
     def show_history(self, runs: list[RunRecord]) -> None:
         self.runs = runs
@@ -407,8 +447,8 @@ class GenerateScreen(Screen[None]):
         if not request.prompt.strip():
             self.notify("Write a prompt first.", severity="warning", timeout=3)
             return
-        self.show_progress(0.0, "starting…")
-        self.mgr.start_generation(request)
+        self.show_progress(0.0, "checking…")
+        self.mgr.check_generation_request(request)  # starts the run when the check passes
 
     @on(Button.Pressed, "#rerun")
     def action_rerun(self) -> None:

@@ -16,7 +16,6 @@ from textual.widgets import TextArea
 
 # The token before the cursor: a LoRA tag being typed, or a word (letters, digits, _ and -).
 _TOKEN = re.compile(r"(<lora:[^<>\s]*|[\w-]{2,}(?: [\w-]+)?)$", re.IGNORECASE)
-_LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::(-?\d+(?:\.\d+)?))?(?::[^<>]*)?>", re.IGNORECASE)
 
 
 def token_before(text: str) -> str | None:
@@ -33,10 +32,13 @@ def token_before(text: str) -> str | None:
 
 
 def lora_tags(prompt: str) -> list[tuple[str, float]]:
-    """``<lora:name:weight>`` tags in a prompt (weight 1 when left out)."""
-    return [
-        (m.group(1), float(m.group(2)) if m.group(2) else 1.0) for m in _LORA_TAG.finditer(prompt)
-    ]
+    """The well-formed ``<lora:name:weight>`` tags of a prompt (weight 1 when left out), by
+    the job contract's parser (`sandbox.jobspec.scan_tags`); malformed ones are left to the
+    check before a run."""
+    from sandbox.jobspec import scan_tags
+
+    tags, _ = scan_tags(prompt)
+    return [(t.name, t.te) for t in tags if t.is_lora]
 
 
 class PromptEditor(TextArea):
