@@ -53,6 +53,12 @@ class AssetMgrError(Exception):
         return self.message
 
 
+# The roots of every layer's error tree: errors the front ends word themselves (see
+# assetmgr.wording); anything else is unexpected. catalog and sandbox add their roots here
+# as their trees leave this module.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (AssetMgrError,)
+
+
 class UsageError(AssetMgrError):
     """A command line whose parts parse but cannot go together; exits 2 like typer's own."""
 

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from assetmgr.errors import AssetMgrError, NotInCatalogError
+from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError, NotInCatalogError
 from assetmgr.generate_checks import (
     GenerationWarning,
     InvalidRequestError,
@@ -408,7 +408,7 @@ def run_generation(
             cancel=cancel,
             image=image,
         )
-    except AssetMgrError as exc:
+    except EXPECTED_ERRORS as exc:
         with session_scope(engine, write=True) as session:
             session.add(
                 GenerationRun(
@@ -418,7 +418,7 @@ def run_generation(
                     plugins=list(plugins),
                     image_id=image.image_id,
                     model_sha256=spec.get("model_sha256"),
-                    error=exc.message,
+                    error=str(exc),
                     rerun_of=rerun_of,
                 )
             )

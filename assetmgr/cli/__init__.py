@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from assetmgr.display import clean, dumps_json
-from assetmgr.errors import AssetMgrError
+from assetmgr.errors import EXPECTED_ERRORS
 
 app = typer.Typer(
     name="assetmgr",
@@ -75,11 +75,21 @@ def print_rich(renderable: Any) -> None:
     Console().print(renderable)
 
 
-def fail(exc: AssetMgrError) -> None:
-    """The error line and its hint on stderr, each one cleaned line."""
-    print_line(f"error: {exc.message}", err=True)
-    if exc.hint:
-        print_line(f"hint: {exc.hint}", err=True)
+def fail(exc: BaseException) -> int:
+    """The error line and its hint on stderr, each one cleaned line; returns the exit code."""
+    from assetmgr.wording import describe
+
+    words = describe(exc)
+    if words is None:  # not raised on purpose: worded as a bug
+        from assetmgr.logs import redact_secrets
+
+        print_line(f"error: unexpected {type(exc).__name__}: {redact_secrets(str(exc))}", err=True)
+        print_line(f"hint: {_unexpected_hint(exc)}", err=True)
+        return 70
+    print_line(f"error: {words.message}", err=True)
+    if words.hint:
+        print_line(f"hint: {words.hint}", err=True)
+    return words.exit_code
 
 
 def _register() -> None:
@@ -107,9 +117,8 @@ def main() -> None:
         # Without standalone mode typer returns the code of an exit (`--help`: 0; Ctrl-C,
         # which it turns into an exit: 130) and raises usage errors for us to word.
         code = app(args=argv, prog_name=PROG, standalone_mode=False)
-    except AssetMgrError as exc:
-        fail(exc)
-        raise SystemExit(exc.exit_code) from None
+    except EXPECTED_ERRORS as exc:
+        raise SystemExit(fail(exc)) from None
     except KeyboardInterrupt:
         code = 130
     except typer.Abort:

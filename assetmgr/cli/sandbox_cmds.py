@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from assetmgr.cli import print_json, print_line
+from assetmgr.cli import fail, print_json, print_line
 from assetmgr.config import Settings
 from assetmgr.errors import AssetMgrError
 
@@ -121,8 +121,9 @@ def sandbox_build(
                 pass
     error = outcome.get("error")
     if error is not None:
-        if cancel.is_set() and isinstance(error, AssetMgrError):
-            error.exit_code = 130
+        if cancel.is_set():
+            fail(error)
+            raise SystemExit(130)
         raise error
     record = outcome["record"]
     if as_json:

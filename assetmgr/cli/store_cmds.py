@@ -12,6 +12,7 @@ import typer
 
 from assetmgr.cli import print_json, print_line
 from assetmgr.config import Settings
+from assetmgr.wording import describe
 
 
 def register(app: typer.Typer) -> None:
@@ -117,7 +118,12 @@ def pull(
         print_line(_pull_summary(results), err=True)
     failed = [o.error for o in outcomes if o.error is not None]
     if failed:
-        raise SystemExit(max(e.exit_code for e in failed))
+        raise SystemExit(max(_exit_code(e) for e in failed))
+
+
+def _exit_code(error: Exception) -> int:
+    words = describe(error)
+    return words.exit_code if words is not None else 70
 
 
 def _pull_json(outcome: Any) -> dict[str, Any]:
@@ -131,7 +137,12 @@ def _pull_json(outcome: Any) -> dict[str, Any]:
         "file_name": target.name if target else None,
     }
     if outcome.error is not None:
-        return {**data, "error": outcome.error.message, "hint": outcome.error.hint}
+        words = describe(outcome.error)
+        return {
+            **data,
+            "error": words.message if words else str(outcome.error),
+            "hint": words.hint if words else "",
+        }
     r = outcome.result
     return {
         **data,

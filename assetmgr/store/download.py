@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from assetmgr.config import DEFAULT_MAX_DOWNLOAD_BYTES
-from assetmgr.errors import AssetMgrError, StoreError
+from assetmgr.errors import EXPECTED_ERRORS, StoreError
 from assetmgr.store.blobs import (
     DISK_HEADROOM_BYTES,
     BlobStore,
@@ -354,7 +354,7 @@ class Downloader:
         """A fresh signed link; when the API refuses the file, its partial file goes too."""
         try:
             return self.resolve_url(target)
-        except AssetMgrError as exc:
+        except EXPECTED_ERRORS as exc:
             if getattr(exc, "status_code", None) in _REFUSAL_STATUSES:
                 self._discard(part_path, state_path)
             raise

@@ -43,7 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from assetmgr.errors import AssetMgrError, CatalogError, CivitaiError, StoreError
+from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError, CatalogError, CivitaiError, StoreError
 from assetmgr.store import records
 from assetmgr.store.blobs import (
     BlobStore,
@@ -227,8 +227,8 @@ class _Run:
             if self._in_store(exc):
                 return skip("store-failed", f"could not be placed in the store ({exc.strerror})")
             return skip("unreadable", f"cannot be read ({exc.strerror or exc})")
-        if isinstance(exc, AssetMgrError):
-            return skip("failed", exc.message)
+        if isinstance(exc, EXPECTED_ERRORS):
+            return skip("failed", str(exc))
         log.error("importing %s failed", path, exc_info=exc)
         return skip("internal-error", f"an unexpected {type(exc).__name__} (a bug in assetmgr)")
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from assetmgr.config import DEFAULT_MAX_DOWNLOAD_BYTES
-from assetmgr.errors import AssetMgrError, NotInCatalogError, StoreError
+from assetmgr.errors import EXPECTED_ERRORS, NotInCatalogError, StoreError
 from assetmgr.store import records
 from assetmgr.store.blobs import (
     BLOB_MODE,
@@ -75,7 +75,7 @@ class PullOutcome:
     version_id: int
     file_id: int | None
     result: PullResult | None = None
-    error: AssetMgrError | None = None
+    error: Exception | None = None
     target: FileTarget | None = None
     """What the catalog says the file is (None when the version could not be found)."""
 
@@ -256,7 +256,7 @@ class StoreService:
                     progress=progress,
                     cancel=cancel,
                 )
-            except AssetMgrError as exc:
+            except EXPECTED_ERRORS as exc:
                 outcome.error = exc
             return outcome
 

@@ -28,7 +28,6 @@ from textual.worker import Worker, WorkerState
 import assetmgr.tui.widgets.preview  # noqa: F401
 from assetmgr.config import Settings
 from assetmgr.display import CleanLogFormatter, clean
-from assetmgr.errors import AssetMgrError
 from assetmgr.store.import_report import ImportReport
 from assetmgr.tui import messages as m
 from assetmgr.tui.actions import ACTIONS, bindings_for
@@ -209,9 +208,12 @@ class AssetMgrApp(WorkersMixin, App[None]):
     def describe_error(self, error: BaseException | None) -> JobError:
         """Title, message and hint of a failure, written to the log as well; an unexpected
         one gets its traceback logged and a hint that says where the log is."""
-        if isinstance(error, AssetMgrError):
-            log.warning("%s: %s", error.title, error.message)
-            return JobError(error.title, error.message, error.hint)
+        from assetmgr.wording import describe
+
+        words = describe(error) if error is not None else None
+        if words is not None:
+            log.warning("%s: %s", words.title, words.message)
+            return JobError(words.title, words.message, words.hint)
         from assetmgr.logs import record_unexpected, redact_secrets
 
         log_path = record_unexpected(error or RuntimeError("unknown error"), "assetmgr.tui")

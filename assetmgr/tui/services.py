@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from assetmgr import paths
 from assetmgr.config import Settings
-from assetmgr.errors import AssetMgrError, SandboxError
+from assetmgr.errors import EXPECTED_ERRORS, SandboxError
 from sandbox.jobspec import LISTED_NAMES
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class GenerationCheck:
     confirm (the run then has `allow_mismatch`); `warnings` go along with the run.
     """
 
-    problems: list[AssetMgrError] = field(default_factory=list)
+    problems: list[Exception] = field(default_factory=list)
     mismatch: BaseModelMismatchError | None = None
     warnings: list[GenerationWarning] = field(default_factory=list)
 
@@ -243,8 +243,8 @@ class SandboxGeneration:
     def state(self) -> ServiceState:
         try:
             status = self.sandbox.image_status(check_engine=True)
-        except AssetMgrError as exc:
-            return ServiceState(False, exc.message)
+        except EXPECTED_ERRORS as exc:
+            return ServiceState(False, str(exc))
         if status.record is None:
             problem = status.record_problem or "no sandbox image has been built"
             return ServiceState(False, f"{problem} (run `assetmgr sandbox build`)")
@@ -264,7 +264,7 @@ class SandboxGeneration:
     def plugins(self) -> Sequence[tuple[str, str]]:
         try:
             return [(p.name, p.tree_sha256) for p in self.sandbox.list_plugins()]
-        except AssetMgrError:
+        except EXPECTED_ERRORS:
             return []
 
     def history(self) -> list[RunRecord]:
@@ -332,14 +332,14 @@ class SandboxGeneration:
 
         try:
             req = self._request(request)
-            problems: list[AssetMgrError] = list(request_problems(req))
+            problems: list[Exception] = list(request_problems(req))
             if problems:
                 return GenerationCheck(problems=problems)
             with session_scope(self.engine) as session:
                 plan = build_spec(session, self.store, req)
         except BaseModelMismatchError as exc:
             return GenerationCheck(mismatch=exc)
-        except AssetMgrError as exc:
+        except EXPECTED_ERRORS as exc:
             return GenerationCheck(problems=[exc])
         return GenerationCheck(warnings=plan.warnings)
 
@@ -446,8 +446,8 @@ class SandboxStatusInfo:
     def info(self) -> SandboxInfo:
         try:
             status = self.generation.sandbox.image_status(check_engine=True)
-        except AssetMgrError as exc:
-            return SandboxInfo(None, f"not available: {exc.message}")
+        except EXPECTED_ERRORS as exc:
+            return SandboxInfo(None, f"not available: {exc}")
         image: dict[str, str] | None = None
         record = status.record
         if record is None:

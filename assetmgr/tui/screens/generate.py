@@ -52,6 +52,7 @@ from assetmgr.tui.services import (
 from assetmgr.tui.widgets.jobs import JobsBar
 from assetmgr.tui.widgets.preview import PreviewPane
 from assetmgr.tui.widgets.prompt import PromptEditor, lora_tags
+from assetmgr.wording import describe
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -281,13 +282,15 @@ class GenerateScreen(Screen[None]):
         """What the check before a run found, under the Generate button (empty: hidden)."""
         text = Text()
         for problem in check.problems:
+            words = describe(problem)
+            hint = words.hint if words is not None else ""
             if isinstance(problem, InvalidRequestError):
                 line = problem.worded(FIELD_LABELS.get(problem.option, problem.option))
             else:
-                line = problem.message
+                line = words.message if words is not None else str(problem)
             text.append(f"✗ {clean(line)}\n", style="bold red")
-            if problem.hint:
-                text.append(f"  {clean(problem.hint)}\n", style="dim")
+            if hint:
+                text.append(f"  {clean(hint)}\n", style="dim")
         if check.mismatch is not None:
             text.append(f"? {clean(check.mismatch.message)}\n", style="yellow")
         for warning in check.warnings:

@@ -1,0 +1,1 @@
+"""Front-end words for the app layer's errors (see `assetmgr.wording`)."""

@@ -1,0 +1,1 @@
+"""Front-end words for the catalog layer's errors (see `assetmgr.wording`)."""

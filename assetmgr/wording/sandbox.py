@@ -1,0 +1,1 @@
+"""Front-end words for the sandbox layer's errors (see `assetmgr.wording`)."""
