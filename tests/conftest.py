@@ -10,6 +10,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# CI (ASSETMGR_REQUIRE_ALL=1) turns a skipped docker/postgres/worker test into a failure.
+pytest_plugins = ["tests.require_all"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
