@@ -35,7 +35,6 @@ import http.client
 import json
 import logging
 import os
-import queue
 import shutil
 import threading
 import time
@@ -73,8 +72,9 @@ from assetmgr.store.targets import (
     is_pickle_format,
 )
 from assetmgr.store.transfer_io import (
-    Writeback,
+    BlockWriter,
     filename_from_content_disposition,
+    fill_block,
     open_storage,
     parse_content_range,
 )
@@ -481,81 +481,34 @@ class Downloader:
         receiving the next block overlaps with writing and hashing the last one. Whatever was
         received before an error is written and hashed, so a resume loses nothing.
         """
-        blocks: queue.Queue[tuple[bytearray, int] | None] = queue.Queue(maxsize=POOL_BLOCKS - 1)
-        free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(POOL_BLOCKS):
-            free.put(bytearray(self.chunk_bytes))
-        written = [offset]
-        failure: list[BaseException] = []
-
-        def writer() -> None:
-            fd = out.fileno()
-            writeback = Writeback(fd, offset)
-            while True:
-                item = blocks.get()
-                if item is None:
-                    return
-                buf, n = item
-                try:
-                    if not failure:
-                        view = memoryview(buf)[:n]
-                        while view:
-                            k = os.write(fd, view)
-                            view = view[k:]
-                        hasher.update(memoryview(buf)[:n])
-                        written[0] += n
-                        writeback.advance(written[0])
-                except BaseException as exc:  # reported to the receiving thread
-                    failure.append(exc)
-                finally:
-                    free.put(buf)
-
-        thread = threading.Thread(target=writer, name="download-writer", daemon=True)
-        thread.start()
+        writer = BlockWriter(out.fileno(), offset, hasher.update, self.chunk_bytes, POOL_BLOCKS)
         received = 0
         pos = offset
         last_report = 0.0
         try:
-            while True:
-                if failure:
-                    break
+            while not writer.failure:
                 if cancel is not None and cancel.is_set():
                     raise DownloadCancelled(f"download of {target.name} cancelled; progress saved")
-                buf = free.get()
-                filled = 0
-                block_started = time.monotonic()
-                ended = False
-                try:
-                    # Fill the block (fewer, larger hash updates) unless the body ends or the
-                    # link is slow: then hand off what arrived, so the partial file keeps growing
-                    # and a kill loses little.
-                    while filled < len(buf):
-                        view = memoryview(buf)[filled : filled + READ_SLICE_BYTES]
-                        n = response.readinto(view)
-                        if not n:
-                            ended = True
-                            break
-                        filled += n
-                        if pos + filled > bound.limit:
-                            break  # past the bound: stop reading now, not a block later
-                        if time.monotonic() - block_started > HANDOFF_AFTER_S:
-                            break
-                except (OSError, http.client.HTTPException) as exc:
+                buf = writer.free.get()
+                filled, ended, error = fill_block(
+                    response, buf, bound.limit - pos, READ_SLICE_BYTES, HANDOFF_AFTER_S
+                )
+                if error is not None:
                     if filled:
-                        blocks.put((buf, filled))
+                        writer.hand(buf, filled)
                         pos += filled
                         received += filled
                     else:
-                        free.put(buf)
-                    raise _ResumableFailure(f"{type(exc).__name__}: {exc}") from None
+                        writer.free.put(buf)
+                    raise _ResumableFailure(f"{type(error).__name__}: {error}") from None
                 if not filled:
-                    free.put(buf)
+                    writer.free.put(buf)
                     break
                 stop = self._past_bound(target, bound, pos, filled)
                 if stop is not None:
-                    free.put(buf)
+                    writer.free.put(buf)
                     raise stop
-                blocks.put((buf, filled))
+                writer.hand(buf, filled)
                 pos += filled
                 received += filled
                 now = time.monotonic()
@@ -565,12 +518,11 @@ class Downloader:
                 if ended:
                     break
         finally:
-            blocks.put(None)
-            thread.join()
+            writer.close()
             out.seek(0, os.SEEK_END)
-        if failure:
-            raise failure[0]
-        return written[0], received
+        if writer.failure:
+            raise writer.failure[0]
+        return writer.written, received
 
     def _past_bound(
         self, target: FileTarget, bound: TransferBound, pos: int, incoming: int

@@ -384,7 +384,8 @@ class _Writer:
 
     def put(self, entry: _Entry, recorded: dict[str, Any] | None) -> None:
         folder = self.folder(entry.relative.parent, create=True)
-        assert folder is not None
+        if folder is None:  # created above, so never reached
+            raise FileNotFoundError(f"export folder {entry.relative.parent} was not created")
         name = entry.relative.name
         state = _state(folder, name, recorded)
         if state == "ours" and recorded == entry.record:
@@ -412,12 +413,12 @@ class _Writer:
     @staticmethod
     def _make_temp(folder: SafeDir, entry: _Entry) -> str:
         name = entry.relative.name
-        if entry.kind == "file":
-            assert entry.data is not None
-            return folder.write_temp(name, entry.data)
         if entry.kind == "symlink":
             return folder.symlink_temp(name, str(entry.record["target"]))
-        assert entry.source is not None
+        if entry.kind == "file" and entry.data is not None:
+            return folder.write_temp(name, entry.data)
+        if entry.source is None:  # every entry is made with what its kind needs: never reached
+            raise ValueError(f"export entry {entry.relative} ({entry.kind}) has nothing to write")
         try:
             return folder.hardlink_temp(name, entry.source)
         except OSError as exc:

@@ -369,34 +369,48 @@ class Hasher:
         if len(groups) == 1 and progress is None:
             work(0, groups[0])
         else:
-            threads = [
-                threading.Thread(target=work, args=(i, g), name=f"hash-{i}", daemon=True)
-                for i, g in enumerate(groups)
-            ]
-            for t in threads:
-                t.start()
-            try:
-                for t in threads:
-                    while t.is_alive():
-                        t.join(_PROGRESS_INTERVAL_S)
-                        if cancel is not None and cancel.is_set():
-                            abort.set()
-                        if progress is not None and (low := min(done)) != reported:
-                            reported = low
-                            progress(low)
-            except BaseException:
-                # Workers must be gone before the caller unmaps or closes what they read.
-                abort.set()
-                for t in threads:
-                    t.join()
-                self._state = "broken (interrupted)"
-                raise
+            reported = self._run_threads(work, groups, done, abort, progress, cancel)
         if errors:
             self._state = "broken (read failed)"
             raise errors[0]
         if cancel is not None and cancel.is_set() and min(done) < count:
             self._state = "cancelled"
             raise HashingCancelled("hashing cancelled")
+        return reported
+
+    def _run_threads(
+        self,
+        work: Callable[[int, list[_Lane]], None],
+        groups: list[list[_Lane]],
+        done: list[int],
+        abort: threading.Event,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> int:
+        """Run `work` on a thread per lane group, reporting progress; returns the last report."""
+        reported = -1
+        threads = [
+            threading.Thread(target=work, args=(i, g), name=f"hash-{i}", daemon=True)
+            for i, g in enumerate(groups)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(_PROGRESS_INTERVAL_S)
+                    if cancel is not None and cancel.is_set():
+                        abort.set()
+                    if progress is not None and (low := min(done)) != reported:
+                        reported = low
+                        progress(low)
+        except BaseException:
+            # Workers must be gone before the caller unmaps or closes what they read.
+            abort.set()
+            for t in threads:
+                t.join()
+            self._state = "broken (interrupted)"
+            raise
         return reported
 
     def finalize(self) -> FileHashes:

@@ -591,7 +591,9 @@ def _try_claim(
     if verdict is not None:
         _claim_issue(issues, c, verdict.code, verdict.reason)
         return None
-    assert isinstance(matched, api.ModelFile) and claim.model_id is not None
+    if isinstance(matched, claims.ClaimRefused) or claim.model_id is None:
+        # `claims.claimed_file` refuses a claim without a model id: never reached.
+        raise ValueError(f"claim of version {claim.id} names no model")
     try:
         with session.begin_nested():
             claims.record_claim(

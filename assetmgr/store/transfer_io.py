@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import ctypes
 import http.client
+import os
+import queue
 import re
 import ssl
 import sys
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import cast
@@ -54,6 +58,91 @@ class Writeback:
             return
         self.previous = window
         self.flushed = end
+
+
+class BlockWriter:
+    """Writes and hashes received blocks on a second thread, from a small pool of buffers.
+
+    The file write and the hashing release the GIL, so they overlap with receiving the next
+    block. After a failure, blocks still handed in are dropped; `failure` holds the error.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        offset: int,
+        update: Callable[[memoryview], object],
+        block_bytes: int,
+        pool: int,
+    ) -> None:
+        self.blocks: queue.Queue[tuple[bytearray, int] | None] = queue.Queue(maxsize=pool - 1)
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(pool):
+            self.free.put(bytearray(block_bytes))
+        self.written = offset
+        self.failure: list[BaseException] = []
+        self._fd = fd
+        self._update = update
+        self._writeback = Writeback(fd, offset)
+        self._thread = threading.Thread(target=self._run, name="download-writer", daemon=True)
+        self._thread.start()
+
+    def hand(self, buf: bytearray, n: int) -> None:
+        self.blocks.put((buf, n))
+
+    def close(self) -> None:
+        """Write what was handed in, then stop the thread."""
+        self.blocks.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self.blocks.get()) is not None:
+            buf, n = item
+            try:
+                if not self.failure:
+                    self._write(memoryview(buf)[:n])
+            except BaseException as exc:  # reported to the receiving thread
+                self.failure.append(exc)
+            finally:
+                self.free.put(buf)
+
+    def _write(self, block: memoryview) -> None:
+        view = block
+        while view:
+            k = os.write(self._fd, view)
+            view = view[k:]
+        self._update(block)
+        self.written += len(block)
+        self._writeback.advance(self.written)
+
+
+def fill_block(
+    response: http.client.HTTPResponse,
+    buf: bytearray,
+    room: int,
+    read_slice: int,
+    handoff_after_s: float,
+) -> tuple[int, bool, OSError | http.client.HTTPException | None]:
+    """Fill `buf` from `response`: (bytes filled, whether the body ended, the read's error).
+
+    Fewer, larger blocks mean fewer hash updates, but a block is handed off early once more
+    than `room` bytes arrived (past the bound: stop reading now, not a block later) or the
+    link is slow, so the partial file keeps growing and a kill loses little. What arrived
+    before an error is still counted, so a resume loses nothing.
+    """
+    filled = 0
+    started = time.monotonic()
+    try:
+        while filled < len(buf):
+            n = response.readinto(memoryview(buf)[filled : filled + read_slice])
+            if not n:
+                return filled, True, None
+            filled += n
+            if filled > room or time.monotonic() - started > handoff_after_s:
+                break
+    except (OSError, http.client.HTTPException) as exc:
+        return filled, False, exc
+    return filled, False, None
 
 
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -140,8 +229,10 @@ def parse_content_range(value: str | None) -> tuple[int | None, int | None]:
 __all__ = [
     "MAX_STORAGE_REDIRECTS",
     "WRITEBACK_WINDOW_BYTES",
+    "BlockWriter",
     "Writeback",
     "filename_from_content_disposition",
+    "fill_block",
     "open_storage",
     "parse_content_range",
 ]
