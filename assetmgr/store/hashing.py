@@ -1,6 +1,6 @@
 """The six Civitai file hashes, computed in one pass over the bytes.
 
-Definitions follow Civitai's scanner (shared/docs/civitai-api.md section 7):
+Definitions follow Civitai's file scanner:
 
 * SHA256: SHA-256 of the whole file.
 * AutoV2: the first 10 hex digits of SHA256.
@@ -13,10 +13,7 @@ Definitions follow Civitai's scanner (shared/docs/civitai-api.md section 7):
 
 All values are upper-case hex.
 
-Speed: `compute_hashes` maps the file and runs the hashes on worker threads (hashlib, blake3 and
-zlib release the GIL), grouped so each CPU has about the same work. On two cores the whole job takes
-about 1.1x one ``openssl dgst -sha256``. If the optional ``isal`` or ``zlib-ng`` package is
-installed, its CRC-32 (about 4x faster than zlib's) is used.
+One mapped pass on worker threads (why: docs/decisions/one-pass-hashing.md).
 
 Mapping a file that another process truncates while it is hashed kills this process with SIGBUS.
 Files of the store are never rewritten in place; pass ``use_mmap=False`` for files that may be.

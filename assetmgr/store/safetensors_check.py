@@ -1,4 +1,4 @@
-"""Strict, pure-Python validation of untrusted ``.safetensors`` files (sandbox.md section 4.3).
+"""Strict, pure-Python validation of untrusted ``.safetensors`` files (docs/architecture.md).
 
 Only the header is read; tensor bytes are never touched. The checks follow the safetensors
 reference validator and go further where its gaps are known:
