@@ -26,8 +26,7 @@ from catalog.civitai import types as api
 from catalog.db import normalize_url, open_catalog
 
 PG_URL_ENV = "ASSETMGR_TEST_PG_URL"
-CIVITAI_FIXTURES = Path("/work/shared/docs/civitai-fixtures")
-_LOCAL_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "civitai"
+CIVITAI_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "civitai"
 _WRITE_VERBS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE")
 _WRITE_TARGET = re.compile(
     r"\s*(?:INSERT\s+INTO\s+(\S+)|UPDATE\s+(\S+)|DELETE\s+FROM\s+(\S+))", re.IGNORECASE
@@ -35,12 +34,8 @@ _WRITE_TARGET = re.compile(
 
 
 def fixture_json(name: str) -> Any:
-    """A Civitai fixture payload (tests/fixtures/civitai, else the shared docs copy)."""
-    for folder in (_LOCAL_FIXTURES, CIVITAI_FIXTURES):
-        path = folder / name
-        if path.is_file():
-            return json.loads(path.read_text("utf-8"))
-    pytest.skip(f"Civitai fixture {name} is not available")
+    """A Civitai fixture payload (tests/fixtures/civitai, copied from the API reference)."""
+    return json.loads((CIVITAI_FIXTURES / name).read_text("utf-8"))
 
 
 def fixture_models() -> list[api.Model]:
