@@ -33,9 +33,9 @@ from sqlalchemy.orm.strategy_options import _AbstractLoad
 from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import SQLModel
 
-from assetmgr.errors import CatalogError, NotInCatalogError
 from catalog.access import version_access
 from catalog.civitai import types as api
+from catalog.errors import CatalogError, NotInCatalogError
 from catalog.local_files import detach_changed
 from catalog.models import (
     HASH_COLUMNS,
@@ -1590,8 +1590,7 @@ def get_model(session: Session, model_id: int) -> Model:
     model = session.execute(query).scalars().first()
     if model is None:
         raise NotInCatalogError(
-            f"model {model_id} is not in the catalog",
-            hint=f"Run `assetmgr sync --model-id {model_id}` to fetch it.",
+            f"model {model_id} is not in the catalog", kind="model", key=model_id
         )
     return model
 

@@ -42,12 +42,12 @@ from typing import Any, Literal
 from sqlalchemy import Engine, select, update
 from sqlmodel import Session, col
 
-from assetmgr.errors import AssetMgrError, CivitaiError
 from catalog import bulk, bulkload, repo
 from catalog.civitai.client import CivitaiClient, ModelFilters
-from catalog.civitai.errors import NotFoundError
+from catalog.civitai.errors import CivitaiError, NotFoundError
 from catalog.civitai.types import Model
 from catalog.db import session_scope
+from catalog.errors import SyncCancelled
 from catalog.models import Model as ModelRow
 from catalog.models import SyncState
 
@@ -63,14 +63,6 @@ MAX_SYNC_WORKERS = 4
 # Below this many models a worker pool costs more to start than it saves (a forkserver start,
 # in a process that already has threads such as the TUI, costs a second or more of CPU).
 POOL_MIN_MODELS = 2000
-
-
-class SyncCancelled(AssetMgrError):
-    """The sync was cancelled; what was written stays and the next sync resumes."""
-
-    title = "Sync cancelled"
-    hint = "Run the same `assetmgr sync` command again to resume from where it stopped."
-    exit_code = 130
 
 
 @dataclass

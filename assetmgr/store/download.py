@@ -78,8 +78,8 @@ from assetmgr.store.transfer_io import (
     open_storage,
     parse_content_range,
 )
-from catalog.civitai.errors import redact_url
 from catalog.civitai.retry import RetryPolicy
+from catalog.redact import redact_url
 
 
 @dataclass(frozen=True)

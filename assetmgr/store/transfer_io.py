@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import cast
 
 from assetmgr.store.targets import IncompleteDownloadError
-from catalog.civitai.errors import redact_url
+from catalog.redact import redact_url
 
 MAX_STORAGE_REDIRECTS = 5
 WRITEBACK_WINDOW_BYTES = 32 << 20

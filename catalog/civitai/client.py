@@ -28,11 +28,11 @@ from catalog.civitai.errors import (
     EarlyAccessError,
     LoginRequiredError,
     from_response,
-    redact_url,
 )
 from catalog.civitai.exchange import ACCEPT_ENCODING, MAX_API_BODY_BYTES, exchange
 from catalog.civitai.retry import RetryPolicy, parse_retry_after
 from catalog.civitai.types import MODEL_TYPES, HashIdMatch, Model, ModelVersion, Page
+from catalog.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,11 @@ def normalize_hash(value: str, *, sha256_only: bool = False) -> str:
         shown = repr(value)[:80]
         if sha256_only:
             raise CivitaiInputError(
-                f"not a SHA256 hash: {shown} (expected 64 hex digits)",
-                hint="Only full SHA256 hashes can be looked up in bulk.",
+                f"not a SHA256 hash: {shown} (expected 64 hex digits)", expected="sha256"
             )
         raise CivitaiInputError(
             f"not a Civitai file hash: {shown} (expected 8, 10, 12 or 64 hex digits)",
-            hint=(
-                "Use SHA256/BLAKE3 (64), AutoV3 (12, A1111 `Lora hashes`), "
-                "AutoV2 (10, A1111 `Model hash`) or AutoV1/CRC32 (8)."
-            ),
+            expected="civitai-hash",
         )
     return text.upper()
 
@@ -374,10 +370,7 @@ class CivitaiClient:
     # -- transport, retries, errors ------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        text = redact_url(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "REDACTED")
-        return text
+        return redact_text(text, self._secrets)
 
     def _request(
         self,
