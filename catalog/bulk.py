@@ -40,7 +40,13 @@ throughput on the device, so the simpler design stayed.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -93,6 +99,41 @@ def init_worker(write_lock: Any) -> None:
     """
     global _WRITE_LOCK
     _WRITE_LOCK = write_lock
+    die_with_parent()
+
+
+# prctl(2) option: the signal the kernel sends this process when its parent ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """End this worker process when the sync's process ends, even by ``kill -9``.
+
+    A worker blocks on the pool's queue, whose pipe its siblings keep open, so without this it
+    would outlive a killed sync and keep the catalog open. On Linux the kernel kills it
+    (``PR_SET_PDEATHSIG``; a fork server's children get it when the fork server goes, which
+    follows its parent); everywhere a thread watches the parent's sentinel, which becomes
+    ready when the parent is gone, and ends the process then.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the sentinel watch below still works
+            pass
+    # The parent may have died before prctl took effect: the watch sees that at once.
+    watch = threading.Thread(
+        target=_exit_when_ready, args=(parent.sentinel,), name="parent-watch", daemon=True
+    )
+    watch.start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _worker_engine(url: str) -> Engine:
