@@ -136,9 +136,9 @@ def open_catalog(url: str | URL) -> Engine:
     """The engine of a ready-to-use catalog: created if needed and migrated to the latest schema.
 
     Indexes a first sync set aside and did not get to put back (it was killed) are restored
-    first (`catalog.bulkload`), so migrations and readers always see the whole schema.
+    first (`catalog.sync.bulkload`), so migrations and readers always see the whole schema.
     """
-    from catalog import bulkload
+    from catalog.sync import bulkload
 
     engine = make_engine(url)
     try:
