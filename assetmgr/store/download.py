@@ -74,10 +74,10 @@ from assetmgr.store.targets import (
 )
 from assetmgr.store.transfer_io import (
     Writeback,
-    filename_from_content_disposition,
     open_storage,
     parse_content_range,
 )
+from catalog.civitai.disposition import filename_from_disposition
 from catalog.civitai.retry import RetryPolicy
 from catalog.redact import redact_url
 
@@ -431,7 +431,7 @@ class Downloader:
                 state.etag = etag
             state.save(state_path)
             expected_total = target.expected_size or state.total
-            server_name = filename_from_content_disposition(
+            server_name = filename_from_disposition(
                 response.getheader("content-disposition")
             )
             offset, received = self._pump(

@@ -8,9 +8,9 @@ if TYPE_CHECKING:
         CivitaiClient,
         DownloadTicket,
         ModelFilters,
-        filename_from_disposition,
         normalize_hash,
     )
+    from catalog.civitai.disposition import filename_from_disposition
     from catalog.civitai.errors import (
         ArchivedError,
         CivitaiBadRequestError,
@@ -47,7 +47,7 @@ _HOMES = {
     "CivitaiClient": "client",
     "DownloadTicket": "client",
     "ModelFilters": "client",
-    "filename_from_disposition": "client",
+    "filename_from_disposition": "disposition",
     "normalize_hash": "client",
     "RetryPolicy": "retry",
     "parse_retry_after": "retry",

@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from catalog.civitai import types as api
-from catalog.civitai.client import page_items, validation_reason
+from catalog.civitai.listpage import page_items, validation_reason
 from catalog.db import make_engine, session_scope
 from catalog.sync import prepared
 

@@ -42,7 +42,7 @@ from catalog.civitai import (
     parse_retry_after,
 )
 from catalog.civitai import client as client_module
-from catalog.civitai.client import cursor_of_body, page_items
+from catalog.civitai.listpage import cursor_of_body, page_items
 from catalog.redact import redact_url
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "civitai"
