@@ -7,31 +7,22 @@ Every error a user can meet derives from `AssetMgrError`, which carries a one-li
     AssetMgrError
     ├── UsageError                       options that cannot go together (exit 2, as typer's)
     ├── ConfigError                      bad settings, bad database URL, unreadable config
-    ├── CatalogError                     the local catalog (database, migrations, lookups)
-    │   ├── NotInCatalogError            an id, name or hash that the catalog does not hold
-    │   └── MigrationError               the database schema cannot be brought up to date
-    ├── CivitaiError                     anything from the Civitai API (catalog.civitai.errors)
-    │   ├── CivitaiConnectionError       the API could not be reached (DNS, refused, timeouts)
-    │   ├── CivitaiResponseValidationError  a payload that does not have the documented shape
-    │   └── CivitaiStatusError           an HTTP error status; status_code, url
-    │       ├── CivitaiBadRequestError   400
-    │       ├── LoginRequiredError       401: the file needs an API key
-    │       ├── UnauthorizedError        401: the key is wrong or the action needs one
-    │       ├── DownloadDisabledError    401: the creator disabled downloads
-    │       ├── EarlyAccessError         403: early access not bought; .deadline
-    │       ├── ForbiddenError           403: no access
-    │       ├── NotFoundError            404
-    │       ├── ArchivedError            410: archived model
-    │       ├── RateLimitedError         429 after all retries; .retry_after
-    │       └── ServerError              5xx after all retries
     ├── StoreError                       the content-addressed file store (assetmgr.store)
     └── SandboxError                     the container sandbox (sandbox.*)
+
+The catalog layer has trees of its own, re-exported here for the app: `CatalogError`
+(`catalog.errors`: NotInCatalogError, MigrationError, DatabaseURLError, BadHashError,
+SyncCancelled) and `CivitaiError` (`catalog.civitai.errors`). They carry data; their words are
+in `assetmgr.wording.catalog`.
 
 Errors that match a builtin also subclass it (for example `NotInCatalogError` is a `LookupError`),
 so generic callers can still catch them.
 """
 
 from __future__ import annotations
+
+from catalog.civitai.errors import CivitaiError
+from catalog.errors import CatalogError, MigrationError, NotInCatalogError
 
 
 class AssetMgrError(Exception):
@@ -54,9 +45,9 @@ class AssetMgrError(Exception):
 
 
 # The roots of every layer's error tree: errors the front ends word themselves (see
-# assetmgr.wording); anything else is unexpected. catalog and sandbox add their roots here
-# as their trees leave this module.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (AssetMgrError,)
+# assetmgr.wording); anything else is unexpected. sandbox adds its root here as its tree
+# leaves this module.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (AssetMgrError, CatalogError, CivitaiError)
 
 
 class UsageError(AssetMgrError):
@@ -72,34 +63,6 @@ class ConfigError(AssetMgrError):
     title = "Configuration error"
     hint = "Check ASSETMGR_HOME, ASSETMGR_DB_URL and the config file (assetmgr config show)."
     exit_code = 2
-
-
-class CatalogError(AssetMgrError):
-    """The local catalog database failed."""
-
-    title = "Catalog error"
-    hint = "Run `assetmgr db upgrade`; if the database is damaged, move it away and sync again."
-
-
-class NotInCatalogError(CatalogError, LookupError):
-    """An id, name or hash that the local catalog does not hold."""
-
-    title = "Not in the catalog"
-    hint = "Run `assetmgr sync` (or `assetmgr sync --model-id N`) to fetch it first."
-    exit_code = 3
-
-
-class MigrationError(CatalogError):
-    """The schema could not be migrated."""
-
-    title = "Migration failed"
-
-
-class CivitaiError(AssetMgrError):
-    """Base for everything that comes from the Civitai API."""
-
-    title = "Civitai error"
-    hint = "Try again later; `--api-base` or CIVITAI_API_BASE select another server."
 
 
 class StoreError(AssetMgrError):

@@ -160,7 +160,8 @@ def resolve_asset(
     what = "/".join(kinds) if kinds else "model"
     raise NotInCatalogError(
         f"no verified local {what} file for {ref!r}",
-        hint="Pull it first (`assetmgr pull VERSION_ID`) or import it (`assetmgr import DIR`).",
+        kind="generation-input",
+        key=ref,
     )
 
 
@@ -460,9 +461,7 @@ def load_run(engine: Engine, run_id: int) -> GenerationRun:
     with Session(engine) as session:
         run = session.get(GenerationRun, run_id)
         if run is None:
-            raise NotInCatalogError(
-                f"no generation run {run_id}", hint="`assetmgr runs` lists recorded runs."
-            )
+            raise NotInCatalogError(f"no generation run {run_id}", kind="run", key=run_id)
         session.expunge(run)
         return run
 
@@ -495,7 +494,8 @@ def rerun(
         if not store.has(sha):
             raise NotInCatalogError(
                 f"input {name} (sha256 {sha}) of run {run_id} is no longer in the store",
-                hint=f"Pull or import that file again (version {info.get('version_id')}).",
+                kind="run-input",
+                key=info.get("version_id"),
             )
         mounts[name] = store.blob_path(sha)
     record = run_generation(

@@ -3,8 +3,8 @@
 Rotated at `MAX_LOG_BYTES` with `LOG_BACKUPS` old files, created 0600 in a 0700 folder without
 following a link (like the store's files), and opened only when the first record arrives.
 Records are cleaned (`assetmgr.display.CleanLogFormatter`) and secrets are masked: URLs go
-through the one URL redaction (`catalog.civitai.errors.redact_url`), and bearer tokens and
-``api_key=`` values are replaced as well.
+through the one redaction (`catalog.redact.redact_text`: every query value, URL passwords,
+bearer tokens, ``api_key=`` values) and the secrets this process holds are replaced as well.
 
 The CLI logs to stderr too (`setup_logging(terminal=True)`); the TUI must never write records
 onto the screen it draws, so `leave_terminal` takes the stderr handler away before it starts.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import sys
 from io import TextIOWrapper
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from assetmgr import paths
 from assetmgr.display import CleanLogFormatter
+from catalog.redact import redact_text
 
 LOG_FILE_NAME = "assetmgr.log"
 MAX_LOG_BYTES = 2 * 1024 * 1024
@@ -31,12 +31,6 @@ LOG_BACKUPS = 3
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"
 TERMINAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
-# Credentials that are not in a URL query: "Authorization: Bearer …", "api_key=…", "token: …".
-_BEARER_RE = re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+")
-_KEY_VALUE_RE = re.compile(
-    r"(?i)(\b(?:civitai_api_key|api[_-]?key|apikey|token|authorization)\b[\"']?\s*[:=]\s*[\"']?)"
-    r"(?!bearer\b)[^\s\"',;&]+"
-)
 MIN_SECRET_CHARS = 6
 _known_secrets: set[str] = set()
 FILE_ONLY = {"assetmgr_file_only": True}
@@ -58,15 +52,9 @@ def register_secret(value: str | None) -> None:
 
 
 def redact_secrets(text: str) -> str:
-    """`text` with credentials masked: the registered secrets, signed-URL and ``token=`` query
-    values, bearer tokens, ``api_key=``/``token:`` values."""
-    from catalog.civitai.errors import redact_url  # deferred: httpx is not needed to log
-
-    for secret in sorted(_known_secrets, key=len, reverse=True):
-        text = text.replace(secret, "REDACTED")
-    text = redact_url(text)
-    text = _BEARER_RE.sub(r"\1REDACTED", text)
-    return _KEY_VALUE_RE.sub(r"\1REDACTED", text)
+    """`text` with credentials masked: the registered secrets, every query value, URL
+    passwords, bearer tokens, ``api_key=``/``token:`` values (`catalog.redact`)."""
+    return redact_text(text, _known_secrets)
 
 
 class RedactingFormatter(CleanLogFormatter):

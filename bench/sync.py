@@ -37,6 +37,8 @@ from catalog.civitai.client import CivitaiClient, ModelFilters  # noqa: E402
 from catalog.db import open_catalog  # noqa: E402
 from catalog.sync import SyncRequest, run_sync, sync_workers  # noqa: E402
 
+WORKERS = sync_workers(os.environ.get("ASSETMGR_SYNC_WORKERS"))
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -101,10 +103,10 @@ def ours(base: str, db_path: Path, *, workers: bool = True) -> tuple[float, int,
     pool = "auto" if workers else None
     with CivitaiClient(base_url=base) as client:
         start = time.perf_counter()
-        summary = run_sync(engine, client, request, pool=pool)  # type: ignore[arg-type]
+        summary = run_sync(engine, client, request, pool=pool, workers=WORKERS)  # type: ignore[arg-type]
         elapsed = time.perf_counter() - start
         start = time.perf_counter()
-        again = run_sync(engine, client, request, pool=pool)  # type: ignore[arg-type]
+        again = run_sync(engine, client, request, pool=pool, workers=WORKERS)  # type: ignore[arg-type]
         resync = time.perf_counter() - start
     assert again.models_written == 0, "an unchanged re-sync wrote rows"
     engine.dispose()
@@ -134,7 +136,7 @@ def bench_sync(models: int, repeat: int) -> None:
             f"  bare httpx (GET + json) : best {b:.2f} s  all {[round(x, 2) for x in base_times]}"
         )
         print(
-            f"  assetmgr sync (SQLite, {sync_workers()} page workers): best {o:.2f} s"
+            f"  assetmgr sync (SQLite, {WORKERS} page workers): best {o:.2f} s"
             f"  all {[round(x, 2) for x in our_times]}"
         )
         print(

@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
-from assetmgr.errors import ConfigError, MigrationError
+from catalog.errors import DatabaseURLError, MigrationError
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,13 @@ def normalize_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ConfigError(f"invalid database URL: {exc}") from None
+        raise DatabaseURLError(f"invalid database URL: {exc}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ConfigError(
+        raise DatabaseURLError(
             f"unsupported database {parsed.get_backend_name()!r}",
-            hint="Use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB in ASSETMGR_DB_URL.",
+            backend=parsed.get_backend_name(),
         )
     return parsed
 
@@ -128,11 +128,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             command.upgrade(config, revision)
     except Exception as exc:
         raise MigrationError(
-            f"cannot migrate the catalog database {where}: {exc}",
-            hint=(
-                "Check that the database is reachable and writable and was not created by a "
-                "newer assetmgr; if it is damaged, move it away and sync again."
-            ),
+            f"cannot migrate the catalog database {where}: {exc}", where=where
         ) from exc
 
 
@@ -140,9 +136,9 @@ def open_catalog(url: str | URL) -> Engine:
     """The engine of a ready-to-use catalog: created if needed and migrated to the latest schema.
 
     Indexes a first sync set aside and did not get to put back (it was killed) are restored
-    first (`catalog.bulkload`), so migrations and readers always see the whole schema.
+    first (`catalog.sync.bulkload`), so migrations and readers always see the whole schema.
     """
-    from catalog import bulkload
+    from catalog.sync import bulkload
 
     engine = make_engine(url)
     try:

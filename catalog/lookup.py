@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from assetmgr.errors import AssetMgrError, NotInCatalogError
 from catalog import repo
 from catalog.civitai.errors import NotFoundError
 from catalog.db import session_scope
+from catalog.errors import BadHashError, NotInCatalogError
 
 if TYPE_CHECKING:
     from catalog.civitai.client import CivitaiClient
@@ -21,20 +21,12 @@ log = logging.getLogger(__name__)
 _HASH_LENGTHS = {8: "AutoV1 or CRC32", 10: "AutoV2", 12: "AutoV3", 64: "SHA256 or BLAKE3"}
 
 
-class BadHashError(AssetMgrError, ValueError):
-    """The text is not a hash in any of Civitai's forms."""
-
-    title = "Not a hash"
-    hint = "Give 8 (AutoV1/CRC32), 10 (AutoV2), 12 (AutoV3) or 64 (SHA256/BLAKE3) hex digits."
-    exit_code = 2
-
-
 def normalize_hash(text: str) -> str:
     """Uppercase hex of an accepted length, or `BadHashError`."""
     digest = text.strip().upper()
     if len(digest) not in _HASH_LENGTHS or any(c not in "0123456789ABCDEF" for c in digest):
         shown = text if len(text) <= 80 else text[:77] + "..."
-        raise BadHashError(f"{shown!r} is not a Civitai hash")
+        raise BadHashError(f"{shown!r} is not a Civitai hash", text=shown)
     return digest
 
 
@@ -50,8 +42,7 @@ def lookup_hash(engine: Engine, client: CivitaiClient | None, text: str) -> list
     if matches or client is None:
         if not matches:
             raise NotInCatalogError(
-                f"no file with hash {digest} in the local catalog",
-                hint="Drop --offline to ask Civitai too.",
+                f"no file with hash {digest} in the local catalog", kind="hash", key=digest
             )
         return matches
     try:
@@ -59,7 +50,8 @@ def lookup_hash(engine: Engine, client: CivitaiClient | None, text: str) -> list
     except NotFoundError:
         raise NotInCatalogError(
             f"no file with hash {digest} in the local catalog or on Civitai",
-            hint="A private merge or never uploaded? `assetmgr import` adds it as a local model.",
+            kind="hash-anywhere",
+            key=digest,
         ) from None
     with session_scope(engine, write=True) as session:
         repo.upsert_version(session, version)

@@ -395,7 +395,7 @@ class SyncState(SyncStateBase, table=True):
 class DeferredSchema(SQLModel, table=True):
     """An index or trigger set aside while a first sync fills an empty catalog.
 
-    `catalog.bulkload` drops the hash-lookup indexes and the FTS triggers for that sync and
+    `catalog.sync.bulkload` drops the hash-lookup indexes and the FTS triggers for that sync and
     keeps their DDL here, in the same transaction; whoever finds rows here (the sync when it
     ends, or the next `open_catalog` after a crash) recreates them and rebuilds the FTS index.
     """

@@ -41,8 +41,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
 
 import catalog.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from assetmgr.errors import CatalogError
 from catalog.civitai.types import normalize_model_type
+from catalog.errors import CatalogError
 from catalog.text import search_tokens
 
 # bm25 weights in model_fts column order (name, tags, words, creator, versions, body): a name

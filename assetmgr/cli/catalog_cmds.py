@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime
 from typing import Any
@@ -55,7 +56,7 @@ def sync(
     from assetmgr.context import make_client, open_engine
     from catalog.civitai.client import ModelFilters
     from catalog.civitai.errors import CivitaiConnectionError
-    from catalog.sync import POOL_MIN_MODELS, SyncRequest, run_sync, sync_pool
+    from catalog.sync import POOL_MIN_MODELS, SyncRequest, run_sync, sync_pool, sync_workers
 
     settings = Settings.load(api_base=api_base)
     engine = open_engine(settings)
@@ -76,9 +77,8 @@ def sync(
     cancel = threading.Event()
     try:
         # The page workers start first, while this process has one thread (see sync_pool).
-        workers = (
-            0 if model_ids or (max_models is not None and max_models < POOL_MIN_MODELS) else None
-        )
+        small = bool(model_ids) or (max_models is not None and max_models < POOL_MIN_MODELS)
+        workers = 0 if small else sync_workers(os.environ.get("ASSETMGR_SYNC_WORKERS"))
         with (
             sync_pool(workers) as pool,
             make_client(settings) as client,

@@ -73,13 +73,13 @@ from assetmgr.store.targets import (
 )
 from assetmgr.store.transfer_io import (
     BlockWriter,
-    filename_from_content_disposition,
     fill_block,
     open_storage,
     parse_content_range,
 )
-from catalog.civitai.errors import redact_url
+from catalog.civitai.disposition import filename_from_disposition
 from catalog.civitai.retry import RetryPolicy
+from catalog.redact import redact_url
 
 
 @dataclass(frozen=True)
@@ -431,7 +431,7 @@ class Downloader:
                 state.etag = etag
             state.save(state_path)
             expected_total = target.expected_size or state.total
-            server_name = filename_from_content_disposition(
+            server_name = filename_from_disposition(
                 response.getheader("content-disposition")
             )
             offset, received = self._pump(

@@ -1,17 +1,7 @@
 """The six Civitai file hashes, computed in one pass over the bytes.
 
-Definitions follow Civitai's file scanner:
-
-* SHA256: SHA-256 of the whole file.
-* AutoV2: the first 10 hex digits of SHA256.
-* AutoV1: SHA-256 of the 64 KiB at offset 1 MiB, first 8 hex digits; absent for files < 2 MiB.
-* AutoV3: SHA-256 of the bytes after the safetensors header, first 12 hex digits. The first 8 bytes
-  are a u64 little-endian length ``n``; hashing starts at ``8 + n``, or at 8 when ``n >= 16 MiB``.
-  Files shorter than 8 bytes (and headers running past the end) hash the empty input.
-* CRC32: CRC-32 (IEEE, as zlib) of the whole file, the 32-bit value's bytes in little-endian order.
-* BLAKE3: BLAKE3 (32-byte output) of the whole file.
-
-All values are upper-case hex.
+The forms and their lanes are `catalog.hashes` (the one hashing helper of the host); this
+module feeds them from a mapped or pread file on several threads, and caches the results.
 
 One mapped pass on worker threads (why: docs/decisions/one-pass-hashing.md).
 
@@ -21,13 +11,11 @@ Files of the store are never rewritten in place; pass ``use_mmap=False`` for fil
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mmap
 import os
 import re
 import sqlite3
-import struct
 import threading
 import time
 import zlib
@@ -35,11 +23,21 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
-
-import blake3
+from typing import cast
 
 from assetmgr.errors import StoreError
+from catalog.hashes import (
+    AUTOV1_MIN_SIZE,
+    ONE_MIB,
+    AutoV1Lane,
+    AutoV3Lane,
+    Blake3Lane,
+    Crc32Fn,
+    Crc32Lane,
+    Sha256Lane,
+    autov2,
+)
+from catalog.hashes import Lane as _Lane
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +45,18 @@ ProgressCallback = Callable[[int], None]
 """Called with the number of bytes hashed so far."""
 
 
-_Crc32Fn = Callable[[bytes | memoryview, int], int]
-
-
-def _pick_crc32() -> _Crc32Fn:
+def _pick_crc32() -> Crc32Fn:
     # Optional accelerators: same polynomial and result as zlib.crc32, about 4x faster.
     try:
         from isal import isal_zlib
 
-        return cast(_Crc32Fn, isal_zlib.crc32)
+        return cast(Crc32Fn, isal_zlib.crc32)
     except ImportError:
         pass
     try:
         from zlib_ng import zlib_ng
 
-        return cast(_Crc32Fn, zlib_ng.crc32)
+        return cast(Crc32Fn, zlib_ng.crc32)
     except ImportError:
         pass
     return zlib.crc32
@@ -69,11 +64,6 @@ def _pick_crc32() -> _Crc32Fn:
 
 _crc32 = _pick_crc32()
 
-ONE_MIB = 1 << 20
-AUTOV1_OFFSET = ONE_MIB
-AUTOV1_LENGTH = 0x10000
-AUTOV1_MIN_SIZE = 2 * ONE_MIB
-AUTOV3_MAX_HEADER = 16 * ONE_MIB
 
 # Work unit of a worker thread. Small enough that the second hash of a group finds the bytes the
 # first one just pulled into L2, big enough that per-call overhead does not show.
@@ -155,76 +145,6 @@ class FileHashes:
         return hashes
 
 
-class _Lane(Protocol):
-    """One hash fed the byte stream in order; each lane is touched by one thread at a time."""
-
-    def feed(self, data: memoryview) -> None: ...
-
-
-class _Sha256Lane:
-    def __init__(self) -> None:
-        self.h = hashlib.sha256()
-
-    def feed(self, data: memoryview) -> None:
-        self.h.update(data)
-
-
-class _Blake3Lane:
-    def __init__(self) -> None:
-        self.h = blake3.blake3()
-
-    def feed(self, data: memoryview) -> None:
-        self.h.update(data)
-
-
-class _Crc32Lane:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def feed(self, data: memoryview) -> None:
-        self.value = _crc32(data, self.value)
-
-
-class _AutoV1Lane:
-    """Keeps the 64 KiB window at 1 MiB."""
-
-    def __init__(self) -> None:
-        self.pos = 0
-        self.window = bytearray()
-
-    def feed(self, data: memoryview) -> None:
-        start, end = self.pos, self.pos + len(data)
-        self.pos = end
-        lo, hi = max(start, AUTOV1_OFFSET), min(end, AUTOV1_OFFSET + AUTOV1_LENGTH)
-        if lo < hi:
-            self.window += data[lo - start : hi - start]
-
-
-class _AutoV3Lane:
-    """SHA-256 of everything after the header whose length the first 8 bytes give."""
-
-    def __init__(self) -> None:
-        self.pos = 0
-        self.head = bytearray()
-        self.skip_to: int | None = None
-        self.h = hashlib.sha256()
-
-    def feed(self, data: memoryview) -> None:
-        start = self.pos
-        self.pos += len(data)
-        if self.skip_to is None:
-            self.head += data[: 8 - len(self.head)]
-            if len(self.head) < 8:
-                return
-            (n,) = struct.unpack("<Q", self.head)
-            self.skip_to = 8 + n if n < AUTOV3_MAX_HEADER else 8
-        lo = self.skip_to - start
-        if lo <= 0:
-            self.h.update(data)
-        elif lo < len(data):
-            self.h.update(data[lo:])
-
-
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -251,11 +171,11 @@ class Hasher:
 
     def reset(self) -> None:
         """Forget everything fed so far (say, when a server restarts a download from byte 0)."""
-        self._sha256 = _Sha256Lane()
-        self._autov1 = _AutoV1Lane()
-        self._autov3 = _AutoV3Lane()
-        self._crc32 = _Crc32Lane()
-        self._blake3 = _Blake3Lane()
+        self._sha256 = Sha256Lane()
+        self._autov1 = AutoV1Lane()
+        self._autov3 = AutoV3Lane()
+        self._crc32 = Crc32Lane(_crc32)
+        self._blake3 = Blake3Lane()
         self._size = 0
         self._state: str | None = None  # None while open, else why it is closed
 
@@ -414,18 +334,14 @@ class Hasher:
         """Finish and return the hashes; the hasher cannot be fed afterwards."""
         self._check_open()
         self._state = "finalized"
-        sha256 = self._sha256.h.hexdigest().upper()
-        window = bytes(self._autov1.window)
-        autov1 = None
-        if self._size >= AUTOV1_MIN_SIZE:
-            autov1 = hashlib.sha256(window).hexdigest()[:8].upper()
+        sha256 = self._sha256.hex()
         return FileHashes(
             sha256=sha256,
-            autov1=autov1,
-            autov2=sha256[:10],
-            autov3=self._autov3.h.hexdigest()[:12].upper(),
-            crc32=struct.pack("<I", self._crc32.value & 0xFFFFFFFF).hex().upper(),
-            blake3=self._blake3.h.hexdigest().upper(),
+            autov1=self._autov1.hex(self._size),
+            autov2=autov2(sha256),
+            autov3=self._autov3.hex(),
+            crc32=self._crc32.hex(),
+            blake3=self._blake3.hex(),
             size=self._size,
         )
 

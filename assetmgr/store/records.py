@@ -20,12 +20,15 @@ def file_target(session: Session, version_id: int, file_id: int | None = None) -
     """The download target for a version's file (the primary one unless `file_id` is given)."""
     version = session.get(ModelVersion, version_id)
     if version is None:
-        raise NotInCatalogError(f"version {version_id} is not in the local catalog")
+        raise NotInCatalogError(
+            f"version {version_id} is not in the local catalog", kind="version", key=version_id
+        )
     files = list(version.files)
     if not files:
         raise NotInCatalogError(
             f"version {version_id} has no files in the catalog",
-            hint="The version may be archived; sync its model again to refresh it.",
+            kind="version-files",
+            key=version_id,
         )
     chosen: ModelFile | None
     if file_id is not None:
@@ -33,7 +36,8 @@ def file_target(session: Session, version_id: int, file_id: int | None = None) -
         if chosen is None:
             raise NotInCatalogError(
                 f"file {file_id} does not belong to version {version_id}",
-                hint=f"`assetmgr models show {version.model_id}` lists its files.",
+                kind="version-file",
+                key=version.model_id,
             )
     else:
         chosen = next((f for f in files if f.is_primary), files[0])

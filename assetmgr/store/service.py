@@ -445,7 +445,8 @@ def check_before_mount(
     if not recorded or st is None:
         raise NotInCatalogError(
             f"no verified local file for {name or digest}",
-            hint="Pull it (`assetmgr pull VERSION_ID`) or import it (`assetmgr import DIR`).",
+            kind="local-file",
+            key=name or digest,
         )
     if stat.S_ISREG(st.st_mode) and recorded == {stat_fingerprint(st)}:
         return path
@@ -481,7 +482,8 @@ def local_path(engine: Engine, store: BlobStore, ref: str) -> Path:
             if len(sha) != 64:
                 raise NotInCatalogError(
                     f"{ref!r} is neither a version id nor a SHA256",
-                    hint="Pass a version id or a full 64-hex SHA256.",
+                    kind="ref",
+                    key=ref,
                 )
         row = (
             session.execute(
@@ -495,9 +497,8 @@ def local_path(engine: Engine, store: BlobStore, ref: str) -> Path:
     if row is None or not store.has(sha):
         raise NotInCatalogError(
             f"no verified local file for {ref}",
-            hint=f"Run `assetmgr pull {ref}` first."
-            if text.isdigit()
-            else "Pull or import it first.",
+            kind="pull-first" if text.isdigit() else "pull-or-import",
+            key=ref,
         )
     return store.blob_path(sha)
 
@@ -597,7 +598,8 @@ def plan_delete(
         if row is None or row.id is None:
             raise NotInCatalogError(
                 f"no local file for {'file ' + str(file_id) if file_id is not None else local_id}",
-                hint="Nothing to delete: the file is not in the store.",
+                kind="stored-file",
+                key=file_id if file_id is not None else local_id,
             )
         sha = (row.sha256 or "").upper() or None
         others: tuple[int, ...] = ()

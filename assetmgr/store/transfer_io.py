@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import cast
 
 from assetmgr.store.targets import IncompleteDownloadError
-from catalog.civitai.errors import redact_url
+from catalog.redact import redact_url
 
 MAX_STORAGE_REDIRECTS = 5
 WRITEBACK_WINDOW_BYTES = 32 << 20
@@ -158,28 +158,6 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return cast(Callable[[int, int, int, int], int], func)
 
 
-_CD_FILENAME_STAR = re.compile(r"filename\*\s*=\s*([^']*)'[^']*'([^;]+)", re.IGNORECASE)
-_CD_FILENAME = re.compile(r'filename\s*=\s*("(?:[^"\\]|\\.)*"|[^;]+)', re.IGNORECASE)
-
-
-def filename_from_content_disposition(header: str | None) -> str | None:
-    """The filename of a ``Content-Disposition`` header (``filename*`` first), unsanitized."""
-    if not header:
-        return None
-    star = _CD_FILENAME_STAR.search(header)
-    if star:
-        charset = star.group(1) or "utf-8"
-        try:
-            return urllib.parse.unquote(star.group(2).strip(), encoding=charset, errors="replace")
-        except LookupError:
-            return urllib.parse.unquote(star.group(2).strip())
-    plain = _CD_FILENAME.search(header)
-    if plain:
-        value = plain.group(1).strip()
-        if value.startswith('"') and value.endswith('"'):
-            value = value[1:-1].replace('\\"', '"')
-        return value
-    return None
 
 
 def open_storage(
@@ -231,7 +209,6 @@ __all__ = [
     "WRITEBACK_WINDOW_BYTES",
     "BlockWriter",
     "Writeback",
-    "filename_from_content_disposition",
     "fill_block",
     "open_storage",
     "parse_content_range",

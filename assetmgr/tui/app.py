@@ -45,6 +45,7 @@ from assetmgr.tui.widgets.filter_bar import FilterBar
 from assetmgr.tui.widgets.jobs import JobsBar
 from assetmgr.tui.widgets.model_table import ModelTable
 from assetmgr.tui.workers import WorkersMixin
+from assetmgr.wording import describe
 from catalog.civitai.errors import CivitaiConnectionError
 
 if TYPE_CHECKING:
@@ -192,7 +193,8 @@ class AssetMgrApp(WorkersMixin, App[None]):
             self._job_done(worker)
         elif event.state == WorkerState.ERROR:
             error = worker.error
-            if job_id and getattr(error, "title", "") in _CANCEL_TITLES:
+            words = describe(error) if error is not None else None
+            if job_id and words is not None and words.title in _CANCEL_TITLES:
                 self.jobs.finish(job_id, "cancelled", "cancelled")
                 self._job_done(worker)
                 return

@@ -9,6 +9,7 @@ sync and three downloads run side by side.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from functools import partial
@@ -147,7 +148,7 @@ class WorkersMixin(_Base):
     @work(thread=True, exclusive=True, exit_on_error=False, group="sync", description="sync")
     def run_sync(self, job_id: str, query: queries.BrowseQuery) -> None:
         from catalog.civitai.client import ModelFilters
-        from catalog.sync import SyncProgress, SyncRequest, run_sync
+        from catalog.sync import SyncProgress, SyncRequest, run_sync, sync_workers
 
         settings = self.services.settings
         request = SyncRequest(
@@ -174,6 +175,7 @@ class WorkersMixin(_Base):
             progress=progress,
             cancel=_cancel_event(),
             concurrency=settings.sync_concurrency,
+            workers=sync_workers(os.environ.get("ASSETMGR_SYNC_WORKERS")),
         )
         text = (
             f"synced {summary.models} models ({summary.models_written} written"

@@ -1,42 +1,73 @@
 """Civitai API access: payload types, the synchronous client, its retry policy and errors."""
 
-from catalog.civitai.client import (
-    CivitaiClient,
-    DownloadTicket,
-    ModelFilters,
-    filename_from_disposition,
-    normalize_hash,
-)
-from catalog.civitai.errors import (
-    ArchivedError,
-    CivitaiBadRequestError,
-    CivitaiConnectionError,
-    CivitaiError,
-    CivitaiInputError,
-    CivitaiResponseValidationError,
-    CivitaiStatusError,
-    CrossOriginRedirectError,
-    DownloadDisabledError,
-    EarlyAccessError,
-    ForbiddenError,
-    LoginRequiredError,
-    NotFoundError,
-    RateLimitedError,
-    ResponseTooLargeError,
-    ServerError,
-    UnauthorizedError,
-    from_response,
-    redact_url,
-)
-from catalog.civitai.retry import RetryPolicy, parse_retry_after
-from catalog.civitai.types import (
-    HashIdMatch,
-    Model,
-    ModelFile,
-    ModelImage,
-    ModelVersion,
-    Page,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from catalog.civitai.client import (
+        CivitaiClient,
+        DownloadTicket,
+        ModelFilters,
+        normalize_hash,
+    )
+    from catalog.civitai.disposition import filename_from_disposition
+    from catalog.civitai.errors import (
+        ArchivedError,
+        CivitaiBadRequestError,
+        CivitaiConnectionError,
+        CivitaiError,
+        CivitaiInputError,
+        CivitaiResponseValidationError,
+        CivitaiStatusError,
+        CrossOriginRedirectError,
+        DownloadDisabledError,
+        EarlyAccessError,
+        ForbiddenError,
+        LoginRequiredError,
+        NotFoundError,
+        RateLimitedError,
+        ResponseTooLargeError,
+        ServerError,
+        UnauthorizedError,
+        from_response,
+    )
+    from catalog.civitai.retry import RetryPolicy, parse_retry_after
+    from catalog.civitai.types import (
+        HashIdMatch,
+        Model,
+        ModelFile,
+        ModelImage,
+        ModelVersion,
+        Page,
+    )
+
+# Submodules load on first use, so importing `catalog.civitai.errors` (as the app's error
+# tree does at startup) does not pay for httpx, pydantic and the client.
+_HOMES = {
+    "CivitaiClient": "client",
+    "DownloadTicket": "client",
+    "ModelFilters": "client",
+    "filename_from_disposition": "disposition",
+    "normalize_hash": "client",
+    "RetryPolicy": "retry",
+    "parse_retry_after": "retry",
+    "HashIdMatch": "types",
+    "Model": "types",
+    "ModelFile": "types",
+    "ModelImage": "types",
+    "ModelVersion": "types",
+    "Page": "types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name, "errors")
+    module = importlib.import_module(f"catalog.civitai.{home}")
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise AttributeError(f"module 'catalog.civitai' has no attribute {name!r}") from None
+
 
 __all__ = [
     "ArchivedError",
@@ -70,5 +101,4 @@ __all__ = [
     "from_response",
     "normalize_hash",
     "parse_retry_after",
-    "redact_url",
 ]

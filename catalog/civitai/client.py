@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from catalog.civitai.disposition import filename_from_location
 from catalog.civitai.errors import (
     CivitaiConnectionError,
     CivitaiInputError,
@@ -28,11 +29,12 @@ from catalog.civitai.errors import (
     EarlyAccessError,
     LoginRequiredError,
     from_response,
-    redact_url,
 )
 from catalog.civitai.exchange import ACCEPT_ENCODING, MAX_API_BODY_BYTES, exchange
+from catalog.civitai.listpage import cursor_of_body, cursor_of_metadata, validation_reason
 from catalog.civitai.retry import RetryPolicy, parse_retry_after
 from catalog.civitai.types import MODEL_TYPES, HashIdMatch, Model, ModelVersion, Page
+from catalog.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,6 @@ HASH_LENGTHS: dict[int, str] = {
 _HEX_RE = re.compile(r"[0-9A-Fa-f]+")
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _EARLY_ACCESS_PATH_RE = re.compile(r"/model-versions/\d+/?")
-_DISPOSITION_KEYS = ("response-content-disposition", "b2contentdisposition", "content-disposition")
-_FILENAME_STAR_RE = re.compile(r"(?i)(?:^|;)\s*filename\*\s*=\s*([^;]+)")
-_FILENAME_RE = re.compile(r'(?i)(?:^|;)\s*filename\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 _DOWNLOAD_QUOTA_MARKER = b"unusual amount of downloading"
 _MODEL_TYPES_BY_LOWER = {t.lower(): t for t in MODEL_TYPES}
 _ModelPage = Page[Model]
@@ -76,15 +75,11 @@ def normalize_hash(value: str, *, sha256_only: bool = False) -> str:
         shown = repr(value)[:80]
         if sha256_only:
             raise CivitaiInputError(
-                f"not a SHA256 hash: {shown} (expected 64 hex digits)",
-                hint="Only full SHA256 hashes can be looked up in bulk.",
+                f"not a SHA256 hash: {shown} (expected 64 hex digits)", expected="sha256"
             )
         raise CivitaiInputError(
             f"not a Civitai file hash: {shown} (expected 8, 10, 12 or 64 hex digits)",
-            hint=(
-                "Use SHA256/BLAKE3 (64), AutoV3 (12, A1111 `Lora hashes`), "
-                "AutoV2 (10, A1111 `Model hash`) or AutoV1/CRC32 (8)."
-            ),
+            expected="civitai-hash",
         )
     return text.upper()
 
@@ -175,120 +170,6 @@ class DownloadTicket:
         return redact_url(self.url)
 
 
-def _safe_filename(name: str) -> str | None:
-    # Server-supplied: keep only the last path component so it cannot point elsewhere.
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(c for c in base if c.isprintable()).strip()
-    return base if base not in ("", ".", "..") else None
-
-
-def filename_from_disposition(value: str) -> str | None:
-    """The file name of a Content-Disposition value; ``filename*`` (RFC 6266) wins."""
-    star = _FILENAME_STAR_RE.search(value)
-    if star:
-        charset, _, rest = star.group(1).strip().partition("'")
-        _, _, encoded = rest.partition("'")
-        try:
-            name = unquote(encoded, encoding=charset or "utf-8", errors="replace")
-        except LookupError:  # unknown charset name
-            name = unquote(encoded, errors="replace")
-        found = _safe_filename(name)
-        if found:
-            return found
-    plain = _FILENAME_RE.search(value)
-    if plain:
-        raw = plain.group(1).strip()
-        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            # Unescape only \" and \\; other backslashes are Windows path separators.
-            raw = re.sub(r'\\([\\"])', r"\1", raw[1:-1])
-        return _safe_filename(raw)
-    return None
-
-
-def _filename_from_location(location: httpx.URL) -> str | None:
-    for key, value in location.params.multi_items():
-        if key.lower() in _DISPOSITION_KEYS:
-            found = filename_from_disposition(value)
-            if found:
-                return found
-    return None
-
-
-def validation_reason(exc: ValidationError) -> str:
-    """A short, input-free summary of a pydantic error, safe to log and store."""
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False)[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "item"
-        parts.append(f"{where}: {err['msg']}")
-    more = exc.error_count() - len(parts)
-    reason = "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
-    return reason[:300]
-
-
-def _next_cursor(metadata: object) -> str | None:
-    """`metadata.nextCursor` as text; absent, null or empty means the last page."""
-    if not isinstance(metadata, dict):
-        raise CivitaiResponseValidationError("list page has no metadata object")
-    cursor = metadata.get("nextCursor")
-    if cursor is None or cursor == "":
-        return None
-    if isinstance(cursor, str):
-        return cursor
-    if isinstance(cursor, int) and not isinstance(cursor, bool):
-        return str(cursor)
-    if isinstance(cursor, float) and cursor.is_integer():
-        return str(int(cursor))
-    raise CivitaiResponseValidationError(
-        f"list page has a nextCursor of type {type(cursor).__name__}"
-    )
-
-
-_METADATA_KEY = b'"metadata"'
-_JSON_DECODER = json.JSONDecoder()
-_KEY_COLON_RE = re.compile(r"\s*:\s*")
-
-
-def page_items(body: bytes) -> list[Any]:
-    """The items of a raw list page (`CivitaiClient.list_models_body`), envelope checked."""
-    try:
-        data = json.loads(body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise CivitaiResponseValidationError("Civitai sent a list page that is not JSON") from exc
-    items = data.get("items") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        raise CivitaiResponseValidationError("list page has no items list")
-    return items
-
-
-def cursor_of_body(body: bytes) -> str | None:
-    """`metadata.nextCursor` of a raw list page, read from the body's end when it can be.
-
-    Civitai writes ``metadata`` after ``items``; finding the last ``"metadata"`` key and
-    parsing only its object costs microseconds, where parsing the page costs milliseconds
-    that the sync's fetcher would spend holding the GIL. The found object counts only when
-    nothing but the closing brace of the whole document follows it: then it is a member of
-    the top-level object (a quote inside a JSON string is always escaped, so the key cannot
-    come from one). Anything else falls back to parsing the whole body.
-    """
-    at = body.rfind(_METADATA_KEY)
-    if at != -1:
-        # The key starts with an ASCII quote, so slicing there never splits a UTF-8 sequence.
-        tail = body[at + len(_METADATA_KEY) :].decode("utf-8", errors="replace")
-        colon = _KEY_COLON_RE.match(tail)
-        if colon is not None:
-            try:
-                metadata, end = _JSON_DECODER.raw_decode(tail, colon.end())
-            except ValueError:
-                end = -1
-            if end != -1 and tail[end:].strip() == "}":
-                return _next_cursor(metadata)
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise CivitaiResponseValidationError("Civitai sent a list page that is not JSON") from exc
-    return _next_cursor(data.get("metadata") if isinstance(data, dict) else None)
-
-
 def _batches(values: Sequence[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(values), size):
         yield list(values[start : start + size])
@@ -374,10 +255,7 @@ class CivitaiClient:
     # -- transport, retries, errors ------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        text = redact_url(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "REDACTED")
-        return text
+        return redact_text(text, self._secrets)
 
     def _request(
         self,
@@ -524,7 +402,7 @@ class CivitaiClient:
         items = data.get("items") if isinstance(data, dict) else None
         if not isinstance(items, list):
             raise CivitaiResponseValidationError("list page has no items list")
-        return items, _next_cursor(data.get("metadata"))
+        return items, cursor_of_metadata(data.get("metadata"))
 
     @staticmethod
     def validate_model_items(items: list[Any], next_cursor: str | None) -> Page[Model]:
@@ -752,7 +630,7 @@ class CivitaiClient:
         ticket = DownloadTicket(
             version_id=version_id,
             url=target_text,
-            filename=_filename_from_location(target),
+            filename=filename_from_location(target),
             file_id=file_id,
         )
         log.debug("version %d resolves to %s", version_id, ticket.redacted_url)
@@ -766,8 +644,5 @@ __all__ = [
     "CivitaiClient",
     "DownloadTicket",
     "ModelFilters",
-    "cursor_of_body",
-    "filename_from_disposition",
     "normalize_hash",
-    "page_items",
 ]

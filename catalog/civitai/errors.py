@@ -1,11 +1,12 @@
 """Errors raised by the Civitai client, and `from_response`, which maps an HTTP answer to one.
 
-The tree (rooted at `assetmgr.errors.CivitaiError`; see that module for the whole picture)::
+They carry data (url, status_code, retry_after, deadline, ...) and a plain one-line message;
+the front ends word them. The tree::
 
     CivitaiError
     ├── CivitaiConnectionError            the API could not be reached (also a ConnectionError)
     ├── CivitaiResponseValidationError    a payload without the documented shape
-    │   ├── ResponseTooLargeError         a body past the read cap; .limit, .url
+    │   ├── ResponseTooLargeError         a body past the read cap; .limit, .url, .declared
     │   └── CrossOriginRedirectError      an API redirect off the API origin; .url, .location
     ├── CivitaiInputError                 a local check failed before any request (a ValueError)
     └── CivitaiStatusError                an HTTP error status; .status_code, .url, .server_message
@@ -20,8 +21,8 @@ The tree (rooted at `assetmgr.errors.CivitaiError`; see that module for the whol
         ├── RateLimitedError              429 after all retries; .retry_after
         └── ServerError                   5xx after all retries
 
-Every URL stored on an error or written to a log goes through `redact_url` first, because
-signed storage URLs and ``token=`` parameters are credentials.
+Every URL stored on an error goes through `catalog.redact.redact_url` first, because signed
+storage URLs and ``token=`` parameters are credentials.
 """
 
 from __future__ import annotations
@@ -29,43 +30,38 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from assetmgr.errors import CivitaiError
 from catalog.civitai.retry import parse_retry_after
+from catalog.redact import redact_url
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_SERVER_MESSAGE_CHARS = 300
 
-# Query parameters whose values are credentials: Civitai's `token`, B2's download
-# `Authorization`, and the S3/R2 presigned-URL signature parts.
-_SECRET_QUERY_RE = re.compile(
-    r"(?i)([?&](?:token|authorization|x-amz-signature|x-amz-credential|x-amz-security-token)=)"
-    r"[^&#]*"
-)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")
 # `error` values that only name the status; the `message` beside them says more.
 _LABEL_ERRORS = frozenset({"unauthorized", "early access", "forbidden", "not found"})
 
 
-def redact_url(url: httpx.URL | str) -> str:
-    """`url` with credential query values replaced by ``REDACTED``, safe for logs and messages."""
-    return _SECRET_QUERY_RE.sub(r"\1REDACTED", str(url))
+class CivitaiError(Exception):
+    """Root of everything that comes from the Civitai API (or a local check before a call)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class CivitaiConnectionError(CivitaiError, ConnectionError):
     """Civitai could not be reached (DNS, refused, reset, timeouts), after all retries."""
 
-    title = "Cannot reach Civitai"
-    hint = "Check the network connection; `--api-base` or CIVITAI_API_BASE select another server."
-
 
 class CivitaiResponseValidationError(CivitaiError):
     """Civitai answered with a body that does not have the documented shape."""
-
-    title = "Unexpected answer from Civitai"
-    hint = "Civitai may have changed its API, or a proxy answered; try again later and report it."
 
 
 class ResponseTooLargeError(CivitaiResponseValidationError):
@@ -73,12 +69,6 @@ class ResponseTooLargeError(CivitaiResponseValidationError):
 
     `url` is redacted; `declared` is the Content-Length when the header alone gave it away.
     """
-
-    title = "Answer too large"
-    hint = (
-        "No real Civitai answer is this large (a compression bomb or an endless stream); a proxy "
-        "or a hostile server may be answering. Check `--api-base` / CIVITAI_API_BASE."
-    )
 
     def __init__(self, *, limit: int, url: httpx.URL | str, declared: int | None = None) -> None:
         self.limit = limit
@@ -95,12 +85,6 @@ class ResponseTooLargeError(CivitaiResponseValidationError):
 class CrossOriginRedirectError(CivitaiResponseValidationError):
     """An API answer redirected to another origin (scheme, host, port); it was not followed."""
 
-    title = "Redirect refused"
-    hint = (
-        "API calls follow redirects only within the API's own origin. If the API moved, "
-        "point `--api-base` / CIVITAI_API_BASE at its new address."
-    )
-
     def __init__(self, *, status_code: int, url: httpx.URL | str, location: str) -> None:
         self.status_code = status_code
         self.url = redact_url(url)
@@ -112,16 +96,18 @@ class CrossOriginRedirectError(CivitaiResponseValidationError):
 
 
 class CivitaiInputError(CivitaiError, ValueError):
-    """A value was rejected locally before any request, so no quota is spent on a sure 400."""
+    """A value was rejected locally before any request, so no quota is spent on a sure 400.
 
-    title = "Invalid input"
-    hint = "Check the value; `assetmgr --help` lists what each command accepts."
+    `expected` names the accepted form when it is a hash (``sha256`` or ``civitai-hash``).
+    """
+
+    def __init__(self, message: str, *, expected: str = "") -> None:
+        super().__init__(message)
+        self.expected = expected
 
 
 class CivitaiStatusError(CivitaiError):
     """Civitai answered with an error status; the subclass says which kind."""
-
-    title = "Civitai error"
 
     def __init__(
         self,
@@ -130,9 +116,8 @@ class CivitaiStatusError(CivitaiError):
         status_code: int,
         url: str,
         server_message: str | None = None,
-        hint: str | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message)
         self.status_code = status_code
         self.url = redact_url(url)
         self.server_message = server_message
@@ -141,39 +126,21 @@ class CivitaiStatusError(CivitaiError):
 class CivitaiBadRequestError(CivitaiStatusError):
     """400: Civitai rejected the request parameters."""
 
-    title = "Bad request"
-    hint = "A parameter was rejected (for example limit above 100, or an unknown model type)."
-
 
 class LoginRequiredError(CivitaiStatusError):
     """401 on a download: the creator requires a logged-in user."""
-
-    title = "Login required"
-    hint = "This file needs an API key: set CIVITAI_API_KEY or run `assetmgr config set-key`."
 
 
 class UnauthorizedError(CivitaiStatusError):
     """401: the action needs a valid API key (an invalid key counts as none)."""
 
-    title = "Unauthorized"
-    hint = (
-        "Set a valid key with CIVITAI_API_KEY or `assetmgr config set-key`; "
-        "Civitai treats an unknown key as no key."
-    )
-
 
 class DownloadDisabledError(CivitaiStatusError):
     """401: the creator allows only on-site generation for this file."""
 
-    title = "Download disabled"
-    hint = "The creator disabled downloads of this version; it can only be used on civitai.com."
-
 
 class EarlyAccessError(CivitaiStatusError):
     """403: the version is in paid early access and this account has not bought it."""
-
-    title = "Early access"
-    hint = "Buy early access on civitai.com, or wait until it ends."
 
     def __init__(
         self,
@@ -182,41 +149,26 @@ class EarlyAccessError(CivitaiStatusError):
         status_code: int,
         url: str,
         server_message: str | None = None,
-        hint: str | None = None,
         deadline: datetime | None = None,
     ) -> None:
-        super().__init__(
-            message, status_code=status_code, url=url, server_message=server_message, hint=hint
-        )
+        super().__init__(message, status_code=status_code, url=url, server_message=server_message)
         self.deadline = deadline
 
 
 class ForbiddenError(CivitaiStatusError):
     """403: this account or address may not access the resource."""
 
-    title = "Forbidden"
-    hint = "Check on civitai.com that this account has access to the file (bought or granted)."
-
 
 class NotFoundError(CivitaiStatusError, LookupError):
     """404: no such model, version, hash or file (or it is unpublished)."""
-
-    title = "Not found on Civitai"
-    hint = "Check the id or hash; the model may have been unpublished or deleted."
 
 
 class ArchivedError(CivitaiStatusError):
     """410: the model is archived and its files can no longer be downloaded."""
 
-    title = "Archived model"
-    hint = "The creator archived this model; its files are no longer available."
-
 
 class RateLimitedError(CivitaiStatusError):
     """429 after all retries: Civitai throttles this client or account."""
-
-    title = "Rate limited"
-    hint = "Civitai is limiting requests from this client; wait a while and try again."
 
     def __init__(
         self,
@@ -225,20 +177,14 @@ class RateLimitedError(CivitaiStatusError):
         status_code: int,
         url: str,
         server_message: str | None = None,
-        hint: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(
-            message, status_code=status_code, url=url, server_message=server_message, hint=hint
-        )
+        super().__init__(message, status_code=status_code, url=url, server_message=server_message)
         self.retry_after = retry_after
 
 
 class ServerError(CivitaiStatusError):
     """5xx after all retries: Civitai itself is failing."""
-
-    title = "Civitai server error"
-    hint = "Civitai is having trouble; try again in a few minutes."
 
 
 def _clean(text: str) -> str | None:
@@ -359,8 +305,7 @@ def from_response(response: httpx.Response, *, secrets: tuple[str, ...] = ()) ->
             if deadline is not None:
                 when = deadline.strftime("%Y-%m-%d %H:%M UTC")
                 message = f"in early access until {when} (HTTP {status}, {method} {url})"
-                hint = f"Buy early access on civitai.com, or wait until {when}."
-                return EarlyAccessError(message, deadline=deadline, hint=hint, **fields)
+                return EarlyAccessError(message, deadline=deadline, **fields)
             return EarlyAccessError(message, **fields)
         return ForbiddenError(message, **fields)
     if status == 404:
@@ -394,5 +339,4 @@ __all__ = [
     "ServerError",
     "UnauthorizedError",
     "from_response",
-    "redact_url",
 ]

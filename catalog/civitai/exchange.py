@@ -19,8 +19,8 @@ from catalog.civitai.errors import (
     CivitaiResponseValidationError,
     CrossOriginRedirectError,
     ResponseTooLargeError,
-    redact_url,
 )
+from catalog.redact import redact_url
 
 MAX_API_BODY_BYTES = 64 << 20
 """Cap on a successful API body, decoded; real list pages of 100 models are a few MB."""

@@ -11,12 +11,19 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from catalog import bulkload, repo
+from catalog import repo
 from catalog.civitai.client import CivitaiClient, ModelFilters
 from catalog.civitai.types import Model
 from catalog.db import open_catalog
 from catalog.search import search_models
-from catalog.sync import SyncCancelled, SyncProgress, SyncRequest, run_sync, sync_pool
+from catalog.sync import (
+    SyncCancelled,
+    SyncProgress,
+    SyncRequest,
+    bulkload,
+    run_sync,
+    sync_pool,
+)
 from tests.fakeciv import FakeCatalog
 
 DEFERRED = set(bulkload.DEFERRED_INDEXES) | set(bulkload.DEFERRED_TRIGGERS)

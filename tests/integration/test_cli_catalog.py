@@ -138,7 +138,7 @@ def test_sync_killed_with_sigkill_resumes(fake: FakeCivitai, fake_catalog: FakeC
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         # Page workers (even on a one-core machine), so this first sync into an empty catalog
-        # sets its FTS and hash indexes aside (catalog.bulkload) and dies without them.
+        # sets its FTS and hash indexes aside (catalog.sync.bulkload) and dies without them.
         env={**os.environ, "ASSETMGR_SYNC_WORKERS": "2"},
     )
     deadline = time.monotonic() + 120

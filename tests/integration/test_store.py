@@ -20,6 +20,7 @@ from assetmgr.store.blobs import BlobStore
 from assetmgr.store.download import HashMismatchError, PolicyRefusedError
 from assetmgr.store.safetensors_check import UnsafeFileError
 from assetmgr.store.service import StoreService, local_path, verify_store
+from assetmgr.wording import describe
 from catalog.civitai.client import CivitaiClient
 from catalog.civitai.errors import LoginRequiredError
 from catalog.models import LocalFile
@@ -170,7 +171,8 @@ def test_login_required_without_and_with_key_and_key_stays_on_the_api(
         svc = StoreService(engine, store, anonymous)
         with pytest.raises(LoginRequiredError) as info:
             svc.pull(vid)
-        assert "CIVITAI_API_KEY" in info.value.hint or "set-key" in info.value.hint
+        words = describe(info.value)
+        assert words is not None and "CIVITAI_API_KEY" in words.hint and "set-key" in words.hint
         svc.close()
     with CivitaiClient(base_url=fake.base_url, api_key=API_KEY) as keyed:
         svc = StoreService(engine, store, keyed)

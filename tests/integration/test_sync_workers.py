@@ -1,4 +1,4 @@
-"""The sync's page workers (`catalog.bulk`): same catalog as in-process; collisions; deaths."""
+"""The sync's page workers (`catalog.sync.pages`): as in-process; collisions; deaths."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ import pytest
 from sqlalchemy import Engine, event, select, text
 from sqlmodel import Session, col
 
-from catalog import bulk, repo
 from catalog.civitai import CivitaiResponseValidationError
 from catalog.civitai.client import CivitaiClient, ModelFilters
 from catalog.db import open_catalog
 from catalog.models import Image, ModelVersion, SyncState, TrainedWord
-from catalog.sync import SyncRequest, run_sync, sync_pool
+from catalog.sync import SyncRequest, pages, prepared, run_sync, sync_pool
 from tests.fakeciv import FakeCatalog, FakeCivitai
 
 # Columns that legitimately differ between two syncs: times, and ids the database assigns.
@@ -114,9 +113,9 @@ def _item(model_id: int, version_id: int, file_id: int, word: str) -> dict[str, 
 def _write(engine: Engine, items: list[dict[str, Any]]) -> Any:
     now = datetime.now(UTC)
     with Session(engine) as session:
-        plans = repo.insert_plans(session)
-        page = bulk.prepare_page(items, now, plans)
-        result = repo.write_prepared(session, page.models, items, seen_at=now, plans=plans)
+        plans = prepared.insert_plans(session)
+        page = pages.prepare_page(items, now, plans)
+        result = prepared.write_prepared(session, page.models, items, seen_at=now, plans=plans)
         session.commit()
     return result
 
@@ -127,7 +126,7 @@ class Writer:
 
     def __init__(self, engine: Engine, *, worker: bool) -> None:
         self.engine = engine
-        self.worker_engine = bulk._worker_engine(engine.url) if worker else None
+        self.worker_engine = pages._worker_engine(engine.url) if worker else None
         self.statements: list[str] = []
         if self.worker_engine is not None:
             event.listen(
@@ -140,8 +139,8 @@ class Writer:
         if self.worker_engine is None:
             return _write(self.engine, items)
         with Session(self.worker_engine) as session:
-            plans = repo.insert_plans(session)
-        return bulk.write_page(self.worker_engine, items, datetime.now(UTC), plans)
+            plans = prepared.insert_plans(session)
+        return pages.write_page(self.worker_engine, items, datetime.now(UTC), plans)
 
     @property
     def staged(self) -> bool:
@@ -151,13 +150,13 @@ class Writer:
 @pytest.fixture(params=["in_process", "worker"])
 def write(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Writer]:
     writer = Writer(engine, worker=request.param == "worker")
-    previous = bulk._WRITE_LOCK
+    previous = pages._WRITE_LOCK
     if writer.worker_engine is not None:
-        bulk.init_worker(threading.Lock())
+        pages.init_worker(threading.Lock())
     try:
         yield writer
     finally:
-        bulk.init_worker(previous)
+        pages.init_worker(previous)
         if writer.worker_engine is not None:
             writer.worker_engine.dispose()
 
@@ -249,11 +248,11 @@ def test_an_unchanged_page_is_not_rebuilt_and_writes_nothing(engine: Engine) -> 
     _write(engine, items)
     now = datetime.now(UTC)
     with Session(engine) as session:
-        plans = repo.insert_plans(session)
-        stored = repo.stored_payloads(session, items)
-        page = bulk.prepare_page(items, now, plans, stored)
+        plans = prepared.insert_plans(session)
+        stored = prepared.stored_payloads(session, items)
+        page = pages.prepare_page(items, now, plans, stored)
         assert [pm.rows for pm in page.models] == [None, None]  # hashed, not mapped
-        result = repo.write_prepared(session, page.models, items, seen_at=now, plans=plans)
+        result = prepared.write_prepared(session, page.models, items, seen_at=now, plans=plans)
     assert result.models_unchanged == 2 and result.models_written == 0
 
 

@@ -18,10 +18,12 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, event, func, inspect, select, text
 from sqlmodel import Session, SQLModel
 
-from assetmgr.errors import ConfigError, MigrationError, NotInCatalogError
+from assetmgr.errors import MigrationError, NotInCatalogError
+from assetmgr.wording import describe
 from catalog import repo
 from catalog.civitai import types as api
 from catalog.db import include_name, make_engine, normalize_url, open_catalog, session_scope
+from catalog.errors import DatabaseURLError
 from catalog.models import (
     Image,
     LocalFile,
@@ -168,10 +170,15 @@ def test_normalize_url() -> None:
     assert normalize_url("postgresql://u:p@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("postgres://u:p@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("sqlite:///x.db").drivername == "sqlite"
-    with pytest.raises(ConfigError):
+    with pytest.raises(DatabaseURLError) as unsupported:
         normalize_url("mysql://u:p@h/db")
-    with pytest.raises(ConfigError):
+    assert unsupported.value.backend == "mysql"
+    with pytest.raises(DatabaseURLError) as unparsable:
         normalize_url("not a url")
+    assert unparsable.value.backend is None
+    for error in (unsupported.value, unparsable.value):
+        words = describe(error)
+        assert words is not None and words.title == "Configuration error" and words.exit_code == 2
 
 
 def test_failed_migration_raises_migration_error(tmp_path: Path) -> None:
@@ -185,7 +192,8 @@ def test_failed_migration_raises_migration_error(tmp_path: Path) -> None:
         engine.dispose()
     with pytest.raises(MigrationError) as raised:
         open_catalog(url)
-    assert raised.value.hint
+    words = describe(raised.value)
+    assert words is not None and words.title == "Migration failed" and words.hint
 
 
 def test_session_scope_commits_and_rolls_back(catalog_engine: Engine) -> None:

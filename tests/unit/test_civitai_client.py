@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 import catalog.civitai as civitai_pkg
-from assetmgr.errors import AssetMgrError, CivitaiError
+from assetmgr.errors import EXPECTED_ERRORS, CivitaiError
+from assetmgr.wording import describe
 from catalog.civitai import (
     ArchivedError,
     CivitaiBadRequestError,
@@ -39,10 +40,10 @@ from catalog.civitai import (
     filename_from_disposition,
     normalize_hash,
     parse_retry_after,
-    redact_url,
 )
 from catalog.civitai import client as client_module
-from catalog.civitai.client import cursor_of_body, page_items
+from catalog.civitai.listpage import cursor_of_body, page_items
+from catalog.redact import redact_url
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "civitai"
 API = "https://civitai.com"
@@ -514,9 +515,10 @@ def test_a_malformed_hash_fails_locally(bad: str) -> None:
     client, _ = make_client(fake)
     with pytest.raises(CivitaiInputError) as info:
         client.get_version_by_hash(bad)
-    assert isinstance(info.value, ValueError) and isinstance(info.value, AssetMgrError)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, EXPECTED_ERRORS)
     assert "8, 10, 12 or 64" in str(info.value)
-    assert info.value.hint
+    words = describe(info.value)
+    assert words is not None and "AutoV3 (12" in words.hint
     assert fake.requests == []
 
 
@@ -614,7 +616,9 @@ def test_every_error_status_maps_to_its_class_and_message(
     assert f"HTTP {status}" in error.message
     assert "\n" not in error.message
     assert error.url.startswith(API + ("/api/download/" if where == "download" else "/api/v1/"))
-    assert error.hint and error.hint != CivitaiError.hint
+    words, root = describe(error), describe(CivitaiError("x"))
+    assert words is not None and root is not None
+    assert words.hint and words.hint != root.hint and words.title != root.title
 
 
 def test_early_access_carries_the_deadline() -> None:
@@ -623,7 +627,8 @@ def test_early_access_carries_the_deadline() -> None:
     with pytest.raises(EarlyAccessError) as info:
         client.resolve_download(800201)
     assert info.value.deadline == datetime(2026, 9, 30, 17, 0, tzinfo=UTC)
-    assert "2026-09-30" in info.value.hint
+    words = describe(info.value)
+    assert words is not None and "2026-09-30 17:00 UTC" in words.hint
 
 
 def test_login_required_hint_says_how_to_set_the_key() -> None:
@@ -631,8 +636,10 @@ def test_login_required_hint_says_how_to_set_the_key() -> None:
     client, _ = make_client(FakeCivitai([fixture_response(401, body)]), api_key=None)
     with pytest.raises(LoginRequiredError) as info:
         client.resolve_download(800201)
-    assert "CIVITAI_API_KEY" in info.value.hint
-    assert "assetmgr config set-key" in info.value.hint
+    words = describe(info.value)
+    assert words is not None and words.title == "Login required"
+    assert "CIVITAI_API_KEY" in words.hint
+    assert "assetmgr config set-key" in words.hint
 
 
 def test_a_plain_text_error_body_becomes_the_message() -> None:
@@ -860,15 +867,18 @@ def test_the_key_never_reaches_the_logs_or_error_messages(
     assert KEY not in repr(client)
 
 
-def test_redact_url_hides_credentials_only() -> None:
+def test_redact_url_blanks_every_query_value_and_drops_user_info() -> None:
     url = (
-        "https://h.example/p?a=1&token=abc&Authorization=3_xyz&X-Amz-Signature=f00"
+        "https://user:pw-77@h.example/p?a=1&token=abc&Authorization=3_xyz&X-Amz-Signature=f00"
         "&X-Amz-Credential=cred&keep=yes"
     )
     redacted = redact_url(url)
-    for secret in ("abc", "3_xyz", "f00", "cred"):
-        assert f"={secret}" not in redacted
-    assert "a=1" in redacted and "keep=yes" in redacted
+    assert redacted == (
+        "https://h.example/p?a=REDACTED&token=REDACTED&Authorization=REDACTED"
+        "&X-Amz-Signature=REDACTED&X-Amz-Credential=REDACTED&keep=REDACTED"
+    )
+    for secret in ("abc", "3_xyz", "f00", "cred", "pw-77", "user"):
+        assert secret not in redacted
 
 
 # -- downloads --------------------------------------------------------------------------------

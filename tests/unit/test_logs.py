@@ -119,7 +119,8 @@ def test_secrets_never_reach_the_log() -> None:
     for secret in SECRETS:
         assert secret not in text
     assert text.count("REDACTED") >= 2 * len(SECRETS)
-    assert "&ok=1" in text  # only the credentials go, not the whole URL
+    # strict: every query value goes, the keys stay
+    assert "&ok=REDACTED" in text and "?X-Amz-Signature=REDACTED" in text
 
 
 def test_the_api_key_and_database_password_are_masked_even_unlabelled(
@@ -218,3 +219,19 @@ def test_an_unexpected_cli_error_names_the_log_and_keeps_the_traceback_there() -
     for secret in SECRETS:
         assert secret not in text
         assert secret not in result.stderr
+
+
+def test_a_signed_url_of_any_form_loses_every_query_value() -> None:
+    # CloudFront-style signatures carry names the old credential list did not know.
+    logs.setup_logging(terminal=False)
+    logging.getLogger("assetmgr.store").warning(
+        "storage answered 403 for https://cdn.example/m.safetensors?Expires=1767225600"
+        "&Signature=CF-SIG-0006&Key-Pair-Id=KPID-0007 (relative: /f?Policy=POLICY-0008)"
+    )
+    text = logs.log_file().read_text("utf-8")
+    for secret in ("CF-SIG-0006", "KPID-0007", "POLICY-0008", "1767225600"):
+        assert secret not in text
+    assert (
+        "https://cdn.example/m.safetensors?Expires=REDACTED&Signature=REDACTED"
+        "&Key-Pair-Id=REDACTED (relative: /f?Policy=REDACTED" in text
+    )

@@ -1,46 +1,18 @@
-"""The sync's page work: parse, validate, hash, map to rows and write, in worker processes.
+"""A sync page's work in a worker process: parse, validate, hash, map to rows and write it.
 
-A page of the listing costs far more CPU to parse, validate, hash, map to rows and bind than
-to fetch, and all of that holds the GIL. So `sync_page` runs in a small process pool, one page
-per task, each in its own transaction, while the sync's process only follows the cursor (it
-hands over each page's body unparsed, `PageItems`):
-
-* `prepare_page` validates each item (the same lenient types and repairs as everywhere else)
-  and `repo.prepare_model` hashes it and builds every row of the model, already in the
-  driver's parameter form (statements compiled once by the caller, `repo.insert_plans`);
-  models whose payload the catalog already holds are only hashed;
-* `repo.write_prepared` compares with the catalog: unchanged models write nothing, new models are
-  inserted from the prepared rows, and the rest (changed models, and the odd cases where ids
-  collide) goes through `repo.upsert_models`, the one place that knows how to update a stored
-  model.
-
-Pages may land out of order; the caller advances the stored cursor only past pages that all
-landed, and every write is an idempotent upsert, so a resumed sync that redoes a page changes
-nothing. PostgreSQL runs the workers' transactions side by side (a concurrent duplicate
-insert falls back to the update path). SQLite has one writer at a time, which makes its write
-lock the sync's bottleneck; four things keep it busy with page writes only:
-
-* each worker binds a page's new rows into its connection's private in-memory ``stage``
-  database before its turn, and the turn copies them with one ``INSERT ... SELECT`` per table
-  (`repo.prepared_inserts`), resolving creator and tag ids by name; binding multi-row VALUES
-  lists had been most of a page's time under the lock (measured on the device: the lock was
-  held about 40% less);
-* the workers take turns through a lock of the pool (`init_worker`) rather than SQLite's
-  busy handler, which polls with growing sleeps and leaves the lock idle between writers;
-* their connections never checkpoint the WAL (a checkpoint fsyncs; the syncing process runs
-  them beside the writers, `catalog.sync._Checkpointer`);
-* a first sync into an empty catalog builds its FTS and hash indexes once at the end
-  (`catalog.bulkload`).
-
-A page's own transaction, written by the process that prepared it, was measured against one
-writer process fed by the workers (batching pages per commit with a warm cache): the same
-throughput on the device, so the simpler design stayed.
+Why it is built this way: docs/decisions/sync-page-workers.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,19 +22,19 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from catalog import repo
 from catalog.civitai import types as api
-from catalog.civitai.client import page_items, validation_reason
+from catalog.civitai.listpage import page_items, validation_reason
 from catalog.db import make_engine, session_scope
+from catalog.sync import prepared
 
 
 @dataclass
 class PreparedPage:
     """A page after validation and mapping; `rejected` holds (index, id or None, reason)."""
 
-    models: list[repo.PreparedModel]
+    models: list[prepared.PreparedModel]
     rejected: list[tuple[int, int | None, str]] = field(default_factory=list)
-    inserts: repo.PreparedInserts | None = None
+    inserts: prepared.PreparedInserts | None = None
 
 
 @dataclass
@@ -93,6 +65,41 @@ def init_worker(write_lock: Any) -> None:
     """
     global _WRITE_LOCK
     _WRITE_LOCK = write_lock
+    die_with_parent()
+
+
+# prctl(2) option: the signal the kernel sends this process when its parent ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """End this worker process when the sync's process ends, even by ``kill -9``.
+
+    A worker blocks on the pool's queue, whose pipe its siblings keep open, so without this it
+    would outlive a killed sync and keep the catalog open. On Linux the kernel kills it
+    (``PR_SET_PDEATHSIG``; a fork server's children get it when the fork server goes, which
+    follows its parent); everywhere a thread watches the parent's sentinel, which becomes
+    ready when the parent is gone, and ends the process then.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the sentinel watch below still works
+            pass
+    # The parent may have died before prctl took effect: the watch sees that at once.
+    watch = threading.Thread(
+        target=_exit_when_ready, args=(parent.sentinel,), name="parent-watch", daemon=True
+    )
+    watch.start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _worker_engine(url: str) -> Engine:
@@ -109,12 +116,14 @@ def _worker_connection(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("ATTACH DATABASE ':memory:' AS stage")
 
 
-def _stage(dbapi_connection: Any, plans: repo.InsertPlans, inserts: repo.PreparedInserts) -> None:
+def _stage(
+    dbapi_connection: Any, plans: prepared.InsertPlans, inserts: prepared.PreparedInserts
+) -> None:
     """Put a page's prepared rows into the connection's ``stage`` tables (no lock needed)."""
     _clear_stage(dbapi_connection)
     dbapi_connection.execute("BEGIN")
     try:
-        for ddl in repo.staged_table_sql(plans):
+        for ddl in prepared.staged_table_sql(plans):
             dbapi_connection.execute(ddl)
         for statement in inserts.staging:
             if statement.many:
@@ -152,7 +161,7 @@ PageItems = list[Any] | bytes
 
 
 def sync_page(
-    url: str, items: PageItems, seen_at: datetime, plans: repo.InsertPlans
+    url: str, items: PageItems, seen_at: datetime, plans: prepared.InsertPlans
 ) -> PageOutcome:
     """Prepare and write one listing page in its own transaction (a worker process's task)."""
     key = (os.getpid(), url)
@@ -163,9 +172,9 @@ def sync_page(
 
 
 def write_page(
-    engine: Engine, items: PageItems, seen_at: datetime, plans: repo.InsertPlans
+    engine: Engine, items: PageItems, seen_at: datetime, plans: prepared.InsertPlans
 ) -> PageOutcome:
-    """`prepare_page`, then `repo.write_prepared` committed; once more if PostgreSQL deadlocks.
+    """`prepare_page`, then `prepared.write_prepared` committed; once more if PostgreSQL deadlocks.
 
     In a pool's worker on SQLite, the page's new rows are first bound into the connection's
     in-memory ``stage`` tables, side by side with the other workers; the turn at the write
@@ -176,7 +185,7 @@ def write_page(
     if isinstance(items, bytes):
         items = page_items(items)
     with Session(engine) as session:
-        stored = repo.stored_payloads(session, items)
+        stored = prepared.stored_payloads(session, items)
     # Only a worker's engine attaches the stage to its connections (`_worker_engine`).
     staged = event.contains(engine, "connect", _worker_connection)
     page = prepare_page(items, seen_at, plans, stored, staged=staged)
@@ -188,7 +197,7 @@ def write_page(
                     _stage(raw, plans, page.inserts)
                 try:
                     with _write_turn(engine), session_scope(connection, write=True) as session:
-                        result = repo.write_prepared(
+                        result = prepared.write_prepared(
                             session,
                             page.models,
                             items,
@@ -217,15 +226,15 @@ def write_page(
 def prepare_page(
     items: list[Any],
     seen_at: datetime,
-    plans: repo.InsertPlans,
+    plans: prepared.InsertPlans,
     stored: dict[int, tuple[str | None, str]] | None = None,
     *,
     staged: bool = False,
 ) -> PreparedPage:
     """Validate, hash and map one listing page (runs in a worker process; see the module doc).
 
-    `stored` (from `repo.stored_payloads`) lets models whose payload the catalog already holds skip
-    the row building: an unchanged re-sync costs validation and hashing only.
+    `stored` (from `prepared.stored_payloads`) lets models whose payload the catalog already
+    holds skip the row building: an unchanged re-sync costs validation and hashing only.
     """
     validate = api.Model.model_validate
     page = PreparedPage(models=[])
@@ -238,8 +247,8 @@ def prepare_page(
                 (index, raw_id if type(raw_id) is int else None, validation_reason(exc))
             )
             continue
-        page.models.append(repo.prepare_model(index, model, seen_at, plans, stored or {}))
-    page.inserts = repo.prepared_inserts(page.models, plans, staged=staged)
+        page.models.append(prepared.prepare_model(index, model, seen_at, plans, stored or {}))
+    page.inserts = prepared.prepared_inserts(page.models, plans, staged=staged)
     return page
 
 
