@@ -24,14 +24,18 @@ Every error a user can meet derives from `AssetMgrError`, which carries a one-li
     │       ├── ArchivedError            410: archived model
     │       ├── RateLimitedError         429 after all retries; .retry_after
     │       └── ServerError              5xx after all retries
-    ├── StoreError                       the content-addressed file store (assetmgr.store)
-    └── SandboxError                     the container sandbox (sandbox.*)
+    └── StoreError                       the content-addressed file store (assetmgr.store)
+
+SandboxError (sandbox.errors, re-exported here) is the root of the sandbox's own tree; its words
+are in assetmgr.wording.sandbox.
 
 Errors that match a builtin also subclass it (for example `NotInCatalogError` is a `LookupError`),
 so generic callers can still catch them.
 """
 
 from __future__ import annotations
+
+from sandbox.errors import SandboxError
 
 
 class AssetMgrError(Exception):
@@ -56,7 +60,7 @@ class AssetMgrError(Exception):
 # The roots of every layer's error tree: errors the front ends word themselves (see
 # assetmgr.wording); anything else is unexpected. catalog and sandbox add their roots here
 # as their trees leave this module.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (AssetMgrError,)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (AssetMgrError, SandboxError)
 
 
 class UsageError(AssetMgrError):
@@ -107,13 +111,6 @@ class StoreError(AssetMgrError):
 
     title = "Store error"
     hint = "Run `assetmgr verify` to check the store."
-
-
-class SandboxError(AssetMgrError):
-    """The container sandbox failed or refused to run."""
-
-    title = "Sandbox error"
-    hint = "Run `assetmgr sandbox status`; `assetmgr sandbox build` rebuilds the image."
 
 
 __all__ = [

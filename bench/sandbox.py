@@ -91,7 +91,11 @@ def image(client: object) -> object:
     except Exception:
         pass
     print("building the sandbox image from the caches ...", file=sys.stderr)
-    return build_image(client=client, cache_dir=CACHE, record_path=record_path)
+    from assetmgr import __version__
+
+    return build_image(
+        client=client, cache_dir=CACHE, record_path=record_path, app_version=__version__
+    )
 
 
 def spec() -> JobSpec:

@@ -139,12 +139,6 @@ def worker_digest() -> str:
     return _digest_files(worker_sources())
 
 
-def _app_version() -> str:
-    from assetmgr import __version__
-
-    return __version__
-
-
 def _engine_machine(client: Any) -> str:
     arch = str(client.info().get("Architecture", "x86_64"))
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
@@ -301,9 +295,10 @@ def prune_images(client: Any, keep_id: str) -> list[str]:
 
 def build_image(
     *,
+    cache_dir: Path,
+    record_path: Path,
+    app_version: str,
     client: Any = None,
-    cache_dir: Path | None = None,
-    record_path: Path | None = None,
     torch_variant: TorchVariant = "cpu",
     torch_index_url: str | None = "",
     mirror: str | None = None,
@@ -322,9 +317,10 @@ def build_image(
 
     Args:
         client: a docker-py ``DockerClient``; default `engine_client()` (DOCKER_HOST aware).
-        cache_dir: rootfs tarballs, wheelhouses and the build context; default
-            ``<sandbox dir>/cache``. Keep it: with it, builds need no network.
-        record_path: where the JSON record goes; default ``<sandbox dir>/image.json``.
+        cache_dir: rootfs tarballs, wheelhouses and the build context. Keep it: with it,
+            builds need no network.
+        record_path: where the JSON record goes.
+        app_version: the version of the app that builds it (recorded and in the labels).
         torch_variant: ``cpu`` (torch ``+cpu`` wheel) or ``cuda`` (PyPI's CUDA build plus its
             ``nvidia-*`` wheels; only ``cpu`` is tested here).
         torch_index_url: extra index for torch; ``""`` = the variant's default (PyTorch's CPU
@@ -341,12 +337,9 @@ def build_image(
             (``...-p<hash>``) so images for different plugin sets coexist.
         find_links, no_index: where plugin wheels may also come from (pip options).
     """
-    from assetmgr import paths
-
     report = progress or _noop
     cancel = cancel or threading.Event()
     client = client or engine_client(timeout_s=600)
-    cache_dir = cache_dir or paths.sandbox_dir() / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -364,7 +357,7 @@ def build_image(
     if base_ref is None and debian_arch(machine) != debian_arch():
         raise ImageError(
             f"the engine is {machine} but this host is not: debootstrap builds the host's arch",
-            hint="Build on a host of the engine's architecture, or use --base name@sha256:...",
+            reason="arch-mismatch",
         )
     build_inputs: dict[str, Any] = {
         "suite": suite,
@@ -447,7 +440,7 @@ def build_image(
     sources = worker_sources()
     worker_sha = _digest_files(sources)
     dockerfile = render_dockerfile(from_ref)
-    version = _app_version()
+    version = app_version
     inputs_sha = hashlib.sha256(
         json.dumps(
             {

@@ -157,7 +157,7 @@ def find_debian_mirror(suite: str = DEFAULT_SUITE, sources: Sequence[Path] = _AP
                 return uris[0].rstrip("/")
     raise ImageError(
         f"no Debian mirror serving {suite!r} found in the apt sources",
-        hint="Pass --mirror URL (a Debian mirror) to `assetmgr sandbox build`.",
+        reason="no-mirror",
     )
 
 
@@ -220,12 +220,10 @@ def build_rootfs_tarball(
     if offline:
         raise ImageError(
             "no cached base rootfs and --offline was given",
-            hint="Build once with network access to the Debian mirror.",
+            reason="offline-no-rootfs",
         )
     if shutil.which("debootstrap") is None and not Path("/usr/sbin/debootstrap").exists():
-        raise ImageError(
-            "debootstrap is not installed", hint="Install it (apt-get install debootstrap)."
-        )
+        raise ImageError("debootstrap is not installed", reason="no-debootstrap")
     prefix = privileged_prefix()
     entry.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="rootfs-", dir=entry))

@@ -265,7 +265,7 @@ def prepare_wheelhouse(
     if offline:
         raise ImageError(
             "no complete cached wheelhouse and --offline was given",
-            hint="Build once with access to the package index.",
+            reason="offline-no-wheels",
         )
     torch_req, rest = split_torch(inputs.requirements, inputs.torch_variant)
     entry.mkdir(parents=True, exist_ok=True)
@@ -291,8 +291,7 @@ def prepare_wheelhouse(
         if inputs.torch_variant == "cuda" and "+cpu" in torch_version:
             raise ImageError(
                 f"only a CPU build of torch was found ({torch_wheels[0]}) for --torch-variant cuda",
-                hint="Pass --torch-index-url for the CUDA wheels, or remove the local +cpu wheel "
-                "from pip's find-links.",
+                reason="cpu-torch-for-cuda",
             )
         req_file = scratch / ".requirements.txt"
         req_file.write_text("\n".join([f"torch=={torch_version}", *rest]) + "\n")
@@ -474,7 +473,7 @@ def _resolve_set(
     if offline and not no_index:
         raise ImageError(
             "plugin requirements are not in the cache and --offline was given",
-            hint="Build once with access to the package index.",
+            reason="offline-no-wheels",
         )
     entry.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="download-", dir=entry))
@@ -493,8 +492,7 @@ def _resolve_set(
             raise ImageError(
                 f"cannot resolve plugin requirements {', '.join(requirements)} as wheels "
                 f"compatible with the sandbox's pinned packages: {exc}",
-                hint="Pin versions that exist as wheels for CPython 3.11 on Linux and agree with "
-                "sandbox/image/requirements.in.",
+                reason="plugin-wheels-unresolvable",
             ) from exc
         constraints.unlink()
         extras = []
@@ -569,6 +567,6 @@ def resolve_plugin_wheels(
                     f"plugins' requirements need two versions of {wheel.name}: "
                     f"{earlier[0].version} (for {' '.join(earlier[1].requirements)}) and "
                     f"{wheel.version} (for {' '.join(dep_set.requirements)})",
-                    hint="A job may use both plugins: pin requirements that agree.",
+                    reason="plugin-version-clash",
                 )
     return PluginWheelhouse(tuple(sets))

@@ -149,6 +149,7 @@ def test_moved_tag_and_wrong_labels_are_detected(docker_client: Any, sandbox_ima
 def test_offline_rebuild_from_caches_is_repeatable(
     docker_client: Any, sandbox_image: Any, tmp_path: Path
 ) -> None:
+    from assetmgr import __version__
     from sandbox.image import build_image
     from tests.sandbox.conftest import CACHE_DIR
 
@@ -157,6 +158,7 @@ def test_offline_rebuild_from_caches_is_repeatable(
         client=docker_client,
         cache_dir=CACHE_DIR,
         record_path=tmp_path / "image.json",
+        app_version=__version__,
         offline=True,
         progress=lambda stage, fraction: stages.append(stage),
     )
