@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from assetmgr import paths
 from assetmgr.config import Settings
 from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError
-from sandbox.jobspec import LISTED_NAMES
+from sandbox.protocol.jobspec import LISTED_NAMES
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SAMPLERS: tuple[str, ...] = LISTED_NAMES
-"""The sampler names the job contract accepts, in A1111's order (`sandbox.jobspec`)."""
+"""The sampler names the job contract accepts, in A1111's order (`sandbox.protocol.jobspec`)."""
 
 
 @dataclass(frozen=True)

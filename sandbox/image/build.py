@@ -58,11 +58,11 @@ IMAGE_FORMAT = 3
 PYTHON_VERSION = "3.11"  # bookworm's python3; the wheelhouse is resolved for it
 
 _SANDBOX_SRC = Path(__file__).resolve().parents[1]
-#: What the image gets of the `sandbox` package: the shared protocol, the generate job's
-#: contract and the whole worker package (code and data files). It gets an empty
-#: ``sandbox/__init__.py`` of its own, so importing the worker never pulls in host modules.
+#: What the image gets of the `sandbox` package: the shared contract (`sandbox.protocol`) and
+#: the worker package, code and data files. It gets an empty ``sandbox/__init__.py`` of its
+#: own, so importing the worker never pulls in host modules.
 WORKER_PACKAGE = "worker"
-SHARED_FILES = ("protocol.py", "jobspec.py")
+IMAGE_PACKAGES = ("protocol", WORKER_PACKAGE)
 _SKIP_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 
 DOCKERFILE = """\
@@ -110,14 +110,13 @@ def render_dockerfile(base: str, python_version: str = PYTHON_VERSION) -> str:
 def worker_sources() -> dict[str, bytes]:
     """The files copied into the image under ``/opt/assetmgr/sandbox``."""
     files = {"sandbox/__init__.py": b'"""Worker-side copy of the sandbox package."""\n'}
-    for rel in SHARED_FILES:
-        files[f"sandbox/{rel}"] = (_SANDBOX_SRC / rel).read_bytes()
-    root = _SANDBOX_SRC / WORKER_PACKAGE
-    for path in sorted(root.rglob("*")):
-        rel_parts = path.relative_to(root).parts
-        if not path.is_file() or _SKIP_PARTS.intersection(rel_parts) or path.suffix == ".pyc":
-            continue
-        files["/".join(("sandbox", WORKER_PACKAGE, *rel_parts))] = path.read_bytes()
+    for package in IMAGE_PACKAGES:
+        root = _SANDBOX_SRC / package
+        for path in sorted(root.rglob("*")):
+            rel_parts = path.relative_to(root).parts
+            if not path.is_file() or _SKIP_PARTS.intersection(rel_parts) or path.suffix == ".pyc":
+                continue
+            files["/".join(("sandbox", package, *rel_parts))] = path.read_bytes()
     return files
 
 

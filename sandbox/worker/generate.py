@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.jobspec import GenSpec, TagError, check_prompt_tags, strip_tags
+from sandbox.protocol.jobspec import GenSpec, TagError, check_prompt_tags, strip_tags
 
 from . import infotext
 from .errors import EngineError, SpecError

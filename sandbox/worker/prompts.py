@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sandbox.jobspec import TagError, parse_tags, strip_tags
+from sandbox.protocol.jobspec import TagError, parse_tags, strip_tags
 
 from .errors import SpecError
 
@@ -61,7 +61,7 @@ class Extracted:
 def extract_loras(prompt: str) -> Extracted:
     """Take ``<lora:...>``/``<lyco:...>`` tags out of a prompt (A1111 extra-network syntax).
 
-    The syntax is the job contract's (`sandbox.jobspec.parse_tags`), which the host checks
+    The syntax is the job contract's (`sandbox.protocol.jobspec.parse_tags`), which the host checks
     before a job starts; a malformed tag raises `SpecError`.
     """
     try:

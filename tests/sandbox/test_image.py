@@ -104,8 +104,9 @@ def test_dockerfile_is_offline_hashed_and_non_root() -> None:
 
 def test_worker_sources_exclude_host_modules() -> None:
     files = worker_sources()
-    assert "sandbox/protocol.py" in files and "sandbox/worker/__main__.py" in files
-    assert "sandbox/jobspec.py" in files  # the generate contract the worker imports
+    assert "sandbox/protocol/__init__.py" in files and "sandbox/worker/__main__.py" in files
+    assert "sandbox/protocol/messages.py" in files
+    assert "sandbox/protocol/jobspec.py" in files  # the generate contract the worker imports
     assert files["sandbox/__init__.py"].count(b"import") == 0
     assert not [f for f in files if f.startswith(("sandbox/runner", "sandbox/image"))]
     assert not [f for f in files if "__pycache__" in f]

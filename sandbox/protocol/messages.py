@@ -41,7 +41,7 @@ plugin code in a separate process with its own descriptors would narrow this fur
 
 Extending: a new job kind registers a params model with `register_kind`; the spec keeps
 ``params`` as an open JSON object validated against that model on both sides. The ``generate``
-kind's params are a full `sandbox.jobspec.GenSpec`, the contract the host checks requests
+kind's params are a full `sandbox.protocol.jobspec.GenSpec`, the contract the host checks requests
 against before any container starts.
 """
 
@@ -64,7 +64,7 @@ from pydantic import (
     model_validator,
 )
 
-from sandbox.jobspec import MAX_MODEL_FILES, GenSpec
+from sandbox.protocol.jobspec import MAX_MODEL_FILES, GenSpec
 
 PROTOCOL_VERSION: Final = 1
 
@@ -570,6 +570,7 @@ class ProtocolReader:
 
 __all__ = [
     "JOB_DIR",
+    "MAX_PARAMS_BYTES",
     "MAX_SPEC_BYTES",
     "MAX_TIMEOUT_S",
     "MAX_OUTPUT_NAME",
