@@ -177,7 +177,7 @@ def bench_generate(
 ) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float, int]]]]:
     """The small generation job, warm worker vs in-process, round-robin: wall times, and
     (user s, system s, minor faults) per job where the processes can be read."""
-    from sandbox.worker.synth import SynthCache
+    from tests.synth import SynthCache
 
     checkpoint, sha256 = readable_copy(SynthCache(SYNTH).sd15())
     ref = ModelRef(name=MODEL_NAME, mount_path=f"/models/{MODEL_NAME}", sha256=sha256)

@@ -112,6 +112,40 @@ def test_worker_sources_exclude_host_modules() -> None:
     assert not [f for f in files if "__pycache__" in f]
 
 
+def test_development_tools_stay_out_of_the_image_and_its_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The synthetic-model builder and the tokenizer tool live in tests/synth: editing them
+    leaves the worker digest (and so the image) as it is; editing a worker file does not."""
+    import shutil
+
+    from sandbox.image import build
+
+    repo = Path(__file__).resolve().parents[2]
+    files = worker_sources()
+    assert not [f for f in files if "synth" in f or "/tools/" in f or "build_tokenizer" in f]
+    copy = tmp_path / "repo"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(repo / "sandbox", copy / "sandbox", ignore=ignore)
+    shutil.copytree(repo / "tests" / "synth", copy / "tests" / "synth", ignore=ignore)
+    monkeypatch.setattr(build, "_SANDBOX_SRC", copy / "sandbox")
+    before = build.worker_digest()
+    assert before == build.worker_digest() and set(worker_sources()) == set(files)
+
+    helper = copy / "tests" / "synth" / "__init__.py"
+    helper.write_text(helper.read_text() + "\n# a test helper changed\n")
+    (copy / "tests" / "synth" / "build_tokenizer.py").write_text("# rewritten\n")
+    assert build.worker_digest() == before
+
+    worker = copy / "sandbox" / "worker" / "generate.py"
+    worker.write_text(worker.read_text() + "\n# a worker change\n")
+    assert build.worker_digest() != before
+    contract = copy / "sandbox" / "protocol" / "jobspec.py"
+    changed = build.worker_digest()
+    contract.write_text(contract.read_text() + "\n# a contract change\n")
+    assert build.worker_digest() != changed
+
+
 # ---------------------------------------------------------------------------------------------
 # The real image
 
