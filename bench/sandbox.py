@@ -26,7 +26,6 @@ Measures, with the pinned image (from `.cache/sandbox`, built if needed) and an 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -46,6 +45,7 @@ from sandbox.engine import engine_client  # noqa: E402
 from sandbox.image import build_image, load_record, verify_image  # noqa: E402
 from sandbox.image.build import worker_digest  # noqa: E402
 from sandbox.protocol import JobSpec, Limits, ModelRef  # noqa: E402
+from sandbox.protocol.hashing import sha256_file  # noqa: E402
 from sandbox.runner import new_job_id, new_nonce, run_job  # noqa: E402
 from sandbox.warm import WarmWorker  # noqa: E402
 from sandbox.worker import execute  # noqa: E402
@@ -106,14 +106,6 @@ def spec() -> JobSpec:
         params={"text": "bench"},
         limits=LIMITS,
     )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def readable_copy(source: Path) -> tuple[Path, str]:

@@ -33,6 +33,7 @@ from sandbox.plugins import (
     remove_tree,
     tree_sha256,
 )
+from sandbox.protocol.hashing import FileHash
 
 _TREE_DIR_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 
@@ -254,16 +255,13 @@ def read_recorded_files(plugin: InstalledPlugin, chunk: int = 1 << 20) -> Iterat
     found: dict[str, str] = {}
 
     def chunks(rel: str, fh: Any, size: int, expected: str) -> Iterator[bytes]:
-        digest = hashlib.sha256()
-        sent = 0
-        while block := fh.read(chunk):
-            sent += len(block)
-            if sent > size:
+        digest = FileHash()
+        for block in digest.chunks(fh, chunk):
+            if digest.size > size:
                 raise refuse(f"{rel}: grew while it was copied")
-            digest.update(block)
             yield block
         got = digest.hexdigest()
-        if sent != size or got != expected:
+        if digest.size != size or got != expected:
             raise refuse(f"{rel}: expected sha256 {expected}, got {got}")
         found[rel] = got
 

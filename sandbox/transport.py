@@ -25,7 +25,6 @@ both):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -65,6 +64,7 @@ from sandbox.labels import (
 from sandbox.plugin_store import copy_recorded_files, read_recorded_files
 from sandbox.plugins import InstalledPlugin, remove_tree
 from sandbox.protocol import ModelRef
+from sandbox.protocol.hashing import FileHash
 
 
 def engine_is_remote(client: Any) -> bool:
@@ -143,16 +143,13 @@ def model_tar_stream(path: Path, sha256: str, chunk: int = MODEL_CHUNK) -> Itera
     st = path.stat()
     size = st.st_size
     yield _tar_member(MODEL_FILE, size, (st.st_mode & 0o666) | 0o444)
-    digest = hashlib.sha256()
-    sent = 0
+    digest = FileHash()
     with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            sent += len(block)
-            if sent > size:
+        for block in digest.chunks(fh, chunk):
+            if digest.size > size:
                 raise SandboxError(f"model file {path} grew while it was copied")
-            digest.update(block)
             yield block
-    if sent != size or digest.hexdigest() != sha256:
+    if digest.size != size or digest.hexdigest() != sha256:
         raise SandboxError(f"model file {path} is not the blob {sha256} it should be")
     yield b"\0" * (-size % 512)
     yield _tar_marker(_marker(sha256, size=size))

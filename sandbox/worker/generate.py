@@ -196,7 +196,7 @@ def generate(
         torch.set_num_threads(spec.threads)
     resolved = resolve_prompt(spec)
     if verify_model_hash:
-        from .pipeline import sha256_file
+        from sandbox.protocol.hashing import sha256_file
 
         got = sha256_file(spec.model_path)
         if got != spec.model_sha256.lower():
