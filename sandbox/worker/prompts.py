@@ -117,16 +117,24 @@ def parse_attention(text: str) -> list[tuple[Any, float]]:
         elif tok == "]" and square_open:
             scale(square_open.pop(), 1 / EMPHASIS)
         else:
-            pieces = _BREAK.split(tok)
-            for i, piece in enumerate(pieces):
-                if i > 0:
-                    runs.append([BREAK, -1.0])
-                runs.append([piece, 1.0])
+            _append_text(runs, tok)
     for pos in round_open:
         scale(pos, EMPHASIS)
     for pos in square_open:
         scale(pos, 1 / EMPHASIS)
+    return _merge_runs(runs)
 
+
+def _append_text(runs: list[list[Any]], tok: str) -> None:
+    """Plain text as runs of weight 1, each ``BREAK`` in it as the marker."""
+    for i, piece in enumerate(_BREAK.split(tok)):
+        if i > 0:
+            runs.append([BREAK, -1.0])
+        runs.append([piece, 1.0])
+
+
+def _merge_runs(runs: list[list[Any]]) -> list[tuple[Any, float]]:
+    """Neighbouring runs of one weight joined, empty ones dropped (BREAK kept apart)."""
     merged: list[tuple[Any, float]] = []
     for piece, w in runs:
         if piece is not BREAK and piece == "":

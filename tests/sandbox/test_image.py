@@ -209,6 +209,7 @@ def test_offline_rebuild_from_caches_is_repeatable(
 def test_build_can_be_cancelled(docker_client: Any, sandbox_image: Any, tmp_path: Path) -> None:
     import threading
 
+    from assetmgr import __version__
     from sandbox.errors import BuildCancelledError
     from sandbox.image import build_image
     from tests.sandbox.conftest import CACHE_DIR
@@ -224,6 +225,7 @@ def test_build_can_be_cancelled(docker_client: Any, sandbox_image: Any, tmp_path
             client=docker_client,
             cache_dir=CACHE_DIR,
             record_path=tmp_path / "image.json",
+            app_version=__version__,
             offline=True,
             force=True,
             cancel=cancel,
