@@ -7,8 +7,10 @@ Every error a user can meet derives from `AssetMgrError`, which carries a one-li
     AssetMgrError
     ├── UsageError                       options that cannot go together (exit 2, as typer's)
     ├── ConfigError                      bad settings, bad database URL, unreadable config
-    ├── StoreError                       the content-addressed file store (assetmgr.store)
-    └── SandboxError                     the container sandbox (sandbox.*)
+    └── StoreError                       the content-addressed file store (assetmgr.store)
+
+SandboxError (sandbox.errors, re-exported here) is the root of the sandbox's own tree; its words
+are in assetmgr.wording.sandbox.
 
 The catalog layer has trees of its own, re-exported here for the app: `CatalogError`
 (`catalog.errors`: NotInCatalogError, MigrationError, DatabaseURLError, BadHashError,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from catalog.civitai.errors import CivitaiError
 from catalog.errors import CatalogError, MigrationError, NotInCatalogError
+from sandbox.errors import SandboxError
 
 
 class AssetMgrError(Exception):
@@ -45,9 +48,13 @@ class AssetMgrError(Exception):
 
 
 # The roots of every layer's error tree: errors the front ends word themselves (see
-# assetmgr.wording); anything else is unexpected. sandbox adds its root here as its tree
-# leaves this module.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (AssetMgrError, CatalogError, CivitaiError)
+# assetmgr.wording); anything else is unexpected.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (
+    AssetMgrError,
+    CatalogError,
+    CivitaiError,
+    SandboxError,
+)
 
 
 class UsageError(AssetMgrError):
@@ -70,13 +77,6 @@ class StoreError(AssetMgrError):
 
     title = "Store error"
     hint = "Run `assetmgr verify` to check the store."
-
-
-class SandboxError(AssetMgrError):
-    """The container sandbox failed or refused to run."""
-
-    title = "Sandbox error"
-    hint = "Run `assetmgr sandbox status`; `assetmgr sandbox build` rebuilds the image."
 
 
 __all__ = [

@@ -1,5 +1,5 @@
 """Checks of a generation request on the host, before any container starts or the engine is
-contacted: every spec field against the job contract's bounds (`sandbox.jobspec`, the worker's
+contacted: every spec field against the job contract's bounds (`sandbox.protocol`, the worker's
 own definition), sampler names, ``<lora:...>``/``<lyco:...>`` tags and ``--lora REF:WEIGHT``,
 the model types of the files, and the base-model families of the LoRAs and the checkpoint.
 
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from assetmgr.errors import AssetMgrError
-from sandbox import jobspec
-from sandbox.protocol import MAX_TIMEOUT_S
+from sandbox.protocol import MAX_TIMEOUT_S, jobspec
 
 if TYPE_CHECKING:
     from assetmgr.generation import GenerateRequest, LocalAsset

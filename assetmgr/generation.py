@@ -4,8 +4,8 @@ record the run.
 References (`--model`, `--lora`, and ``<lora:NAME:W>`` tags in the prompt) are a version id,
 a model name, or a file name / A1111 alias (the file name without extension); they must be
 verified files in the local store. Before anything runs, the request is checked against the
-job contract the worker enforces (`assetmgr.generate_checks`, `sandbox.jobspec`). The job spec
-records everything that changes pixels (`sandbox.jobspec.GenSpec`), and the run is stored in the
+job contract the worker enforces (`assetmgr.generate_checks`, `sandbox.protocol`). The job spec
+records everything that changes pixels (`GenSpec`), and the run is stored in the
 catalog with the image id and the hashes of every input and output, so `rerun` can repeat it
 and compare bytes.
 """
@@ -86,6 +86,22 @@ def _verified_files(session: Session, version_ids: Sequence[int]) -> list[tuple[
     )
 
 
+def _by_tag_name(session: Session, tag_name: str) -> list[int]:
+    """Versions with a verified file that a ``<lora:NAME>`` tag names by the alias rule
+    (`sandbox.protocol.jobspec.lora_tag_name`: ``Detail:Tweaker v1`` is ``Detail_Tweaker v1``)."""
+    from sandbox.protocol.jobspec import lora_tag_matches
+
+    # '_' stands for any one character in LIKE: each may be a ':', '<' or '>' of the file name.
+    pattern = tag_name.strip().lower().replace("\\", "\\\\").replace("%", "\\%") + "%"
+    rows = session.execute(
+        select(col(ModelFile.version_id), col(ModelFile.name))
+        .join(LocalFile, col(LocalFile.file_id) == col(ModelFile.id))
+        .where(col(LocalFile.state) == "verified")
+        .where(func.lower(ModelFile.name).like(pattern, escape="\\"))
+    ).all()
+    return [vid for vid, name in rows if lora_tag_matches(tag_name, name or "")]
+
+
 def _find_asset(
     session: Session, store: BlobStore, ref: str, kinds: Sequence[str]
 ) -> LocalAsset | None:
@@ -109,7 +125,7 @@ def _find_asset(
             .scalars()
             .all()
         )
-        version_ids = list(by_file)
+        version_ids = list(by_file) or _by_tag_name(session, text)
         if not version_ids:
             query = (
                 select(col(ModelVersion.id))
@@ -239,7 +255,12 @@ def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> Gene
     """
     from pydantic import ValidationError
 
-    from sandbox.jobspec import GenSpec, canonical_sampler, check_prompt_tags
+    from sandbox.protocol.jobspec import (
+        GenSpec,
+        canonical_sampler,
+        check_prompt_tags,
+        lora_tag_name,
+    )
 
     validate_request(req)
     checkpoint = resolve_asset(session, store, req.model, kinds=CHECKPOINT_TYPES, option="model")
@@ -278,7 +299,7 @@ def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> Gene
         loras.append(
             {
                 # The worker matches <lora:NAME:...> tags by this name.
-                "name": ref if ref in tagged else asset.alias,
+                "name": ref if ref in tagged else lora_tag_name(asset.alias),
                 "path": f"/models/{asset.mount_name}",
                 "sha256": asset.sha256.lower(),
                 "te_weight": weight,
@@ -478,7 +499,7 @@ def rerun(
     """Repeat a recorded run with the same spec and inputs; report whether the bytes match."""
     from pydantic import ValidationError
 
-    from sandbox.jobspec import GenSpec
+    from sandbox.protocol.jobspec import GenSpec
 
     old = load_run(engine, run_id)
     try:

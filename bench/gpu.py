@@ -1,7 +1,7 @@
 """GPU benchmark: out-of-the-box diffusers vs the sandbox worker's engine, side by side.
 
 Runs on the GPU machine (no network): builds random-weight SD1.5 / SDXL single-file
-checkpoints at full size with ``sandbox.worker.synth``, then measures, each in a fresh
+checkpoints at full size with ``tests.synth``, then measures, each in a fresh
 process:
 
 * baseline: ``from_single_file(..., torch_dtype=fp16)`` + ``.to("cuda")``, diffusers defaults
@@ -67,7 +67,7 @@ def _env_info() -> dict[str, Any]:
 def cmd_build(args: argparse.Namespace) -> None:
     import torch
 
-    from sandbox.worker import synth
+    from tests import synth
 
     path = Path(args.path)
     if path.exists():
@@ -404,8 +404,8 @@ def _check_against_eager(engine: Any, spec: dict[str, Any], png: bytes) -> dict[
 
 def _lora_check(engine: Any, spec: dict[str, Any], png: bytes, work: Path) -> dict[str, Any]:
     """A LoRA on the compiled GPU path: it applies, weight 0 == no LoRA, removal restores."""
-    from sandbox.worker import synth
     from sandbox.worker.generate import generate
+    from tests import synth
 
     kind = engine.arch
     path = work / f"lora-{kind}.safetensors"

@@ -26,7 +26,6 @@ Measures, with the pinned image (from `.cache/sandbox`, built if needed) and an 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -46,6 +45,7 @@ from sandbox.engine import engine_client  # noqa: E402
 from sandbox.image import build_image, load_record, verify_image  # noqa: E402
 from sandbox.image.build import worker_digest  # noqa: E402
 from sandbox.protocol import JobSpec, Limits, ModelRef  # noqa: E402
+from sandbox.protocol.hashing import sha256_file  # noqa: E402
 from sandbox.runner import new_job_id, new_nonce, run_job  # noqa: E402
 from sandbox.warm import WarmWorker  # noqa: E402
 from sandbox.worker import execute  # noqa: E402
@@ -91,7 +91,11 @@ def image(client: object) -> object:
     except Exception:
         pass
     print("building the sandbox image from the caches ...", file=sys.stderr)
-    return build_image(client=client, cache_dir=CACHE, record_path=record_path)
+    from assetmgr import __version__
+
+    return build_image(
+        client=client, cache_dir=CACHE, record_path=record_path, app_version=__version__
+    )
 
 
 def spec() -> JobSpec:
@@ -102,14 +106,6 @@ def spec() -> JobSpec:
         params={"text": "bench"},
         limits=LIMITS,
     )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def readable_copy(source: Path) -> tuple[Path, str]:
@@ -173,7 +169,7 @@ def bench_generate(
 ) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float, int]]]]:
     """The small generation job, warm worker vs in-process, round-robin: wall times, and
     (user s, system s, minor faults) per job where the processes can be read."""
-    from sandbox.worker.synth import SynthCache
+    from tests.synth import SynthCache
 
     checkpoint, sha256 = readable_copy(SynthCache(SYNTH).sd15())
     ref = ModelRef(name=MODEL_NAME, mount_path=f"/models/{MODEL_NAME}", sha256=sha256)

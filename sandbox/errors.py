@@ -1,6 +1,6 @@
-"""Errors of the sandbox host side, all under `assetmgr.errors.SandboxError`.
+"""Errors of the sandbox host side: data for the front end, which words them.
 
-    SandboxError                   (assetmgr.errors)
+    SandboxError                   root; `message` (plain, one line), `reason` (a short code)
     ├── EngineUnavailableError     the Docker engine cannot be reached
     ├── ImageError                 building, importing or verifying the pinned image failed
     │   ├── ImageMismatchError     the engine's image no longer matches the recorded one
@@ -19,8 +19,9 @@
         ├── WorkerProtocolError    the worker's stdout broke the protocol (flood, forged result)
         └── HostileOutputError     the output archive held something outside the allowlist
 
-Only the host side imports this module (it needs `assetmgr.errors`); the worker reports errors
-as protocol messages instead.
+Titles, hints and exit codes live with the front ends (`assetmgr.wording.sandbox`); `reason`
+names the case where one class covers several (``"offline-no-rootfs"``, ``"untrusted-warm"``).
+Only the host side imports this module; the worker reports errors as protocol messages.
 """
 
 from __future__ import annotations
@@ -28,40 +29,36 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from assetmgr.errors import SandboxError
+
+class SandboxError(Exception):
+    """The container sandbox failed or refused to run."""
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class EngineUnavailableError(SandboxError):
-    title = "Docker engine unavailable"
-    hint = "Start the Docker engine (or set DOCKER_HOST) and check `docker info` works."
+    pass
 
 
 class ImageError(SandboxError):
-    title = "Sandbox image error"
-    hint = "Run `assetmgr sandbox build` to build the pinned image."
+    pass
 
 
 class ImageMismatchError(ImageError):
-    title = "Sandbox image changed"
-    hint = (
-        "The engine's image no longer matches the recorded build; "
-        "run `assetmgr sandbox build` to rebuild and re-record it."
-    )
+    pass
 
 
 class ImageStaleError(ImageError):
-    title = "Sandbox image out of date"
-    hint = "Run `assetmgr sandbox build` to rebuild the image with every added plugin's wheels."
+    pass
 
 
 class PluginWheelRefusedError(ImageError):
-    title = "Plugin requirement refused"
-    hint = (
-        "A plugin's requirements may not install .pth files or sitecustomize/usercustomize "
-        "modules (they would run at every start of Python in the sandbox); drop the plugin "
-        "(`assetmgr plugins remove NAME`) or ask its author for a dependency without them."
-    )
-
     def __init__(self, *, wheel: str, member: str, installs_as: str) -> None:
         super().__init__(
             f"plugin requirement wheel {wheel} is refused: its file {member} would install "
@@ -73,30 +70,18 @@ class PluginWheelRefusedError(ImageError):
 
 
 class BuildCancelledError(ImageError):
-    title = "Sandbox build cancelled"
-    hint = "Run `assetmgr sandbox build` again; finished steps are cached."
+    pass
 
 
 class PluginError(SandboxError):
-    title = "Plugin error"
-    hint = "See `assetmgr plugins list` and `assetmgr plugins verify`."
+    pass
 
 
 class PluginManifestError(PluginError):
-    title = "Plugin refused"
-    hint = (
-        "Fix the plugin directory; the manifest format is documented in "
-        "sandbox/worker/plugin_api.py."
-    )
+    pass
 
 
 class PluginTamperedError(PluginError):
-    title = "Plugin files changed"
-    hint = (
-        "Nothing was run. Check `assetmgr plugins verify`, then re-add the plugin from a "
-        "trusted copy (`assetmgr plugins remove NAME`, then `assetmgr plugins add DIR`)."
-    )
-
     def __init__(self, message: str, *, plugin: str, problems: Sequence[str]) -> None:
         super().__init__(message)
         self.plugin = plugin
@@ -104,22 +89,19 @@ class PluginTamperedError(PluginError):
 
 
 class PluginNotFoundError(PluginError, LookupError):
-    title = "No such plugin"
-    hint = "See `assetmgr plugins list`; add one with `assetmgr plugins add DIR`."
-    exit_code = 3
+    def __init__(self, message: str, *, plugin: str = "") -> None:
+        super().__init__(message)
+        self.plugin = plugin
 
 
 class HostConfigError(SandboxError):
-    title = "Unsafe container configuration"
-    hint = "This is a bug in assetmgr's sandbox runner; please report it."
-
     def __init__(self, violations: Sequence[str]) -> None:
         super().__init__("container HostConfig failed the static checks: " + "; ".join(violations))
         self.violations = list(violations)
 
 
 class JobError(SandboxError):
-    title = "Sandbox job failed"
+    """A job that ran without an acceptable result; `job_id` and what the engine said."""
 
     def __init__(
         self,
@@ -129,9 +111,9 @@ class JobError(SandboxError):
         container_exit_code: int | None = None,
         oom_killed: bool = False,
         log_tail: Sequence[str] = (),
-        hint: str | None = None,
+        reason: str = "",
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message, reason=reason)
         self.job_id = job_id
         self.container_exit_code = container_exit_code
         self.oom_killed = oom_killed
@@ -139,18 +121,11 @@ class JobError(SandboxError):
 
 
 class JobTimeoutError(JobError, TimeoutError):
-    title = "Sandbox job timed out"
-    hint = "Raise the job's time limit, or check the log tail for where it hung."
+    pass
 
 
 class JobCancelledError(JobError):
-    title = "Sandbox job cancelled"
-
-
-OOM_HINT = (
-    "The job ran out of memory and the kernel's OOM killer ended it; use a smaller image size "
-    "or batch, or give the job more memory."
-)
+    pass
 
 
 def killed_by_oom(state: Mapping[str, Any]) -> bool:
@@ -166,9 +141,8 @@ def killed_by_oom(state: Mapping[str, Any]) -> bool:
 class JobFailedError(JobError):
     """The worker exited or gave up without a result.
 
-    The hint speaks of memory only when the OOM killer ended the job (`oom_killed`);
-    otherwise it points at the worker's own reason: its protocol error (`worker_error_code`,
-    in the message) or, without one, its exit code and the end of its log.
+    `oom_killed` says the OOM killer ended the job; otherwise `worker_error_code` (the worker's
+    protocol error, also in the message) or the exit code and the end of the log say why.
     """
 
     def __init__(
@@ -179,20 +153,14 @@ class JobFailedError(JobError):
         container_exit_code: int | None = None,
         oom_killed: bool = False,
         log_tail: Sequence[str] = (),
-        hint: str | None = None,
         worker_error_code: str | None = None,
     ) -> None:
-        if hint is None:
-            hint = failure_hint(
-                oom_killed=oom_killed, exit_code=container_exit_code, worker_code=worker_error_code
-            )
         super().__init__(
             message,
             job_id=job_id,
             container_exit_code=container_exit_code,
             oom_killed=oom_killed,
             log_tail=log_tail,
-            hint=hint,
         )
         self.worker_error_code = worker_error_code
 
@@ -211,21 +179,9 @@ class JobFailedError(JobError):
         oom = killed_by_oom(state)
         code = state.get("ExitCode")
         exit_code = code if isinstance(code, int) and not isinstance(code, bool) else None
-        what = what or f"job {job_id}"
-        if oom:
-            message = f"{what} was killed by the kernel's OOM killer without a result"
-        elif exit_code is None:
-            message = f"{what} ended without a result"
-        else:
-            message = f"{what} exited with code {exit_code} without a result"
-            if state.get("OOMKilled") is True:
-                message += " (a process inside it was OOM-killed)"
-        if worker_error is not None:
-            message += f": {worker_error[1] or worker_error[0]}"
-        elif not oom:
-            last = next((line.strip() for line in reversed(log_tail) if line.strip()), "")
-            if last:
-                message += f"; its log ends: {last[:300]}"
+        message = _failure_message(
+            what or f"job {job_id}", state, oom, exit_code, worker_error, log_tail
+        )
         return cls(
             message,
             job_id=job_id,
@@ -236,32 +192,47 @@ class JobFailedError(JobError):
         )
 
 
-def failure_hint(*, oom_killed: bool, exit_code: int | None, worker_code: str | None) -> str:
-    """The hint of a failed job: memory only for an OOM kill, else the worker's own reason."""
-    if oom_killed:
-        return OOM_HINT
-    if worker_code:
-        return f"The worker stopped the job with its own error ({worker_code}); see the message."
-    if exit_code is not None:
-        return (
-            f"The worker exited with code {exit_code} without saying why; the message quotes "
-            "the end of its log."
-        )
-    return "The worker stopped without a result; check `assetmgr sandbox status`."
+def _failure_message(
+    what: str,
+    state: Mapping[str, Any],
+    oom: bool,
+    exit_code: int | None,
+    worker_error: tuple[str, str] | None,
+    log_tail: Sequence[str],
+) -> str:
+    if oom:
+        message = f"{what} was killed by the kernel's OOM killer without a result"
+    elif exit_code is None:
+        message = f"{what} ended without a result"
+    else:
+        message = f"{what} exited with code {exit_code} without a result"
+        if state.get("OOMKilled") is True:
+            message += " (a process inside it was OOM-killed)"
+    if worker_error is not None:
+        message += f": {worker_error[1] or worker_error[0]}"
+    elif not oom:
+        last = next((line.strip() for line in reversed(log_tail) if line.strip()), "")
+        if last:
+            message += f"; its log ends: {last[:300]}"
+    return message
 
 
 class WorkerProtocolError(JobError):
-    title = "Sandbox protocol violation"
-    hint = "The worker (or a plugin inside it) misbehaved; its output was discarded."
+    pass
 
 
 class HostileOutputError(JobError):
-    title = "Sandbox output rejected"
-    hint = "The job wrote files outside the allowlist; none of its outputs were kept."
-
     def __init__(self, message: str, *, job_id: str, rejected: Sequence[tuple[str, str]]) -> None:
         super().__init__(message, job_id=job_id)
         self.rejected = list(rejected)
+
+
+class TransportChoiceError(SandboxError):
+    """The model transport setting is not one of auto, bind, volume."""
+
+    def __init__(self, message: str, *, value: str) -> None:
+        super().__init__(message)
+        self.value = value
 
 
 __all__ = [
@@ -282,7 +253,7 @@ __all__ = [
     "PluginTamperedError",
     "PluginWheelRefusedError",
     "SandboxError",
+    "TransportChoiceError",
     "WorkerProtocolError",
-    "failure_hint",
     "killed_by_oom",
 ]

@@ -1,9 +1,9 @@
 """Names, labels and the container layout that the sandbox runner's parts share.
 
-Every container and volume the runner creates carries `LABEL_JOB`, `LABEL_VERSION`,
-`LABEL_SESSION` and `LABEL_ROLE`; `sandbox.prune` finds strays by them. The layout constants say
-where models, plugins and the job volume appear inside a container, and what a model or plugin
-volume holds (see `sandbox.transport`).
+Every container and volume the runner creates carries `LABEL_JOB`, `LABEL_VERSION` (the app
+version that built its image), `LABEL_SESSION` and `LABEL_ROLE`; `sandbox.prune` finds strays by
+them. The layout constants say where models, plugins and the job volume appear inside a
+container, and what a model or plugin volume holds (see `sandbox.transport`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ LABEL_MODEL_SHA256 = f"{LABEL_PREFIX}model.sha256"
 LABEL_PLUGIN_SHA256 = f"{LABEL_PREFIX}plugin.sha256"
 #: Chooses how models and plugins reach a job's container: ``bind``, ``volume`` or ``auto``
 #: (the default). The name predates plugin volumes; it governs both.
-MODEL_TRANSPORT_ENV = "ASSETMGR_SANDBOX_MODEL_TRANSPORT"
 ModelTransport = Literal["bind", "volume"]
 #: In a model volume: the model file, and the marker written after it (its sha256 and size).
 MODEL_FILE = "model"
@@ -89,12 +88,6 @@ TMPFS_OPTIONS = "rw,noexec,nosuid,nodev"
 
 GpuRequest = Literal["auto", "none", "all"] | Sequence[str]
 MessageCallback = Callable[[WorkerMessage], None]
-
-
-def _app_version() -> str:
-    from assetmgr import __version__
-
-    return __version__
 
 
 def new_job_id() -> str:

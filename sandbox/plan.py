@@ -46,7 +46,6 @@ from sandbox.labels import (
     TMPFS_OPTIONS,
     WORKER_COMMAND,
     GpuRequest,
-    _app_version,
 )
 from sandbox.protocol import JOB_DIR, JobSpec, Limits, ModelRef, PluginRef
 from sandbox.transport import StagedModel, StagedVolume, _volume_helper
@@ -332,7 +331,7 @@ def plan_container(
         env[COMPILE_CACHE_ENV] = f"{COMPILE_CACHE_DIR}/{COMPILE_CACHE_KERNELS}"
     labels = {
         LABEL_JOB: job_id,
-        LABEL_VERSION: _app_version(),
+        LABEL_VERSION: image.app_version,
         LABEL_SESSION: SESSION_ID,
         LABEL_ROLE: role,
     }

@@ -33,6 +33,7 @@ from sandbox.plugins import (
     remove_tree,
     tree_sha256,
 )
+from sandbox.protocol.hashing import FileHash
 
 _TREE_DIR_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 
@@ -134,6 +135,51 @@ def _hash_stored(root: Path, rel: str, st: os.stat_result) -> str:
     return _hash_file(root / rel, st, rel, _Budget()).sha256
 
 
+def _check_recorded(
+    plugin: InstalledPlugin, tree: _StoredTree, problems: list[str]
+) -> dict[str, str]:
+    """Each recorded file as stored: its sha256 by path; what is wrong goes to `problems`."""
+    found: dict[str, str] = {}
+    for rel, expected in sorted(plugin.files.items()):
+        st = tree.files.get(rel)
+        if st is None:
+            what = tree.others.get(rel) or ("a directory" if rel in tree.directories else "")
+            problems.append(
+                f"{rel}: {what}, not the recorded file (sha256 {expected})"
+                if what
+                else f"{rel}: missing (expected sha256 {expected})"
+            )
+            continue
+        try:
+            got = found[rel] = _hash_stored(plugin.path, rel, st)
+        except PluginManifestError as exc:
+            problems.append(exc.message)
+            continue
+        if got != expected:
+            problems.append(f"{rel}: expected sha256 {expected}, got {got}")
+    return found
+
+
+def _check_extras(plugin: InstalledPlugin, tree: _StoredTree, problems: list[str]) -> None:
+    """Files, other entries and directories of the stored copy that were never recorded."""
+    parents = {rel.rsplit("/", i)[0] for rel in plugin.files for i in range(1, rel.count("/") + 1)}
+    extra_files = sorted(set(tree.files) - set(plugin.files))
+    extras = [*extra_files, *(set(tree.others) - set(plugin.files))]
+    for rel in sorted(extras):
+        st = tree.files.get(rel)
+        if st is None:
+            problems.append(f"{rel}: not part of the plugin ({tree.others[rel]})")
+            continue
+        try:
+            detail = f"sha256 {_hash_stored(plugin.path, rel, st)}"
+        except PluginManifestError:
+            detail = f"{st.st_size} bytes"
+        problems.append(f"{rel}: not part of the plugin ({detail})")
+    for rel in sorted(tree.directories - parents):
+        if not any(e.startswith(rel + "/") for e in extras):
+            problems.append(f"{rel}: not part of the plugin (a directory)")
+
+
 def verify_installed(plugin: InstalledPlugin) -> None:
     """Check the stored copy is exactly the recorded files; raise `PluginTamperedError`.
 
@@ -152,42 +198,8 @@ def verify_installed(plugin: InstalledPlugin) -> None:
         tree = None
         problems.append(f"its stored copy {plugin.path} cannot be read: {exc.strerror or exc}")
     if tree is not None:
-        found: dict[str, str] = {}
-        for rel, expected in sorted(plugin.files.items()):
-            st = tree.files.get(rel)
-            if st is None:
-                what = tree.others.get(rel) or ("a directory" if rel in tree.directories else "")
-                problems.append(
-                    f"{rel}: {what}, not the recorded file (sha256 {expected})"
-                    if what
-                    else f"{rel}: missing (expected sha256 {expected})"
-                )
-                continue
-            try:
-                got = found[rel] = _hash_stored(plugin.path, rel, st)
-            except PluginManifestError as exc:
-                problems.append(exc.message)
-                continue
-            if got != expected:
-                problems.append(f"{rel}: expected sha256 {expected}, got {got}")
-        parents = {
-            rel.rsplit("/", i)[0] for rel in plugin.files for i in range(1, rel.count("/") + 1)
-        }
-        extra_files = sorted(set(tree.files) - set(plugin.files))
-        extras = [*extra_files, *(set(tree.others) - set(plugin.files))]
-        for rel in sorted(extras):
-            st = tree.files.get(rel)
-            if st is None:
-                problems.append(f"{rel}: not part of the plugin ({tree.others[rel]})")
-                continue
-            try:
-                detail = f"sha256 {_hash_stored(plugin.path, rel, st)}"
-            except PluginManifestError:
-                detail = f"{st.st_size} bytes"
-            problems.append(f"{rel}: not part of the plugin ({detail})")
-        for rel in sorted(tree.directories - parents):
-            if not any(e.startswith(rel + "/") for e in extras):
-                problems.append(f"{rel}: not part of the plugin (a directory)")
+        found = _check_recorded(plugin, tree, problems)
+        _check_extras(plugin, tree, problems)
         if tree.overflow:
             problems.append(f"the folder holds more than {2 * MAX_FILES} entries")
         if not problems and tree_sha256(found) != plugin.tree_sha256:
@@ -254,16 +266,13 @@ def read_recorded_files(plugin: InstalledPlugin, chunk: int = 1 << 20) -> Iterat
     found: dict[str, str] = {}
 
     def chunks(rel: str, fh: Any, size: int, expected: str) -> Iterator[bytes]:
-        digest = hashlib.sha256()
-        sent = 0
-        while block := fh.read(chunk):
-            sent += len(block)
-            if sent > size:
+        digest = FileHash()
+        for block in digest.chunks(fh, chunk):
+            if digest.size > size:
                 raise refuse(f"{rel}: grew while it was copied")
-            digest.update(block)
             yield block
         got = digest.hexdigest()
-        if sent != size or got != expected:
+        if digest.size != size or got != expected:
             raise refuse(f"{rel}: expected sha256 {expected}, got {got}")
         found[rel] = got
 

@@ -44,6 +44,7 @@ from sandbox.protocol import (
     PLUGIN_VERSION_RE,
     PluginRef,
 )
+from sandbox.protocol.hashing import FileHash
 
 MANIFEST_NAMES: Final = ("assetmgr-plugin.toml", "assetmgr-plugin.json")
 MAX_MANIFEST_BYTES: Final = 64 * 1024
@@ -258,25 +259,22 @@ def _hash_file(
     path: Path, st: os.stat_result, where: str, budget: _Budget, sink: Any = None
 ) -> FileEntry:
     fd = _open_checked(path, st, where)
-    h = hashlib.sha256()
-    size = 0
+    h = FileHash()
     first = b""
     with os.fdopen(fd, "rb") as f:
-        while chunk := f.read(1 << 20):
+        for chunk in h.chunks(f):
             if not first:
                 first = chunk[:4]
-            size += len(chunk)
             budget.total += len(chunk)
-            if size > MAX_FILE_BYTES:
+            if h.size > MAX_FILE_BYTES:
                 raise PluginManifestError(f"{where!r} is larger than {MAX_FILE_BYTES} bytes")
             if budget.total > MAX_TOTAL_BYTES:
                 raise PluginManifestError(f"the plugin is larger than {MAX_TOTAL_BYTES} bytes")
-            h.update(chunk)
             if sink is not None:
                 sink.write(chunk)
     if first == _ELF_MAGIC:
         raise PluginManifestError(f"{where!r} is an executable binary (plugins are source only)")
-    return FileEntry(where, h.hexdigest(), size)
+    return FileEntry(where, h.hexdigest(), h.size)
 
 
 def hash_tree(root: Path) -> list[FileEntry]:

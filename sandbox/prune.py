@@ -51,6 +51,16 @@ def prune(
     client = client or engine_client()
     label = f"{LABEL_JOB}" if session is None else f"{LABEL_SESSION}={session}"
     report = PruneReport()
+    _prune_job_containers(client, label, include_running, report)
+    _prune_job_volumes(client, label, report)
+    if models:
+        _prune_kept_volumes(client, label if session is not None else None, report)
+    return report
+
+
+def _prune_job_containers(
+    client: Any, label: str, include_running: bool, report: PruneReport
+) -> None:
     for ct in client.containers.list(all=True, filters={"label": label}):
         if LABEL_JOB not in (ct.labels or {}):
             continue
@@ -61,6 +71,9 @@ def prune(
             report.containers.append(ct.name)
         except docker.errors.APIError:
             pass
+
+
+def _prune_job_volumes(client: Any, label: str, report: PruneReport) -> None:
     for vol in client.volumes.list(filters={"label": label}):
         if LABEL_JOB not in ((vol.attrs or {}).get("Labels") or {}):
             continue
@@ -69,27 +82,35 @@ def prune(
             report.volumes.append(vol.name)
         except docker.errors.APIError:
             pass
-    if models:
-        in_use: set[str] = set()
-        members = {member for _label, member in _VOLUME_KINDS.values()}
-        for ct in client.containers.list(all=True, filters={"label": LABEL_JOB}):
-            for m in (ct.attrs or {}).get("Mounts") or []:
-                parts = PurePosixPath(str(m.get("Source") or "")).parts
-                if len(parts) >= 3 and parts[-2] == "_data" and parts[-1] in members:
-                    in_use.add(parts[-3])
-        for kind_label, removed in (
-            (LABEL_MODEL_SHA256, report.model_volumes),
-            (LABEL_PLUGIN_SHA256, report.plugin_volumes),
-            (LABEL_COMPILE_CACHE, report.compile_caches),
-        ):
-            filters = [kind_label] + ([label] if session is not None else [])
-            for vol in client.volumes.list(filters={"label": filters}):
-                if kind_label not in ((vol.attrs or {}).get("Labels") or {}):
-                    continue
-                if vol.name in in_use or not _remove_volume(vol):
-                    continue
-                removed.append(vol.name)
-    return report
+
+
+def _volumes_in_use(client: Any) -> set[str]:
+    """Model and plugin volumes that a job container still there mounts a member of."""
+    in_use: set[str] = set()
+    members = {member for _label, member in _VOLUME_KINDS.values()}
+    for ct in client.containers.list(all=True, filters={"label": LABEL_JOB}):
+        for m in (ct.attrs or {}).get("Mounts") or []:
+            parts = PurePosixPath(str(m.get("Source") or "")).parts
+            if len(parts) >= 3 and parts[-2] == "_data" and parts[-1] in members:
+                in_use.add(parts[-3])
+    return in_use
+
+
+def _prune_kept_volumes(client: Any, session_label: str | None, report: PruneReport) -> None:
+    """Model and plugin volumes and compile caches (of one session if given), unless in use."""
+    in_use = _volumes_in_use(client)
+    for kind_label, removed in (
+        (LABEL_MODEL_SHA256, report.model_volumes),
+        (LABEL_PLUGIN_SHA256, report.plugin_volumes),
+        (LABEL_COMPILE_CACHE, report.compile_caches),
+    ):
+        filters = [kind_label] + ([session_label] if session_label is not None else [])
+        for vol in client.volumes.list(filters={"label": filters}):
+            if kind_label not in ((vol.attrs or {}).get("Labels") or {}):
+                continue
+            if vol.name in in_use or not _remove_volume(vol):
+                continue
+            removed.append(vol.name)
 
 
 def prune_plugin_copies(client: Any, plugins_root: Path) -> list[str]:

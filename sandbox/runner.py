@@ -74,7 +74,6 @@ from sandbox.labels import (
     LABEL_VERSION,
     MODEL_FILE,
     MODEL_MARKER,
-    MODEL_TRANSPORT_ENV,
     PLUGIN_DIR,
     SANDBOX_USER,
     SESSION_ID,
@@ -482,7 +481,7 @@ def check_engine(client: Any) -> None:
     if problems:
         raise SandboxError(
             "unsafe Docker engine: " + "; ".join(problems),
-            hint="Run the Docker engine with its default seccomp profile.",
+            reason="unsafe-engine",
         )
     _CHECKED_ENGINES.add(id(client))
 
@@ -500,6 +499,7 @@ def run_job(
     stream_limits: StreamLimits | None = None,
     output_limits: OutputLimits | None = None,
     plugins: Sequence[InstalledPlugin] = (),
+    transport: str = "auto",
 ) -> JobResult:
     """Run `spec` in a fresh hardened container from the pinned `image`; return its outputs.
 
@@ -515,8 +515,8 @@ def run_job(
     client = client or engine_client()
     check_engine(client)
     verify_image(image, client)
-    model_volumes, check_local = prepare_models(client, image, spec.models, models)
-    with prepare_plugins(client, image, plugins) as sources:
+    model_volumes, check_local = prepare_models(client, image, spec.models, models, transport)
+    with prepare_plugins(client, image, plugins, transport) as sources:
         plan = plan_job(
             spec,
             image,
@@ -554,7 +554,6 @@ __all__ = [
     "LABEL_VERSION",
     "MODEL_FILE",
     "MODEL_MARKER",
-    "MODEL_TRANSPORT_ENV",
     "PLUGIN_DIR",
     "SANDBOX_USER",
     "SESSION_ID",

@@ -1,15 +1,15 @@
-"""The sandbox as the CLI and the TUI use it: plugins in the catalog, the image, running jobs.
+"""The sandbox as the CLI and the TUI use it: plugins, the image, running jobs.
 
 `SandboxService` ties together the pieces that stay independent elsewhere:
 
 * plugins: `add_plugin` vets a directory (`sandbox.plugins.stage_plugin`), refuses
   requirement conflicts with the image's pins and with other plugins, moves the read-only copy
   into ``<plugins dir>/<tree sha256>/`` and records it with every file's sha256 and its folder
-  (`catalog.sandbox_records`); `verify_plugins` checks each stored copy is exactly its
-  recorded files. Copies stored under the old ``<name>-<version>`` names (which two plugins
-  could share) are moved to their tree-hash folders when the service opens the catalog;
+  (through the `SandboxRegistry` it was given); `verify_plugins` checks each stored copy is
+  exactly its recorded files. Copies stored under the old ``<name>-<version>`` names (which
+  two plugins could share) are moved to their tree-hash folders when the service opens;
 * the image: `build` passes every added plugin's requirements to `build_image` (so the
-  hash-locked wheelhouse includes them), and records the `ImageRecord` in the catalog as well
+  hash-locked wheelhouse includes them), and records the `ImageRecord` in the registry as well
   as in the JSON record file; `image_status` says whether the image is missing, changed on the
   engine, or stale (worker code, app version, plugin requirements);
 * runs: `run` builds the `JobSpec` with the plugins' refs and picks the container strategy:
@@ -28,15 +28,9 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine
-from sqlmodel import Session, col, select
-
-from catalog.db import session_scope
-from catalog.sandbox_records import Plugin, PluginFile, SandboxImage
 from sandbox.errors import (
     EngineUnavailableError,
     ImageError,
@@ -51,6 +45,7 @@ from sandbox.image.record import ImageRecord, load_record
 from sandbox.plugin_store import move_legacy_folder, store_dir, verify_installed
 from sandbox.plugins import (
     InstalledPlugin,
+    StagedPlugin,
     base_pins,
     make_read_only,
     remove_tree,
@@ -58,25 +53,10 @@ from sandbox.plugins import (
     stage_plugin,
 )
 from sandbox.protocol import PLUGIN_NAME_RE, PLUGIN_VERSION_RE, JobSpec, Limits, ModelRef
+from sandbox.registry import PluginFileRecord, PluginRecord, SandboxRegistry
 from sandbox.status import ImageStatus
 
 RunMode = Literal["auto", "per-job", "warm"]
-
-
-def default_record_path() -> Path:
-    """$ASSETMGR_SANDBOX_RECORD, else ``<sandbox dir>/image.json``."""
-    from assetmgr import paths
-
-    explicit = os.environ.get("ASSETMGR_SANDBOX_RECORD")
-    return Path(explicit).expanduser() if explicit else paths.sandbox_dir() / "image.json"
-
-
-def default_cache_dir() -> Path:
-    """$ASSETMGR_SANDBOX_CACHE, else ``<sandbox dir>/cache``."""
-    from assetmgr import paths
-
-    explicit = os.environ.get("ASSETMGR_SANDBOX_CACHE")
-    return Path(explicit).expanduser() if explicit else paths.sandbox_dir() / "cache"
 
 
 @dataclass(frozen=True)
@@ -95,51 +75,81 @@ class PluginCheck:
     problems: tuple[str, ...] = ()
 
 
-def _plugin_from_rows(row: Plugin, files: Sequence[PluginFile], root: Path) -> InstalledPlugin:
+def _plugin_from_record(record: PluginRecord, root: Path) -> InstalledPlugin:
     return InstalledPlugin(
-        name=row.name,
-        version=row.version,
-        entry=row.entry,
-        hooks=tuple(row.hooks),
-        requirements=tuple(row.requirements),
-        tree_sha256=row.tree_sha256,
-        trusted=row.trusted,
-        path=_stored_path(root, row),
-        files={f.path: f.sha256 for f in files},
-        description=row.description,
-        added_at=row.added_at,
+        name=record.name,
+        version=record.version,
+        entry=record.entry,
+        hooks=record.hooks,
+        requirements=record.requirements,
+        tree_sha256=record.tree_sha256,
+        trusted=record.trusted,
+        path=_stored_path(root, record),
+        files={f.path: f.sha256 for f in record.files},
+        description=record.description,
+        added_at=record.added_at,
     )
 
 
-def _stored_path(root: Path, row: Plugin) -> Path:
-    """The stored copy's folder; the catalog's string is re-checked before use as a path."""
+def _stored_path(root: Path, record: PluginRecord) -> Path:
+    """The stored copy's folder; the registry's string is re-checked before use as a path."""
     try:
-        return store_dir(root, row.store_dir or row.tree_sha256)
+        return store_dir(root, record.store_dir or record.tree_sha256)
     except PluginManifestError:
         raise PluginError(
-            f"the catalog holds an invalid folder for plugin {row.name!r}: {row.store_dir!r}"
+            f"the registry holds an invalid folder for plugin {record.name!r}: {record.store_dir!r}"
         ) from None
 
 
+def _same_plugin(record: PluginRecord, staged: StagedPlugin) -> bool:
+    return record.tree_sha256 == staged.tree_sha256 and record.version == staged.manifest.version
+
+
+def _record_of(staged: StagedPlugin, *, trusted: bool) -> PluginRecord:
+    m = staged.manifest
+    return PluginRecord(
+        name=m.name,
+        version=m.version,
+        entry=m.entry,
+        hooks=tuple(m.hooks),
+        requirements=tuple(m.requirements),
+        description=m.description,
+        api_version=m.api,
+        tree_sha256=staged.tree_sha256,
+        manifest_sha256=staged.manifest_sha256,
+        manifest_file=staged.manifest_file,
+        file_count=len(staged.files),
+        total_bytes=staged.total_bytes,
+        trusted=trusted,
+        source_path=str(staged.source),
+        store_dir=staged.tree_sha256,
+        files=tuple(PluginFileRecord(f.path, f.sha256, f.size) for f in staged.files),
+    )
+
+
 class SandboxService:
+    """Plugins, the image and jobs; paths, the app version and the registry are given."""
+
     def __init__(
         self,
-        engine: Engine,
+        registry: SandboxRegistry,
         *,
-        plugins_root: Path | None = None,
-        record_path: Path | None = None,
-        cache_dir: Path | None = None,
+        plugins_root: Path,
+        record_path: Path,
+        cache_dir: Path,
+        app_version: str,
         client: Any = None,
         reuse_workers: bool = False,
+        model_transport: str = "auto",
     ) -> None:
-        from assetmgr import paths
-
-        self.engine = engine
-        self.plugins_root = plugins_root or paths.plugins_dir()
-        self.record_path = record_path or default_record_path()
-        self.cache_dir = cache_dir or default_cache_dir()
+        self.registry = registry
+        self.plugins_root = plugins_root
+        self.record_path = record_path
+        self.cache_dir = cache_dir
+        self.app_version = app_version
         self._client = client
         self.reuse_workers = reuse_workers
+        self.model_transport = model_transport
         self._warm: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
         self._lock = threading.Lock()
         self.moved_plugins = self._move_legacy_folders()
@@ -161,51 +171,31 @@ class SandboxService:
         share it, and only the one written last is in it); the other plugin's copy then shows
         as missing in `verify_plugins` and must be added again. Returns the moved names.
         """
-        with session_scope(self.engine) as session:
-            pending = session.exec(select(Plugin).where(col(Plugin.store_dir).is_(None))).first()
-        if pending is None:
-            return []
         moved = []
-        with session_scope(self.engine, write=True) as session:
-            rows = session.exec(select(Plugin).where(col(Plugin.store_dir).is_(None))).all()
-            for row in sorted(rows, key=lambda r: r.name):
-                if not re.match(r"^[0-9a-f]{64}$", row.tree_sha256):
-                    continue  # a damaged row: `_stored_path` refuses it when it is used
-                safe = re.match(PLUGIN_NAME_RE, row.name) and re.match(
-                    PLUGIN_VERSION_RE, row.version
-                )
-                manifest = (row.manifest_file, row.manifest_sha256)
-                if safe and move_legacy_folder(
-                    self.plugins_root, row.name, row.version, row.tree_sha256, manifest
-                ):
-                    moved.append(row.name)
-                row.store_dir = row.tree_sha256
-                session.add(row)
+        for record in self.registry.plugins():
+            if record.store_dir is not None:
+                continue
+            if not re.match(r"^[0-9a-f]{64}$", record.tree_sha256):
+                continue  # a damaged record: `_stored_path` refuses it when it is used
+            safe = re.match(PLUGIN_NAME_RE, record.name) and re.match(
+                PLUGIN_VERSION_RE, record.version
+            )
+            manifest = (record.manifest_file, record.manifest_sha256)
+            if safe and move_legacy_folder(
+                self.plugins_root, record.name, record.version, record.tree_sha256, manifest
+            ):
+                moved.append(record.name)
+            self.registry.set_store_dir(record.name, record.tree_sha256)
         return moved
 
-    def _load(self, session: Session, name: str) -> tuple[Plugin, list[PluginFile]] | None:
-        row = session.exec(select(Plugin).where(Plugin.name == name)).first()
-        if row is None:
-            return None
-        files = list(session.exec(select(PluginFile).where(PluginFile.plugin_id == row.id)).all())
-        return row, files
-
     def list_plugins(self) -> list[InstalledPlugin]:
-        with session_scope(self.engine) as session:
-            rows = session.exec(select(Plugin).order_by(col(Plugin.name))).all()
-            files: dict[int, list[PluginFile]] = {}
-            for f in session.exec(select(PluginFile)).all():
-                files.setdefault(f.plugin_id, []).append(f)
-            return [
-                _plugin_from_rows(r, files.get(r.id or -1, []), self.plugins_root) for r in rows
-            ]
+        return [_plugin_from_record(r, self.plugins_root) for r in self.registry.plugins()]
 
     def get_plugin(self, name: str) -> InstalledPlugin:
-        with session_scope(self.engine) as session:
-            found = self._load(session, name)
-            if found is None:
-                raise PluginNotFoundError(f"no plugin named {name!r} was added")
-            return _plugin_from_rows(*found, self.plugins_root)
+        found = self.registry.plugin(name)
+        if found is None:
+            raise PluginNotFoundError(f"no plugin named {name!r} was added", plugin=name)
+        return _plugin_from_record(found, self.plugins_root)
 
     def get_plugins(self, names: Sequence[str]) -> list[InstalledPlugin]:
         return [self.get_plugin(n) for n in names]
@@ -213,89 +203,72 @@ class SandboxService:
     def add_plugin(self, source: Path, *, trust: bool = False, replace: bool = False) -> AddResult:
         """Vet `source`, store a read-only hashed copy and record it; see the module docstring."""
         staged = stage_plugin(Path(source), self.plugins_root)
-        trash: Path | None = None
-        dest: Path | None = None
-        old_dir: Path | None = None
         try:
             m = staged.manifest
             conflicts = requirement_conflicts(m.requirements, base_pins(), "pinned by the image")
             if conflicts:
                 raise PluginManifestError(
                     f"plugin {m.name} cannot be added: {'; '.join(conflicts)}",
-                    hint="A plugin may add packages to the sandbox, never change a pinned one.",
+                    reason="conflicts-image-pins",
                 )
-            with session_scope(self.engine, write=True) as session:
-                existing = self._load(session, m.name)
-                if existing is not None:
-                    row, _ = existing
-                    if row.tree_sha256 == staged.tree_sha256 and row.version == m.version:
-                        if trust and not row.trusted:
-                            row.trusted = True
-                            session.add(row)
-                        remove_tree(staged.staging)
-                        files = self._load(session, m.name)
-                        assert files is not None
-                        return AddResult(_plugin_from_rows(*files, self.plugins_root), True)
-                    if not replace:
-                        raise PluginManifestError(
-                            f"a plugin named {m.name} is already added (version {row.version}, "
-                            "different content)",
-                            hint="Pass --replace to swap it for this one, or bump its version.",
-                        )
-                others = session.exec(select(Plugin).where(Plugin.name != m.name)).all()
-                for other in others:
-                    pins = dict(r.split("==", 1) for r in other.requirements)
-                    conflicts += requirement_conflicts(
-                        m.requirements, pins, f"required by plugin {other.name}"
-                    )
-                if conflicts:
-                    raise PluginManifestError(
-                        f"plugin {m.name} cannot be added: {'; '.join(conflicts)}",
-                        hint="Plugins share one image: their pinned requirements must agree.",
-                    )
-                dest = store_dir(self.plugins_root, staged.tree_sha256)
-                if existing is not None:
-                    row, old_files = existing
-                    old_dir = _stored_path(self.plugins_root, row)
-                    for f in old_files:
-                        session.delete(f)
-                    session.delete(row)
-                    session.flush()
-                make_read_only(staged.staging)
-                if dest.exists():  # the same version being replaced, or a stale leftover
-                    trash = self.plugins_root / f".trash-{staged.staging.name}"
-                    os.rename(dest, trash)
-                os.rename(staged.staging, dest)
-                row = Plugin(
-                    name=m.name,
-                    version=m.version,
-                    entry=m.entry,
-                    hooks=list(m.hooks),
-                    requirements=list(m.requirements),
-                    description=m.description,
-                    api_version=m.api,
-                    tree_sha256=staged.tree_sha256,
-                    manifest_sha256=staged.manifest_sha256,
-                    manifest_file=staged.manifest_file,
-                    file_count=len(staged.files),
-                    total_bytes=staged.total_bytes,
-                    trusted=trust,
-                    source_path=str(staged.source),
-                    store_dir=staged.tree_sha256,
+            existing = self.registry.plugin(m.name)
+            if existing is not None and _same_plugin(existing, staged):
+                return self._add_again(existing, staged, trust)
+            self._refuse_conflicts(staged, existing, replace)
+        except BaseException:
+            remove_tree(staged.staging)
+            raise
+        return self._store(staged, existing, trust)
+
+    def _add_again(self, existing: PluginRecord, staged: StagedPlugin, trust: bool) -> AddResult:
+        """The same plugin added again: nothing to store; ``--trust`` still applies."""
+        if trust and not existing.trusted:
+            existing = self.registry.set_trusted(existing.name, True) or existing
+        remove_tree(staged.staging)
+        return AddResult(_plugin_from_record(existing, self.plugins_root), True)
+
+    def _refuse_conflicts(
+        self, staged: StagedPlugin, existing: PluginRecord | None, replace: bool
+    ) -> None:
+        m = staged.manifest
+        if existing is not None and not replace:
+            raise PluginManifestError(
+                f"a plugin named {m.name} is already added (version {existing.version}, "
+                "different content)",
+                reason="already-added",
+            )
+        conflicts: list[str] = []
+        for other in self.registry.plugins():
+            if other.name != m.name:
+                pins = dict(r.split("==", 1) for r in other.requirements)
+                conflicts += requirement_conflicts(
+                    m.requirements, pins, f"required by plugin {other.name}"
                 )
-                session.add(row)
-                session.flush()
-                assert row.id is not None
-                file_rows = [
-                    PluginFile(plugin_id=row.id, path=f.path, sha256=f.sha256, size=f.size)
-                    for f in staged.files
-                ]
-                session.add_all(file_rows)
-                session.flush()
-                result = AddResult(
-                    _plugin_from_rows(row, file_rows, self.plugins_root),
-                    replaced=existing[0].version if existing is not None else None,
-                )
+        if conflicts:
+            raise PluginManifestError(
+                f"plugin {m.name} cannot be added: {'; '.join(conflicts)}",
+                reason="conflicts-plugin",
+            )
+
+    def _store(self, staged: StagedPlugin, existing: PluginRecord | None, trust: bool) -> AddResult:
+        """Move the staged copy to its tree-hash folder and record it; undo both on failure."""
+        trash: Path | None = None
+        dest: Path | None = None
+        old_dir: Path | None = None
+        try:
+            dest = store_dir(self.plugins_root, staged.tree_sha256)
+            if existing is not None:
+                old_dir = _stored_path(self.plugins_root, existing)
+            make_read_only(staged.staging)
+            if dest.exists():  # the same version being replaced, or a stale leftover
+                trash = self.plugins_root / f".trash-{staged.staging.name}"
+                os.rename(dest, trash)
+            os.rename(staged.staging, dest)
+            stored = self.registry.put_plugin(_record_of(staged, trusted=trust))
+            result = AddResult(
+                _plugin_from_record(stored, self.plugins_root),
+                replaced=existing.version if existing is not None else None,
+            )
         except BaseException:
             if dest is not None and dest.exists() and not staged.staging.exists():
                 remove_tree(dest)
@@ -310,23 +283,19 @@ class SandboxService:
         return result
 
     def remove_plugin(self, name: str) -> InstalledPlugin:
-        with session_scope(self.engine, write=True) as session:
-            found = self._load(session, name)
-            if found is None:
-                raise PluginNotFoundError(f"no plugin named {name!r} was added")
-            plugin = _plugin_from_rows(*found, self.plugins_root)
-            session.delete(found[0])
+        found = self.registry.plugin(name)
+        if found is None:
+            raise PluginNotFoundError(f"no plugin named {name!r} was added", plugin=name)
+        plugin = _plugin_from_record(found, self.plugins_root)
+        self.registry.remove_plugin(name)
         remove_tree(plugin.path)
         return plugin
 
     def set_trusted(self, name: str, trusted: bool) -> InstalledPlugin:
-        with session_scope(self.engine, write=True) as session:
-            found = self._load(session, name)
-            if found is None:
-                raise PluginNotFoundError(f"no plugin named {name!r} was added")
-            found[0].trusted = trusted
-            session.add(found[0])
-            return _plugin_from_rows(*found, self.plugins_root)
+        found = self.registry.set_trusted(name, trusted)
+        if found is None:
+            raise PluginNotFoundError(f"no plugin named {name!r} was added", plugin=name)
+        return _plugin_from_record(found, self.plugins_root)
 
     def verify_plugins(self, names: Sequence[str] | None = None) -> list[PluginCheck]:
         plugins = self.get_plugins(names) if names else self.list_plugins()
@@ -351,41 +320,13 @@ class SandboxService:
     # --- the image ----------------------------------------------------------------------------
 
     def record_image(self, record: ImageRecord) -> None:
-        """Store `record` in the catalog (insert, or refresh the row of the same image id)."""
-        with session_scope(self.engine, write=True) as session:
-            row = session.get(SandboxImage, record.image_id)
-            if row is None:
-                row = SandboxImage(
-                    image_id=record.image_id,
-                    tag=record.tag,
-                    lock_sha256=record.lock_sha256,
-                    torch_variant=record.torch_variant,
-                    app_version=record.app_version,
-                    worker_sha256=record.worker_sha256,
-                    inputs_sha256=record.inputs_sha256,
-                    built_at=record.created_at,
-                    record_json="",
-                )
-            row.tag = record.tag
-            row.layer_diff_ids = list(record.layer_diff_ids)
-            row.lock_sha256 = record.lock_sha256
-            row.rootfs_sha256 = record.rootfs_sha256
-            row.torch_variant = record.torch_variant
-            row.app_version = record.app_version
-            row.worker_sha256 = record.worker_sha256
-            row.inputs_sha256 = record.inputs_sha256
-            row.plugin_requirements = list(record.plugin_requirements)
-            row.plugin_requirements_sha256 = record.plugin_requirements_sha256
-            row.size_bytes = record.size_bytes
-            row.built_at = record.created_at
-            row.recorded_at = datetime.now(UTC)
-            row.record_json = record.model_dump_json()
-            session.add(row)
+        """Store `record` in the registry (insert, or refresh the one of the same image id)."""
+        self.registry.put_image(record)
 
     def catalog_record(self, image_id: str) -> ImageRecord | None:
-        with session_scope(self.engine) as session:
-            row = session.get(SandboxImage, image_id)
-            return None if row is None else ImageRecord.model_validate_json(row.record_json)
+        """The registry's record of this image, if any."""
+        found = self.registry.image_record(image_id)
+        return None if found is None else ImageRecord.model_validate_json(found)
 
     def load_image(self) -> ImageRecord:
         """The current image record (JSON file), cross-checked with (or added to) the catalog."""
@@ -423,6 +364,7 @@ class SandboxService:
             force=force,
             progress=progress,
             cancel=cancel,
+            app_version=self.app_version,
             plugin_requirement_sets=[p.requirements for p in self.list_plugins()],
             find_links=list(find_links),
             no_index=no_index,
@@ -431,7 +373,6 @@ class SandboxService:
         return record
 
     def image_status(self, *, check_engine: bool = True) -> ImageStatus:
-        from assetmgr import __version__
         from sandbox.image.build import worker_digest
 
         status = ImageStatus(record_path=self.record_path, record=None)
@@ -457,10 +398,10 @@ class SandboxService:
         status.worker_current = record.worker_sha256 == worker_digest()
         if not status.worker_current:
             status.stale_reasons.append("the worker code changed since the image was built")
-        status.app_current = record.app_version == __version__
+        status.app_current = record.app_version == self.app_version
         if not status.app_current:
             status.stale_reasons.append(
-                f"built by assetmgr {record.app_version}, this is {__version__}"
+                f"built by assetmgr {record.app_version}, this is {self.app_version}"
             )
         if status.missing_from_image:
             status.stale_reasons.append(
@@ -519,7 +460,7 @@ class SandboxService:
             if untrusted:
                 raise PluginError(
                     f"untrusted plugins never share a warm worker: {', '.join(untrusted)}",
-                    hint="Add them with `assetmgr plugins add --trust DIR` if you trust them.",
+                    reason="untrusted-warm",
                 )
             return "warm"
         return "warm" if self.reuse_workers and not untrusted else "per-job"
@@ -584,6 +525,7 @@ class SandboxService:
                 on_message=on_message,
                 cancel=cancel,
                 plugins=installed,
+                transport=self.model_transport,
             )
         worker = self._warm_worker(record, installed, spec, model_files, gpus)
         return worker.run(spec, output_dir, on_message=on_message, cancel=cancel)
@@ -612,6 +554,7 @@ class SandboxService:
                     model_files=model_files,
                     gpus=gpus,
                     plugins=plugins,
+                    transport=self.model_transport,
                 )
                 self._warm[key] = worker
             return worker
@@ -649,6 +592,4 @@ __all__ = [
     "RunMode",
     "SandboxService",
     "SandboxError",
-    "default_cache_dir",
-    "default_record_path",
 ]

@@ -7,7 +7,7 @@ both):
   each plugin gets a per-run copy of exactly its recorded files (`plugin_run_copies`), since
   its stored folder could hold more than was added.
 - ``volume`` (a remote engine: tcp://, ssh://, https://...; or
-  ``ASSETMGR_SANDBOX_MODEL_TRANSPORT=volume``): each model file is copied once into a docker
+  the ``volume`` choice): each model file is copied once into a docker
   volume labelled with its SHA256 (`ensure_model_volume`), through ``put_archive`` into a
   never-started helper container of the pinned image (no network, read-only root), as a
   streamed tar whose last member is a completion marker. Later jobs find the volume by label;
@@ -25,7 +25,6 @@ both):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -43,7 +42,7 @@ import docker.errors
 from docker.types import Mount
 
 from sandbox.engine import is_local_engine
-from sandbox.errors import HostConfigError, SandboxError
+from sandbox.errors import HostConfigError, SandboxError, TransportChoiceError
 from sandbox.image.record import ImageRecord
 from sandbox.labels import (
     FILL_DIR,
@@ -56,17 +55,16 @@ from sandbox.labels import (
     MODEL_CHUNK,
     MODEL_FILE,
     MODEL_MARKER,
-    MODEL_TRANSPORT_ENV,
     PLUGIN_DIR,
     RUN_COPIES_DIR,
     SANDBOX_USER,
     SESSION_ID,
     ModelTransport,
-    _app_version,
 )
 from sandbox.plugin_store import copy_recorded_files, read_recorded_files
 from sandbox.plugins import InstalledPlugin, remove_tree
 from sandbox.protocol import ModelRef
+from sandbox.protocol.hashing import FileHash
 
 
 def engine_is_remote(client: Any) -> bool:
@@ -81,15 +79,15 @@ def engine_is_remote(client: Any) -> bool:
     return not base_url.startswith(local)
 
 
-def model_transport(client: Any) -> ModelTransport:
-    """``bind`` for a local engine, ``volume`` for a remote one; `MODEL_TRANSPORT_ENV` overrides."""
-    choice = os.environ.get(MODEL_TRANSPORT_ENV, "").strip().lower()
-    if choice in ("bind", "volume"):
-        return choice  # type: ignore[return-value]
-    if choice not in ("", "auto"):
-        raise SandboxError(
-            f"{MODEL_TRANSPORT_ENV}={choice!r} is not one of auto, bind, volume",
-            hint=f"Unset {MODEL_TRANSPORT_ENV} or set it to bind or volume.",
+def model_transport(client: Any, choice: str = "auto") -> ModelTransport:
+    """``bind`` for a local engine, ``volume`` for a remote one; `choice` (the user's setting:
+    auto, bind or volume, any case) overrides."""
+    wanted = choice.strip().lower()
+    if wanted in ("bind", "volume"):
+        return wanted  # type: ignore[return-value]
+    if wanted not in ("", "auto"):
+        raise TransportChoiceError(
+            f"model transport {choice!r} is not one of auto, bind, volume", value=choice
         )
     return "volume" if engine_is_remote(client) else "bind"
 
@@ -145,16 +143,13 @@ def model_tar_stream(path: Path, sha256: str, chunk: int = MODEL_CHUNK) -> Itera
     st = path.stat()
     size = st.st_size
     yield _tar_member(MODEL_FILE, size, (st.st_mode & 0o666) | 0o444)
-    digest = hashlib.sha256()
-    sent = 0
+    digest = FileHash()
     with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            sent += len(block)
-            if sent > size:
+        for block in digest.chunks(fh, chunk):
+            if digest.size > size:
                 raise SandboxError(f"model file {path} grew while it was copied")
-            digest.update(block)
             yield block
-    if sent != size or digest.hexdigest() != sha256:
+    if digest.size != size or digest.hexdigest() != sha256:
         raise SandboxError(f"model file {path} is not the blob {sha256} it should be")
     yield b"\0" * (-size % 512)
     yield _tar_marker(_marker(sha256, size=size))
@@ -208,7 +203,7 @@ def _volume_helper(
     """A created, never started container of the pinned image with only `volume` at FILL_DIR."""
     labels = {
         LABEL_JOB: f"volume-helper-{secrets.token_hex(6)}",
-        LABEL_VERSION: _app_version(),
+        LABEL_VERSION: image.app_version,
         LABEL_SESSION: SESSION_ID,
         LABEL_ROLE: "volume-helper",
     }
@@ -312,7 +307,7 @@ def _ensure_volume(
         driver="local",
         labels={
             label: sha256,
-            LABEL_VERSION: _app_version(),
+            LABEL_VERSION: image.app_version,
             LABEL_SESSION: SESSION_ID,
             LABEL_ROLE: kind,
         },
@@ -396,10 +391,14 @@ def stage_plugins(
 
 
 def prepare_models(
-    client: Any, image: ImageRecord, refs: Sequence[ModelRef], files: Mapping[str, Path] | None
+    client: Any,
+    image: ImageRecord,
+    refs: Sequence[ModelRef],
+    files: Mapping[str, Path] | None,
+    transport: str = "auto",
 ) -> tuple[dict[str, StagedModel] | None, bool]:
     """What a plan needs for the engine's transport: (model volumes or None, check_local_paths)."""
-    if model_transport(client) == "volume" and refs:
+    if model_transport(client, transport) == "volume" and refs:
         return stage_models(client, image, refs, files), False
     return None, is_local_engine(client)
 
@@ -455,7 +454,7 @@ def plugin_run_copies(plugins: Sequence[InstalledPlugin]) -> PluginSources:
 
 
 def prepare_plugins(
-    client: Any, image: ImageRecord, plugins: Sequence[InstalledPlugin]
+    client: Any, image: ImageRecord, plugins: Sequence[InstalledPlugin], transport: str = "auto"
 ) -> PluginSources:
     """Plugin volumes for the volume transport (`model_transport`), else per-run copies.
 
@@ -464,6 +463,6 @@ def prepare_plugins(
     """
     if not plugins:
         return PluginSources()
-    if model_transport(client) == "volume":
+    if model_transport(client, transport) == "volume":
         return PluginSources(volumes=stage_plugins(client, image, plugins))
     return plugin_run_copies(plugins)

@@ -145,8 +145,10 @@ class WarmWorker:
         max_jobs: int = 50,
         stream_limits: StreamLimits | None = None,
         plugins: Sequence[InstalledPlugin] = (),
+        transport: str = "auto",
     ) -> None:
         self.client = client or engine_client()
+        self.transport = transport
         self.plugins = list(plugins)
         self.image = image
         self.limits = limits or Limits()
@@ -179,10 +181,12 @@ class WarmWorker:
         check_engine(self.client)
         verify_image(self.image, self.client)
         model_volumes, check_local = prepare_models(
-            self.client, self.image, self.models, self.model_files
+            self.client, self.image, self.models, self.model_files, self.transport
         )
         self._plugin_sources.close()
-        self._plugin_sources = prepare_plugins(self.client, self.image, self.plugins)
+        self._plugin_sources = prepare_plugins(
+            self.client, self.image, self.plugins, self.transport
+        )
         try:
             plan = plan_container(
                 new_job_id().replace("job-", "warm-"),

@@ -28,12 +28,12 @@ def _new_run_dir(root: Path) -> Path:
 
 def _services() -> tuple[Any, Any, Any]:
     from assetmgr import paths
-    from assetmgr.context import open_engine
+    from assetmgr.context import open_engine, open_sandbox_service
     from assetmgr.store.blobs import BlobStore
-    from sandbox.service import SandboxService
 
-    engine = open_engine(Settings.load())
-    return engine, BlobStore(paths.store_dir()), SandboxService(engine)
+    settings = Settings.load()
+    engine = open_engine(settings)
+    return engine, BlobStore(paths.store_dir()), open_sandbox_service(settings, engine)
 
 
 def _progress_printer(enabled: bool) -> Any:

@@ -24,10 +24,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _service() -> Any:
-    from assetmgr.context import open_engine
-    from sandbox.service import SandboxService
+    from assetmgr.context import open_engine, open_sandbox_service
 
-    return SandboxService(open_engine(Settings.load()))
+    settings = Settings.load()
+    return open_sandbox_service(settings, open_engine(settings))
 
 
 def _short(digest: str | None, n: int = 19) -> str:

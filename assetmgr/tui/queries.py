@@ -416,7 +416,7 @@ def suggest_weight(descriptions: Sequence[str | None], prompts: Sequence[str]) -
         low, high = min(low, high), max(low, high)
         middle = round((low + high) / 2 * 20) / 20  # to 0.05
         return Weight(middle, low, high, "description")
-    from sandbox.jobspec import scan_tags
+    from sandbox.protocol.jobspec import scan_tags
 
     seen: dict[float, int] = {}
     for prompt in prompts:
@@ -599,9 +599,10 @@ class LocalModel:
 
     @property
     def lora_name(self) -> str:
-        """The name used in ``<lora:name:w>``: the file name without its extension (A1111)."""
-        stem = self.file_name.rsplit(".", 1)[0] if "." in self.file_name else self.file_name
-        return re.sub(r"[<>:]", "_", stem)
+        """The name used in ``<lora:name:w>``: the job contract's alias rule for the file."""
+        from sandbox.protocol.jobspec import lora_tag_name
+
+        return lora_tag_name(self.file_name)
 
     @property
     def label(self) -> str:

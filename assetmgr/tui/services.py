@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from assetmgr import paths
 from assetmgr.config import Settings
-from assetmgr.errors import EXPECTED_ERRORS, SandboxError
-from sandbox.jobspec import LISTED_NAMES
+from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError
+from sandbox.protocol.jobspec import LISTED_NAMES
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SAMPLERS: tuple[str, ...] = LISTED_NAMES
-"""The sampler names the job contract accepts, in A1111's order (`sandbox.jobspec`)."""
+"""The sampler names the job contract accepts, in A1111's order (`sandbox.protocol.jobspec`)."""
 
 
 @dataclass(frozen=True)
@@ -235,9 +235,9 @@ class SandboxGeneration:
     def sandbox(self) -> Any:
         with self._lock:
             if self._sandbox is None:
-                from sandbox.service import SandboxService
+                from assetmgr.context import open_sandbox_service
 
-                self._sandbox = SandboxService(self.engine)
+                self._sandbox = open_sandbox_service(Settings.load(), self.engine)
             return self._sandbox
 
     def state(self) -> ServiceState:
@@ -306,8 +306,10 @@ class SandboxGeneration:
         from assetmgr.generation import GenerateRequest
 
         if request.checkpoint is None:
-            raise SandboxError(
-                "no checkpoint selected", hint="Pull a checkpoint, then pick it on this screen."
+            raise AssetMgrError(
+                "no checkpoint selected",
+                hint="Pull a checkpoint, then pick it on this screen.",
+                title="Sandbox error",
             )
         # LoRAs travel as <lora:NAME:W> tags in the prompt, resolved by `build_spec`.
         return GenerateRequest(

@@ -15,7 +15,6 @@ from sandbox.image.build import (
 )
 from sandbox.image.record import (
     ImageRecord,
-    default_record_path,
     load_record,
     save_record,
     verify_image,
@@ -25,7 +24,6 @@ __all__ = [
     "IMAGE_REPOSITORY",
     "ImageRecord",
     "build_image",
-    "default_record_path",
     "load_record",
     "prune_images",
     "render_dockerfile",

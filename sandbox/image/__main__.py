@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from assetmgr.errors import AssetMgrError
+from sandbox.errors import SandboxError
 from sandbox.image import build_image, load_record, verify_image
 
 
@@ -30,8 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.image")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build (or re-use) the pinned sandbox image")
-    build.add_argument("--cache-dir", type=Path)
-    build.add_argument("--record", type=Path, help="where to write the image record (JSON)")
+    build.add_argument("--cache-dir", type=Path, required=True)
+    build.add_argument(
+        "--record", type=Path, required=True, help="where to write the image record (JSON)"
+    )
+    build.add_argument(
+        "--app-version", required=True, help="the version of the app the image serves"
+    )
     build.add_argument("--torch-variant", choices=["cpu", "cuda"], default="cpu")
     build.add_argument(
         "--torch-index-url",
@@ -44,13 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--force", action="store_true", help="rebuild even if unchanged")
     for name in ("verify", "show"):
         p = sub.add_parser(name)
-        p.add_argument("--record", type=Path)
+        p.add_argument("--record", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             record = build_image(
                 cache_dir=args.cache_dir,
                 record_path=args.record,
+                app_version=args.app_version,
                 torch_variant=args.torch_variant,
                 torch_index_url=None if args.torch_index_url == "none" else args.torch_index_url,
                 mirror=args.mirror,
@@ -65,11 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write("sandbox image matches its record\n")
         else:
             sys.stdout.write(load_record(args.record).model_dump_json(indent=2) + "\n")
-    except AssetMgrError as exc:
+    except SandboxError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        if exc.hint:
-            sys.stderr.write(f"hint: {exc.hint}\n")
-        return exc.exit_code
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -58,11 +58,11 @@ IMAGE_FORMAT = 3
 PYTHON_VERSION = "3.11"  # bookworm's python3; the wheelhouse is resolved for it
 
 _SANDBOX_SRC = Path(__file__).resolve().parents[1]
-#: What the image gets of the `sandbox` package: the shared protocol, the generate job's
-#: contract and the whole worker package (code and data files). It gets an empty
-#: ``sandbox/__init__.py`` of its own, so importing the worker never pulls in host modules.
+#: What the image gets of the `sandbox` package: the shared contract (`sandbox.protocol`) and
+#: the worker package, code and data files. It gets an empty ``sandbox/__init__.py`` of its
+#: own, so importing the worker never pulls in host modules.
 WORKER_PACKAGE = "worker"
-SHARED_FILES = ("protocol.py", "jobspec.py")
+IMAGE_PACKAGES = ("protocol", WORKER_PACKAGE)
 _SKIP_PARTS = frozenset({"__pycache__", ".mypy_cache", ".pytest_cache"})
 
 DOCKERFILE = """\
@@ -110,14 +110,13 @@ def render_dockerfile(base: str, python_version: str = PYTHON_VERSION) -> str:
 def worker_sources() -> dict[str, bytes]:
     """The files copied into the image under ``/opt/assetmgr/sandbox``."""
     files = {"sandbox/__init__.py": b'"""Worker-side copy of the sandbox package."""\n'}
-    for rel in SHARED_FILES:
-        files[f"sandbox/{rel}"] = (_SANDBOX_SRC / rel).read_bytes()
-    root = _SANDBOX_SRC / WORKER_PACKAGE
-    for path in sorted(root.rglob("*")):
-        rel_parts = path.relative_to(root).parts
-        if not path.is_file() or _SKIP_PARTS.intersection(rel_parts) or path.suffix == ".pyc":
-            continue
-        files["/".join(("sandbox", WORKER_PACKAGE, *rel_parts))] = path.read_bytes()
+    for package in IMAGE_PACKAGES:
+        root = _SANDBOX_SRC / package
+        for path in sorted(root.rglob("*")):
+            rel_parts = path.relative_to(root).parts
+            if not path.is_file() or _SKIP_PARTS.intersection(rel_parts) or path.suffix == ".pyc":
+                continue
+            files["/".join(("sandbox", package, *rel_parts))] = path.read_bytes()
     return files
 
 
@@ -137,12 +136,6 @@ def plugin_sets_digest(house: PluginWheelhouse) -> str:
 def worker_digest() -> str:
     """Hash of what `worker_sources` would copy into the image (an image label)."""
     return _digest_files(worker_sources())
-
-
-def _app_version() -> str:
-    from assetmgr import __version__
-
-    return __version__
 
 
 def _engine_machine(client: Any) -> str:
@@ -301,9 +294,10 @@ def prune_images(client: Any, keep_id: str) -> list[str]:
 
 def build_image(
     *,
+    cache_dir: Path,
+    record_path: Path,
+    app_version: str,
     client: Any = None,
-    cache_dir: Path | None = None,
-    record_path: Path | None = None,
     torch_variant: TorchVariant = "cpu",
     torch_index_url: str | None = "",
     mirror: str | None = None,
@@ -322,9 +316,10 @@ def build_image(
 
     Args:
         client: a docker-py ``DockerClient``; default `engine_client()` (DOCKER_HOST aware).
-        cache_dir: rootfs tarballs, wheelhouses and the build context; default
-            ``<sandbox dir>/cache``. Keep it: with it, builds need no network.
-        record_path: where the JSON record goes; default ``<sandbox dir>/image.json``.
+        cache_dir: rootfs tarballs, wheelhouses and the build context. Keep it: with it,
+            builds need no network.
+        record_path: where the JSON record goes.
+        app_version: the version of the app that builds it (recorded and in the labels).
         torch_variant: ``cpu`` (torch ``+cpu`` wheel) or ``cuda`` (PyPI's CUDA build plus its
             ``nvidia-*`` wheels; only ``cpu`` is tested here).
         torch_index_url: extra index for torch; ``""`` = the variant's default (PyTorch's CPU
@@ -341,12 +336,9 @@ def build_image(
             (``...-p<hash>``) so images for different plugin sets coexist.
         find_links, no_index: where plugin wheels may also come from (pip options).
     """
-    from assetmgr import paths
-
     report = progress or _noop
     cancel = cancel or threading.Event()
     client = client or engine_client(timeout_s=600)
-    cache_dir = cache_dir or paths.sandbox_dir() / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -364,7 +356,7 @@ def build_image(
     if base_ref is None and debian_arch(machine) != debian_arch():
         raise ImageError(
             f"the engine is {machine} but this host is not: debootstrap builds the host's arch",
-            hint="Build on a host of the engine's architecture, or use --base name@sha256:...",
+            reason="arch-mismatch",
         )
     build_inputs: dict[str, Any] = {
         "suite": suite,
@@ -447,7 +439,7 @@ def build_image(
     sources = worker_sources()
     worker_sha = _digest_files(sources)
     dockerfile = render_dockerfile(from_ref)
-    version = _app_version()
+    version = app_version
     inputs_sha = hashlib.sha256(
         json.dumps(
             {

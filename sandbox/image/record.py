@@ -49,14 +49,7 @@ class ImageRecord(BaseModel):
     directory, `sandbox.plugins.requirements_key`): the pins it was resolved from."""
 
 
-def default_record_path() -> Path:
-    from assetmgr import paths
-
-    return paths.sandbox_dir() / RECORD_FILENAME
-
-
-def save_record(record: ImageRecord, path: Path | None = None) -> Path:
-    path = path or default_record_path()
+def save_record(record: ImageRecord, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".image-", suffix=".json", dir=path.parent)
     with os.fdopen(fd, "w") as f:
@@ -65,8 +58,7 @@ def save_record(record: ImageRecord, path: Path | None = None) -> Path:
     return path
 
 
-def load_record(path: Path | None = None) -> ImageRecord:
-    path = path or default_record_path()
+def load_record(path: Path) -> ImageRecord:
     try:
         return ImageRecord.model_validate_json(path.read_bytes())
     except FileNotFoundError as exc:

@@ -33,6 +33,7 @@ from typing import Any
 
 from sandbox.errors import ImageError
 from sandbox.image._proc import ProgressCallback, base_env, privileged_prefix, run_command
+from sandbox.protocol.hashing import FileHash, sha256_file
 
 DEFAULT_SUITE = "bookworm"
 DEFAULT_INCLUDE = ("python3", "python3-venv", "ca-certificates")
@@ -157,7 +158,7 @@ def find_debian_mirror(suite: str = DEFAULT_SUITE, sources: Sequence[Path] = _AP
                 return uris[0].rstrip("/")
     raise ImageError(
         f"no Debian mirror serving {suite!r} found in the apt sources",
-        hint="Pass --mirror URL (a Debian mirror) to `assetmgr sandbox build`.",
+        reason="no-mirror",
     )
 
 
@@ -213,19 +214,17 @@ def build_rootfs_tarball(
     if tar_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         progress("hash cached rootfs", None)
-        digest = _sha256_file(tar_path)
+        digest = sha256_file(tar_path)
         if digest == meta.get("sha256"):
             return RootfsTarball(tar_path, digest, tar_path.stat().st_size, inputs, cached=True)
         progress("cached rootfs is corrupt; rebuilding", None)
     if offline:
         raise ImageError(
             "no cached base rootfs and --offline was given",
-            hint="Build once with network access to the Debian mirror.",
+            reason="offline-no-rootfs",
         )
     if shutil.which("debootstrap") is None and not Path("/usr/sbin/debootstrap").exists():
-        raise ImageError(
-            "debootstrap is not installed", hint="Install it (apt-get install debootstrap)."
-        )
+        raise ImageError("debootstrap is not installed", reason="no-debootstrap")
     prefix = privileged_prefix()
     entry.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="rootfs-", dir=entry))
@@ -274,16 +273,13 @@ def build_rootfs_tarball(
         )
 
         progress("tar rootfs", None)
-        hasher = hashlib.sha256()
+        hasher = FileHash()
         partial = entry / "rootfs.tar.partial"
-        size = 0
         with open(partial, "wb") as out:
 
             def sink(chunk: bytes) -> None:
-                nonlocal size
                 hasher.update(chunk)
                 out.write(chunk)
-                size += len(chunk)
 
             run_command(
                 [
@@ -311,20 +307,12 @@ def build_rootfs_tarball(
             os.fsync(out.fileno())
         os.replace(partial, tar_path)
         digest = hasher.hexdigest()
-        meta = {"sha256": digest, "size": size, "inputs": asdict(inputs)}
+        meta = {"sha256": digest, "size": hasher.size, "inputs": asdict(inputs)}
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-        return RootfsTarball(tar_path, digest, size, inputs, cached=False)
+        return RootfsTarball(tar_path, digest, hasher.size, inputs, cached=False)
     finally:
         _remove_tree(scratch, prefix)
         (entry / "rootfs.tar.partial").unlink(missing_ok=True)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rootfs_meta(tarball: RootfsTarball) -> dict[str, Any]:

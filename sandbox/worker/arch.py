@@ -111,9 +111,8 @@ def _context_dim(tensors: dict[str, TensorInfo], suffix: str = "attn2.to_k.weigh
     return None
 
 
-def detect_checkpoint(header: SafetensorsHeader, name: str = "checkpoint") -> CheckpointInfo:
-    """Classify a full single-file checkpoint (LDM layout) as ``sd15`` or ``sdxl``."""
-    t = header.tensors
+def _refuse_other_families(t: dict[str, Any], name: str) -> None:
+    """Refuse what is not an SD 1.x or SDXL base checkpoint, by its keys."""
     keys = t.keys()
     if any("double_blocks." in k or "single_blocks." in k for k in keys):
         raise UnsupportedModelError(f"{name}: a Flux model; {_ONLY}")
@@ -134,6 +133,32 @@ def detect_checkpoint(header: SafetensorsHeader, name: str = "checkpoint") -> Ch
             )
         raise UnsupportedModelError(f"{name}: not a Stable Diffusion checkpoint (no UNet keys)")
 
+
+def _arch_of(t: dict[str, Any], context: int, name: str) -> Arch:
+    """``sd15`` or ``sdxl`` by the UNet's cross-attention width, with its text encoders."""
+    if context == 768:
+        if not (
+            _has_prefix(t, "cond_stage_model.transformer.text_model.")
+            or _has_prefix(t, "cond_stage_model.transformer.embeddings.")
+        ):
+            raise UnsupportedModelError(f"{name}: SD 1.x UNet without its CLIP text encoder")
+        return "sd15"
+    if context == 2048 and UNET + "label_emb.0.0.weight" in t:
+        if not (
+            _has_prefix(t, "conditioner.embedders.0.transformer.text_model.")
+            and _has_prefix(t, "conditioner.embedders.1.model.")
+        ):
+            raise UnsupportedModelError(f"{name}: SDXL UNet without both text encoders")
+        return "sdxl"
+    if context == 1024:
+        raise UnsupportedModelError(f"{name}: an SD 2.x model (1024-dim cross-attention); {_ONLY}")
+    raise UnsupportedModelError(f"{name}: unknown UNet (cross-attention width {context})")
+
+
+def detect_checkpoint(header: SafetensorsHeader, name: str = "checkpoint") -> CheckpointInfo:
+    """Classify a full single-file checkpoint (LDM layout) as ``sd15`` or ``sdxl``."""
+    t = header.tensors
+    _refuse_other_families(t, name)
     conv_in = t.get(UNET + "input_blocks.0.0.weight")
     if conv_in is None or len(conv_in.shape) != 4:
         raise UnsupportedModelError(f"{name}: UNet has no input conv; unknown layout")
@@ -149,26 +174,7 @@ def detect_checkpoint(header: SafetensorsHeader, name: str = "checkpoint") -> Ch
     if not _has_prefix(t, "first_stage_model."):
         raise UnsupportedModelError(f"{name}: no VAE baked in; separate VAE files are unsupported")
 
-    arch: Arch
-    if context == 768:
-        if not (
-            _has_prefix(t, "cond_stage_model.transformer.text_model.")
-            or _has_prefix(t, "cond_stage_model.transformer.embeddings.")
-        ):
-            raise UnsupportedModelError(f"{name}: SD 1.x UNet without its CLIP text encoder")
-        arch = "sd15"
-    elif context == 2048 and UNET + "label_emb.0.0.weight" in t:
-        if not (
-            _has_prefix(t, "conditioner.embedders.0.transformer.text_model.")
-            and _has_prefix(t, "conditioner.embedders.1.model.")
-        ):
-            raise UnsupportedModelError(f"{name}: SDXL UNet without both text encoders")
-        arch = "sdxl"
-    elif context == 1024:
-        raise UnsupportedModelError(f"{name}: an SD 2.x model (1024-dim cross-attention); {_ONLY}")
-    else:
-        raise UnsupportedModelError(f"{name}: unknown UNet (cross-attention width {context})")
-
+    arch = _arch_of(t, context, name)
     dtypes = Counter(info.dtype for k, info in t.items() if k.startswith(UNET))
     return CheckpointInfo(
         arch=arch,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandbox.jobspec import GenSpec, TagError, check_prompt_tags, strip_tags
+from sandbox.protocol.jobspec import GenSpec, TagError, check_prompt_tags, strip_tags
 
 from . import infotext
 from .errors import EngineError, SpecError
@@ -196,7 +196,7 @@ def generate(
         torch.set_num_threads(spec.threads)
     resolved = resolve_prompt(spec)
     if verify_model_hash:
-        from .pipeline import sha256_file
+        from sandbox.protocol.hashing import sha256_file
 
         got = sha256_file(spec.model_path)
         if got != spec.model_sha256.lower():

@@ -30,7 +30,7 @@ def _get_engine() -> Any:
 
 
 def run_generate_job(spec: JobSpec, out_dir: Path, channel: Channel) -> dict[str, Any]:
-    from sandbox.jobspec import GenSpec
+    from sandbox.protocol.jobspec import GenSpec
     from sandbox.worker import infotext
     from sandbox.worker.generate import generate
 

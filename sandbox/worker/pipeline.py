@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+
+from sandbox.protocol.hashing import FileHash, sha256_file
 
 from . import arch as archmod
 from .errors import EngineError, HashMismatchError, LoraMismatchError, SpecError, TokenizerError
@@ -103,22 +104,14 @@ def load_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
     return tok
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def autov3(path: str | os.PathLike[str]) -> str:
     """Civitai AutoV3 / A1111 "Lora hashes" value: sha256 after the safetensors header, 12 hex."""
-    h = hashlib.sha256()
+    h = FileHash()
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         f.seek(8 + n if n < 16 * 1024 * 1024 else 8)
-        while block := f.read(1 << 22):
-            h.update(block)
+        for _ in h.chunks(f, 1 << 22):
+            pass
     return h.hexdigest()[:12]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sandbox.jobspec import TagError, parse_tags, strip_tags
+from sandbox.protocol.jobspec import TagError, parse_tags, strip_tags
 
 from .errors import SpecError
 
@@ -61,7 +61,7 @@ class Extracted:
 def extract_loras(prompt: str) -> Extracted:
     """Take ``<lora:...>``/``<lyco:...>`` tags out of a prompt (A1111 extra-network syntax).
 
-    The syntax is the job contract's (`sandbox.jobspec.parse_tags`), which the host checks
+    The syntax is the job contract's (`sandbox.protocol.jobspec.parse_tags`), which the host checks
     before a job starts; a malformed tag raises `SpecError`.
     """
     try:
@@ -117,16 +117,24 @@ def parse_attention(text: str) -> list[tuple[Any, float]]:
         elif tok == "]" and square_open:
             scale(square_open.pop(), 1 / EMPHASIS)
         else:
-            pieces = _BREAK.split(tok)
-            for i, piece in enumerate(pieces):
-                if i > 0:
-                    runs.append([BREAK, -1.0])
-                runs.append([piece, 1.0])
+            _append_text(runs, tok)
     for pos in round_open:
         scale(pos, EMPHASIS)
     for pos in square_open:
         scale(pos, 1 / EMPHASIS)
+    return _merge_runs(runs)
 
+
+def _append_text(runs: list[list[Any]], tok: str) -> None:
+    """Plain text as runs of weight 1, each ``BREAK`` in it as the marker."""
+    for i, piece in enumerate(_BREAK.split(tok)):
+        if i > 0:
+            runs.append([BREAK, -1.0])
+        runs.append([piece, 1.0])
+
+
+def _merge_runs(runs: list[list[Any]]) -> list[tuple[Any, float]]:
+    """Neighbouring runs of one weight joined, empty ones dropped (BREAK kept apart)."""
     merged: list[tuple[Any, float]] = []
     for piece, w in runs:
         if piece is not BREAK and piece == "":

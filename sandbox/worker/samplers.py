@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.jobspec import LISTED_NAMES, SamplerNameError, split_sampler
+from sandbox.protocol.jobspec import LISTED_NAMES, SamplerNameError, split_sampler
 
 from .errors import SamplerError
 
@@ -28,7 +28,7 @@ class SamplerDef:
 
 
 _K = {"timestep_spacing": "linspace"}
-#: Keyed by `sandbox.jobspec.SAMPLER_NAMES` (a test keeps the two in step).
+#: Keyed by `sandbox.protocol.jobspec.SAMPLER_NAMES` (a test keeps the two in step).
 SAMPLERS: dict[str, SamplerDef] = {
     "Euler": SamplerDef("EulerDiscreteScheduler", _K),
     "Euler a": SamplerDef("EulerAncestralDiscreteScheduler", _K),
@@ -56,7 +56,7 @@ SAMPLERS: dict[str, SamplerDef] = {
 }
 
 #: A1111 schedule types (>=1.9) and the flags that select them; keyed by
-#: `sandbox.jobspec.SCHEDULE_TYPES`.
+#: `sandbox.protocol.jobspec.SCHEDULE_TYPES`.
 SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
     "Automatic": {},
     "Karras": {"use_karras_sigmas": True},
@@ -68,7 +68,7 @@ SCHEDULE_TYPES: dict[str, dict[str, Any]] = {
 def split_name(name: str, schedule_type: str | None = None) -> tuple[str, str]:
     """("DPM++ 2M Karras", None) -> ("DPM++ 2M", "Karras"); also accepts the split form.
 
-    The names and their parsing are the job contract's (`sandbox.jobspec.split_sampler`),
+    The names and their parsing are the job contract's (`sandbox.protocol.jobspec.split_sampler`),
     which the host checks before any job starts.
     """
     try:

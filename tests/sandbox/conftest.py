@@ -38,6 +38,7 @@ def docker_client() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def sandbox_image(docker_client: Any) -> Any:
+    from assetmgr import __version__
     from sandbox.errors import ImageError
     from sandbox.image import build_image, load_record, verify_image
     from sandbox.image.build import worker_digest
@@ -49,4 +50,9 @@ def sandbox_image(docker_client: Any) -> Any:
             return record
     except ImageError:
         pass
-    return build_image(client=docker_client, cache_dir=CACHE_DIR, record_path=RECORD_PATH)
+    return build_image(
+        client=docker_client,
+        cache_dir=CACHE_DIR,
+        record_path=RECORD_PATH,
+        app_version=__version__,
+    )

@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from sandbox.errors import OOM_HINT, JobFailedError, killed_by_oom
+from assetmgr.wording import describe
+from assetmgr.wording.sandbox import OOM_HINT
+from sandbox.errors import JobFailedError, killed_by_oom
+
+
+def hint_of(exc: Exception) -> str:
+    words = describe(exc)
+    assert words is not None
+    return words.hint
 
 
 def state(exit_code: int, *, oom: bool) -> dict[str, Any]:
@@ -36,7 +44,7 @@ def test_the_oom_killer_gets_the_memory_hint() -> None:
     assert killed_by_oom(state(137, oom=True))
     assert exc.oom_killed is True and exc.container_exit_code == 137
     assert exc.message == "job job-1 was killed by the kernel's OOM killer without a result"
-    assert exc.hint == OOM_HINT
+    assert hint_of(exc) == OOM_HINT
 
 
 @pytest.mark.parametrize(
@@ -87,11 +95,11 @@ def test_anything_else_gets_the_workers_own_reason(
     exc = JobFailedError.from_state("job-1", container, worker_error=worker_error, log_tail=TAIL)
     assert not killed_by_oom(container)
     assert exc.oom_killed is False
-    assert (exc.message, exc.hint) == (message, hint)
-    assert "memory" not in exc.hint.lower()
+    assert (exc.message, hint_of(exc)) == (message, hint)
+    assert "memory" not in hint_of(exc).lower()
     assert exc.worker_error_code == (worker_error[0] if worker_error else None)
 
 
 def test_a_bare_failure_never_blames_memory() -> None:
     exc = JobFailedError("the job's output directory vanished", job_id="job-1")
-    assert "memory" not in exc.hint.lower() and exc.hint
+    assert "memory" not in hint_of(exc).lower() and hint_of(exc)

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.worker, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def synth() -> Any:
     pytest.importorskip("torch")
-    from sandbox.worker.synth import SynthCache
+    from tests.synth import SynthCache
 
     root = os.environ.get("ASSETMGR_SYNTH_CACHE") or str(REPO_ROOT / ".cache" / "synth")
     return SynthCache(root)

@@ -104,11 +104,46 @@ def test_dockerfile_is_offline_hashed_and_non_root() -> None:
 
 def test_worker_sources_exclude_host_modules() -> None:
     files = worker_sources()
-    assert "sandbox/protocol.py" in files and "sandbox/worker/__main__.py" in files
-    assert "sandbox/jobspec.py" in files  # the generate contract the worker imports
+    assert "sandbox/protocol/__init__.py" in files and "sandbox/worker/__main__.py" in files
+    assert "sandbox/protocol/messages.py" in files
+    assert "sandbox/protocol/jobspec.py" in files  # the generate contract the worker imports
     assert files["sandbox/__init__.py"].count(b"import") == 0
     assert not [f for f in files if f.startswith(("sandbox/runner", "sandbox/image"))]
     assert not [f for f in files if "__pycache__" in f]
+
+
+def test_development_tools_stay_out_of_the_image_and_its_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The synthetic-model builder and the tokenizer tool live in tests/synth: editing them
+    leaves the worker digest (and so the image) as it is; editing a worker file does not."""
+    import shutil
+
+    from sandbox.image import build
+
+    repo = Path(__file__).resolve().parents[2]
+    files = worker_sources()
+    assert not [f for f in files if "synth" in f or "/tools/" in f or "build_tokenizer" in f]
+    copy = tmp_path / "repo"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(repo / "sandbox", copy / "sandbox", ignore=ignore)
+    shutil.copytree(repo / "tests" / "synth", copy / "tests" / "synth", ignore=ignore)
+    monkeypatch.setattr(build, "_SANDBOX_SRC", copy / "sandbox")
+    before = build.worker_digest()
+    assert before == build.worker_digest() and set(worker_sources()) == set(files)
+
+    helper = copy / "tests" / "synth" / "__init__.py"
+    helper.write_text(helper.read_text() + "\n# a test helper changed\n")
+    (copy / "tests" / "synth" / "build_tokenizer.py").write_text("# rewritten\n")
+    assert build.worker_digest() == before
+
+    worker = copy / "sandbox" / "worker" / "generate.py"
+    worker.write_text(worker.read_text() + "\n# a worker change\n")
+    assert build.worker_digest() != before
+    contract = copy / "sandbox" / "protocol" / "jobspec.py"
+    changed = build.worker_digest()
+    contract.write_text(contract.read_text() + "\n# a contract change\n")
+    assert build.worker_digest() != changed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +184,7 @@ def test_moved_tag_and_wrong_labels_are_detected(docker_client: Any, sandbox_ima
 def test_offline_rebuild_from_caches_is_repeatable(
     docker_client: Any, sandbox_image: Any, tmp_path: Path
 ) -> None:
+    from assetmgr import __version__
     from sandbox.image import build_image
     from tests.sandbox.conftest import CACHE_DIR
 
@@ -157,6 +193,7 @@ def test_offline_rebuild_from_caches_is_repeatable(
         client=docker_client,
         cache_dir=CACHE_DIR,
         record_path=tmp_path / "image.json",
+        app_version=__version__,
         offline=True,
         progress=lambda stage, fraction: stages.append(stage),
     )
@@ -172,6 +209,7 @@ def test_offline_rebuild_from_caches_is_repeatable(
 def test_build_can_be_cancelled(docker_client: Any, sandbox_image: Any, tmp_path: Path) -> None:
     import threading
 
+    from assetmgr import __version__
     from sandbox.errors import BuildCancelledError
     from sandbox.image import build_image
     from tests.sandbox.conftest import CACHE_DIR
@@ -187,6 +225,7 @@ def test_build_can_be_cancelled(docker_client: Any, sandbox_image: Any, tmp_path
             client=docker_client,
             cache_dir=CACHE_DIR,
             record_path=tmp_path / "image.json",
+            app_version=__version__,
             offline=True,
             force=True,
             cancel=cancel,

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
+from assetmgr.wording import describe
+from assetmgr.wording.sandbox import OOM_HINT
 from sandbox.errors import (
-    OOM_HINT,
     HostConfigError,
     HostileOutputError,
     JobFailedError,
@@ -361,7 +362,8 @@ def test_memory_hog_is_oom_killed(docker_client: Any, sandbox_image: Any, tmp_pa
     assert info.value.oom_killed is True
     assert info.value.container_exit_code == 137
     assert f"job {info.value.job_id} was killed by the kernel's OOM killer" in info.value.message
-    assert info.value.hint == OOM_HINT
+    words = describe(info.value)
+    assert words is not None and words.hint == OOM_HINT
     assert docker_client.ping()  # the engine (and this host process) carry on
     assert leftovers(docker_client, info.value.job_id) == ([], [])
 

@@ -1,6 +1,6 @@
 """Models through docker volumes (the transport for remote engines), on the real local engine.
 
-``ASSETMGR_SANDBOX_MODEL_TRANSPORT=volume`` makes the local engine take the remote path: the
+``transport="volume"`` makes the local engine take the remote path: the
 model is copied into a volume labelled with its sha256 through ``put_archive``, reused by
 later jobs, rebuilt when its completion marker is missing, and removed by ``prune(models=True)``.
 The transport choice itself (from the engine's URL) is tested without an engine.
@@ -31,7 +31,6 @@ from sandbox.runner import (
     LABEL_SESSION,
     MODEL_FILE,
     MODEL_MARKER,
-    MODEL_TRANSPORT_ENV,
     SESSION_ID,
     StagedModel,
     check_host_config,
@@ -67,20 +66,40 @@ def _client(base_url: str) -> Any:
         ("http://127.0.0.1:2375", True),  # tcp to this machine: still no shared paths assumed
     ],
 )
-def test_remote_engines_select_the_volume_transport(
-    base_url: str, remote: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv(MODEL_TRANSPORT_ENV, raising=False)
+def test_remote_engines_select_the_volume_transport(base_url: str, remote: bool) -> None:
     client = _client(base_url)
     assert engine_is_remote(client) is remote
     assert model_transport(client) == ("volume" if remote else "bind")
-    monkeypatch.setenv(MODEL_TRANSPORT_ENV, "bind")
-    assert model_transport(client) == "bind"
-    monkeypatch.setenv(MODEL_TRANSPORT_ENV, "VOLUME")
-    assert model_transport(client) == "volume"
-    monkeypatch.setenv(MODEL_TRANSPORT_ENV, "nfs")
+    assert model_transport(client, "auto") == ("volume" if remote else "bind")
+    assert model_transport(client, "bind") == "bind"
+    assert model_transport(client, "VOLUME") == "volume"
     with pytest.raises(SandboxError):
-        model_transport(client)
+        model_transport(client, "nfs")
+
+
+def test_the_app_passes_the_transport_setting_and_words_a_bad_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assetmgr.config import Settings
+    from assetmgr.context import open_sandbox_service
+    from assetmgr.wording import describe
+    from catalog.db import open_catalog
+
+    monkeypatch.setenv("ASSETMGR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ASSETMGR_NO_KEYRING", "1")
+    monkeypatch.setenv("ASSETMGR_SANDBOX_MODEL_TRANSPORT", "nfs")
+    settings = Settings.load(database_url=f"sqlite:///{tmp_path / 'c.sqlite3'}")
+    service = open_sandbox_service(settings, open_catalog(settings.database_url))
+    assert service.model_transport == "nfs"
+    assert service.record_path == tmp_path / "home" / "sandbox" / "image.json"
+    with pytest.raises(SandboxError) as info:
+        model_transport(_client("http+docker://localhost"), service.model_transport)
+    words = describe(info.value)
+    assert words is not None
+    assert (words.message, words.hint) == (
+        "model transport 'nfs' is not one of auto, bind, volume",
+        "Unset ASSETMGR_SANDBOX_MODEL_TRANSPORT or set it to bind or volume.",
+    )
 
 
 def test_static_check_covers_volume_backed_models(tmp_path: Path) -> None:
@@ -195,7 +214,6 @@ def _model_volumes(client: Any, sha: str) -> list[Any]:
 def test_models_travel_in_reused_read_only_volumes(
     docker_client: Any, sandbox_image: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(MODEL_TRANSPORT_ENV, "volume")
     blob = os.urandom(2 * MiB + 123)  # more than one streamed chunk
     model = tmp_path / "m.safetensors"
     model.write_bytes(blob)
@@ -214,6 +232,7 @@ def test_models_travel_in_reused_read_only_volumes(
             output_dir=tmp_path / new_job_id(),
             models={ref.name: model},
             gpus="none",
+            transport="volume",
         )
         return result.result.data["probes"]  # type: ignore[no-any-return]
 
@@ -275,7 +294,6 @@ def test_warm_worker_reads_models_from_volumes(
 ) -> None:
     from sandbox.warm import WarmWorker
 
-    monkeypatch.setenv(MODEL_TRANSPORT_ENV, "volume")
     blob = os.urandom(64 << 10)
     model = tmp_path / "w.safetensors"
     model.write_bytes(blob)
@@ -289,6 +307,7 @@ def test_warm_worker_reads_models_from_volumes(
             models=[ref],
             model_files={ref.name: model},
             gpus="none",
+            transport="volume",
         ) as worker:
             result = worker.run(_spec(ref, len(blob)), tmp_path / "out")
             read, write, _mounts = result.result.data["probes"]

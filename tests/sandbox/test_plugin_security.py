@@ -29,6 +29,7 @@ from unittest.mock import MagicMock
 import pytest
 from sqlalchemy import Engine, select, update
 
+from assetmgr.wording import describe
 from catalog.db import session_scope
 from catalog.sandbox_records import Plugin
 from sandbox.errors import (
@@ -51,6 +52,7 @@ from sandbox.worker import execute
 from sandbox.worker.channel import CollectingChannel
 from sandbox.worker.plugin_host import PluginError as WorkerPluginError
 from tests.sandbox.plugin_wheels import make_wheel
+from tests.sandbox.services import catalog_service
 from tests.sandbox.test_plugins import EXAMPLES, HOSTILE, _base_house, fake_record, write_plugin
 
 MiB = 1 << 20
@@ -140,7 +142,7 @@ def test_requirement_wheels_with_startup_hooks_are_refused(
         f"{installs_as}, a startup hook"
     )
     assert (info.value.wheel, info.value.member) == (wheel.name, member)
-    assert "drop the plugin" in (info.value.hint or "")
+    assert "drop the plugin" in describe(info.value).hint
     assert not list((tmp_path / "cache").rglob("requirements.lock"))  # nothing kept as resolved
 
 
@@ -231,7 +233,7 @@ def test_the_build_refuses_a_plugin_whose_requirement_ships_a_pth(
     wheel = make_wheel(links, "evilpth", "1.0", "X = 1\n", extra_files={"evilpth.pth": PTH_REWRITE})
     record_path = tmp_path / "image.json"
     save_record(sandbox_image, record_path)
-    svc = SandboxService(
+    svc = catalog_service(
         engine,
         plugins_root=tmp_path / "plugins",
         record_path=record_path,
@@ -278,7 +280,7 @@ def test_folders_of_the_old_layout_move_to_their_tree_hash_on_open(
     root = tmp_path / "plugins"
 
     def open_service() -> SandboxService:
-        return SandboxService(engine, plugins_root=root, record_path=tmp_path / "image.json")
+        return catalog_service(engine, plugins_root=root, record_path=tmp_path / "image.json")
 
     svc = open_service()
     assert svc.moved_plugins == []
@@ -396,7 +398,7 @@ def real_service(
 ) -> Iterator[SandboxService]:
     from tests.sandbox.conftest import RECORD_PATH
 
-    svc = SandboxService(
+    svc = catalog_service(
         engine, plugins_root=tmp_path / "plugins", record_path=RECORD_PATH, client=docker_client
     )
     yield svc
@@ -414,7 +416,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def service(engine: Engine, tmp_path: Path) -> Iterator[SandboxService]:
-    svc = SandboxService(
+    svc = catalog_service(
         engine, plugins_root=tmp_path / "plugins", record_path=tmp_path / "image.json"
     )
     yield svc
@@ -479,7 +481,7 @@ def test_a_job_cannot_stop_the_containers_init(hostile: SandboxService, tmp_path
         )
     assert "exited with code 9 without a result; its log ends: stop_init {" in str(info.value)
     assert info.value.oom_killed is False
-    assert info.value.hint == (
+    assert describe(info.value).hint == (
         "The worker exited with code 9 without saying why; the message quotes the end of its log."
     )
     [line] = [line for line in info.value.log_tail if line.startswith("stop_init ")]

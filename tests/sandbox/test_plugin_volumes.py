@@ -1,6 +1,6 @@
 """Plugins through docker volumes (the transport for remote engines), on the real local engine.
 
-``ASSETMGR_SANDBOX_MODEL_TRANSPORT=volume`` makes the local engine take the remote path: a
+``transport="volume"`` makes the local engine take the remote path: a
 plugin's recorded files (re-verified while they stream) are copied into a volume labelled with
 its tree sha256, whose ``plugin/`` directory the job mounts read-only at ``/plugins/<name>``;
 the volume is reused, rebuilt when its marker is missing, and removed by ``prune(models=True)``.
@@ -26,7 +26,6 @@ from sandbox.runner import (
     LABEL_PLUGIN_SHA256,
     LABEL_SESSION,
     MODEL_MARKER,
-    MODEL_TRANSPORT_ENV,
     PLUGIN_DIR,
     SESSION_ID,
     StagedVolume,
@@ -186,7 +185,6 @@ def _spec(p: InstalledPlugin) -> JobSpec:
 def test_plugins_travel_in_reused_read_only_volumes(
     docker_client: Any, sandbox_image: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(MODEL_TRANSPORT_ENV, "volume")
     p = installed(tmp_path / "plugins")
     tree = p.tree_sha256
     real_put = docker_client.api.put_archive  # uncounted: plants broken volumes
@@ -200,6 +198,7 @@ def test_plugins_travel_in_reused_read_only_volumes(
             output_dir=tmp_path / new_job_id(),
             gpus="none",
             plugins=[p],
+            transport="volume",
         ).result.data
 
     try:
@@ -263,11 +262,15 @@ def test_warm_worker_reads_plugins_from_volumes(
 ) -> None:
     from sandbox.warm import WarmWorker
 
-    monkeypatch.setenv(MODEL_TRANSPORT_ENV, "volume")
     p = installed(tmp_path / "plugins")
     try:
         with WarmWorker(
-            sandbox_image, client=docker_client, limits=SMALL, gpus="none", plugins=[p]
+            sandbox_image,
+            client=docker_client,
+            limits=SMALL,
+            gpus="none",
+            plugins=[p],
+            transport="volume",
         ) as worker:
             data = worker.run(_spec(p), tmp_path / "out").result.data
             assert "__color__" not in data["prompt"]

@@ -27,6 +27,7 @@ from unittest.mock import MagicMock
 import pytest
 from sqlalchemy import Engine, func, select
 
+from assetmgr.wording import describe
 from catalog.db import open_catalog, session_scope
 from catalog.sandbox_records import Plugin, PluginFile, SandboxImage
 from sandbox.errors import (
@@ -64,6 +65,7 @@ from sandbox.worker import execute
 from sandbox.worker.channel import CollectingChannel
 from sandbox.worker.plugin_host import PluginError as WorkerPluginError
 from tests.sandbox.plugin_wheels import make_wheel
+from tests.sandbox.services import catalog_service
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "plugins"
@@ -110,7 +112,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 @pytest.fixture
 def service(engine: Engine, tmp_path: Path) -> Iterator[SandboxService]:
-    svc = SandboxService(
+    svc = catalog_service(
         engine, plugins_root=tmp_path / "plugins", record_path=tmp_path / "image.json"
     )
     yield svc
@@ -777,7 +779,7 @@ def real_service(
 ) -> Iterator[SandboxService]:
     from tests.sandbox.conftest import RECORD_PATH
 
-    svc = SandboxService(
+    svc = catalog_service(
         engine, plugins_root=tmp_path / "plugins", record_path=RECORD_PATH, client=docker_client
     )
     yield svc
@@ -956,7 +958,7 @@ def test_hostile_plugin_misbehaviour_fails_only_its_job(
     assert message in text
     if isinstance(info.value, JobFailedError):  # the worker's own reason, never the OOM hint
         assert info.value.oom_killed is False and info.value.worker_error_code
-        assert info.value.hint == (
+        assert describe(info.value).hint == (
             f"The worker stopped the job with its own error ({info.value.worker_error_code}); "
             "see the message."
         )
@@ -1008,7 +1010,7 @@ def test_plugin_requirement_wheels_are_in_the_rebuilt_image(
     make_wheel(links, "tinyplug-dep", "1.0", "VALUE = 'from a locked wheel'\n")
     record_path = tmp_path / "image.json"
     save_record(sandbox_image, record_path)
-    svc = SandboxService(
+    svc = catalog_service(
         engine,
         plugins_root=tmp_path / "plugins",
         record_path=record_path,

@@ -21,7 +21,7 @@ from textual.app import App
 from textual.pilot import Pilot
 
 from assetmgr.config import Settings
-from assetmgr.errors import SandboxError
+from assetmgr.errors import AssetMgrError
 from assetmgr.tui.app import AssetMgrApp, make_app
 from assetmgr.tui.services import (
     GenerationCheck,
@@ -182,7 +182,7 @@ class FakeGeneration:
         started = time.monotonic()
         for step in range(self.steps):
             if cancel is not None and cancel.is_set():
-                raise SandboxError("generation cancelled", title="Job cancelled")
+                raise AssetMgrError("generation cancelled", title="Job cancelled")
             if progress is not None:
                 progress(GenerationProgress("denoise", step / self.steps, step, self.steps))
             if step == 0 and self.gate is not None:

@@ -13,7 +13,7 @@ from sqlmodel import Session
 from textual.widgets import Button, Label
 
 from assetmgr import logs
-from assetmgr.errors import SandboxError
+from assetmgr.errors import AssetMgrError
 from assetmgr.tui.app import FINISHED_JOB_SHOWN_S, AssetMgrApp
 from assetmgr.tui.jobs import JobBoard, JobError
 from assetmgr.tui.screens.dialogs import ConfirmModal, ErrorModal
@@ -145,7 +145,7 @@ def job_line(app: AssetMgrApp, job_id: str) -> JobLine:
 async def test_a_failed_job_keeps_its_reason_hint_and_whole_message(
     build_app: Callable[..., AssetMgrApp], engine: Engine, tmp_path: Path
 ) -> None:
-    error = SandboxError(
+    error = AssetMgrError(
         "the worker stopped: unknown sampler 'Euler z'\nthe worker's own report, line two",
         hint="Pick a sampler from the list.",
         title="Generation failed",

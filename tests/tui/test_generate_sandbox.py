@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def library(engine: Engine, tmp_path: Path, sandbox_image: Any) -> BlobStore:  # noqa: F811
     pytest.importorskip("torch")
     from assetmgr.store.importer import import_folder
-    from sandbox.worker.synth import SynthCache
+    from tests.synth import SynthCache
 
     synth = SynthCache(
         os.environ.get("ASSETMGR_SYNTH_CACHE") or str(REPO_ROOT / ".cache" / "synth")

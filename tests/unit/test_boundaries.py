@@ -84,7 +84,7 @@ def test_store_and_core_modules_do_not_import_ui() -> None:
 
 
 def test_the_host_never_loads_the_worker_package() -> None:
-    """Host and worker share `sandbox.protocol` and `sandbox.jobspec`; nothing on the host
+    """Host and worker share `sandbox.protocol`; nothing on the host
     (the CLI, the TUI, the catalog, the sandbox's host side) loads a `sandbox.worker` module."""
     host = [
         *_modules("assetmgr"),
@@ -92,5 +92,5 @@ def test_the_host_never_loads_the_worker_package() -> None:
         *[m for m in _modules("sandbox") if not m.startswith("sandbox.worker")],
     ]
     loaded = _loaded_after_import(host, full_names=True)
-    assert "assetmgr.generate_checks" in loaded and "sandbox.jobspec" in loaded
+    assert "assetmgr.generate_checks" in loaded and "sandbox.protocol.jobspec" in loaded
     assert not {m for m in loaded if m == "sandbox.worker" or m.startswith("sandbox.worker.")}

@@ -1,4 +1,4 @@
-"""The generate job's shared contract (`sandbox.jobspec`): the tag parser, the sampler names,
+"""The generate job's shared contract (`sandbox.protocol`): the tag parser, the sampler names,
 the field bounds, and the host's checks built on them (`assetmgr.generate_checks`)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from assetmgr.generate_checks import (
     request_problems,
 )
 from assetmgr.generation import GenerateRequest
-from sandbox import jobspec
-from sandbox.jobspec import (
+from sandbox.protocol import jobspec
+from sandbox.protocol.jobspec import (
     GenSpec,
     NetworkTag,
     TagError,

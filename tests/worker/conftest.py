@@ -45,7 +45,7 @@ def _needs_torch() -> None:
 @pytest.fixture(scope="session")
 def synth_cache() -> Any:
     _needs_torch()
-    from sandbox.worker.synth import SynthCache
+    from tests.synth import SynthCache
 
     root = os.environ.get("ASSETMGR_SYNTH_CACHE") or str(REPO_ROOT / ".cache" / "synth")
     return SynthCache(root)

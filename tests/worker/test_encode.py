@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from sandbox.worker import pipeline as pipemod  # noqa: E402
-from sandbox.worker import synth  # noqa: E402
 from sandbox.worker.errors import TokenizerError  # noqa: E402
 from sandbox.worker.prompts import encode_prompts  # noqa: E402
+from tests import synth  # noqa: E402
 
 pytestmark = pytest.mark.worker
 

@@ -11,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from sandbox.worker import synth  # noqa: E402
 from sandbox.worker.errors import EngineError, LoraMismatchError  # noqa: E402
 from sandbox.worker.generate import generate  # noqa: E402
 from sandbox.worker.pipeline import Engine  # noqa: E402
 from sandbox.worker.prompts import encode_prompts  # noqa: E402
+from tests import synth  # noqa: E402
 
 from .helpers import THREADS, base_spec, pixels  # noqa: E402
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from sandbox import jobspec
-from sandbox.jobspec import GenSpec
+from sandbox.protocol import jobspec
+from sandbox.protocol.jobspec import GenSpec
 from sandbox.worker import samplers
 from sandbox.worker.errors import SamplerError
-from sandbox.worker.tools import build_tokenizer
+from tests.synth import build_tokenizer
 
 from .helpers import base_spec
 

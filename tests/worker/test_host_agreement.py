@@ -12,9 +12,8 @@ from pydantic import ValidationError
 
 from assetmgr.generate_checks import request_problems
 from assetmgr.generation import GenerateRequest
-from sandbox import jobspec
-from sandbox.jobspec import GenSpec
-from sandbox.protocol import JobSpec, Limits, ModelRef
+from sandbox.protocol import JobSpec, Limits, ModelRef, jobspec
+from sandbox.protocol.jobspec import GenSpec
 from sandbox.worker import samplers
 from sandbox.worker.errors import EngineError
 from sandbox.worker.generate import resolve_prompt

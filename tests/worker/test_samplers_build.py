@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 
 from sandbox.worker import samplers  # noqa: E402
 from sandbox.worker.errors import SamplerError  # noqa: E402
-from sandbox.worker.synth import CONFIG_ROOT  # noqa: E402
+from tests.synth import CONFIG_ROOT  # noqa: E402
 
 pytestmark = pytest.mark.worker
 

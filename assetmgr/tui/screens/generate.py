@@ -1,7 +1,7 @@
 """Generate: prompt with completion, checkpoint and LoRAs, sampler settings, run and history.
 
 LoRAs live in the prompt as A1111 ``<lora:name:weight>`` tags (parsed by the job contract's
-parser, `sandbox.jobspec`, as the worker does); the LoRA picker inserts such a tag, and the line
+parser, `sandbox.protocol`, as the worker does); the LoRA picker inserts such a tag, and the line
 under the editor says which tags resolve to local files. Generate first runs the CLI's checks
 (`GenerationService.check`); what they refuse shows under the button and nothing starts.
 

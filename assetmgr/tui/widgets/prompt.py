@@ -33,9 +33,9 @@ def token_before(text: str) -> str | None:
 
 def lora_tags(prompt: str) -> list[tuple[str, float]]:
     """The well-formed ``<lora:name:weight>`` tags of a prompt (weight 1 when left out), by
-    the job contract's parser (`sandbox.jobspec.scan_tags`); malformed ones are left to the
+    the job contract's parser (`sandbox.protocol.jobspec.scan_tags`); malformed ones are left to the
     check before a run."""
-    from sandbox.jobspec import scan_tags
+    from sandbox.protocol.jobspec import scan_tags
 
     tags, _ = scan_tags(prompt)
     return [(t.name, t.te) for t in tags if t.is_lora]

@@ -317,6 +317,28 @@ def parse_tags(text: str, field: str = "prompt") -> list[NetworkTag]:
     return tags
 
 
+_TAG_BREAKING = re.compile(r"[<>:]")
+_MODEL_SUFFIXES: Final = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def lora_tag_name(name: str) -> str:
+    """How a LoRA file (`name`: its file name or its alias) is named in ``<lora:NAME:W>``.
+
+    The name without its model extension, with ``<``, ``>`` and ``:`` (which would end or
+    split the tag) as ``_``, without outer spaces (the parser strips them). Completion writes
+    this, and the host resolves it back to the file with `lora_tag_matches`.
+    """
+    stem = name.strip()
+    if stem.lower().endswith(_MODEL_SUFFIXES):
+        stem = stem.rsplit(".", 1)[0]
+    return _TAG_BREAKING.sub("_", stem).strip()
+
+
+def lora_tag_matches(tag_name: str, file_name: str) -> bool:
+    """Whether a tag's LoRA name names this file (the alias rule, case-insensitive)."""
+    return lora_tag_name(file_name).casefold() == tag_name.strip().casefold()
+
+
 def check_prompt_tags(prompt: str, negative: str = "") -> list[NetworkTag]:
     """The LoRA tags of a job's prompts, by the worker's rules; raises `TagError`.
 
@@ -511,6 +533,8 @@ __all__ = [
     "TagError",
     "canonical_sampler",
     "check_prompt_tags",
+    "lora_tag_matches",
+    "lora_tag_name",
     "parse_tags",
     "parse_weight",
     "sampler_names",

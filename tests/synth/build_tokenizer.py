@@ -4,7 +4,7 @@ Provenance: ``bpe_simple_vocab_16e6.txt.gz`` (MIT, (c) 2021 OpenAI) as shipped i
 ``open-clip-torch`` wheel on PyPI. Fetch it without installing anything::
 
     pip download --no-deps open-clip-torch -d /tmp/oc
-    python -m sandbox.worker.tools.build_tokenizer /tmp/oc/open_clip_torch-*.whl
+    python -m tests.synth.build_tokenizer /tmp/oc/open_clip_torch-*.whl
 
 The output (``vocab.json.gz``, ``merges.txt.gz``) is byte-for-byte reproducible: gzip with
 mtime 0 and compact, insertion-ordered JSON.
@@ -28,7 +28,7 @@ BPE_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408
 N_MERGES = VOCAB_SIZE - 512 - 2
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "configs" / "tokenizer"
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "sandbox" / "worker" / "configs" / "tokenizer"
 
 
 def byte_symbols() -> list[str]:

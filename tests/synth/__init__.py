@@ -1,4 +1,4 @@
-"""Synthetic test models: real key layout, random weights.
+"""Synthetic test models: real key layout, random weights (a development tool, not in the image).
 
 Builds single-file LDM checkpoints (what Civitai serves) from diffusers models with random
 weights, and kohya-style LoRA/LoCon files, so tests and benchmarks never need a download.
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 #: Bump when anything here changes the bytes of a built file: it keys the cache.
 SYNTH_VERSION = "synth-v1"
-CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+#: The worker's model configs (the layouts the files are built to).
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "sandbox" / "worker" / "configs"
 
 Kind = Literal["sd15", "sdxl"]
 
