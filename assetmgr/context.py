@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from catalog.civitai.client import CivitaiClient
+    from sandbox.service import SandboxService
 
 _engines: dict[str, Engine] = {}
 
@@ -29,3 +30,10 @@ def make_client(settings: Settings) -> CivitaiClient:
     from catalog.civitai.client import CivitaiClient
 
     return CivitaiClient(base_url=settings.api_base, api_key=settings.api_key)
+
+
+def open_sandbox_service(settings: Settings, engine: Engine) -> SandboxService:
+    """The sandbox service over this catalog (plugins, image record, jobs)."""
+    from sandbox.service import SandboxService
+
+    return SandboxService(engine)

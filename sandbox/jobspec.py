@@ -163,6 +163,7 @@ _OTHER_TAG = re.compile(r"<(\w+):([^<>]+)>")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NAMED_ARGS: Final = ("te", "unet", "dyn")
 _MAX_SHOWN = 80
+_NOT_IN_NAME = re.compile(r"[<>:]")
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,14 @@ class TagError(ValueError):
         self.position = position
         self.field = field
         self.kind: TagProblem = kind
+
+
+def lora_alias(file_name: str) -> str:
+    """The name a LoRA file goes by in ``<lora:NAME>`` tags (A1111): the file name without its
+    extension, with '<', '>' and ':' (which cannot stand in a tag) as '_'. The one alias rule:
+    prompt completion offers it and the host resolves it."""
+    stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+    return _NOT_IN_NAME.sub("_", stem)
 
 
 def parse_weight(text: str) -> float:

@@ -1,10 +1,10 @@
-"""`assetmgr generate` and `assetmgr rerun`: resolve catalog references, run in the sandbox,
-record the run.
+"""Generation's building blocks: resolve catalog references, run in the sandbox, record the run
+(the use cases in `assetmgr.app.generate` put them together for the CLI and the TUI).
 
 References (`--model`, `--lora`, and ``<lora:NAME:W>`` tags in the prompt) are a version id,
 a model name, or a file name / A1111 alias (the file name without extension); they must be
 verified files in the local store. Before anything runs, the request is checked against the
-job contract the worker enforces (`assetmgr.generate_checks`, `sandbox.jobspec`). The job spec
+job contract the worker enforces (`assetmgr.app.generate_checks`, `sandbox.jobspec`). The job spec
 records everything that changes pixels (`sandbox.jobspec.GenSpec`), and the run is stored in the
 catalog with the image id and the hashes of every input and output, so `rerun` can repeat it
 and compare bytes.
@@ -18,6 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,20 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError, NotInCatalogError
-from assetmgr.generate_checks import (
+from assetmgr.app.generate_checks import (
     GenerationWarning,
     InvalidRequestError,
     WrongModelTypeError,
     family_check,
     validate_request,
 )
+from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError, NotInCatalogError
 from assetmgr.store.blobs import BlobStore
 from catalog.db import session_scope
 from catalog.models import LocalFile, Model, ModelFile, ModelVersion
 from catalog.runs import GenerationRun
 from catalog.usermeta import UserMeta
+from sandbox.jobspec import lora_alias
 from sandbox.protocol import MAX_PARAMS_BYTES
 
 CHECKPOINT_TYPES = ("Checkpoint",)
@@ -59,7 +61,7 @@ class LocalAsset:
     model_name: str
     model_type: str
     alias: str
-    """A1111's name for it: the file name without extension."""
+    """A1111's name for it: the file name without extension (`sandbox.jobspec.lora_alias`)."""
     base_model: str | None
     sha256: str
     autov3: str | None
@@ -86,6 +88,24 @@ def _verified_files(session: Session, version_ids: Sequence[int]) -> list[tuple[
     )
 
 
+def _file_name_matches(file_name: str, lowered: str) -> bool:
+    """A file name is referred to by itself, by itself without the extension, or by its tag
+    alias (`lora_alias`, the one rule the prompt completion follows too)."""
+    name = file_name.lower()
+    return lowered in (name, name.rsplit(".", 1)[0]) or lora_alias(file_name).lower() == lowered
+
+
+def _versions_by_file_name(session: Session, lowered: str) -> list[int]:
+    rows = session.execute(
+        select(col(ModelFile.version_id), col(ModelFile.name))
+        .join(LocalFile, col(LocalFile.file_id) == col(ModelFile.id))
+        .where(col(LocalFile.state) == "verified")
+        .order_by(col(ModelFile.id))
+    ).all()
+    found = [int(vid) for vid, name in rows if name and _file_name_matches(str(name), lowered)]
+    return list(dict.fromkeys(found))
+
+
 def _find_asset(
     session: Session, store: BlobStore, ref: str, kinds: Sequence[str]
 ) -> LocalAsset | None:
@@ -95,21 +115,7 @@ def _find_asset(
         version_ids = [int(text)]
     else:
         lowered = text.lower()
-        by_file = (
-            session.execute(
-                select(col(ModelFile.version_id))
-                .join(LocalFile, col(LocalFile.file_id) == col(ModelFile.id))
-                .where(col(LocalFile.state) == "verified")
-                .where(
-                    func.lower(ModelFile.name).in_(
-                        [lowered, f"{lowered}.safetensors", f"{lowered}.ckpt"]
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        version_ids = list(by_file)
+        version_ids = _versions_by_file_name(session, text.lower())
         if not version_ids:
             query = (
                 select(col(ModelVersion.id))
@@ -131,7 +137,7 @@ def _find_asset(
                 file_id=file.id,
                 model_name=model.name,
                 model_type=model.type,
-                alias=Path(file.name or f"file-{file.id}").stem,
+                alias=lora_alias(file.name or f"file-{file.id}"),
                 base_model=version.base_model,
                 sha256=local.sha256.upper(),
                 autov3=local.autov3,
@@ -166,6 +172,12 @@ def resolve_asset(
 
 @dataclass
 class GenerateRequest:
+    """One generation as the user asked for it: the CLI's options, the Generate screen's form.
+
+    `model` and the `loras` refs are a version id, a model name or a file alias; prompt tags
+    name LoRAs by alias unless `tag_versions` pins a tag to the version the user picked.
+    """
+
     model: str
     prompt: str
     negative: str = ""
@@ -186,16 +198,46 @@ class GenerateRequest:
     timeout_s: float = 1800.0
     allow_mismatch: bool = False
     """Run LoRAs of another base-model family than the checkpoint's, with a warning."""
+    tag_versions: dict[str, int] = field(default_factory=dict)
+    """Prompt tag name -> the catalog version picked for it (the TUI's local LoRA list)."""
 
 
 @dataclass
 class RunRecord:
+    """One recorded generation run: what generate and rerun return and what `runs` lists."""
+
     run_id: int
     outputs: list[dict[str, Any]]
     spec: dict[str, Any]
     image_id: str | None
     identical_to: int | None = None
+    """The run this one repeated (set by rerun, with `identical`)."""
     identical: bool | None = None
+    created_at: datetime | None = None
+    status: str = "ok"
+    error: str | None = None
+    rerun_of: int | None = None
+
+    @classmethod
+    def from_row(cls, row: GenerationRun) -> RunRecord:
+        return cls(
+            run_id=int(row.id or 0),
+            outputs=list(row.outputs),
+            spec=dict(row.spec),
+            image_id=row.image_id,
+            created_at=row.created_at,
+            status=row.status,
+            error=row.error,
+            rerun_of=row.rerun_of,
+        )
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        return tuple(Path(o["path"]) for o in self.outputs if o.get("path"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.spec.get("seed", 0))
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -208,6 +250,19 @@ class RunRecord:
             data["rerun_of"] = self.identical_to
             data["identical"] = self.identical
         return data
+
+    def listing(self) -> dict[str, Any]:
+        """The `runs` entry of this run (JSON-safe)."""
+        return {
+            "run_id": self.run_id,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "status": self.status,
+            "prompt": self.spec.get("prompt"),
+            "seed": self.spec.get("seed"),
+            "outputs": [o.get("sha256") for o in self.outputs],
+            "rerun_of": self.rerun_of,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -258,7 +313,9 @@ def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> Gene
     resolved: list[tuple[str, LocalAsset]] = []
     for ref, weight in wanted.items():
         option = "loras" if ref not in tagged else "prompt"
-        asset = resolve_asset(session, store, ref, kinds=LORA_TYPES, option=option)
+        pinned = req.tag_versions.get(ref) if ref in tagged else None
+        lookup = ref if pinned is None else str(pinned)
+        asset = resolve_asset(session, store, lookup, kinds=LORA_TYPES, option=option)
         if asset.mount_name in mounts:
             first = next((r for r, a in resolved if a.mount_name == asset.mount_name), req.model)
             raise InvalidRequestError(
@@ -452,8 +509,9 @@ def run_generation(
         )
         session.add(run)
         session.flush()
-        run_id = int(run.id or 0)
-    return RunRecord(run_id, outputs, spec, image.image_id)
+        session.refresh(run)
+        record = RunRecord.from_row(run)
+    return record
 
 
 def load_run(engine: Engine, run_id: int) -> GenerationRun:
@@ -475,6 +533,7 @@ def rerun(
     *,
     out_dir: Path,
     on_message: Callable[[Any], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunRecord:
     """Repeat a recorded run with the same spec and inputs; report whether the bytes match."""
     from pydantic import ValidationError
@@ -509,6 +568,7 @@ def rerun(
         out_dir=out_dir,
         rerun_of=run_id,
         on_message=on_message,
+        cancel=cancel,
     )
     record.identical_to = run_id
     old_hashes = [o.get("sha256") for o in old.outputs]

@@ -19,7 +19,7 @@ from sandbox import jobspec
 from sandbox.protocol import MAX_TIMEOUT_S
 
 if TYPE_CHECKING:
-    from assetmgr.generation import GenerateRequest, LocalAsset
+    from assetmgr.app.generation import GenerateRequest, LocalAsset
 
 #: GenerateRequest field -> the `assetmgr generate` option that sets it.
 OPTION_FLAGS: dict[str, str] = {
