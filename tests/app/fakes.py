@@ -38,6 +38,9 @@ class FakeJobRunner:
     error: BaseException | None = None
     plugin_names: tuple[tuple[str, str], ...] = (("hires-helper", "ab" * 32),)
     image_built: bool = True
+    stale_reasons: list[str] = field(default_factory=list)
+    engine_problem: str | None = None
+    """When set, the engine is unreachable for this reason."""
     jobs: list[Job] = field(default_factory=list)
     waiting_at_gate: threading.Event = field(default_factory=threading.Event)
     closed: bool = False
@@ -48,11 +51,11 @@ class FakeJobRunner:
         return SimpleNamespace(
             record=SimpleNamespace(image_id=IMAGE_ID) if self.image_built else None,
             record_problem=None if self.image_built else "no sandbox image has been built",
-            engine_reachable=True,
-            engine_matches=True,
-            engine_problem=None,
-            stale=False,
-            stale_reasons=[],
+            engine_reachable=self.engine_problem is None,
+            engine_matches=self.engine_problem is None,
+            engine_problem=self.engine_problem,
+            stale=bool(self.stale_reasons),
+            stale_reasons=list(self.stale_reasons),
         )
 
     def list_plugins(self) -> list[Any]:
