@@ -180,9 +180,7 @@ async def test_an_unexpected_failure_names_the_log_that_has_its_traceback(
 ) -> None:
     secret_url = "https://b2.example/x.safetensors?Authorization=SECRET-B2-TOKEN"
     make_local(engine, 920005)
-    app = build_app(
-        runner=FakeJobRunner(error=KeyError(f"bad key {secret_url}"))
-    )
+    app = build_app(runner=FakeJobRunner(error=KeyError(f"bad key {secret_url}")))
     async with app.run_test(size=SMALL) as pilot:
         await settle(pilot)
         await pilot.press("f3")

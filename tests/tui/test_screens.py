@@ -114,9 +114,7 @@ async def test_settings_never_show_the_database_password(
     )
     app = make_app(
         shown_settings,
-        services=Services(
-            shown_settings, engine, runner=runner, sandbox_info=FakeSandboxInfo()
-        ),
+        services=Services(shown_settings, engine, runner=runner, sandbox_info=FakeSandboxInfo()),
     )
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f5")
