@@ -18,22 +18,11 @@ def register(app: typer.Typer) -> None:
     app.command("runs")(runs)
 
 
-def _new_run_dir(root: Path) -> Path:
-    """A fresh folder per run, so no run ever overwrites another's images."""
-    import uuid
-    from datetime import datetime
+def _generation() -> Any:
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.generate import Generation
 
-    return root / f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
-
-
-def _services() -> tuple[Any, Any, Any]:
-    from assetmgr import paths
-    from assetmgr.context import open_engine, open_sandbox_service
-    from assetmgr.store.blobs import BlobStore
-
-    settings = Settings.load()
-    engine = open_engine(settings)
-    return engine, BlobStore(paths.store_dir()), open_sandbox_service(settings, engine)
+    return Generation(AppContext(Settings.load()))
 
 
 def _progress_printer(enabled: bool) -> Any:
@@ -42,11 +31,11 @@ def _progress_printer(enabled: bool) -> Any:
 
     from assetmgr.cli.progress import rewrite_status
 
-    def on_message(message: Any) -> None:
-        if getattr(message, "type", "") == "progress" and getattr(message, "total", None):
-            rewrite_status(f"{message.stage}: step {message.step}/{message.total}")
+    def on_progress(p: Any) -> None:
+        if p.total:
+            rewrite_status(f"{p.stage}: step {p.step}/{p.total}")
 
-    return on_message
+    return on_progress
 
 
 def generate(
@@ -80,10 +69,8 @@ def generate(
     the sampler, the LoRA tags and weights, and that each file is of the right type and base
     model.
     """
-    from assetmgr import paths
-    from assetmgr.generate_checks import parse_lora_option, validate_request
-    from assetmgr.generation import GenerateRequest, build_spec, run_generation
-    from catalog.db import session_scope
+    from assetmgr.app.generate import GenerateRequest, new_run_dir
+    from assetmgr.app.generate_checks import parse_lora_option, validate_request
 
     req = GenerateRequest(
         model=model,
@@ -107,23 +94,15 @@ def generate(
         allow_mismatch=allow_mismatch,
     )
     validate_request(req)  # before the catalog is even opened
-    engine, store, sandbox = _services()
-    with session_scope(engine) as session:
-        plan = build_spec(session, store, req)
+    generation = _generation()
+    plan = generation.plan(req)
     for warning in plan.warnings:
         print_line(f"warning: {warning.message}", err=True)
-    out_dir = out or _new_run_dir(paths.runs_dir())
-    record = run_generation(
-        engine,
-        store,
-        sandbox,
-        plan.spec,
-        plan.mounts,
-        plan.models,
-        plugins=plugins,
-        out_dir=out_dir,
-        timeout_s=timeout,
-        on_message=_progress_printer(not as_json and sys.stderr.isatty()),
+    record = generation.generate(
+        req,
+        plan=plan,
+        out_dir=out or new_run_dir(),
+        progress=_progress_printer(not as_json and sys.stderr.isatty()),
     )
     if as_json:
         print_json(record.as_json())
@@ -140,12 +119,8 @@ def rerun(
 ) -> None:
     """Repeat a recorded run and report whether the output bytes match."""
     from assetmgr import paths
-    from assetmgr.generation import rerun as do_rerun
 
-    engine, store, sandbox = _services()
-    record = do_rerun(
-        engine, store, sandbox, run_id, out_dir=out or paths.runs_dir() / f"rerun-{run_id}"
-    )
+    record = _generation().rerun(run_id, out_dir=out or paths.runs_dir() / f"rerun-{run_id}")
     if as_json:
         print_json(record.as_json())
     else:
@@ -160,33 +135,9 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """Recorded generation runs, newest first (a cut list says so on stderr)."""
-    from sqlalchemy import func, select
-    from sqlmodel import col
-
-    from catalog.db import session_scope
-    from catalog.runs import GenerationRun
-
-    engine, _, _ = _services()
-    with session_scope(engine) as session:
-        query = select(GenerationRun).order_by(col(GenerationRun.id).desc())
-        rows = session.execute(query.limit(limit) if limit else query).scalars().all()
-        total = len(rows)
-        if limit and total == limit:
-            counted = select(func.count()).select_from(GenerationRun)
-            total = int(session.execute(counted).scalar_one())
-        data = [
-            {
-                "run_id": r.id,
-                "created_at": r.created_at.isoformat(),
-                "status": r.status,
-                "prompt": r.spec.get("prompt"),
-                "seed": r.spec.get("seed"),
-                "outputs": [o.get("sha256") for o in r.outputs],
-                "rerun_of": r.rerun_of,
-                "error": r.error,
-            }
-            for r in rows
-        ]
+    listed = _generation().runs(limit)
+    data = [r.listing() for r in listed.runs]
+    total = listed.total
     if as_json:
         print_json(data)
     else:

@@ -26,13 +26,13 @@ from textual.worker import Worker, WorkerState
 
 # textual-image must query the terminal before Textual owns it (see widgets.preview).
 import assetmgr.tui.widgets.preview  # noqa: F401
+from assetmgr.app.queries import BrowseQuery
 from assetmgr.config import Settings
 from assetmgr.display import CleanLogFormatter, clean
 from assetmgr.store.import_report import ImportReport
 from assetmgr.tui import messages as m
 from assetmgr.tui.actions import ACTIONS, bindings_for
 from assetmgr.tui.jobs import JobBoard, JobError
-from assetmgr.tui.queries import BrowseQuery
 from assetmgr.tui.screens.catalog import CatalogScreen
 from assetmgr.tui.screens.dialogs import ConfirmModal, ErrorModal, PromptModal, UpdatesModal
 from assetmgr.tui.screens.generate import GenerateScreen
@@ -40,7 +40,7 @@ from assetmgr.tui.screens.help import HelpScreen
 from assetmgr.tui.screens.import_report import ImportReportScreen
 from assetmgr.tui.screens.sandbox import SandboxScreen
 from assetmgr.tui.screens.settings import SettingsScreen
-from assetmgr.tui.services import GenerationRequest, Services
+from assetmgr.tui.services import GenerateRequest, Services
 from assetmgr.tui.widgets.filter_bar import FilterBar
 from assetmgr.tui.widgets.jobs import JobsBar
 from assetmgr.tui.widgets.model_table import ModelTable
@@ -492,14 +492,13 @@ class AssetMgrApp(WorkersMixin, App[None]):
             self.pending_prompt.append(text)
 
     def start_generation(
-        self, request: GenerationRequest | None, rerun_id: str | None = None
+        self, request: GenerateRequest | None, rerun_id: int | None = None
     ) -> None:
         if self.jobs.active("generate"):
             self.notify("A generation is already running.", severity="warning", timeout=3)
             return
-        label = (
-            f"Rerun {rerun_id}" if rerun_id else f"Generate seed {request.seed if request else ''}"
-        )
+        seed = request.seed if request else ""
+        label = f"Rerun {rerun_id}" if rerun_id is not None else f"Generate seed {seed}"
         job = self.jobs.add("generate", label)
         self._track(self.run_generation(job.id, request, rerun_id), job.id)
 
@@ -551,7 +550,7 @@ class AssetMgrApp(WorkersMixin, App[None]):
     @on(m.GenerationFinished)
     def generation_finished(self, message: m.GenerationFinished) -> None:
         if self._live(self.generate_screen):
-            self.generate_screen.show_result(message.result, message.image)
+            self.generate_screen.show_result(message.result, message.image, message.elapsed_s)
 
     @on(m.HistoryLoaded)
     def history_loaded(self, message: m.HistoryLoaded) -> None:

@@ -15,7 +15,7 @@ from textual.message import Message
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-    from assetmgr.tui.queries import (
+    from assetmgr.app.queries import (
         BrowseQuery,
         Completion,
         Facets,
@@ -24,9 +24,8 @@ if TYPE_CHECKING:
         ModelRow,
     )
     from assetmgr.tui.services import (
+        GenerateRequest,
         GenerationCheck,
-        GenerationRequest,
-        GenerationResult,
         RunRecord,
         SandboxInfo,
         ServiceState,
@@ -158,7 +157,7 @@ class GenerationStateChecked(Message):
 class GenerationRequestChecked(Message):
     """The check before a run (`GenerationService.check`) of the request the user asked for."""
 
-    request: GenerationRequest
+    request: GenerateRequest
     check: GenerationCheck
 
 
@@ -175,8 +174,9 @@ class GenerationProgressed(Message):
 @dataclass
 class GenerationFinished(Message):
     job_id: str
-    result: GenerationResult
+    result: RunRecord
     image: PILImage | None
+    elapsed_s: float = 0.0
 
 
 @dataclass

@@ -20,13 +20,13 @@ from sqlmodel import Session
 from textual import work
 from textual.worker import Worker, get_current_worker
 
+from assetmgr.app import queries
 from assetmgr.tui import messages as m
-from assetmgr.tui import queries
 
 if TYPE_CHECKING:
     from textual.app import App
 
-    from assetmgr.tui.services import GenerationProgress, GenerationRequest, Services
+    from assetmgr.tui.services import GenerateRequest, GenerationProgress, Services
 
     _Base = App[None]
 else:
@@ -315,7 +315,7 @@ class WorkersMixin(_Base):
         )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate-check")
-    def check_generation_request(self, request: GenerationRequest) -> None:
+    def check_generation_request(self, request: GenerateRequest) -> None:
         check = self.services.generation.check(request)
         self.post_message(m.GenerationRequestChecked(request, check))
 
@@ -327,8 +327,12 @@ class WorkersMixin(_Base):
         thread=True, exclusive=True, exit_on_error=False, group="generate", description="generate"
     )
     def run_generation(
-        self, job_id: str, request: GenerationRequest | None, rerun_id: str | None = None
+        self, job_id: str, request: GenerateRequest | None, rerun_id: int | None = None
     ) -> None:
+        from datetime import UTC, datetime
+
+        from assetmgr import paths
+
         service = self.services.generation
 
         def progress(p: GenerationProgress) -> None:
@@ -338,30 +342,37 @@ class WorkersMixin(_Base):
             self.post_message(m.JobProgressed(job_id, p.fraction or 0.0, 1.0, text))
             self.post_message(m.GenerationProgressed(job_id, p.fraction, text))
 
+        started = time.monotonic()
+        now = datetime.now(UTC)
         if rerun_id is not None:
-            result = service.rerun(rerun_id, progress=progress, cancel=_cancel_event())
+            out_dir = paths.runs_dir() / f"rerun-{rerun_id}-{now:%Y%m%d-%H%M%S}"
+            record = service.rerun(
+                rerun_id, out_dir=out_dir, progress=progress, cancel=_cancel_event()
+            )
         else:
             assert request is not None
-            result = service.generate(request, progress=progress, cancel=_cancel_event())
+            out_dir = paths.runs_dir() / now.strftime("tui-%Y%m%d-%H%M%S-%f")
+            record = service.generate(
+                request, out_dir=out_dir, progress=progress, cancel=_cancel_event()
+            )
+        elapsed = time.monotonic() - started
         image = None
-        if result.images:
+        if record.images:
             from PIL import Image
 
-            with Image.open(result.images[0]) as source:
+            with Image.open(record.images[0]) as source:
                 image = source.convert("RGB")
         self.post_message(
             m.JobFinished(
-                job_id,
-                f"generated {len(result.images)} image(s) in {result.elapsed_s:.1f} s",
-                result,
+                job_id, f"generated {len(record.images)} image(s) in {elapsed:.1f} s", record
             )
         )
-        self.post_message(m.GenerationFinished(job_id, result, image))
+        self.post_message(m.GenerationFinished(job_id, record, image, elapsed))
         self.post_message(m.HistoryLoaded(service.history()))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="sandbox-info")
     def load_sandbox_info(self) -> None:
-        self.post_message(m.SandboxInfoLoaded(self.services.sandbox.info()))
+        self.post_message(m.SandboxInfoLoaded(self.services.sandbox_info.info()))
 
     # --- settings --------------------------------------------------------------------------
 

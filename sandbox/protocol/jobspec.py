@@ -1,7 +1,7 @@
 """The ``generate`` job's contract, one definition for both sides: the spec (`GenSpec`), the
 bounds of its fields, the sampler names and the A1111 extra-network tag syntax.
 
-The host checks a request against it before any container starts (`assetmgr.generate_checks`);
+The host checks a request against it before any container starts (`assetmgr.app.generate_checks`);
 the worker validates the same spec with the same model before touching torch, and parses the
 prompt's ``<lora:...>`` tags with the same parser. Stdlib and pydantic only: the image gets a
 copy of this file next to `sandbox.protocol` (`sandbox.image.build.SHARED_FILES`).

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from assetmgr.generation import GenerateRequest, build_spec, run_generation
+from assetmgr.app.generation import GenerateRequest, build_spec, run_generation
 from assetmgr.store.blobs import FICLONE, BlobStore, FileIdentity
 from assetmgr.store.hashing import FileChangedError
 from assetmgr.store.importer import import_folder

@@ -11,10 +11,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from assetmgr import paths
-from assetmgr.generation import GenerateRequest, build_spec
+from assetmgr.app.generation import GenerateRequest, build_spec
 from assetmgr.store.blobs import BlobStore
 from assetmgr.store.importer import import_folder
-from assetmgr.tui.queries import LocalModel
+from assetmgr.app.queries import LocalModel
 from sandbox.protocol.jobspec import GenSpec, lora_tag_matches, lora_tag_name, parse_tags
 from sandbox.worker.generate import resolve_prompt
 from tests.integration import conftest as integration

@@ -1,15 +1,14 @@
-"""Fixtures of the TUI tests: a seeded catalog, fake generation and sandbox services, helpers.
+"""Fixtures of the TUI tests: a seeded catalog, the real services with fakes at the edges.
 
-The fakes implement the TUI's service protocols (`assetmgr.tui.services`) so the Generate and
-Sandbox screens can be driven without Docker; the catalog, store and sync are the real ones.
+Generation is the application layer's real service down to the job runner, which a fake
+(`tests.app.fakes.FakeJobRunner`) replaces, so a field dropped between the screen and the job
+shows in the job's spec. The Sandbox screen's facts come from a fake `sandbox_info`.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,22 +20,11 @@ from textual.app import App
 from textual.pilot import Pilot
 
 from assetmgr.config import Settings
-from assetmgr.errors import AssetMgrError
 from assetmgr.tui.app import AssetMgrApp, make_app
-from assetmgr.tui.services import (
-    GenerationCheck,
-    GenerationProgress,
-    GenerationRequest,
-    GenerationResult,
-    PluginInfo,
-    ProgressFn,
-    RunRecord,
-    SandboxInfo,
-    Services,
-    ServiceState,
-)
+from assetmgr.tui.services import PluginInfo, SandboxInfo, Services
 from catalog.db import open_catalog
 from catalog.demo import seed_demo
+from tests.app.fakes import FakeJobRunner
 
 SIZE = (160, 48)
 
@@ -74,7 +62,6 @@ def engine(settings: Settings) -> Iterator[Engine]:
 @pytest.fixture
 def many(engine: Engine) -> int:
     """450 generated models beside the demo catalog (payloads upserted like a sync does)."""
-    from datetime import UTC, datetime
 
     from sqlmodel import Session
 
@@ -92,128 +79,6 @@ def many(engine: Engine) -> int:
     with Session(engine) as session, session.begin():
         repo.upsert_models(session, models, seen_at=datetime.now(UTC))
     return len(models)
-
-
-class RunHistory:
-    """The fake's run records: ``<root>/<run_id>/run.json`` beside the images."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def new_run(self) -> tuple[str, Path]:
-        run_id = (
-            f"{len(list(self.root.glob('*/run.json'))) + 1:04d}" if self.root.exists() else "0001"
-        )
-        folder = self.root / run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        return run_id, folder
-
-    def record(self, run: RunRecord) -> None:
-        body = {
-            "run_id": run.run_id,
-            "created_at": run.created_at.isoformat(),
-            "request": run.request,
-            "images": [str(p) for p in run.images],
-        }
-        (self.root / run.run_id / "run.json").write_text(json.dumps(body), encoding="utf-8")
-
-    def load(self) -> list[RunRecord]:
-        runs = []
-        for path in self.root.glob("*/run.json"):
-            raw = json.loads(path.read_text("utf-8"))
-            runs.append(
-                RunRecord(
-                    run_id=raw["run_id"],
-                    created_at=datetime.fromisoformat(raw["created_at"]),
-                    request=raw["request"],
-                    images=tuple(Path(p) for p in raw["images"]),
-                )
-            )
-        return sorted(runs, key=lambda r: r.run_id, reverse=True)
-
-    def get(self, run_id: str) -> RunRecord:
-        return next(r for r in self.load() if r.run_id == run_id)
-
-
-class FakeGeneration:
-    """A `GenerationService` that paints a gradient PNG, step by step, cancellably."""
-
-    def __init__(
-        self,
-        root: Path,
-        *,
-        step_delay: float = 0.0,
-        steps: int = 4,
-        gate: threading.Event | None = None,
-    ) -> None:
-        self.runs = RunHistory(root)
-        self.step_delay = step_delay
-        self.steps = steps
-        self.gate = gate
-        """When given, the first step waits until it is set (a generation provably running)."""
-        self.waiting_at_gate = False
-        self.requests: list[GenerationRequest] = []
-        self.available = ServiceState(True)
-        self.checker: Callable[[GenerationRequest], GenerationCheck] | None = None
-        """The check before a run; None passes every request."""
-
-    def state(self) -> ServiceState:
-        return self.available
-
-    def samplers(self) -> Sequence[str]:
-        return ("Euler a", "DPM++ 2M Karras")
-
-    def plugins(self) -> Sequence[tuple[str, str]]:
-        return (("hires-helper", "ab" * 32),)
-
-    def check(self, request: GenerationRequest) -> GenerationCheck:
-        return self.checker(request) if self.checker is not None else GenerationCheck()
-
-    def generate(
-        self,
-        request: GenerationRequest,
-        *,
-        progress: ProgressFn | None = None,
-        cancel: threading.Event | None = None,
-    ) -> GenerationResult:
-        from PIL import Image
-
-        self.requests.append(request)
-        started = time.monotonic()
-        for step in range(self.steps):
-            if cancel is not None and cancel.is_set():
-                raise AssetMgrError("generation cancelled", title="Job cancelled")
-            if progress is not None:
-                progress(GenerationProgress("denoise", step / self.steps, step, self.steps))
-            if step == 0 and self.gate is not None:
-                self.waiting_at_gate = True
-                while not self.gate.wait(0.05):
-                    if cancel is not None and cancel.is_set():
-                        break
-                self.waiting_at_gate = False
-            time.sleep(self.step_delay)
-        run_id, folder = self.runs.new_run()
-        image = Image.new("RGB", (64, 64))
-        for x in range(64):
-            for y in range(64):
-                image.putpixel((x, y), ((x * 4 + request.seed) % 256, y * 4, 128))
-        path = folder / "00000.png"
-        image.save(path)
-        self.runs.record(RunRecord(run_id, datetime.now(UTC), request.summary(), (path,)))
-        return GenerationResult(run_id, (path,), request.seed, time.monotonic() - started)
-
-    def history(self) -> list[RunRecord]:
-        return self.runs.load()
-
-    def rerun(
-        self,
-        run_id: str,
-        *,
-        progress: ProgressFn | None = None,
-        cancel: threading.Event | None = None,
-    ) -> GenerationResult:
-        request = GenerationRequest.from_summary(self.runs.get(run_id).request)
-        return self.generate(request, progress=progress, cancel=cancel)
 
 
 @dataclass
@@ -237,17 +102,60 @@ class FakeSandboxInfo:
 
 
 @pytest.fixture
-def fake_generation(tmp_path: Path) -> FakeGeneration:
-    return FakeGeneration(tmp_path / "runs")
+def runner() -> FakeJobRunner:
+    """The job runner at the engine edge; the generation service above it is the real one."""
+    return FakeJobRunner()
+
+
+def make_local(engine: Engine, version_id: int) -> str:
+    """Give a demo version's primary file a verified blob in the real store (stand-in bytes
+    under their own hash, as if pulled); returns the sha256."""
+    import hashlib
+    import os
+
+    from sqlalchemy import select
+    from sqlmodel import Session
+
+    from assetmgr import paths
+    from assetmgr.store import records
+    from assetmgr.store.blobs import BlobStore, stat_fingerprint
+    from catalog.models import ModelFile
+
+    data = f"stand-in bytes of version {version_id}".encode()
+    sha = hashlib.sha256(data).hexdigest().upper()
+    store = BlobStore(paths.store_dir())
+    store.ensure()
+    tmp = store.root / f"incoming-{version_id}.tmp"
+    tmp.write_bytes(data)
+    blob = store.promote(tmp, sha)
+    with Session(engine) as session, session.begin():
+        file = (
+            session.execute(
+                select(ModelFile).where(ModelFile.version_id == version_id)  # type: ignore[arg-type]
+            )
+            .scalars()
+            .first()
+        )
+        assert file is not None
+        records.set_local_state(
+            session,
+            file_id=file.id,
+            sha256=sha,
+            state="verified",
+            path=blob,
+            size_bytes=len(data),
+            fingerprint=stat_fingerprint(os.lstat(blob)),
+        )
+    return sha
 
 
 @pytest.fixture
 def build_app(
-    settings: Settings, engine: Engine, fake_generation: FakeGeneration
+    settings: Settings, engine: Engine, runner: FakeJobRunner
 ) -> Callable[..., AssetMgrApp]:
     def build(**kwargs: Any) -> AssetMgrApp:
-        kwargs.setdefault("generation", fake_generation)
-        kwargs.setdefault("sandbox", FakeSandboxInfo())
+        kwargs.setdefault("runner", runner)
+        kwargs.setdefault("sandbox_info", FakeSandboxInfo())
         return make_app(settings, services=Services(settings, engine, **kwargs))
 
     return build
@@ -317,7 +225,7 @@ def fake_settings(settings: Settings, fake: Any) -> Settings:
 
 @pytest.fixture
 def build_fake_app(
-    fake_settings: Settings, engine: Engine, fake: Any, fake_generation: FakeGeneration
+    fake_settings: Settings, engine: Engine, fake: Any, runner: FakeJobRunner
 ) -> Callable[..., AssetMgrApp]:
     """An app whose Civitai is the fake (fast retries, no real sleeping)."""
     from catalog.civitai.client import CivitaiClient
@@ -333,8 +241,8 @@ def build_fake_app(
         )
 
     def build(**kwargs: Any) -> AssetMgrApp:
-        kwargs.setdefault("generation", fake_generation)
-        kwargs.setdefault("sandbox", FakeSandboxInfo())
+        kwargs.setdefault("runner", runner)
+        kwargs.setdefault("sandbox_info", FakeSandboxInfo())
         services = Services(fake_settings, engine, client_factory=client, **kwargs)
         return make_app(fake_settings, services=services)
 

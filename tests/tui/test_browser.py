@@ -11,7 +11,7 @@ from sqlmodel import Session
 from textual.widgets import Input, Select, TextArea
 
 from assetmgr import paths
-from assetmgr.tui import queries as q
+from assetmgr.app import queries as q
 from assetmgr.tui.app import AssetMgrApp
 from assetmgr.tui.widgets.detail import DetailPane
 from assetmgr.tui.widgets.model_table import ModelTable

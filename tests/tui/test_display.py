@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,12 +27,12 @@ from assetmgr.errors import AssetMgrError
 from assetmgr.tui import messages as m
 from assetmgr.tui.app import AssetMgrApp
 from assetmgr.tui.screens.dialogs import ConfirmModal, ErrorModal, UpdatesModal
-from assetmgr.tui.services import PluginInfo, RunRecord, SandboxInfo, ServiceState
+from assetmgr.tui.services import PluginInfo, SandboxInfo
 from assetmgr.tui.widgets.prompt import PromptEditor
 from tests import hostile as h
+from tests.app.fakes import FakeJobRunner
 from tests.tui.conftest import (
     SIZE,
-    FakeGeneration,
     FakeSandboxInfo,
     plain,
     settle,
@@ -182,15 +181,21 @@ async def test_error_confirm_and_updates_dialogs_and_the_jobs_bar(
         assert_shown_clean(app, "done", SHORT)
 
 
-class HostileGeneration(FakeGeneration):
-    """The Generate screen's service with hostile plugin names, notes and history."""
+def record_hostile_run(engine: Engine) -> None:
+    """A recorded run whose prompt and status carry terminal controls."""
+    from sqlmodel import Session
 
-    def plugins(self) -> list[tuple[str, str]]:
-        return [(f"plug{PAYLOAD}", "ab" * 32)]
+    from catalog.runs import GenerationRun
 
-    def history(self) -> list[RunRecord]:
-        request = {"prompt": f"a cat {PAYLOAD}", "seed": 7}
-        return [RunRecord("1", datetime.now(UTC), request, status=f"done{h.TITLE2}")]
+    with Session(engine) as session, session.begin():
+        session.add(
+            GenerationRun(
+                status=f"done{h.TITLE2}",
+                spec={"prompt": f"a cat {PAYLOAD}", "seed": 7},
+                models={},
+                plugins=[],
+            )
+        )
 
 
 async def _generate_screen(pilot: Pilot[Any], app: AssetMgrApp) -> None:
@@ -202,9 +207,11 @@ async def _generate_screen(pilot: Pilot[Any], app: AssetMgrApp) -> None:
 async def test_generate_screen_models_plugins_completions_progress_history(
     hostile_engine: Engine, build_app: Callable[..., AssetMgrApp], tmp_path: Path
 ) -> None:
-    generation = HostileGeneration(tmp_path / "runs")
-    generation.available = ServiceState(True, note=f"stale {PAYLOAD}")
-    app = build_app(generation=generation)
+    runner = FakeJobRunner(
+        plugin_names=((f"plug{PAYLOAD}", "ab" * 32),), stale_reasons=[f"stale {PAYLOAD}"]
+    )
+    record_hostile_run(hostile_engine)
+    app = build_app(runner=runner)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await _generate_screen(pilot, app)
         screen = app.generate_screen
@@ -227,10 +234,12 @@ async def test_generate_screen_models_plugins_completions_progress_history(
         await pilot.pause()
         assert_shown_clean(app, "step", SHORT)
 
-        generation.available = ServiceState(False, f"no engine {PAYLOAD}")
+        runner.engine_problem = f"no engine {PAYLOAD}"
         app.check_generation()
         await settle(pilot)
-        assert_shown_clean(app, "Generation not available: no engine", SHORT)
+        assert_shown_clean(
+            app, "Generation not available: the Docker engine is not reachable: no engine", SHORT
+        )
 
 
 async def test_sandbox_screen(
@@ -242,7 +251,7 @@ async def test_sandbox_screen(
         plugins=[PluginInfo(f"p{PAYLOAD}", f"1{h.RLO}", "ab" * 32)],
         warm_workers=[{"name": f"w{PAYLOAD}", "status": "running"}],
     )
-    app = build_app(sandbox=FakeSandboxInfo(info))
+    app = build_app(sandbox_info=FakeSandboxInfo(info))
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         app.action_show_sandbox()
         await settle(pilot)

@@ -3,11 +3,11 @@ default of destructive dialogs; failed jobs that keep their reason; the log the 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 from textual.widgets import Button, Label
@@ -17,15 +17,14 @@ from assetmgr.errors import AssetMgrError
 from assetmgr.tui.app import FINISHED_JOB_SHOWN_S, AssetMgrApp
 from assetmgr.tui.jobs import JobBoard, JobError
 from assetmgr.tui.screens.dialogs import ConfirmModal, ErrorModal
-from assetmgr.tui.services import GenerationRequest, GenerationResult, ProgressFn
 from assetmgr.tui.widgets.jobs import JobLine
 from assetmgr.tui.widgets.prompt import PromptEditor
 from catalog.models import LocalFile
 from tests import hostile as h
-from tests.tui.conftest import FakeGeneration, plain, settle, wait_until
+from tests.app.fakes import FakeJobRunner
+from tests.tui.conftest import make_local, plain, settle, wait_until
 from tests.tui.test_actions import show_version
 from tests.tui.test_display import assert_shown_clean
-from tests.tui.test_generate import make_local
 from tests.tui.test_small_terminals import mark_local
 
 SMALL = (80, 24)
@@ -52,7 +51,7 @@ async def test_the_prompt_has_the_focus_when_generate_opens(
 async def test_enter_accepts_a_completion(
     build_app: Callable[..., AssetMgrApp], engine: Engine, tmp_path: Path
 ) -> None:
-    make_local(engine, 920006, tmp_path)  # Detail Tweaker (LoRA, trigger word add_detail)
+    make_local(engine, 920006)  # Detail Tweaker (LoRA, trigger word add_detail)
     app = build_app()
     async with app.run_test(size=SMALL) as pilot:
         await settle(pilot)
@@ -71,13 +70,18 @@ async def test_enter_accepts_a_completion(
 
 
 async def test_the_output_path_is_shown_after_a_generation(
-    build_app: Callable[..., AssetMgrApp], engine: Engine, tmp_path: Path
+    build_app: Callable[..., AssetMgrApp],
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The output folder's name carries terminal controls: shown, but visibly replaced.
+    from assetmgr import paths
+
     runs = tmp_path / f"runs{h.TITLE}"
-    generation = FakeGeneration(runs)
-    make_local(engine, 920005, tmp_path)  # a checkpoint
-    app = build_app(generation=generation)
+    monkeypatch.setattr(paths, "runs_dir", lambda: runs)
+    make_local(engine, 920005)  # a checkpoint
+    app = build_app()
     async with app.run_test(size=SMALL) as pilot:
         await settle(pilot)
         await pilot.press("f3")
@@ -85,12 +89,12 @@ async def test_the_output_path_is_shown_after_a_generation(
         await pilot.press(*"a lighthouse", "ctrl+r")
         await wait_until(pilot, lambda: len(app.generate_screen.runs) == 1, what="run done")
         await settle(pilot)
-        image = generation.runs.load()[0].images[0]
+        image = app.generate_screen.runs[0].images[0]
         assert image.is_file()
         result = plain(app.generate_screen.query_one("#gen-result"))
         cleaned = str(image).replace("\x1b", "␛").replace("\x07", "␇")
-        assert "run 0001 saved to " in result and cleaned in "".join(result.split("\n"))
-        assert_shown_clean(app, "run 0001 saved to")
+        assert "run 1 saved to " in result and cleaned in "".join(result.split("\n"))
+        assert_shown_clean(app, "run 1 saved to")
 
 
 # --- destructive dialogs ---------------------------------------------------------------------
@@ -121,23 +125,6 @@ async def test_delete_asks_with_cancel_focused_and_enter_keeps_the_file(
 # --- failed jobs -----------------------------------------------------------------------------
 
 
-class FailingGeneration(FakeGeneration):
-    """Fails after its first step: with a two-line sandbox error, or unexpectedly."""
-
-    def __init__(self, root: Path, error: BaseException) -> None:
-        super().__init__(root)
-        self.error = error
-
-    def generate(
-        self,
-        request: GenerationRequest,
-        *,
-        progress: ProgressFn | None = None,
-        cancel: threading.Event | None = None,
-    ) -> GenerationResult:
-        raise self.error
-
-
 def job_line(app: AssetMgrApp, job_id: str) -> JobLine:
     return app.catalog.query_one(f"#job-{job_id}", JobLine)
 
@@ -150,8 +137,8 @@ async def test_a_failed_job_keeps_its_reason_hint_and_whole_message(
         hint="Pick a sampler from the list.",
         title="Generation failed",
     )
-    make_local(engine, 920005, tmp_path)
-    app = build_app(generation=FailingGeneration(tmp_path / "runs", error))
+    make_local(engine, 920005)
+    app = build_app(runner=FakeJobRunner(error=error))
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(pilot)
         await pilot.press("f3")
@@ -192,10 +179,8 @@ async def test_an_unexpected_failure_names_the_log_that_has_its_traceback(
     build_app: Callable[..., AssetMgrApp], engine: Engine, tmp_path: Path
 ) -> None:
     secret_url = "https://b2.example/x.safetensors?Authorization=SECRET-B2-TOKEN"
-    make_local(engine, 920005, tmp_path)
-    app = build_app(
-        generation=FailingGeneration(tmp_path / "runs", KeyError(f"bad key {secret_url}"))
-    )
+    make_local(engine, 920005)
+    app = build_app(runner=FakeJobRunner(error=KeyError(f"bad key {secret_url}")))
     async with app.run_test(size=SMALL) as pilot:
         await settle(pilot)
         await pilot.press("f3")

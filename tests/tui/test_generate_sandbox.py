@@ -18,7 +18,7 @@ from assetmgr import paths
 from assetmgr.config import Settings
 from assetmgr.store.blobs import BlobStore
 from assetmgr.tui.app import make_app
-from assetmgr.tui.services import SandboxGeneration, SandboxStatusInfo, Services
+from assetmgr.tui.services import Services
 from assetmgr.tui.widgets.preview import PreviewPane
 from assetmgr.tui.widgets.prompt import PromptEditor
 from tests.sandbox.conftest import CACHE_DIR, RECORD_PATH, docker_client, sandbox_image  # noqa: F401
@@ -58,14 +58,7 @@ async def test_generate_and_rerun_in_the_sandbox(
 ) -> None:
     monkeypatch.setenv("ASSETMGR_SANDBOX_RECORD", str(RECORD_PATH))
     monkeypatch.setenv("ASSETMGR_SANDBOX_CACHE", str(CACHE_DIR))
-    generation = SandboxGeneration(engine, library)
-    services = Services(
-        settings,
-        engine,
-        store=library,
-        generation=generation,
-        sandbox=SandboxStatusInfo(generation),
-    )
+    services = Services(settings, engine, store=library)
     app = make_app(settings, services=services)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f3")
@@ -89,7 +82,7 @@ async def test_generate_and_rerun_in_the_sandbox(
             pilot, lambda: screen.query_one("#output", PreviewPane).has_class("-has-image")
         )
         first = screen.runs[0]
-        assert first.request["loras"][0]["name"] == "inkwash15"
+        assert first.spec["loras"][0]["name"] == "inkwash15"
         assert first.images and first.images[0].is_file()
 
         screen.query_one("#history", OptionList).highlighted = 0

@@ -1,11 +1,11 @@
-"""The TUI's catalog reads (`assetmgr.tui.queries`) without the UI: paging, filters, weights."""
+"""The TUI's catalog reads (`assetmgr.app.queries`) without the UI: paging, filters, weights."""
 
 from __future__ import annotations
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from assetmgr.tui import queries as q
+from assetmgr.app import queries as q
 
 
 def test_pages_cover_the_listing_once(engine: Engine, many: int) -> None:

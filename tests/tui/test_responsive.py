@@ -24,17 +24,17 @@ from assetmgr.tui import workers
 from assetmgr.tui.app import AssetMgrApp
 from assetmgr.tui.widgets.model_table import ModelTable
 from assetmgr.tui.widgets.prompt import PromptEditor
+from tests.app.fakes import FakeJobRunner
 from tests.tui.conftest import (
     SIZE,
-    FakeGeneration,
     lora_bytes,
+    make_local,
     open_version,
     settle,
     sync_models,
     wait_until,
 )
 from tests.tui.test_actions import show_version
-from tests.tui.test_generate import make_local
 
 
 def send_keys(app: AssetMgrApp, keys: Iterable[str]) -> None:
@@ -60,17 +60,17 @@ async def test_ui_answers_during_sync_download_and_generation(
     model_id, version_id = open_version(fake_catalog)
     fake_catalog.add_file_bytes(version_id, lora_bytes(filler=20_000_000))
     sync_models(engine, fake, [model_id])
-    make_local(engine, 920005, tmp_path)  # a checkpoint for the generation
+    make_local(engine, 920005)  # a checkpoint for the generation
     monkeypatch.setattr(workers, "SYNC_PAGE_SIZE", 1)
     gate = threading.Event()
-    generation = FakeGeneration(tmp_path / "runs", steps=3, gate=gate)
-    app = build_fake_app(generation=generation)
+    runner = FakeJobRunner(steps=3, gate=gate)
+    app = build_fake_app(runner=runner)
 
     def all_stuck() -> bool:
         return (
             fake.faults.held == 1
             and fake.storage_faults.held == 1
-            and generation.waiting_at_gate
+            and runner.waiting_at_gate.is_set()
             and {j.kind for j in app.jobs.active()} == {"download", "sync", "generate"}
         )
 

@@ -7,16 +7,14 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 from textual.widgets import DataTable, Input
 
-from assetmgr import paths
 from assetmgr.config import Settings, read_config_file
-from assetmgr.store.blobs import BlobStore
 from assetmgr.tui.actions import ACTIONS, SCOPES, bindings_for
 from assetmgr.tui.app import AssetMgrApp
 from assetmgr.tui.screens.help import HelpScreen
-from assetmgr.tui.services import SandboxGeneration, SandboxInfo, SandboxStatusInfo
+from assetmgr.tui.services import SandboxInfo, SandboxStatusInfo
+from tests.app.fakes import FakeJobRunner
 from tests.tui.conftest import (
     SIZE,
-    FakeGeneration,
     FakeSandboxInfo,
     plain,
     settle,
@@ -52,7 +50,7 @@ async def test_sandbox_screen_says_what_is_missing(
     build_app: Callable[..., AssetMgrApp],
 ) -> None:
     app = build_app(
-        sandbox=FakeSandboxInfo(
+        sandbox_info=FakeSandboxInfo(
             SandboxInfo(
                 image=None,
                 image_note="not available: no sandbox image has been built yet",
@@ -71,7 +69,11 @@ async def test_sandbox_screen_says_what_is_missing(
 
 def test_real_sandbox_info_says_what_is_missing(engine: Engine) -> None:
     # Whatever this machine has (no image was built in this ASSETMGR_HOME), it is a value.
-    info = SandboxStatusInfo(SandboxGeneration(engine, BlobStore(paths.store_dir()))).info()
+    from assetmgr.config import Settings
+    from assetmgr.context import open_sandbox_service
+
+    service = open_sandbox_service(Settings.load(), engine)
+    info = SandboxStatusInfo(lambda: service).info()
     assert info.image is None and info.image_note.startswith("not available")
     assert info.plugins == [] and info.plugins_note
 
@@ -100,7 +102,7 @@ async def test_settings_save_key_masked_and_concurrency(
 
 
 async def test_settings_never_show_the_database_password(
-    settings: Settings, engine: Engine, fake_generation: FakeGeneration
+    settings: Settings, engine: Engine, runner: FakeJobRunner
 ) -> None:
     from dataclasses import replace
 
@@ -112,9 +114,7 @@ async def test_settings_never_show_the_database_password(
     )
     app = make_app(
         shown_settings,
-        services=Services(
-            shown_settings, engine, generation=fake_generation, sandbox=FakeSandboxInfo()
-        ),
+        services=Services(shown_settings, engine, runner=runner, sandbox_info=FakeSandboxInfo()),
     )
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f5")

@@ -18,7 +18,8 @@ from assetmgr.tui.services import Services
 from assetmgr.tui.widgets.detail import DetailPane
 from assetmgr.tui.widgets.model_table import ModelTable, fit_columns
 from catalog.models import ModelFile
-from tests.tui.conftest import FakeGeneration, FakeSandboxInfo, plain, settle, wait_until
+from tests.app.fakes import FakeJobRunner
+from tests.tui.conftest import FakeSandboxInfo, plain, settle, wait_until
 
 SMALL, MEDIUM, WIDE = (80, 24), (100, 30), (160, 48)
 NO_MATCH = "No model matches. Change the filters, or press s to sync from Civitai."
@@ -245,7 +246,7 @@ async def test_a_real_sync_takes_the_banner_away(
 
 
 async def test_an_unreachable_civitai_is_named_in_the_banner(
-    settings: Any, engine: Engine, fake_generation: FakeGeneration
+    settings: Any, engine: Engine, runner: FakeJobRunner
 ) -> None:
     from catalog.civitai.client import CivitaiClient
     from catalog.civitai.retry import RetryPolicy
@@ -261,8 +262,8 @@ async def test_an_unreachable_civitai_is_named_in_the_banner(
         settings,
         engine,
         client_factory=unreachable,
-        generation=fake_generation,
-        sandbox=FakeSandboxInfo(),
+        runner=runner,
+        sandbox_info=FakeSandboxInfo(),
     )
     app = make_app(settings, services=services)
     async with app.run_test(size=SMALL) as pilot:

@@ -21,7 +21,8 @@ from textual.widgets import Input, TextArea
 from assetmgr.config import Settings
 from assetmgr.tui.app import AssetMgrApp, make_app
 from assetmgr.tui.services import Services
-from tests.tui.conftest import SIZE, FakeGeneration, FakeSandboxInfo, settle
+from tests.app.fakes import FakeJobRunner
+from tests.tui.conftest import SIZE, FakeSandboxInfo, settle
 from tests.tui.test_small_terminals import mark_local
 
 FIXED_HOME = "/home/user/.local/share/assetmgr"
@@ -32,7 +33,7 @@ SIZES = {"80x24": (80, 24), "100x30": (100, 30), "160x48": SIZE}
 def snapshot_app(
     settings: Settings,
     engine: Engine,
-    fake_generation: FakeGeneration,
+    runner: FakeJobRunner,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[[], AssetMgrApp]:
     def build() -> AssetMgrApp:
@@ -40,7 +41,7 @@ def snapshot_app(
         shown = dataclasses.replace(
             settings, home=Path(FIXED_HOME), database_url=f"sqlite:///{FIXED_HOME}/catalog.sqlite3"
         )
-        services = Services(shown, engine, generation=fake_generation, sandbox=FakeSandboxInfo())
+        services = Services(shown, engine, runner=runner, sandbox_info=FakeSandboxInfo())
         return make_app(shown, services=services)
 
     return build

@@ -92,5 +92,5 @@ def test_the_host_never_loads_the_worker_package() -> None:
         *[m for m in _modules("sandbox") if not m.startswith("sandbox.worker")],
     ]
     loaded = _loaded_after_import(host, full_names=True)
-    assert "assetmgr.generate_checks" in loaded and "sandbox.protocol.jobspec" in loaded
+    assert "assetmgr.app.generate_checks" in loaded and "sandbox.protocol.jobspec" in loaded
     assert not {m for m in loaded if m == "sandbox.worker" or m.startswith("sandbox.worker.")}

@@ -1,5 +1,5 @@
-"""The generate job's shared contract (`sandbox.protocol`): the tag parser, the sampler names,
-the field bounds, and the host's checks built on them (`assetmgr.generate_checks`)."""
+"""The generate job's shared contract (`sandbox.protocol.jobspec`): the tag parser, the sampler
+names, the field bounds, and the host's checks built on them (`assetmgr.app.generate_checks`)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from assetmgr.generate_checks import (
+from assetmgr.app.generate_checks import (
     InvalidRequestError,
     PromptTagError,
     UnknownSamplerError,
     parse_lora_option,
     request_problems,
 )
-from assetmgr.generation import GenerateRequest
+from assetmgr.app.generation import GenerateRequest
 from sandbox.protocol import jobspec
 from sandbox.protocol.jobspec import (
     GenSpec,

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from assetmgr.generate_checks import request_problems
-from assetmgr.generation import GenerateRequest
+from assetmgr.app.generate_checks import request_problems
+from assetmgr.app.generation import GenerateRequest
 from sandbox.protocol import JobSpec, Limits, ModelRef, jobspec
 from sandbox.protocol.jobspec import GenSpec
 from sandbox.worker import samplers

@@ -25,9 +25,9 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from assetmgr.app.queries import SORT_KEYS, BrowseQuery, ModelDetail, VersionDetail
 from assetmgr.display import clean
 from assetmgr.tui.actions import action, bindings_for
-from assetmgr.tui.queries import SORT_KEYS, BrowseQuery, ModelDetail, VersionDetail
 from assetmgr.tui.widgets.detail import DetailPane
 from assetmgr.tui.widgets.filter_bar import ASCENDING_FIRST, FilterBar
 from assetmgr.tui.widgets.jobs import JobsBar

@@ -36,16 +36,14 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
+from assetmgr.app.generate_checks import InvalidRequestError
+from assetmgr.app.queries import Completion, LocalModel
 from assetmgr.display import clean
-from assetmgr.generate_checks import InvalidRequestError
 from assetmgr.tui.actions import bindings_for
-from assetmgr.tui.queries import Completion, LocalModel
 from assetmgr.tui.services import (
     SAMPLERS,
+    GenerateRequest,
     GenerationCheck,
-    GenerationRequest,
-    GenerationResult,
-    LoraChoice,
     RunRecord,
     ServiceState,
 )
@@ -74,6 +72,14 @@ FIELD_LABELS = {
     "height": "Height",
 }
 SIZES = ("512", "640", "768", "832", "896", "1024", "1152", "1216")
+
+
+def run_label(run: RunRecord) -> str:
+    """One line of the history: when, seed, status and the start of the prompt."""
+    prompt = str(run.spec.get("prompt", "")).replace("\n", " ")
+    when = run.created_at.astimezone().strftime("%Y-%m-%d %H:%M") if run.created_at else "?"
+    status = "done" if run.status == "ok" else run.status
+    return f"{when}  seed {run.spec.get('seed')}  {status}  {prompt[:60]}"
 
 
 class GenerateScreen(Screen[None]):
@@ -250,9 +256,12 @@ class GenerateScreen(Screen[None]):
             bar.update(total=1.0, progress=fraction)
         self.query_one("#gen-text", Label).update(Text(clean(text)))
 
-    def show_result(self, result: GenerationResult, image: PILImage | None) -> None:
-        done = f"done in {result.elapsed_s:.1f} s · seed {result.seed}"
-        self.show_progress(1.0, f"{done} · {result.info}" if result.info else done)
+    def show_result(self, result: RunRecord, image: PILImage | None, elapsed_s: float) -> None:
+        done = f"done in {elapsed_s:.1f} s · seed {result.seed}"
+        if result.identical_to is not None:
+            verdict = "identical bytes" if result.identical else "DIFFERENT bytes"
+            done += f" · rerun of run {result.identical_to}: {verdict}"
+        self.show_progress(1.0, done)
         output = self.query_one("#output", PreviewPane)
         if image is not None:
             output.show_image(image)
@@ -274,7 +283,7 @@ class GenerateScreen(Screen[None]):
 
     @on(OptionList.OptionHighlighted, "#history")
     def history_highlighted(self, event: OptionList.OptionHighlighted) -> None:
-        run = next((r for r in self.runs if r.run_id == event.option.id), None)
+        run = next((r for r in self.runs if str(r.run_id) == event.option.id), None)
         if run is not None:
             self._show_outputs(f"run {run.run_id}", run.images)
 
@@ -307,7 +316,7 @@ class GenerateScreen(Screen[None]):
         history = self.query_one("#history", OptionList)
         history.clear_options()
         for run in runs:
-            history.add_option(Option(Text(clean(run.label)), id=run.run_id))
+            history.add_option(Option(Text(clean(run_label(run))), id=str(run.run_id)))
         if not runs:
             history.add_option(Option(Text("No runs yet.", style="dim"), disabled=True))
 
@@ -369,7 +378,9 @@ class GenerateScreen(Screen[None]):
     def prompt_changed(self) -> None:
         self._update_lora_summary()
 
-    def _resolve_loras(self) -> tuple[list[LoraChoice], list[str]]:
+    def _resolve_loras(self) -> tuple[list[tuple[str, LocalModel, float]], list[str]]:
+        """The prompt's tags that name a local LoRA, as (tag name, LoRA, weight), and the
+        names of those that do not."""
         by_name = {lora.lora_name.lower(): lora for lora in self.loras}
         chosen, missing = [], []
         for name, weight in lora_tags(self.query_one(PromptEditor).text):
@@ -377,14 +388,14 @@ class GenerateScreen(Screen[None]):
             if model is None:
                 missing.append(name)
             else:
-                chosen.append(LoraChoice(model, weight))
+                chosen.append((name, model, weight))
         return chosen, missing
 
     def _update_lora_summary(self) -> None:
         chosen, missing = self._resolve_loras()
         text = Text()
-        for choice in chosen:
-            text.append(clean(f"✓ {choice.model.lora_name} ({choice.weight:g})  "), style="green")
+        for _, model, weight in chosen:
+            text.append(clean(f"✓ {model.lora_name} ({weight:g})  "), style="green")
         for name in missing:
             text.append(clean(f"✗ {name} (not local)  "), style="red")
         if not chosen and not missing:
@@ -415,7 +426,7 @@ class GenerateScreen(Screen[None]):
         except ValueError:
             return default
 
-    def build_request(self) -> GenerationRequest:
+    def build_request(self) -> GenerateRequest:
         checkpoint_index = self.query_one("#checkpoint", Select).value
         checkpoint = (
             self.checkpoints[checkpoint_index] if isinstance(checkpoint_index, int) else None
@@ -425,18 +436,18 @@ class GenerateScreen(Screen[None]):
         except ValueError:
             cfg = 7.0
         chosen, _ = self._resolve_loras()
-        return GenerationRequest(
+        return GenerateRequest(
+            model=str(checkpoint.version_id) if checkpoint is not None else "",
             prompt=self.query_one(PromptEditor).text,
-            negative_prompt=self.query_one("#negative", TextArea).text,
-            checkpoint=checkpoint,
-            loras=tuple(chosen),
+            negative=self.query_one("#negative", TextArea).text,
+            tag_versions={name: model.version_id for name, model, _ in chosen},
             sampler=str(self.query_one("#sampler", Select).value),
             steps=self._int("#steps", 20),
-            cfg_scale=cfg,
+            cfg=cfg,
             seed=self._int("#seed", 0),
             width=int(str(self.query_one("#width", Select).value)),
             height=int(str(self.query_one("#height", Select).value)),
-            plugins=tuple(self.query_one("#plugins", SelectionList).selected),
+            plugins=list(self.query_one("#plugins", SelectionList).selected),
         )
 
     @on(Button.Pressed, "#run")

@@ -18,8 +18,8 @@ from textual.message import Message
 from textual.widgets import Button, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from assetmgr.app.queries import FileDetail, ModelDetail, VersionDetail
 from assetmgr.display import clean
-from assetmgr.tui.queries import FileDetail, ModelDetail, VersionDetail
 from assetmgr.tui.widgets.preview import PreviewPane
 from catalog.access import DOWNLOADS_DISABLED, EARLY_ACCESS, describe
 

@@ -16,8 +16,8 @@ from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Checkbox, Input, Select
 
+from assetmgr.app.queries import SORT_KEYS, BrowseQuery, Facets, SortKey
 from assetmgr.display import clean
-from assetmgr.tui.queries import SORT_KEYS, BrowseQuery, Facets, SortKey
 
 SORT_LABELS: dict[SortKey, str] = {
     "relevance": "Relevance",

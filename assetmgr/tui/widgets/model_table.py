@@ -11,8 +11,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable
 
+from assetmgr.app.queries import ModelRow, SortKey
 from assetmgr.display import clean
-from assetmgr.tui.queries import ModelRow, SortKey
 
 
 @dataclass(frozen=True)

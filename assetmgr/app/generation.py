@@ -1,11 +1,11 @@
-"""`assetmgr generate` and `assetmgr rerun`: resolve catalog references, run in the sandbox,
-record the run.
+"""Generation's building blocks: resolve catalog references, run in the sandbox, record the run
+(the use cases in `assetmgr.app.generate` put them together for the CLI and the TUI).
 
 References (`--model`, `--lora`, and ``<lora:NAME:W>`` tags in the prompt) are a version id,
 a model name, or a file name / A1111 alias (the file name without extension); they must be
 verified files in the local store. Before anything runs, the request is checked against the
-job contract the worker enforces (`assetmgr.generate_checks`, `sandbox.protocol`). The job spec
-records everything that changes pixels (`GenSpec`), and the run is stored in the
+job contract the worker enforces (`assetmgr.app.generate_checks`, `sandbox.protocol`). The job
+spec records everything that changes pixels (`GenSpec`), and the run is stored in the
 catalog with the image id and the hashes of every input and output, so `rerun` can repeat it
 and compare bytes.
 """
@@ -18,6 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,14 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError, NotInCatalogError
-from assetmgr.generate_checks import (
+from assetmgr.app.generate_checks import (
     GenerationWarning,
     InvalidRequestError,
     WrongModelTypeError,
     family_check,
     validate_request,
 )
+from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError, NotInCatalogError
 from assetmgr.store.blobs import BlobStore
 from catalog.db import session_scope
 from catalog.models import LocalFile, Model, ModelFile, ModelVersion
@@ -183,6 +184,12 @@ def resolve_asset(
 
 @dataclass
 class GenerateRequest:
+    """One generation as the user asked for it: the CLI's options, the Generate screen's form.
+
+    `model` and the `loras` refs are a version id, a model name or a file alias; prompt tags
+    name LoRAs by alias unless `tag_versions` pins a tag to the version the user picked.
+    """
+
     model: str
     prompt: str
     negative: str = ""
@@ -203,16 +210,46 @@ class GenerateRequest:
     timeout_s: float = 1800.0
     allow_mismatch: bool = False
     """Run LoRAs of another base-model family than the checkpoint's, with a warning."""
+    tag_versions: dict[str, int] = field(default_factory=dict)
+    """Prompt tag name -> the catalog version picked for it (the TUI's local LoRA list)."""
 
 
 @dataclass
 class RunRecord:
+    """One recorded generation run: what generate and rerun return and what `runs` lists."""
+
     run_id: int
     outputs: list[dict[str, Any]]
     spec: dict[str, Any]
     image_id: str | None
     identical_to: int | None = None
+    """The run this one repeated (set by rerun, with `identical`)."""
     identical: bool | None = None
+    created_at: datetime | None = None
+    status: str = "ok"
+    error: str | None = None
+    rerun_of: int | None = None
+
+    @classmethod
+    def from_row(cls, row: GenerationRun) -> RunRecord:
+        return cls(
+            run_id=int(row.id or 0),
+            outputs=list(row.outputs),
+            spec=dict(row.spec),
+            image_id=row.image_id,
+            created_at=row.created_at,
+            status=row.status,
+            error=row.error,
+            rerun_of=row.rerun_of,
+        )
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        return tuple(Path(o["path"]) for o in self.outputs if o.get("path"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.spec.get("seed", 0))
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -225,6 +262,19 @@ class RunRecord:
             data["rerun_of"] = self.identical_to
             data["identical"] = self.identical
         return data
+
+    def listing(self) -> dict[str, Any]:
+        """The `runs` entry of this run (JSON-safe)."""
+        return {
+            "run_id": self.run_id,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "status": self.status,
+            "prompt": self.spec.get("prompt"),
+            "seed": self.spec.get("seed"),
+            "outputs": [o.get("sha256") for o in self.outputs],
+            "rerun_of": self.rerun_of,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -280,7 +330,9 @@ def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> Gene
     resolved: list[tuple[str, LocalAsset]] = []
     for ref, weight in wanted.items():
         option = "loras" if ref not in tagged else "prompt"
-        asset = resolve_asset(session, store, ref, kinds=LORA_TYPES, option=option)
+        pinned = req.tag_versions.get(ref) if ref in tagged else None
+        lookup = ref if pinned is None else str(pinned)
+        asset = resolve_asset(session, store, lookup, kinds=LORA_TYPES, option=option)
         if asset.mount_name in mounts:
             first = next((r for r, a in resolved if a.mount_name == asset.mount_name), req.model)
             raise InvalidRequestError(
@@ -474,8 +526,9 @@ def run_generation(
         )
         session.add(run)
         session.flush()
-        run_id = int(run.id or 0)
-    return RunRecord(run_id, outputs, spec, image.image_id)
+        session.refresh(run)
+        record = RunRecord.from_row(run)
+    return record
 
 
 def load_run(engine: Engine, run_id: int) -> GenerationRun:
@@ -495,6 +548,7 @@ def rerun(
     *,
     out_dir: Path,
     on_message: Callable[[Any], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunRecord:
     """Repeat a recorded run with the same spec and inputs; report whether the bytes match."""
     from pydantic import ValidationError
@@ -530,6 +584,7 @@ def rerun(
         out_dir=out_dir,
         rerun_of=run_id,
         on_message=on_message,
+        cancel=cancel,
     )
     record.identical_to = run_id
     old_hashes = [o.get("sha256") for o in old.outputs]

@@ -18,7 +18,7 @@ from assetmgr.errors import AssetMgrError
 from sandbox.protocol import MAX_TIMEOUT_S, jobspec
 
 if TYPE_CHECKING:
-    from assetmgr.generation import GenerateRequest, LocalAsset
+    from assetmgr.app.generation import GenerateRequest, LocalAsset
 
 #: GenerateRequest field -> the `assetmgr generate` option that sets it.
 OPTION_FLAGS: dict[str, str] = {
