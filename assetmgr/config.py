@@ -147,6 +147,8 @@ class Settings:
     sync_concurrency: int = 4
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     """The most one download may bring (``ASSETMGR_MAX_DOWNLOAD_SIZE``, ``max_download_size``)."""
+    sync_workers: str = ""
+    """``ASSETMGR_SYNC_WORKERS`` as given (empty: the default); the sync use case reads it."""
 
     @property
     def database_url_shown(self) -> str:
@@ -209,6 +211,7 @@ class Settings:
             download_concurrency=max(1, download_concurrency),
             sync_concurrency=max(1, sync_concurrency),
             max_download_bytes=max_download_bytes,
+            sync_workers=os.environ.get("ASSETMGR_SYNC_WORKERS", "").strip(),
         )
 
 

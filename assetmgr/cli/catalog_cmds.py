@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from datetime import datetime
 from typing import Any
@@ -52,66 +51,41 @@ def sync(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Fetch models, versions and files from Civitai into the local catalog."""
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.sync import SyncOptions, open_sync
     from assetmgr.cli.progress import sync_progress
-    from assetmgr.context import make_client, open_engine
-    from catalog.civitai.client import ModelFilters
-    from catalog.civitai.errors import CivitaiConnectionError
-    from catalog.sync import POOL_MIN_MODELS, SyncRequest, run_sync, sync_pool, sync_workers
 
-    settings = Settings.load(api_base=api_base)
-    engine = open_engine(settings)
-    request = SyncRequest(
-        filters=ModelFilters(
-            types=list(types),
-            base_models=list(base_models),
-            query=query,
-            tag=tag,
-            username=username,
-            nsfw=nsfw,
-            limit=page_size,
-        ),
-        model_ids=list(model_ids),
+    options = SyncOptions(
+        types=tuple(types),
+        base_models=tuple(base_models),
+        query=query,
+        tag=tag,
+        username=username,
+        nsfw=nsfw,
+        page_size=page_size,
+        model_ids=tuple(model_ids),
         max_models=max_models,
-        api_base=settings.api_base,
     )
     cancel = threading.Event()
-    try:
-        # The page workers start first, while this process has one thread (see sync_pool).
-        small = bool(model_ids) or (max_models is not None and max_models < POOL_MIN_MODELS)
-        workers = 0 if small else sync_workers(os.environ.get("ASSETMGR_SYNC_WORKERS"))
-        with (
-            sync_pool(workers) as pool,
-            make_client(settings) as client,
-            sync_progress(not as_json) as on_progress,
-        ):
+    with AppContext(Settings.load(api_base=api_base)) as ctx:
+        # The page workers start first, while this process has one thread (see open_sync).
+        with open_sync(ctx, options) as job, sync_progress(not as_json) as on_progress:
             try:
-                summary = run_sync(
-                    engine,
-                    client,
-                    request,
-                    progress=on_progress,  # type: ignore[arg-type]
-                    cancel=cancel,
-                    concurrency=settings.sync_concurrency,
-                    pool=pool,
-                )
+                outcome = job.run(progress=on_progress, cancel=cancel)
             except KeyboardInterrupt:
                 cancel.set()
                 raise
-    except CivitaiConnectionError as exc:
-        from catalog import demo as demo_catalog
-
-        if not demo_catalog.catalog_is_empty(engine):
-            raise
-        counts = demo_catalog.seed_demo(engine)
+    if outcome.summary is None:
         print_line(
-            f"note: Civitai is unreachable ({exc.message}); seeded the local demo catalog "
-            f"instead ({counts['models']} models). Run `assetmgr sync` again when online.",
+            f"note: Civitai is unreachable ({outcome.unreachable}); seeded the local demo "
+            f"catalog instead ({outcome.demo_counts['models']} models). Run `assetmgr sync` "
+            "again when online.",
             err=True,
         )
-        result: dict[str, Any] = {**counts, "errors": [], "demo": True}
         if as_json:
-            print_json(result)
+            print_json(outcome.as_json())
         return
+    summary = outcome.summary
     if as_json:
         print_json(summary.as_json())
     else:

@@ -7,7 +7,7 @@ are drawn by a `label_column`, which reads no markup in them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,7 @@ from rich.progress import (
 from assetmgr.display import clean
 
 if TYPE_CHECKING:
-    from catalog.sync import SyncProgress
+    from assetmgr.app.sync import SyncProgress
 
 stderr_console = Console(stderr=True)
 LABEL_CHARS = 40
@@ -47,7 +47,7 @@ def rewrite_status(text: str) -> None:
 
 
 @contextmanager
-def sync_progress(enabled: bool = True) -> Iterator[object]:
+def sync_progress(enabled: bool = True) -> Iterator[Callable[[SyncProgress], None] | None]:
     """Yield a callback for `run_sync` that drives a Rich progress bar."""
     if not enabled or not sys.stderr.isatty() and not _forced():
         yield None

@@ -27,6 +27,7 @@ from textual.worker import Worker, WorkerState
 # textual-image must query the terminal before Textual owns it (see widgets.preview).
 import assetmgr.tui.widgets.preview  # noqa: F401
 from assetmgr.app.queries import BrowseQuery
+from assetmgr.app.sync import CivitaiConnectionError, SyncOutcome
 from assetmgr.config import Settings
 from assetmgr.display import CleanLogFormatter, clean
 from assetmgr.store.import_report import ImportReport
@@ -46,7 +47,6 @@ from assetmgr.tui.widgets.jobs import JobsBar
 from assetmgr.tui.widgets.model_table import ModelTable
 from assetmgr.tui.workers import WorkersMixin
 from assetmgr.wording import describe
-from catalog.civitai.errors import CivitaiConnectionError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -389,7 +389,10 @@ class AssetMgrApp(WorkersMixin, App[None]):
             status = "cancelled" if message.result.stopped.code == "cancelled" else "failed"
         job = self.jobs.get(message.job_id)
         if job is not None and job.kind == "sync":
-            self.civitai_unreachable = None
+            # A demo catalog seeded in the sync's place keeps saying why (the banner).
+            outcome = message.result
+            unreachable = outcome.unreachable if isinstance(outcome, SyncOutcome) else None
+            self.civitai_unreachable = unreachable
         job = self.jobs.finish(message.job_id, status, message.summary)
         summary = message.summary
         if job is not None and isinstance(message.result, ImportReport):

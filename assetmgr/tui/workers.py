@@ -9,7 +9,6 @@ sync and three downloads run side by side.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from functools import partial
@@ -147,41 +146,36 @@ class WorkersMixin(_Base):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="sync", description="sync")
     def run_sync(self, job_id: str, query: queries.BrowseQuery) -> None:
-        from catalog.civitai.client import ModelFilters
-        from catalog.sync import SyncProgress, SyncRequest, run_sync, sync_workers
+        from assetmgr.app.sync import SyncOptions, SyncProgress, sync_catalog
 
-        settings = self.services.settings
-        request = SyncRequest(
-            filters=ModelFilters(
-                types=list(query.types),
-                base_models=list(query.base_models),
-                query=query.search.strip() or None,
-                tag=query.tags[0] if query.tags else None,
-                nsfw=query.nsfw,
-                limit=SYNC_PAGE_SIZE,
-            ),
+        options = SyncOptions(
+            types=tuple(query.types),
+            base_models=tuple(query.base_models),
+            query=query.search.strip() or None,
+            tag=query.tags[0] if query.tags else None,
+            nsfw=query.nsfw,
+            page_size=SYNC_PAGE_SIZE,
             max_models=SYNC_MAX_MODELS,
-            api_base=settings.api_base,
         )
 
         def progress(p: SyncProgress) -> None:
             text = f"{p.pages} pages · {p.models} models · {p.models_written} written"
             self.post_message(m.JobProgressed(job_id, p.models, p.total_models, text))
 
-        summary = run_sync(
-            self.services.engine,
-            self.services.client(),
-            request,
-            progress=progress,
-            cancel=_cancel_event(),
-            concurrency=settings.sync_concurrency,
-            workers=sync_workers(os.environ.get("ASSETMGR_SYNC_WORKERS")),
-        )
-        text = (
-            f"synced {summary.models} models ({summary.models_written} written"
-            f"{', ' + str(len(summary.errors)) + ' rejected' if summary.errors else ''})"
-        )
-        self.post_message(m.JobFinished(job_id, text, summary))
+        outcome = sync_catalog(self.services, options, progress=progress, cancel=_cancel_event())
+        summary = outcome.summary
+        if summary is None:
+            # As `assetmgr sync`: an empty catalog gets the demo catalog instead.
+            text = (
+                f"Civitai is unreachable; seeded the demo catalog instead "
+                f"({outcome.demo_counts['models']} models)"
+            )
+        else:
+            text = (
+                f"synced {summary.models} models ({summary.models_written} written"
+                f"{', ' + str(len(summary.errors)) + ' rejected' if summary.errors else ''})"
+            )
+        self.post_message(m.JobFinished(job_id, text, outcome))
         self.post_message(m.CatalogChanged("sync"))
 
     def start_pull(self, job_id: str, version_id: int, label: str) -> Worker[None]:

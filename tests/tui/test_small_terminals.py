@@ -275,7 +275,58 @@ async def test_an_unreachable_civitai_is_named_in_the_banner(
         assert text.startswith(
             "Demo catalog · press s to retry the sync · Civitai was unreachable: "
         )
-        assert app.civitai_unreachable is not None and app.civitai_unreachable in text
+        # The banner wraps at 80 columns: compare with the line breaks taken out.
+        assert app.civitai_unreachable is not None
+        assert app.civitai_unreachable in " ".join(text.split())
+
+
+async def test_a_sync_into_an_empty_catalog_with_civitai_unreachable_seeds_the_demo(
+    settings: Any, runner: FakeJobRunner
+) -> None:
+    """As `assetmgr sync`: an empty catalog gets the demo catalog, and the banner says why."""
+    from catalog.civitai.client import CivitaiClient
+    from catalog.civitai.retry import RetryPolicy
+    from catalog.db import open_catalog
+    from catalog.demo import catalog_is_empty, is_demo_catalog
+
+    def unreachable() -> CivitaiClient:  # a closed port on this machine
+        return CivitaiClient(
+            base_url="http://127.0.0.1:9",
+            retry=RetryPolicy(max_attempts=1, base_delay=0.01, max_delay=0.01),
+            sleep=lambda s: None,
+        )
+
+    empty = open_catalog(settings.database_url)
+    try:
+        assert catalog_is_empty(empty)
+        services = Services(
+            settings,
+            empty,
+            client_factory=unreachable,
+            runner=runner,
+            sandbox_info=FakeSandboxInfo(),
+        )
+        app = make_app(settings, services=services)
+        async with app.run_test(size=SMALL) as pilot:
+            await settle(pilot)
+            assert not shown(banner(app))
+            await pilot.press("s")
+            await wait_until(pilot, lambda: not app.jobs.active("sync"), what="sync")
+            job = app.jobs.all()[-1]
+            assert job.status == "done", job
+            assert job.summary.startswith(
+                "Civitai is unreachable; seeded the demo catalog instead ("
+            )
+            await wait_until(pilot, lambda: app.catalog.is_demo, what="demo state checked")
+            text = plain(banner(app)).strip()
+            assert text.startswith(
+                "Demo catalog · press s to retry the sync · Civitai was unreachable: "
+            )
+            assert app.civitai_unreachable is not None
+            assert app.civitai_unreachable in " ".join(text.split())
+        assert is_demo_catalog(empty)
+    finally:
+        empty.dispose()
 
 
 # --- nothing matches -------------------------------------------------------------------------
