@@ -57,58 +57,55 @@ def pull(
         TransferSpeedColumn,
     )
 
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.library import DownloadProgress, pull_many
     from assetmgr.cli.progress import label_column, progress_label, stderr_console
-    from assetmgr.context import make_client, open_engine
     from assetmgr.errors import UsageError
-    from assetmgr.store.service import StoreService
 
     if file_id is not None and len(version_ids) != 1:
         raise UsageError(
             "--file-id needs exactly one VERSION_ID",
             hint="Pull one version at a time with --file-id (`assetmgr pull --help`).",
         )
-    settings = Settings.load(api_base=api_base)
-    engine = open_engine(settings)
     cancel = threading.Event()
     show_bars = not as_json and sys.stderr.isatty()
     tasks: dict[int, Any] = {}
     lock = threading.Lock()
-    with make_client(settings) as client:
-        service = StoreService(
-            engine, _store(), client, max_download_bytes=settings.max_download_bytes
-        )
+    with (
+        AppContext(Settings.load(api_base=api_base)) as ctx,
+        Progress(
+            label_column("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=stderr_console,
+            disable=not show_bars,
+        ) as bars,
+    ):
+
+        def on_progress(p: DownloadProgress) -> None:
+            with lock:
+                task = tasks.get(p.file_id)
+                if task is None:
+                    task = tasks[p.file_id] = bars.add_task(
+                        progress_label(p.name), total=p.total_bytes
+                    )
+            bars.update(task, completed=p.done_bytes, total=p.total_bytes)
+
         try:
-            with Progress(
-                label_column("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=stderr_console,
-                disable=not show_bars,
-            ) as bars:
-
-                def on_progress(p: Any) -> None:
-                    with lock:
-                        task = tasks.get(p.file_id)
-                        if task is None:
-                            task = tasks[p.file_id] = bars.add_task(
-                                progress_label(p.name), total=p.total_bytes
-                            )
-                    bars.update(task, completed=p.done_bytes, total=p.total_bytes)
-
-                outcomes = service.pull_many(
-                    [(vid, file_id) for vid in version_ids],
-                    concurrency=concurrency or settings.download_concurrency,
-                    allow_pickle=allow_pickle,
-                    progress=on_progress,
-                    cancel=cancel,
-                )
+            outcomes = pull_many(
+                ctx,
+                version_ids,
+                file_id=file_id,
+                concurrency=concurrency,
+                allow_pickle=allow_pickle,
+                progress=on_progress,
+                cancel=cancel,
+            )
         except KeyboardInterrupt:
             cancel.set()
             raise
-        finally:
-            service.close()
     results = [_pull_json(o) for o in outcomes]
     if as_json:
         print_json(results)
@@ -212,26 +209,27 @@ def verify(
     """Re-hash every file in the store; quarantine corrupt ones (non-zero exit if any)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.library import verify as verify_store
     from assetmgr.cli.progress import stderr_console
-    from assetmgr.context import open_engine
-    from assetmgr.store.service import verify_store
 
-    engine = open_engine(Settings.load())
-    store = _store()
-    with Progress(
-        TextColumn("verify"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=stderr_console,
-        disable=as_json or not sys.stderr.isatty(),
-    ) as bars:
+    with (
+        AppContext(Settings.load()) as ctx,
+        Progress(
+            TextColumn("verify"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=stderr_console,
+            disable=as_json or not sys.stderr.isatty(),
+        ) as bars,
+    ):
         task = bars.add_task("verify", total=None)
 
         def on_progress(done: int, total: int, files: int) -> None:
             bars.update(task, completed=done, total=total)
 
-        report = verify_store(engine, store, progress=on_progress)
+        report = verify_store(ctx, progress=on_progress)
     data = {
         "checked": report.checked,
         "ok": report.ok,
@@ -297,14 +295,11 @@ def import_cmd(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.library import import_models
     from assetmgr.cli.progress import label_column, progress_label, stderr_console
-    from assetmgr.context import make_client, open_engine
-    from assetmgr.store.importer import import_folder
 
-    settings = Settings.load(api_base=api_base)
-    engine = open_engine(settings)
-    client = None if offline else make_client(settings)
-    try:
+    with AppContext(Settings.load(api_base=api_base)) as ctx:
         with Progress(
             TextColumn("import"),
             BarColumn(),
@@ -318,18 +313,14 @@ def import_cmd(
             def on_progress(done: int, total: int, name: str) -> None:
                 bars.update(task, completed=done, total=total, name=progress_label(Path(name).name))
 
-            report = import_folder(
-                engine,
-                _store(),
-                client,
-                folder.expanduser(),
-                mode="copy" if copy else "auto",
+            report = import_models(
+                ctx,
+                folder,
+                offline=offline,
+                copy=copy,
                 allow_pickle=allow_pickle,
                 progress=on_progress,
             )
-    finally:
-        if client is not None:
-            client.close()
     data = report.as_json()
     if as_json:
         print_json(data)
@@ -450,13 +441,12 @@ def export_cmd(
 
 def updates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Models whose newest version (same base-model family) is not in the store."""
-    from assetmgr.context import open_engine
-    from catalog.db import session_scope
-    from catalog.updates import count_verified_local, find_updates
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.updates import find_updates
 
-    with session_scope(open_engine(Settings.load())) as session:
-        found = [u.as_json() for u in find_updates(session)]
-        local = count_verified_local(session)
+    with AppContext(Settings.load()) as ctx:
+        report = find_updates(ctx)
+    found, local = report.as_json(), report.local_files
     if as_json:
         print_json(found)
     else:
@@ -485,13 +475,12 @@ def _files(n: int) -> str:
 
 def duplicates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Local files with the same bytes (SHA256) or the same tensors (AutoV3)."""
-    from assetmgr.context import open_engine
-    from catalog.db import session_scope
-    from catalog.updates import count_verified_local, find_duplicates
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.updates import find_duplicates
 
-    with session_scope(open_engine(Settings.load())) as session:
-        groups = find_duplicates(session)
-        local = count_verified_local(session)
+    with AppContext(Settings.load()) as ctx:
+        report = find_duplicates(ctx)
+    groups, local = report.groups, report.local_files
     if as_json:
         print_json(groups)
     else:
@@ -507,5 +496,5 @@ def duplicates(as_json: bool = typer.Option(False, "--json", help="Print as JSON
             "VERSION_ID` or `assetmgr import DIR` adds files",
             err=True,
         )
-    elif not groups["by_sha256"] and not groups["by_autov3"]:
+    elif report.empty:
         print_line(f"no duplicates among {_files(local)}", err=True)

@@ -191,7 +191,7 @@ class WorkersMixin(_Base):
         )
 
     def _pull(self, job_id: str, version_id: int) -> None:
-        from assetmgr.store.download import DownloadProgress
+        from assetmgr.app.library import DownloadProgress, pull_one
 
         def progress(p: DownloadProgress) -> None:
             total = p.total_bytes
@@ -199,9 +199,7 @@ class WorkersMixin(_Base):
             self.post_message(m.JobProgressed(job_id, p.done_bytes, total, text))
 
         try:
-            result = self.services.store_service().pull(
-                version_id, progress=progress, cancel=_cancel_event()
-            )
+            result = pull_one(self.services, version_id, progress=progress, cancel=_cancel_event())
         except BaseException:
             # A refused pull changes what the pane shows too: the file's state, and what the
             # refusal taught (early access, downloads disabled).
@@ -213,15 +211,13 @@ class WorkersMixin(_Base):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="verify", description="verify")
     def run_verify(self, job_id: str) -> None:
-        from assetmgr.store.service import verify_store
+        from assetmgr.app.library import verify
 
         def progress(done: int, total: int, files: int) -> None:
             text = f"{files} files · {_human_bytes(done)} / {_human_bytes(total)}"
             self.post_message(m.JobProgressed(job_id, done, total or None, text))
 
-        report = verify_store(
-            self.services.engine, self.services.store, progress=progress, cancel=_cancel_event()
-        )
+        report = verify(self.services, progress=progress, cancel=_cancel_event())
         if report.clean:
             text = f"verified {report.ok} of {report.checked} files: all good"
         else:
@@ -234,52 +230,38 @@ class WorkersMixin(_Base):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="delete-plan")
     def plan_delete(self, file_id: int, label: str) -> None:
-        from assetmgr.store.service import plan_delete
+        from assetmgr.app.library import plan_delete
 
-        plan = plan_delete(self.services.engine, self.services.store, file_id=file_id)
+        plan = plan_delete(self.services, file_id)
         self.post_message(m.DeletePlanned(plan, label))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="delete", description="delete")
     def run_delete(self, job_id: str, plan: Any) -> None:
-        freed = plan.execute(self.services.engine, self.services.store)
+        from assetmgr.app.library import delete
+
+        freed = delete(self.services, plan)
         text = f"deleted; freed {_human_bytes(freed)}" if freed else "deleted (the blob is shared)"
         self.post_message(m.JobFinished(job_id, text))
         self.post_message(m.CatalogChanged("delete"))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="updates")
     def check_updates(self) -> None:
-        from catalog.updates import find_updates
+        from assetmgr.app.updates import find_updates
 
-        with Session(self.services.engine) as session:
-            found = []
-            for update in find_updates(session):
-                newest = getattr(update, "newest_version_id", None)
-                if newest is None:
-                    newest = getattr(update, "latest_version_id")  # noqa: B009
-                name = getattr(update, "newest_version_name", None) or getattr(
-                    update, "latest_version_name", None
-                )
-                label = f"{update.model_name}: {update.local_version_name} → {name}"
-                found.append((int(update.model_id), int(newest), label))
+        found = find_updates(self.services).pull_offers()
         self.post_message(m.UpdatesFound(found))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="import", description="import")
     def run_import(self, job_id: str, folder: Path) -> None:
-        from assetmgr.store.importer import import_folder
+        from assetmgr.app.library import import_models
 
         def progress(index: int, total: int, path: str) -> None:
             self.post_message(m.JobProgressed(job_id, index, total, Path(path).name))
 
-        client = None
-        try:
-            client = self.services.client()
-        except Exception:  # offline or misconfigured: the importer works without Civitai
-            client = None
-        report = import_folder(
-            self.services.engine,
-            self.services.store,
-            client,
+        report = import_models(
+            self.services,
             folder,
+            offline_if_no_client=True,
             progress=progress,
             cancel=_cancel_event(),
         )
