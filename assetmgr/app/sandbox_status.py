@@ -20,6 +20,15 @@ class ServiceState:
     note: str = ""
     """A warning while available (say, the image is stale)."""
 
+    def words(self) -> str:
+        """The verdict as one line: ``ready``, ``ready; <note>`` or ``not available: <reason>``."""
+        if not self.available:
+            return f"not available: {self.reason}"
+        return f"ready; {self.note}" if self.note else "ready"
+
+    def as_json(self) -> dict[str, object]:
+        return {"available": self.available, "reason": self.reason, "note": self.note}
+
 
 def image_verdict(status: Any) -> ServiceState:
     """The verdict on a `sandbox.status.ImageStatus` (taken with the engine checked)."""
@@ -33,6 +42,28 @@ def image_verdict(status: Any) -> ServiceState:
     if status.stale:
         return ServiceState(True, note="image is stale: " + "; ".join(status.stale_reasons))
     return ServiceState(True)
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """The sandbox image's facts (`sandbox.status.ImageStatus`) and the verdict on them."""
+
+    status: Any
+    verdict: ServiceState
+
+    @property
+    def needs_build(self) -> bool:
+        """Whether `assetmgr sandbox build` is what fixes it (no image, a mismatch, stale)."""
+        status = self.status
+        mismatch = status.engine_reachable is not False and status.engine_matches is False
+        return bool(status.record is None or mismatch or status.stale)
+
+
+def image_report(sandbox: Any, *, check_engine: bool = True) -> ImageReport:
+    """`sandbox status`: the image's facts and `image_verdict` on them (without the engine
+    check, nothing is said about the engine)."""
+    status = sandbox.image_status(check_engine=check_engine)
+    return ImageReport(status, image_verdict(status))
 
 
 def sandbox_state(sandbox: Any) -> ServiceState:

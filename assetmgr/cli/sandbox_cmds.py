@@ -146,16 +146,29 @@ def sandbox_status(
         False, "--no-engine", help="Skip checking the image against the Docker engine."
     ),
 ) -> None:
-    """The recorded image, whether the engine still holds it, and whether it is stale."""
-    status = _service().image_status(check_engine=not no_engine)
+    """The recorded image, whether the engine still holds it, whether it is stale, and the
+    verdict: whether a job can run (the words the TUI shows)."""
+    from assetmgr.app.sandbox_status import BUILD_HINT, image_report
+
+    report = image_report(_service(), check_engine=not no_engine)
+    status, verdict = report.status, report.verdict
     if as_json:
-        print_json(status.as_json())
+        print_json({**status.as_json(), "verdict": verdict.as_json()})
         return
     out = print_line
-    if status.record is None:
-        out(f"no sandbox image: {status.record_problem}")
-        out("run `assetmgr sandbox build`")
-        return
+    if status.record is not None:
+        _print_image_facts(status)
+        if status.stale:
+            out("STALE:")
+            for why in status.stale_reasons:
+                out(f"  - {why}")
+    out(f"verdict      {verdict.words()}")
+    if report.needs_build and BUILD_HINT not in verdict.reason:
+        out(BUILD_HINT)
+
+
+def _print_image_facts(status: Any) -> None:
+    out = print_line
     r = status.record
     out(f"image        {r.tag}  {r.image_id}")
     out(f"built at     {r.created_at.isoformat(timespec='seconds')}  (assetmgr {r.app_version})")
@@ -174,13 +187,6 @@ def sandbox_status(
     out("plugin wheels " + (", ".join(status.in_image) or "none"))
     added = ", ".join(f"{p.name} {p.version}" for p in status.added_plugins) or "none"
     out(f"plugins      {added}")
-    if status.stale:
-        out("STALE:")
-        for why in status.stale_reasons:
-            out(f"  - {why}")
-        out("run `assetmgr sandbox build`")
-    else:
-        out("up to date")
 
 
 @sandbox_app.command("prune")
@@ -224,17 +230,17 @@ def sandbox_demo(
 ) -> None:
     """Run the plugin demo job in the sandbox: prompt hooks, a post-processed image, outputs."""
     from assetmgr import paths
-    from sandbox.protocol import Limits
+    from assetmgr.app.plugins import run_plugin_demo
 
     output_dir = out or paths.runs_dir() / time.strftime("demo-%Y%m%d-%H%M%S")
-    service = _service()
-    result = service.run(
-        "plugin_demo",
-        {"prompt": prompt, "negative": negative, "seed": seed, "width": size, "height": size},
-        output_dir,
-        plugins=plugins,
-        limits=Limits(timeout_s=120, memory_bytes=1 << 30),
-        gpus="none",
+    result = run_plugin_demo(
+        _service(),
+        plugins=list(plugins),
+        prompt=prompt,
+        negative=negative,
+        seed=seed,
+        size=size,
+        output_dir=output_dir,
     )
     data = {
         "job_id": result.job_id,
@@ -323,14 +329,9 @@ def plugins_add(
 
 def _image_has(service: Any, deps_key: str) -> bool:
     """Whether the built image holds this requirement set (its own directory of wheels)."""
-    from sandbox.errors import ImageError
-    from sandbox.image.record import load_record
+    from assetmgr.app.plugins import image_dep_sets
 
-    try:
-        record = load_record(service.record_path)
-    except ImageError:
-        return False
-    return deps_key in record.plugin_dep_sets
+    return deps_key in (image_dep_sets(service) or set())
 
 
 @plugins_app.command("list")
@@ -338,16 +339,11 @@ def plugins_list(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array."),
 ) -> None:
     """The added plugins."""
-    from sandbox.errors import ImageError
-    from sandbox.image.record import load_record
+    from assetmgr.app.plugins import image_dep_sets
 
     service = _service()
     plugins = service.list_plugins()
-    sets_in_image: set[str] | None
-    try:
-        sets_in_image = set(load_record(service.record_path).plugin_dep_sets)
-    except ImageError:
-        sets_in_image = None
+    sets_in_image = image_dep_sets(service)
     if as_json:
         print_json([_plugin_json(p, sets_in_image) for p in plugins])
         return

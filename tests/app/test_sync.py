@@ -63,9 +63,7 @@ def test_a_sync_fills_the_catalog_and_reports_progress(
     assert _count_models(engine) == 12 and not is_demo_catalog(engine)
 
 
-def test_a_cancelled_sync_stops_and_says_so(
-    settings: Settings, engine: Engine, fake: Any
-) -> None:
+def test_a_cancelled_sync_stops_and_says_so(settings: Settings, engine: Engine, fake: Any) -> None:
     from catalog.sync import SyncCancelled
 
     cancel = threading.Event()
