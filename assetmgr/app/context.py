@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from assetmgr.store.service import StoreService
     from catalog.civitai.client import CivitaiClient
 
+    ClientFactory = Callable[[], CivitaiClient]
+    """Builds the Civitai client (tests hand in one for the fake)."""
+
 
 class AppContext:
     """Settings, the catalog engine, the blob store, the Civitai client, the store service and
@@ -32,7 +35,7 @@ class AppContext:
         *,
         engine: Engine | None = None,
         store: BlobStore | None = None,
-        client_factory: Callable[[], CivitaiClient] | None = None,
+        client_factory: ClientFactory | None = None,
         sandbox: Any = None,
     ) -> None:
         self.settings = settings

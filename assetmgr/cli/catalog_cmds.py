@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime
 from typing import Any
 
 import typer
@@ -117,30 +116,19 @@ def models_list(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array on stdout."),
 ) -> None:
     """List models in the local catalog (a cut list says so on stderr)."""
-    from assetmgr.context import open_engine
-    from catalog import repo
-    from catalog.db import session_scope
-    from catalog.search import count_models
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.models import list_models
 
-    filters: dict[str, Any] = {
-        "types": list(types) or None,
-        "base_models": list(base_models) or None,
-        "search": search,
-        "local_only": local,
-    }
-    engine = open_engine(Settings.load())
-    with session_scope(engine) as session:
-        wanted = None if show_all or limit == 0 else limit
-        total = count_models(session, **filters) if wanted is None else None
-        # One row past the limit tells whether the list is cut, without counting first.
-        fetch = wanted + 1 if wanted is not None else max(total or 0, 1)
-        rows = repo.list_models(session, **filters, limit=fetch)
-        cut = wanted is not None and len(rows) > wanted
-        if cut:
-            rows = rows[:wanted]
-            total = count_models(session, **filters)
-        objects = [repo.model_to_dict(row) for row in rows]
-        catalog_empty = not objects and count_models(session) == 0
+    with AppContext(Settings.load()) as ctx:
+        found = list_models(
+            ctx,
+            types=types,
+            base_models=base_models,
+            search=search,
+            local_only=local,
+            limit=None if show_all or limit == 0 else limit,
+        )
+    objects, total, cut = found.objects, found.total, found.cut
     if as_json:
         print_json(objects)
     elif objects:
@@ -150,7 +138,7 @@ def models_list(
             f"{len(objects)} of {total} models shown; pass --limit N for more, or --all",
             err=True,
         )
-    elif catalog_empty:
+    elif found.catalog_empty:
         print_line("the catalog is empty; run `assetmgr sync` or `assetmgr demo` first", err=True)
     elif not objects:
         print_line(_no_match(local), err=True)
@@ -204,14 +192,12 @@ def models_show(
     as_json: bool = typer.Option(False, "--json", help="Print the model object on stdout."),
 ) -> None:
     """Show one model with its versions, files, hashes and trigger words."""
-    from assetmgr.context import open_engine
-    from catalog import repo
-    from catalog.db import session_scope
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.models import show_model
 
     settings = Settings.load()
-    engine = open_engine(settings)
-    with session_scope(engine) as session:
-        obj = repo.model_to_dict(repo.get_model(session, model_id))
+    with AppContext(settings) as ctx:
+        obj = show_model(ctx, model_id)
     if as_json:
         print_json(obj)
         return
@@ -221,7 +207,7 @@ def models_show(
 def _print_model(obj: dict[str, Any], *, api_key_set: bool) -> None:
     from rich.text import Text
 
-    from catalog.access import AccessRule, describe
+    from assetmgr.app.models import access_words
 
     lines: list[Text] = [
         Text.assemble(
@@ -243,8 +229,7 @@ def _print_model(obj: dict[str, Any], *, api_key_set: bool) -> None:
             )
         )
         for rule in v.get("access") or []:
-            until = datetime.fromisoformat(rule["until"]) if rule["until"] else None
-            shown = describe(AccessRule(rule["code"], until))
+            shown = access_words(rule["code"], rule["until"])
             lines.append(Text(f"    download: {shown}", style="yellow"))
         for word in v.get("trained_words") or []:
             lines.append(Text(clean(f"    trigger: {word}")))
@@ -281,17 +266,11 @@ def lookup(
     as_json: bool = typer.Option(False, "--json", help="Print matches as JSON on stdout."),
 ) -> None:
     """Find the model file with this hash: the local catalog first, then Civitai."""
-    from assetmgr.context import make_client, open_engine
-    from catalog import lookup as lookup_service
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.models import lookup_hash
 
-    settings = Settings.load(api_base=api_base)
-    engine = open_engine(settings)
-    client = None if offline else make_client(settings)
-    try:
-        matches = lookup_service.lookup_hash(engine, client, digest)
-    finally:
-        if client is not None:
-            client.close()
+    with AppContext(Settings.load(api_base=api_base)) as ctx:
+        matches = lookup_hash(ctx, digest, offline=offline)
     if as_json:
         print_json(matches)
         return
@@ -307,11 +286,11 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print counts as JSON."),
 ) -> None:
     """Seed a small local demo catalog (works offline)."""
-    from assetmgr.context import open_engine
-    from catalog import demo as demo_catalog
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.models import seed_demo
 
-    engine = open_engine(Settings.load())
-    counts = demo_catalog.seed_demo(engine)
+    with AppContext(Settings.load()) as ctx:
+        counts = seed_demo(ctx)
     if as_json:
         print_json(counts)
     else:

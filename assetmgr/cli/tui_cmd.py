@@ -11,14 +11,13 @@ def register(app: typer.Typer) -> None:
 
 def open_tui() -> None:
     """Open the terminal UI on the local catalog (seeding the demo catalog when it is empty)."""
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.models import seed_demo_if_empty
     from assetmgr.config import Settings
-    from assetmgr.context import open_engine
-    from catalog import demo as demo_catalog
 
     settings = Settings.load()
-    engine = open_engine(settings)
-    if demo_catalog.catalog_is_empty(engine):
-        demo_catalog.seed_demo(engine)
+    with AppContext(settings) as ctx:
+        seed_demo_if_empty(ctx)
     from assetmgr.tui.app import run_app
 
     run_app(settings)

@@ -7,7 +7,6 @@ Civitai client), never the use cases.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from assetmgr.app.context import AppContext
@@ -26,8 +25,8 @@ from assetmgr.config import Settings
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from assetmgr.app.context import ClientFactory
     from assetmgr.store.blobs import BlobStore
-    from catalog.civitai.client import CivitaiClient
 
 
 class Services(AppContext):
@@ -39,7 +38,7 @@ class Services(AppContext):
         engine: Engine | None = None,
         *,
         store: BlobStore | None = None,
-        client_factory: Callable[[], CivitaiClient] | None = None,
+        client_factory: ClientFactory | None = None,
         runner: Any = None,
         sandbox_info: Any = None,
     ) -> None:

@@ -105,9 +105,9 @@ class WorkersMixin(_Base):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-demo")
     def check_demo(self) -> None:
-        from catalog.demo import is_demo_catalog
+        from assetmgr.app.models import is_demo_catalog
 
-        is_demo = is_demo_catalog(self.services.engine)
+        is_demo = is_demo_catalog(self.services)
         if not _cancelled():
             self.post_message(m.DemoChecked(is_demo))
 

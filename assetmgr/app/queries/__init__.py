@@ -15,21 +15,32 @@ from assetmgr.app.queries.browse import (
     update_model_ids,
 )
 from assetmgr.app.queries.detail import (
+    DOWNLOADS_DISABLED,
+    EARLY_ACCESS,
     FileDetail,
     HashCheck,
     ModelDetail,
     PreviewImage,
     VersionDetail,
     Weight,
+    describe_access,
     load_detail,
     preview_path,
     suggest_weight,
 )
-from assetmgr.app.queries.local import Completion, LocalModel, complete, local_models
+from assetmgr.app.queries.local import (
+    Completion,
+    LocalModel,
+    complete,
+    local_models,
+    prompt_lora_tags,
+)
 from assetmgr.app.queries.tables import CHECKPOINT_TYPES, LORA_TYPES
 
 __all__ = [
     "CHECKPOINT_TYPES",
+    "DOWNLOADS_DISABLED",
+    "EARLY_ACCESS",
     "LORA_TYPES",
     "SORT_KEYS",
     "BrowseQuery",
@@ -46,6 +57,7 @@ __all__ = [
     "Weight",
     "complete",
     "count_models",
+    "describe_access",
     "fetch_page",
     "find_update_pairs",
     "load_detail",
@@ -53,5 +65,6 @@ __all__ = [
     "update_model_ids",
     "local_models",
     "preview_path",
+    "prompt_lora_tags",
     "suggest_weight",
 ]

@@ -16,7 +16,9 @@ from sqlmodel import SQLModel
 from assetmgr import paths
 from assetmgr.app.queries.browse import find_update_pairs
 from assetmgr.app.queries.tables import _t
-from catalog.access import AccessRule, version_access
+from catalog.access import DOWNLOADS_DISABLED as DOWNLOADS_DISABLED
+from catalog.access import EARLY_ACCESS as EARLY_ACCESS
+from catalog.access import AccessRule, describe, version_access
 from catalog.models import HASH_COLUMNS
 from catalog.text import html_to_text
 
@@ -305,3 +307,8 @@ def load_detail(session: Session, model_id: int) -> ModelDetail:
         versions=versions,
         update_version_ids=updates,
     )
+
+
+def describe_access(rule: AccessRule) -> str:
+    """A download restriction in words (`catalog.access.describe`), for the detail pane."""
+    return describe(rule)

@@ -10,9 +10,17 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from assetmgr.app.queries.tables import LORA_TYPES, _t
-from sandbox.protocol.jobspec import lora_tag_name
+from sandbox.protocol.jobspec import lora_tag_name, scan_tags
 
 # --- local models for the Generate screen, and prompt completion ------------------------------
+
+
+def prompt_lora_tags(prompt: str) -> list[tuple[str, float]]:
+    """The well-formed ``<lora:name:weight>`` tags of a prompt (weight 1 when left out), by
+    the job contract's parser (`sandbox.protocol.jobspec.scan_tags`); malformed ones are left
+    to the check before a run."""
+    tags, _ = scan_tags(prompt)
+    return [(t.name, t.te) for t in tags if t.is_lora]
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,16 @@ from textual.message import Message
 from textual.widgets import Button, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from assetmgr.app.queries import FileDetail, ModelDetail, VersionDetail
+from assetmgr.app.queries import (
+    DOWNLOADS_DISABLED,
+    EARLY_ACCESS,
+    FileDetail,
+    ModelDetail,
+    VersionDetail,
+    describe_access,
+)
 from assetmgr.display import clean
 from assetmgr.tui.widgets.preview import PreviewPane
-from catalog.access import DOWNLOADS_DISABLED, EARLY_ACCESS, describe
 
 DESCRIPTION_CHARS = 4_000
 _STATE_STYLE = {
@@ -212,7 +218,7 @@ class DetailPane(VerticalScroll):
             info.append(f"published   {v.published_at:%Y-%m-%d}\n")
         info.append(f"version id  {v.id}\n", style="dim")
         for rule in v.access:
-            info.append(f"download    {describe(rule)}\n", style="yellow")
+            info.append(f"download    {describe_access(rule)}\n", style="yellow")
         if not v.is_local and not v.access and not self._api_key_set():
             info.append("login       no API key (F5)\n", style="dim")
         if self.detail.type in ("LORA", "LoCon", "DoRA"):

@@ -32,13 +32,10 @@ def token_before(text: str) -> str | None:
 
 
 def lora_tags(prompt: str) -> list[tuple[str, float]]:
-    """The well-formed ``<lora:name:weight>`` tags of a prompt (weight 1 when left out), by
-    the job contract's parser (`sandbox.protocol.jobspec.scan_tags`); malformed ones are left to the
-    check before a run."""
-    from sandbox.protocol.jobspec import scan_tags
+    """The well-formed ``<lora:name:weight>`` tags of a prompt (`queries.prompt_lora_tags`)."""
+    from assetmgr.app.queries import prompt_lora_tags
 
-    tags, _ = scan_tags(prompt)
-    return [(t.name, t.te) for t in tags if t.is_lora]
+    return prompt_lora_tags(prompt)
 
 
 class PromptEditor(TextArea):
