@@ -82,7 +82,7 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, [(m[0], m[1]) for m in merges]
 
 
-def load_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
+def load_tokenizer(pad_token: str = "<|endoftext|>") -> Any:  # noqa: S107  # CLIP's pad token
     """The CLIP BPE tokenizer from the shipped files; SDXL's second one pads with ``!``.
 
     transformers returns a 2-token dummy tokenizer instead of failing when files are missing,
@@ -233,7 +233,7 @@ class Engine:
             "tokenizer": load_tokenizer(),
         }
         if info.arch == "sdxl":
-            kwargs["tokenizer_2"] = load_tokenizer(pad_token="!")
+            kwargs["tokenizer_2"] = load_tokenizer(pad_token="!")  # noqa: S106  # a token, no password
             cls: Any = StableDiffusionXLPipeline
         else:
             kwargs.update(
@@ -521,7 +521,8 @@ class Engine:
         return False
 
     def _load_adapter(self, key: str, use: LoraUse) -> _Adapter:
-        assert self.info is not None
+        if self.info is None:
+            raise RuntimeError("a LoRA was requested before any checkpoint was loaded")
         if use.sha256 is not None:
             got = sha256_file(key)
             if got.lower() != use.sha256.lower():
