@@ -66,8 +66,10 @@ def defer(engine: Engine) -> bool:
         if connection.exec_driver_sql("SELECT 1 FROM model LIMIT 1").first() is not None:
             return False
         marks = ", ".join("?" * len(names))
+        # only "?" placeholders are interpolated; the names are bound
         objects = connection.exec_driver_sql(
-            f"SELECT type, name, sql FROM sqlite_master WHERE name IN ({marks})", names
+            f"SELECT type, name, sql FROM sqlite_master WHERE name IN ({marks})",  # noqa: S608
+            names,
         ).all()
         now = datetime.now(UTC)
         for kind, name, sql in objects:

@@ -12,9 +12,9 @@ from sqlmodel import Session
 
 from assetmgr import paths
 from assetmgr.app.generation import GenerateRequest, build_spec
+from assetmgr.app.queries import LocalModel
 from assetmgr.store.blobs import BlobStore
 from assetmgr.store.importer import import_folder
-from assetmgr.app.queries import LocalModel
 from sandbox.protocol.jobspec import GenSpec, lora_tag_matches, lora_tag_name, parse_tags
 from sandbox.worker.generate import resolve_prompt
 from tests.integration import conftest as integration
