@@ -15,8 +15,7 @@ tmpfs, which caps their size) and come back in-band, before the result line: ``o
 carrying the job's nonce (`sandbox.protocol.OutputMessage`), with their own byte budget. The
 host checks the pieces and writes the tar itself (`sandbox.results.InlineOutputs`), then
 validates it with `extract_outputs` exactly like a one-shot job's ``get_archive`` tar (same
-allowlist, caps, re-decode and re-encode). ``get_archive`` is not used per job: the engine
-re-executes itself and mounts the volume for every call, which cost ~70-90 ms a job here.
+allowlist, caps, re-decode and re-encode); why: docs/decisions/warm-worker-inline-outputs.md.
 Same hardening, same static HostConfig check; the container's limits are fixed when it starts
 (only a job's ``timeout_s`` applies per job).
 

@@ -431,9 +431,7 @@ class Downloader:
                 state.etag = etag
             state.save(state_path)
             expected_total = target.expected_size or state.total
-            server_name = filename_from_disposition(
-                response.getheader("content-disposition")
-            )
+            server_name = filename_from_disposition(response.getheader("content-disposition"))
             offset, received = self._pump(
                 response, out, hasher, offset, expected_total, bound, target, progress, cancel
             )

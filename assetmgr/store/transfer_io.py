@@ -158,8 +158,6 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return cast(Callable[[int, int, int, int], int], func)
 
 
-
-
 def open_storage(
     url: str, headers: dict[str, str], timeout: float
 ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:

@@ -179,9 +179,8 @@ def write_page(
 
     In a pool's worker on SQLite, the page's new rows are first bound into the connection's
     in-memory ``stage`` tables, side by side with the other workers; the turn at the write
-    lock then copies them with one ``INSERT ... SELECT`` per table. Binding the values of
-    multi-row VALUES lists was most of a page's time under the lock; the copy runs in SQLite
-    alone.
+    lock then copies them with one ``INSERT ... SELECT`` per table (why:
+    docs/decisions/sync-page-workers.md).
     """
     if isinstance(items, bytes):
         items = page_items(items)

@@ -351,9 +351,8 @@ def prepared_inserts(
 
     A sync's worker builds them while it waits for its turn to write, so the write itself
     holds the catalog's write lock only for the driver calls. `staged` (SQLite only) splits
-    them into the staging binds and one ``INSERT ... SELECT`` per table: binding the values
-    of multi-row VALUES lists was most of a page's time under the lock, and the copy runs in
-    SQLite alone.
+    them into the staging binds and one ``INSERT ... SELECT`` per table (why:
+    docs/decisions/sync-page-workers.md).
     """
     built = [pm for pm in models if pm.rows is not None]
     ids = tuple(pm.id for pm in built)
