@@ -1,8 +1,8 @@
 """The plan of a job's container: every ``containers.create`` argument, derived from the spec.
 
 `plan_job` (one-shot jobs) and `plan_container` (any role, warm workers too) build a
-`ContainerPlan` with the hardening of docs/sandbox.md sections 0-1; the static check
-(`sandbox.hostcheck`) compares the created container against the same plan.
+`ContainerPlan` with the hardening (docs/architecture.md, "Where outside bytes are checked");
+the static check (`sandbox.hostcheck`) compares the created container against the same plan.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 1. checks the pinned image against its record (`verify_image`),
 2. creates a fresh tmpfs-backed volume for ``/job`` and a container from the image *id*
    (``containers.create``, never ``run``, which pulls on a miss) with the hardening of
-   docs/sandbox.md sections 0-1 (`ContainerPlan`), models mounted read-only one file at a time
+   `ContainerPlan` (docs/architecture.md), models mounted read-only one file at a time
    and the job's plugins read-only at ``/plugins/<name>`` (from the host or from volumes, below),
 3. checks the created container's ``HostConfig`` statically (`check_host_config`) before it starts,
 4. starts it, copies the spec in with ``put_archive``, parses stdout with `ProtocolReader`,
