@@ -95,7 +95,8 @@ class CatalogSandboxRegistry:
                 row.added_at = record.added_at
             session.add(row)
             session.flush()
-            assert row.id is not None
+            if row.id is None:
+                raise RuntimeError(f"the catalog gave plugin {record.name!r} no row id")
             file_rows = [
                 PluginFile(plugin_id=row.id, path=f.path, sha256=f.sha256, size=f.size)
                 for f in record.files

@@ -82,7 +82,8 @@ def contradiction(
         return refused(
             f"claims file {file.id}, which the catalog holds in version {stored_file.version_id}"
         )
-    assert claim.model_id is not None  # checked by `claimed_file`
+    if claim.model_id is None:  # `claimed_file` checked it already
+        raise ValueError("a claimed file's version names no model")
     synced = session.execute(
         select(col(Model.id)).where(
             col(Model.id) == claim.model_id, col(Model.payload_sha256).is_not(None)

@@ -47,7 +47,7 @@ def sha256_file(
     file: FileRef,
     *,
     chunk_size: int = CHUNK_SIZE,
-    on_chunk: Callable[[memoryview], None] | None = None,
+    on_chunk: Callable[[memoryview], object] | None = None,
 ) -> str:
     """Upper-case hex SHA-256 of a file's bytes from start to end; `on_chunk` sees each piece
     (to copy it while it is hashed, say)."""

@@ -84,10 +84,11 @@ def check_host_config(
         log.get("Type") == "local" and bool((log.get("Config") or {}).get("max-size")),
         f"log config {log!r} has no size cap",
     )
+    # container-side paths: the job's private /tmp tmpfs
     tmpfs = hc.get("Tmpfs") or {}
-    need(set(tmpfs) == {"/tmp"}, f"tmpfs mounts {sorted(tmpfs)}")
-    opts = set(str(tmpfs.get("/tmp", "")).split(","))
-    need({"noexec", "nosuid", "nodev"} <= opts, f"/tmp options {sorted(opts)}")
+    need(set(tmpfs) == {"/tmp"}, f"tmpfs mounts {sorted(tmpfs)}")  # noqa: S108
+    opts = set(str(tmpfs.get("/tmp", "")).split(","))  # noqa: S108
+    need({"noexec", "nosuid", "nodev"} <= opts, f"/tmp options {sorted(opts)}")  # noqa: S108
     ulimits = {u.get("Name"): u for u in hc.get("Ulimits") or []}
     need(ulimits.get("core", {}).get("Hard") == 0, "core dumps allowed")
     need(ulimits.get("nofile", {}).get("Hard") == lim.nofile, "nofile ulimit missing")

@@ -56,12 +56,13 @@ INIT_COMMAND = (
     "--",
 )
 #: The only environment a job sees (plus the image's PATH). Nothing is inherited from the host.
+#: The /tmp paths are the container's own private tmpfs (noexec), not the host's /tmp.
 BASE_ENVIRONMENT: Mapping[str, str] = {
-    "HOME": "/tmp",
-    "TMPDIR": "/tmp",
-    "XDG_CACHE_HOME": "/tmp/.cache",
-    "HF_HOME": "/tmp/hf",
-    "TORCH_HOME": "/tmp/torch",
+    "HOME": "/tmp",  # noqa: S108
+    "TMPDIR": "/tmp",  # noqa: S108
+    "XDG_CACHE_HOME": "/tmp/.cache",  # noqa: S108
+    "HF_HOME": "/tmp/hf",  # noqa: S108
+    "TORCH_HOME": "/tmp/torch",  # noqa: S108
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",

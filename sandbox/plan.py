@@ -1,8 +1,8 @@
 """The plan of a job's container: every ``containers.create`` argument, derived from the spec.
 
 `plan_job` (one-shot jobs) and `plan_container` (any role, warm workers too) build a
-`ContainerPlan` with the hardening of docs/sandbox.md sections 0-1; the static check
-(`sandbox.hostcheck`) compares the created container against the same plan.
+`ContainerPlan` with the hardening (docs/architecture.md, "Where outside bytes are checked");
+the static check (`sandbox.hostcheck`) compares the created container against the same plan.
 """
 
 from __future__ import annotations
@@ -123,13 +123,13 @@ class ContainerPlan:
             "name": self.name,
             "hostname": HOSTNAME,
             "user": SANDBOX_USER,
-            "working_dir": "/tmp",
+            "working_dir": "/tmp",  # noqa: S108  # the container's own private tmpfs
             "network_mode": "none",
             # resolv.conf would otherwise carry the host's resolver and search domains
             "dns": [DNS_PLACEHOLDER],
             "dns_search": ["."],
             "read_only": True,
-            "tmpfs": {"/tmp": f"{TMPFS_OPTIONS},size={lim.tmpfs_bytes}"},
+            "tmpfs": {"/tmp": f"{TMPFS_OPTIONS},size={lim.tmpfs_bytes}"},  # noqa: S108  # in the container
             "cap_drop": ["ALL"],
             "privileged": False,
             "security_opt": ["no-new-privileges:true"],  # default seccomp stays on
@@ -268,6 +268,48 @@ def plan_container(
     plugin_volumes: Mapping[str, StagedVolume] | None = None,
 ) -> ContainerPlan:
     """`plan_job` for any container role (one-shot job, or a warm worker)."""
+    plugin_mounts = _plugin_mounts(
+        plugin_refs, plugin_dirs, plugin_volumes, check_local_paths=check_local_paths
+    )
+    mounts = _model_mounts(model_refs, models, model_volumes, check_local_paths=check_local_paths)
+    gpu = _gpu_request(client, gpus) if client is not None else None
+    env = _environment(limits, gpu_wanted=gpu is not None)
+    compile_cache = None
+    if gpu is not None:
+        compile_cache = compile_cache_volume(image.image_id, plugin_refs)
+        ensure_compile_cache(client, compile_cache, image)
+    labels = {
+        LABEL_JOB: job_id,
+        LABEL_VERSION: image.app_version,
+        LABEL_SESSION: SESSION_ID,
+        LABEL_ROLE: role,
+    }
+    # a random suffix: a reused job id can never make cleanup hit another job's volume
+    name = f"assetmgr-{job_id}-{secrets.token_hex(3)}"
+    return ContainerPlan(
+        image_id=image.image_id,
+        name=name,
+        volume_name=name,
+        limits=limits,
+        environment=env,
+        labels=labels,
+        models=tuple(mounts),
+        plugins=tuple(plugin_mounts),
+        gpu=gpu,
+        compile_cache=compile_cache,
+        command=command,
+        stdin_open=stdin_open,
+    )
+
+
+def _plugin_mounts(
+    plugin_refs: Sequence[PluginRef],
+    plugin_dirs: Mapping[str, Path] | None,
+    plugin_volumes: Mapping[str, StagedVolume] | None,
+    *,
+    check_local_paths: bool,
+) -> list[PluginMount]:
+    """Each plugin's mount: its staged volume, or its checked local directory."""
     plugin_dirs = dict(plugin_dirs or {})
     wanted_plugins = {p.name for p in plugin_refs}
     if plugin_volumes is None and set(plugin_dirs) != wanted_plugins:
@@ -294,6 +336,17 @@ def plan_container(
         elif not psource.is_absolute():
             raise SandboxError(f"plugin source of {pref.name!r} must be an absolute path")
         plugin_mounts.append(PluginMount(str(psource), pref.mount_path))
+    return plugin_mounts
+
+
+def _model_mounts(
+    model_refs: Sequence[ModelRef],
+    models: Mapping[str, Path] | None,
+    model_volumes: Mapping[str, StagedModel] | None,
+    *,
+    check_local_paths: bool,
+) -> list[ModelMount]:
+    """Each model's mount: its staged volume, or its checked local regular file."""
     models = dict(models or {})
     wanted = {m.name for m in model_refs}
     if set(models) != wanted:
@@ -319,35 +372,15 @@ def plan_container(
         elif not source.is_absolute():
             raise SandboxError(f"model source for {ref.name!r} must be an absolute path")
         mounts.append(ModelMount(str(source), ref.mount_path))
-    gpu = _gpu_request(client, gpus) if client is not None else None
+    return mounts
+
+
+def _environment(limits: Limits, *, gpu_wanted: bool) -> dict[str, str]:
+    """The container's whole environment: fixed values, thread counts, the GPU's settings."""
     env = dict(BASE_ENVIRONMENT)
     threads = str(max(1, int(limits.cpus)))
     env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
-    compile_cache = None
-    if gpu is not None:
+    if gpu_wanted:
         env.update(GPU_ENVIRONMENT)
-        compile_cache = compile_cache_volume(image.image_id, plugin_refs)
-        ensure_compile_cache(client, compile_cache, image)
         env[COMPILE_CACHE_ENV] = f"{COMPILE_CACHE_DIR}/{COMPILE_CACHE_KERNELS}"
-    labels = {
-        LABEL_JOB: job_id,
-        LABEL_VERSION: image.app_version,
-        LABEL_SESSION: SESSION_ID,
-        LABEL_ROLE: role,
-    }
-    # a random suffix: a reused job id can never make cleanup hit another job's volume
-    name = f"assetmgr-{job_id}-{secrets.token_hex(3)}"
-    return ContainerPlan(
-        image_id=image.image_id,
-        name=name,
-        volume_name=name,
-        limits=limits,
-        environment=env,
-        labels=labels,
-        models=tuple(mounts),
-        plugins=tuple(plugin_mounts),
-        gpu=gpu,
-        compile_cache=compile_cache,
-        command=command,
-        stdin_open=stdin_open,
-    )
+    return env

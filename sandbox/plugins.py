@@ -309,7 +309,8 @@ def make_read_only(root: Path) -> None:
     for directory, _dirs, files in os.walk(root, topdown=False):
         for name in files:
             os.chmod(os.path.join(directory, name), 0o444)
-        os.chmod(directory, 0o555)
+        # read-only for all: the container's user (another uid) reads the mounted copy
+        os.chmod(directory, 0o555)  # noqa: S103
 
 
 def remove_tree(root: Path) -> None:

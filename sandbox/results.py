@@ -317,7 +317,6 @@ def extract_outputs(archive: IO[bytes], dest: Path, limits: OutputLimits | None 
     dest.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".sandbox-out-", dir=dest))
     outputs = Outputs()
-    kept: list[tuple[Path, str]] = []
     try:
         try:
             tar = tarfile.open(fileobj=archive, mode="r:")  # plain tar only: no decompression
@@ -325,85 +324,124 @@ def extract_outputs(archive: IO[bytes], dest: Path, limits: OutputLimits | None 
             outputs.rejected.append(("<archive>", f"not a tar archive: {exc}"))
             return outputs
         with tar:
-            seen: set[str] = set()
-            total = 0
-            count = 0
-            while True:
-                try:
-                    member = tar.next()
-                except tarfile.TarError as exc:
-                    outputs.rejected.append(("<archive>", f"corrupt archive: {exc}"))
-                    break
-                if member is None:
-                    break
-                count += 1
-                if count > limits.max_members:
-                    outputs.rejected.append(
-                        ("<archive>", f"more than {limits.max_members} members")
-                    )
-                    break
-                name = member.name.rstrip("/")
-                problem = _member_problem(member, staging, seen)
-                seen.add(name)
-                if problem is None and member.isfile():
-                    total += member.size
-                    if member.size > limits.max_file_bytes:
-                        problem = f"larger than {limits.max_file_bytes} bytes"
-                    elif total > limits.max_archive_bytes:
-                        problem = "outputs too large in total"
-                if problem is not None:
-                    outputs.rejected.append((name, problem))
-                    continue
-                if member.isdir():
-                    continue
-                fileobj = tar.extractfile(member)
-                if fileobj is None:
-                    outputs.rejected.append((name, "unreadable member"))
-                    continue
-                data = fileobj.read(limits.max_file_bytes + 1)
-                try:
-                    if name == OUTPUT_RESULT_JSON:
-                        if len(data) > limits.max_json_bytes:
-                            raise ValueError(f"larger than {limits.max_json_bytes} bytes")
-                        parsed = _parse_result_json(data)
-                        clean = json.dumps(parsed, ensure_ascii=True, sort_keys=True).encode()
-                        outputs.result_json = parsed
-                    elif name.endswith(".json"):
-                        if len(data) > limits.max_json_bytes:
-                            raise ValueError(f"larger than {limits.max_json_bytes} bytes")
-                        clean = json.dumps(
-                            _parse_json(data), ensure_ascii=True, sort_keys=True
-                        ).encode()
-                    elif name.endswith(".txt"):
-                        if len(data) > limits.max_json_bytes:
-                            raise ValueError(f"larger than {limits.max_json_bytes} bytes")
-                        clean = _clean_text(data)
-                    else:
-                        clean = _reencode_png(data, limits)
-                except Exception as exc:  # any decoder failure is a rejection
-                    outputs.rejected.append((name, f"{type(exc).__name__}: {exc}"))
-                    continue
-                base = name.split("/", 1)[1]
-                tmp = staging / f"{uuid.uuid4().hex}.tmp"
-                tmp.write_bytes(clean)
-                kept.append((tmp, base))
+            kept = _stage_members(tar, staging, limits, outputs)
         if outputs.rejected:
             outputs.result_json = None
             return outputs
-        for tmp, base in kept:
-            final = dest / base
-            os.replace(tmp, final)
-            if base == OUTPUT_RESULT_JSON.split("/", 1)[1]:
-                outputs.result_json_path = final
-            elif base.endswith(".png"):
-                outputs.images.append(final)
-            else:
-                outputs.files.append(final)
-        outputs.images.sort()
-        outputs.files.sort()
+        _publish(kept, dest, outputs)
         return outputs
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage_members(
+    tar: tarfile.TarFile, staging: Path, limits: OutputLimits, outputs: Outputs
+) -> list[tuple[Path, str]]:
+    """Check every member and write a clean copy of each accepted file into `staging`.
+
+    Problems go to ``outputs.rejected``; returns (staged file, final base name) pairs.
+    """
+    kept: list[tuple[Path, str]] = []
+    seen: set[str] = set()
+    total = 0
+    count = 0
+    while True:
+        try:
+            member = tar.next()
+        except tarfile.TarError as exc:
+            outputs.rejected.append(("<archive>", f"corrupt archive: {exc}"))
+            break
+        if member is None:
+            break
+        count += 1
+        if count > limits.max_members:
+            outputs.rejected.append(("<archive>", f"more than {limits.max_members} members"))
+            break
+        name = member.name.rstrip("/")
+        problem = _member_problem(member, staging, seen)
+        seen.add(name)
+        if problem is None and member.isfile():
+            total += member.size
+            problem = _size_problem(member.size, total, limits)
+        if problem is not None:
+            outputs.rejected.append((name, problem))
+            continue
+        if member.isdir():
+            continue
+        staged = _stage_file(tar, member, name, staging, limits, outputs)
+        if staged is not None:
+            kept.append(staged)
+    return kept
+
+
+def _size_problem(size: int, total: int, limits: OutputLimits) -> str | None:
+    if size > limits.max_file_bytes:
+        return f"larger than {limits.max_file_bytes} bytes"
+    if total > limits.max_archive_bytes:
+        return "outputs too large in total"
+    return None
+
+
+def _stage_file(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    name: str,
+    staging: Path,
+    limits: OutputLimits,
+    outputs: Outputs,
+) -> tuple[Path, str] | None:
+    """Read one accepted member, clean it and stage it; a failure is a rejection (None)."""
+    fileobj = tar.extractfile(member)
+    if fileobj is None:
+        outputs.rejected.append((name, "unreadable member"))
+        return None
+    data = fileobj.read(limits.max_file_bytes + 1)
+    try:
+        clean = _clean_output(name, data, limits, outputs)
+    except Exception as exc:  # any decoder failure is a rejection
+        outputs.rejected.append((name, f"{type(exc).__name__}: {exc}"))
+        return None
+    base = name.split("/", 1)[1]
+    tmp = staging / f"{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(clean)
+    return tmp, base
+
+
+def _clean_output(name: str, data: bytes, limits: OutputLimits, outputs: Outputs) -> bytes:
+    """The clean bytes to keep for one output file (raises on anything not acceptable)."""
+    if name == OUTPUT_RESULT_JSON:
+        _check_text_size(data, limits)
+        parsed = _parse_result_json(data)
+        clean = json.dumps(parsed, ensure_ascii=True, sort_keys=True).encode()
+        outputs.result_json = parsed
+        return clean
+    if name.endswith(".json"):
+        _check_text_size(data, limits)
+        return json.dumps(_parse_json(data), ensure_ascii=True, sort_keys=True).encode()
+    if name.endswith(".txt"):
+        _check_text_size(data, limits)
+        return _clean_text(data)
+    return _reencode_png(data, limits)
+
+
+def _check_text_size(data: bytes, limits: OutputLimits) -> None:
+    if len(data) > limits.max_json_bytes:
+        raise ValueError(f"larger than {limits.max_json_bytes} bytes")
+
+
+def _publish(kept: list[tuple[Path, str]], dest: Path, outputs: Outputs) -> None:
+    """Move the staged files into `dest` and list them in `outputs`."""
+    for tmp, base in kept:
+        final = dest / base
+        os.replace(tmp, final)
+        if base == OUTPUT_RESULT_JSON.split("/", 1)[1]:
+            outputs.result_json_path = final
+        elif base.endswith(".png"):
+            outputs.images.append(final)
+        else:
+            outputs.files.append(final)
+    outputs.images.sort()
+    outputs.files.sort()
 
 
 __all__ = [

@@ -5,7 +5,7 @@
 1. checks the pinned image against its record (`verify_image`),
 2. creates a fresh tmpfs-backed volume for ``/job`` and a container from the image *id*
    (``containers.create``, never ``run``, which pulls on a miss) with the hardening of
-   docs/sandbox.md sections 0-1 (`ContainerPlan`), models mounted read-only one file at a time
+   `ContainerPlan` (docs/architecture.md), models mounted read-only one file at a time
    and the job's plugins read-only at ``/plugins/<name>`` (from the host or from volumes, below),
 3. checks the created container's ``HostConfig`` statically (`check_host_config`) before it starts,
 4. starts it, copies the spec in with ``put_archive``, parses stdout with `ProtocolReader`,
@@ -33,6 +33,7 @@ be tested on the CI machine (no GPU there).
 from __future__ import annotations
 
 import io
+import logging
 import tarfile
 import threading
 import time
@@ -105,7 +106,14 @@ from sandbox.protocol import (
     bound_text,
 )
 from sandbox.prune import PruneReport, prune
-from sandbox.results import ArchiveTooLargeError, OutputLimits, extract_outputs, spool_bounded
+from sandbox.results import (
+    ArchiveTooLargeError,
+    OutputLimits,
+    Outputs,
+    extract_outputs,
+    spool_bounded,
+)
+from sandbox.retry import CONTAINER_REMOVAL, VOLUME_REMOVAL
 from sandbox.transport import (
     PluginSources,
     StagedModel,
@@ -120,6 +128,8 @@ from sandbox.transport import (
     stage_models,
     stage_plugins,
 )
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -199,8 +209,8 @@ class _Pump(threading.Thread):
         if close is not None:
             try:
                 close()
-            except Exception:
-                pass
+            except Exception as exc:  # a stream the engine already cut; nothing left to free
+                _log.debug("closing a log stream failed: %s", exc)
 
 
 def _spec_archive(spec: JobSpec) -> bytes:
@@ -276,28 +286,26 @@ class JobContainer:
 
     def remove(self) -> None:
         if self.container is not None:
-            for attempt in range(3):
+            for _ in CONTAINER_REMOVAL.attempts():
                 try:
                     self.container.remove(force=True, v=True)
                     break
                 except docker.errors.NotFound:
                     break
                 except (docker.errors.APIError, requests.exceptions.RequestException):
-                    # An engine slower than the client's timeout (seen under load with a killed
-                    # job still flooding its stdout) usually finishes the removal anyway: ask
-                    # again; a failure must not hide the job's own error, and prune() removes
-                    # what is still left, by label.
-                    time.sleep(0.5 * (attempt + 1))
+                    # A slow engine usually finishes the removal anyway: ask again; a failure
+                    # must not hide the job's own error, and prune() removes what is left.
+                    continue
             self.container = None
         if self.volume is not None:
-            for _ in range(20):
+            for _ in VOLUME_REMOVAL.attempts():
                 try:
                     self.volume.remove(force=True)
                     break
                 except docker.errors.NotFound:
                     break
                 except docker.errors.APIError:
-                    time.sleep(0.1)  # "volume in use" right after the container's removal
+                    continue  # "volume in use" right after the container's removal
             self.volume = None
 
     def state(self) -> dict[str, Any]:
@@ -319,124 +327,166 @@ class JobContainer:
     ) -> JobResult:
         """Start the container, feed it the spec, follow it, collect and validate outputs."""
         cancel = cancel or threading.Event()
-        reader = ProtocolReader(
-            job_id=spec.job_id, nonce=spec.nonce, limits=stream_limits or StreamLimits()
+        run = _JobRun(
+            spec=spec,
+            reader=ProtocolReader(
+                job_id=spec.job_id, nonce=spec.nonce, limits=stream_limits or StreamLimits()
+            ),
         )
-        tail = _LogTail()
-        wake = threading.Event()
-        lock = threading.Lock()
-        timings: dict[str, float] = {}
-        pending: list[WorkerMessage] = []
 
         def on_stdout(chunk: bytes) -> None:
-            with lock:
-                messages = reader.feed(chunk)
-                if reader.ready is not None and "ready" not in timings:
-                    timings["ready"] = time.monotonic() - self.created_at
-                pending.extend(messages)
+            with run.lock:
+                messages = run.reader.feed(chunk)
+                if run.reader.ready is not None and "ready" not in run.timings:
+                    run.timings["ready"] = time.monotonic() - self.created_at
+                run.pending.extend(messages)
 
         ct = self.container
         t0 = time.monotonic()
         ct.start()
-        timings["start"] = time.monotonic() - self.created_at
-        pumps = [
-            _Pump(self.client, ct.id, stdout=True, sink=on_stdout, wake=wake),
-            _Pump(self.client, ct.id, stdout=False, sink=tail.feed, wake=wake),
+        run.timings["start"] = time.monotonic() - self.created_at
+        run.pumps = [
+            _Pump(self.client, ct.id, stdout=True, sink=on_stdout, wake=run.wake),
+            _Pump(self.client, ct.id, stdout=False, sink=run.tail.feed, wake=run.wake),
         ]
-        for p in pumps:
+        for p in run.pumps:
             p.start()
-        deadline = t0 + spec.limits.timeout_s
-
-        def fail(exc_type: type[Any], message: str, **kw: Any) -> Any:
-            return exc_type(message, job_id=spec.job_id, log_tail=list(tail.lines), **kw)
-
         try:
             ct.put_archive(JOB_DIR, _spec_archive(spec))
-            while True:
-                with lock:
-                    batch, pending[:] = list(pending), []
-                if on_message is not None:
-                    for m in batch:
-                        on_message(m)
-                if reader.flooded or tail.flooded or reader.tampered:
-                    self.kill()
-                    why = "; ".join(reader.violations) or "stderr flood"
-                    raise fail(WorkerProtocolError, f"worker output rejected: {why}")
-                if reader.result is not None:
-                    break
-                if pumps[0].finished.is_set():
-                    break
-                if cancel.is_set():
-                    self.kill()
-                    raise fail(JobCancelledError, f"job {spec.job_id} cancelled")
-                if time.monotonic() > deadline:
-                    self.kill()
-                    exc = fail(
-                        JobTimeoutError, f"job {spec.job_id} exceeded {spec.limits.timeout_s:g}s"
-                    )
-                    exc.add_note("worker log tail:\n" + "\n".join(list(tail.lines)[-20:]))
-                    raise exc
-                wake.wait(0.05)
-                wake.clear()
-
-            if reader.result is None:
-                pumps[0].join(timeout=5)
-                with lock:
-                    reader.finish()
-                last = reader.errors[-1] if reader.errors else None
-                raise JobFailedError.from_state(
-                    spec.job_id,
-                    self.state(),
-                    worker_error=(last.code, last.message) if last is not None else None,
-                    log_tail=list(tail.lines),
-                )
-
-            timings["result"] = time.monotonic() - self.created_at
-            limits = output_limits or OutputLimits(
-                max_archive_bytes=spec.limits.output_bytes + (1 << 20)
-            )
-            try:
-                stream, _stat = self.client.api.get_archive(ct.id, OUT_DIR)
-                spool = spool_bounded(stream, limits.max_archive_bytes)
-            except ArchiveTooLargeError as exc:
-                raise fail(WorkerProtocolError, str(exc)) from exc
-            except docker.errors.NotFound as exc:
-                raise fail(JobFailedError, "the job's output directory vanished") from exc
-            with spool:
-                outputs = extract_outputs(spool, output_dir, limits)
-            timings["collected"] = time.monotonic() - self.created_at
-            self.kill()
-            for p in pumps:
-                p.join(timeout=5)
-            with lock:
-                reader.finish()
-            if reader.tampered or reader.flooded:
-                for path in (*outputs.images, *outputs.files, outputs.result_json_path):
-                    if path is not None:
-                        path.unlink(missing_ok=True)  # nothing of a rejected job is kept
-                raise fail(
-                    WorkerProtocolError, "worker output rejected: " + "; ".join(reader.violations)
-                )
-            if outputs.rejected:
-                detail = "; ".join(f"{n}: {why}" for n, why in outputs.rejected[:10])
-                raise HostileOutputError(
-                    f"job {spec.job_id} wrote outputs outside the allowlist: {detail}",
-                    job_id=spec.job_id,
-                    rejected=outputs.rejected,
-                )
-            return JobResult(
-                job_id=spec.job_id,
-                result=reader.result,
-                images=outputs.images,
-                result_json=outputs.result_json,
-                output_dir=output_dir,
-                log_tail=list(tail.lines),
-                violations=list(reader.violations),
-                timings_s={k: round(v, 4) for k, v in timings.items()},
-            )
+            self._follow(run, t0 + spec.limits.timeout_s, cancel, on_message)
+            result = run.reader.result
+            if result is None:
+                raise self._no_result_error(run)
+            run.timings["result"] = time.monotonic() - self.created_at
+            outputs = self._collect(run, output_dir, output_limits)
+            return _accepted(run, result, outputs, output_dir)
         finally:
-            for p in pumps:
+            for p in run.pumps:
                 p.close()
+
+    def _follow(
+        self,
+        run: _JobRun,
+        deadline: float,
+        cancel: threading.Event,
+        on_message: MessageCallback | None,
+    ) -> None:
+        """Hand messages on until the result line or the end of stdout; kill on any violation,
+        a cancel or the deadline."""
+        spec, reader, tail = run.spec, run.reader, run.tail
+        while True:
+            batch = run.take_pending()
+            if on_message is not None:
+                for m in batch:
+                    on_message(m)
+            if reader.flooded or tail.flooded or reader.tampered:
+                self.kill()
+                why = "; ".join(reader.violations) or "stderr flood"
+                raise run.fail(WorkerProtocolError, f"worker output rejected: {why}")
+            if reader.result is not None or run.pumps[0].finished.is_set():
+                return
+            if cancel.is_set():
+                self.kill()
+                raise run.fail(JobCancelledError, f"job {spec.job_id} cancelled")
+            if time.monotonic() > deadline:
+                self.kill()
+                exc = run.fail(
+                    JobTimeoutError, f"job {spec.job_id} exceeded {spec.limits.timeout_s:g}s"
+                )
+                exc.add_note("worker log tail:\n" + "\n".join(list(tail.lines)[-20:]))
+                raise exc
+            run.wake.wait(0.05)
+            run.wake.clear()
+
+    def _no_result_error(self, run: _JobRun) -> JobFailedError:
+        """The worker's stdout ended without a result: what the container's state says."""
+        run.pumps[0].join(timeout=5)
+        with run.lock:
+            run.reader.finish()
+        last = run.reader.errors[-1] if run.reader.errors else None
+        return JobFailedError.from_state(
+            run.spec.job_id,
+            self.state(),
+            worker_error=(last.code, last.message) if last is not None else None,
+            log_tail=list(run.tail.lines),
+        )
+
+    def _collect(
+        self, run: _JobRun, output_dir: Path, output_limits: OutputLimits | None
+    ) -> Outputs:
+        """Read ``/job/out`` (bounded) and validate it into `output_dir`, then stop the job."""
+        ct = self.container
+        limits = output_limits or OutputLimits(
+            max_archive_bytes=run.spec.limits.output_bytes + (1 << 20)
+        )
+        try:
+            stream, _stat = self.client.api.get_archive(ct.id, OUT_DIR)
+            spool = spool_bounded(stream, limits.max_archive_bytes)
+        except ArchiveTooLargeError as exc:
+            raise run.fail(WorkerProtocolError, str(exc)) from exc
+        except docker.errors.NotFound as exc:
+            raise run.fail(JobFailedError, "the job's output directory vanished") from exc
+        with spool:
+            outputs = extract_outputs(spool, output_dir, limits)
+        run.timings["collected"] = time.monotonic() - self.created_at
+        self.kill()
+        for p in run.pumps:
+            p.join(timeout=5)
+        with run.lock:
+            run.reader.finish()
+        return outputs
+
+
+@dataclass
+class _JobRun:
+    """What following one job shares between the pumps' threads and the job loop."""
+
+    spec: JobSpec
+    reader: ProtocolReader
+    tail: _LogTail = field(default_factory=_LogTail)
+    wake: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    timings: dict[str, float] = field(default_factory=dict)
+    pending: list[WorkerMessage] = field(default_factory=list)
+    pumps: list[_Pump] = field(default_factory=list)
+
+    def take_pending(self) -> list[WorkerMessage]:
+        with self.lock:
+            batch, self.pending[:] = list(self.pending), []
+        return batch
+
+    def fail(self, exc_type: type[Any], message: str, **kw: Any) -> Any:
+        return exc_type(message, job_id=self.spec.job_id, log_tail=list(self.tail.lines), **kw)
+
+
+def _accepted(run: _JobRun, result: ResultMessage, outputs: Outputs, output_dir: Path) -> JobResult:
+    """The job's result, unless its stream was tampered with or it wrote outside the allowlist
+    (then nothing of it is kept)."""
+    reader, spec = run.reader, run.spec
+    if reader.tampered or reader.flooded:
+        for path in (*outputs.images, *outputs.files, outputs.result_json_path):
+            if path is not None:
+                path.unlink(missing_ok=True)  # nothing of a rejected job is kept
+        raise run.fail(
+            WorkerProtocolError, "worker output rejected: " + "; ".join(reader.violations)
+        )
+    if outputs.rejected:
+        detail = "; ".join(f"{n}: {why}" for n, why in outputs.rejected[:10])
+        raise HostileOutputError(
+            f"job {spec.job_id} wrote outputs outside the allowlist: {detail}",
+            job_id=spec.job_id,
+            rejected=outputs.rejected,
+        )
+    return JobResult(
+        job_id=spec.job_id,
+        result=result,
+        images=outputs.images,
+        result_json=outputs.result_json,
+        output_dir=output_dir,
+        log_tail=list(run.tail.lines),
+        violations=list(reader.violations),
+        timings_s={k: round(v, 4) for k, v in run.timings.items()},
+    )
 
 
 def check_plugins(

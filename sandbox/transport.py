@@ -31,7 +31,6 @@ import os
 import secrets
 import stat
 import tarfile
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from sandbox.plugin_store import copy_recorded_files, read_recorded_files
 from sandbox.plugins import InstalledPlugin, remove_tree
 from sandbox.protocol import ModelRef
 from sandbox.protocol.hashing import FileHash
+from sandbox.retry import VOLUME_REMOVAL
 
 
 def engine_is_remote(client: Any) -> bool:
@@ -183,7 +183,7 @@ def plugin_tar_stream(plugin: InstalledPlugin, chunk: int = MODEL_CHUNK) -> Iter
 
 
 def _remove_volume(volume: Any) -> bool:
-    for _ in range(20):
+    for _ in VOLUME_REMOVAL.attempts():
         try:
             volume.remove(force=True)
             return True
@@ -192,7 +192,6 @@ def _remove_volume(volume: Any) -> bool:
         except docker.errors.APIError as exc:
             if "in use" in str(exc):
                 return False  # another process is filling or using it
-            time.sleep(0.1)
     return False
 
 
@@ -446,7 +445,8 @@ def plugin_run_copies(plugins: Sequence[InstalledPlugin]) -> PluginSources:
         for plugin in plugins:
             copy_recorded_files(plugin, scratch / plugin.name)
             sources.dirs[plugin.name] = scratch / plugin.name
-        os.chmod(scratch, 0o555)
+        # read-only for all: the container's user (another uid) reads this bind mount
+        os.chmod(scratch, 0o555)  # noqa: S103
     except BaseException:
         sources.close()
         raise

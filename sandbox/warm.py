@@ -15,8 +15,7 @@ tmpfs, which caps their size) and come back in-band, before the result line: ``o
 carrying the job's nonce (`sandbox.protocol.OutputMessage`), with their own byte budget. The
 host checks the pieces and writes the tar itself (`sandbox.results.InlineOutputs`), then
 validates it with `extract_outputs` exactly like a one-shot job's ``get_archive`` tar (same
-allowlist, caps, re-decode and re-encode). ``get_archive`` is not used per job: the engine
-re-executes itself and mounts the volume for every call, which cost ~70-90 ms a job here.
+allowlist, caps, re-decode and re-encode); why: docs/decisions/warm-worker-inline-outputs.md.
 Same hardening, same static HostConfig check; the container's limits are fixed when it starts
 (only a job's ``timeout_s`` applies per job).
 
@@ -63,6 +62,7 @@ from sandbox.protocol import (
     ModelRef,
     OutputMessage,
     ProtocolReader,
+    ResultMessage,
     StreamLimits,
 )
 from sandbox.results import (
@@ -71,6 +71,7 @@ from sandbox.results import (
     InlineOutputError,
     InlineOutputs,
     OutputLimits,
+    Outputs,
     extract_outputs,
 )
 from sandbox.runner import (
@@ -244,7 +245,8 @@ class WarmWorker:
 
     def _raw_socket(self) -> socket.socket:
         raw = getattr(self._sock, "_sock", self._sock)
-        assert isinstance(raw, socket.socket)
+        if not isinstance(raw, socket.socket):
+            raise SandboxError("the warm worker is not attached (no socket to its stdin)")
         return raw
 
     def _pump(self, reader: ProtocolReader, deadline: float, *, what: str) -> list[Any]:
@@ -275,22 +277,7 @@ class WarmWorker:
         output_limits: OutputLimits | None = None,
     ) -> JobResult:
         """Run one job in the warm container; recycles it on any failure or after max_jobs."""
-        mounted = {(m.name, m.mount_path, m.sha256) for m in self.models}
-        if not {(m.name, m.mount_path, m.sha256) for m in spec.models} <= mounted:
-            raise SandboxError("the job needs models this warm worker was not started with")
-        if {p.name for p in spec.plugins} != {p.name for p in self.plugins}:
-            raise SandboxError("the job's plugins are not this warm worker's plugin set")
-        try:
-            check_plugins(spec, self.plugins, self.image)
-            if self.running:
-                verify_image(self.image, self.client)
-        except SandboxError:
-            self.close()
-            raise
-        if self.jobs_done >= self.max_jobs:
-            self.close()
-        self.start()
-        assert self._container is not None
+        container = self._admit(spec)
         cancel = cancel or threading.Event()
         created = time.monotonic()
         limits = output_limits or OutputLimits(
@@ -306,57 +293,13 @@ class WarmWorker:
         inline = InlineOutputs(limits)
         try:
             self._raw_socket().sendall(spec.to_json_bytes() + b"\n")
-            while reader.result is None:
-                if cancel.is_set():
-                    raise JobCancelledError(f"job {spec.job_id} cancelled", job_id=spec.job_id)
-                try:
-                    messages = self._pump(reader, deadline, what="job")
-                except TimeoutError as exc:
-                    raise JobTimeoutError(
-                        f"job {spec.job_id} exceeded {spec.limits.timeout_s:g}s",
-                        job_id=spec.job_id,
-                    ) from exc
-                except EOFError as exc:
-                    raise JobFailedError.from_state(
-                        spec.job_id,
-                        self._container.state(),
-                        what=f"the warm worker of job {spec.job_id}",
-                    ) from exc
-                for m in messages:
-                    if isinstance(m, OutputMessage):
-                        self._take_output(inline, m, spec.job_id)
-                        continue
-                    if on_message is not None:
-                        on_message(m)
-                    if isinstance(m, ErrorMessage) and m.job_id in (None, spec.job_id):
-                        raise JobFailedError(
-                            f"job {spec.job_id} failed: {m.code}: {m.message}",
-                            job_id=spec.job_id,
-                            worker_error_code=m.code,
-                        )
-                if reader.flooded or reader.tampered:
-                    raise WorkerProtocolError(
-                        "worker output rejected: " + "; ".join(reader.violations),
-                        job_id=spec.job_id,
-                    )
-            try:
-                archive = inline.archive()
-            except InlineOutputError as exc:
-                raise WorkerProtocolError(
-                    f"job {spec.job_id}: bad in-band outputs: {exc}", job_id=spec.job_id
-                ) from exc
-            outputs = extract_outputs(archive, output_dir, limits)
-            if outputs.rejected:
-                raise HostileOutputError(
-                    f"job {spec.job_id} wrote outputs outside the allowlist",
-                    job_id=spec.job_id,
-                    rejected=outputs.rejected,
-                )
+            result = self._follow(spec, reader, inline, container, deadline, cancel, on_message)
+            outputs = self._collect(spec, inline, output_dir, limits)
             ok = True
             self.jobs_done += 1
             return JobResult(
                 job_id=spec.job_id,
-                result=reader.result,
+                result=result,
                 images=outputs.images,
                 result_json=outputs.result_json,
                 output_dir=output_dir,
@@ -368,6 +311,105 @@ class WarmWorker:
             inline.close()
             if not ok:
                 self.close()  # never reuse a worker after a failure
+
+    def _admit(self, spec: JobSpec) -> Any:
+        """Check the job fits this worker, re-check image and plugins, (re)start; the container."""
+        mounted = {(m.name, m.mount_path, m.sha256) for m in self.models}
+        if not {(m.name, m.mount_path, m.sha256) for m in spec.models} <= mounted:
+            raise SandboxError("the job needs models this warm worker was not started with")
+        if {p.name for p in spec.plugins} != {p.name for p in self.plugins}:
+            raise SandboxError("the job's plugins are not this warm worker's plugin set")
+        try:
+            check_plugins(spec, self.plugins, self.image)
+            if self.running:
+                verify_image(self.image, self.client)
+        except SandboxError:
+            self.close()
+            raise
+        if self.jobs_done >= self.max_jobs:
+            self.close()
+        self.start()
+        if self._container is None:
+            raise SandboxError("the warm worker's container did not start")
+        return self._container
+
+    def _follow(
+        self,
+        spec: JobSpec,
+        reader: ProtocolReader,
+        inline: InlineOutputs,
+        container: Any,
+        deadline: float,
+        cancel: threading.Event,
+        on_message: MessageCallback | None,
+    ) -> ResultMessage:
+        """Read the job's messages until its result line; raise on cancel, timeout, the worker's
+        end or error, or a protocol violation."""
+        while reader.result is None:
+            if cancel.is_set():
+                raise JobCancelledError(f"job {spec.job_id} cancelled", job_id=spec.job_id)
+            try:
+                messages = self._pump(reader, deadline, what="job")
+            except TimeoutError as exc:
+                raise JobTimeoutError(
+                    f"job {spec.job_id} exceeded {spec.limits.timeout_s:g}s",
+                    job_id=spec.job_id,
+                ) from exc
+            except EOFError as exc:
+                raise JobFailedError.from_state(
+                    spec.job_id,
+                    container.state(),
+                    what=f"the warm worker of job {spec.job_id}",
+                ) from exc
+            for m in messages:
+                self._handle(m, spec, inline, on_message)
+            if reader.flooded or reader.tampered:
+                raise WorkerProtocolError(
+                    "worker output rejected: " + "; ".join(reader.violations),
+                    job_id=spec.job_id,
+                )
+        return reader.result
+
+    def _handle(
+        self,
+        message: Any,
+        spec: JobSpec,
+        inline: InlineOutputs,
+        on_message: MessageCallback | None,
+    ) -> None:
+        """An output piece goes to `inline`; anything else to `on_message`; an error of this
+        job ends it."""
+        if isinstance(message, OutputMessage):
+            self._take_output(inline, message, spec.job_id)
+            return
+        if on_message is not None:
+            on_message(message)
+        if isinstance(message, ErrorMessage) and message.job_id in (None, spec.job_id):
+            raise JobFailedError(
+                f"job {spec.job_id} failed: {message.code}: {message.message}",
+                job_id=spec.job_id,
+                worker_error_code=message.code,
+            )
+
+    @staticmethod
+    def _collect(
+        spec: JobSpec, inline: InlineOutputs, output_dir: Path, limits: OutputLimits
+    ) -> Outputs:
+        """Write the in-band pieces as a tar and validate it like a one-shot job's outputs."""
+        try:
+            archive = inline.archive()
+        except InlineOutputError as exc:
+            raise WorkerProtocolError(
+                f"job {spec.job_id}: bad in-band outputs: {exc}", job_id=spec.job_id
+            ) from exc
+        outputs = extract_outputs(archive, output_dir, limits)
+        if outputs.rejected:
+            raise HostileOutputError(
+                f"job {spec.job_id} wrote outputs outside the allowlist",
+                job_id=spec.job_id,
+                rejected=outputs.rejected,
+            )
+        return outputs
 
     @staticmethod
     def _take_output(inline: InlineOutputs, message: OutputMessage, job_id: str) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -44,6 +43,7 @@ from typing import Any, Literal
 
 from assetmgr.errors import StoreError
 from assetmgr.store.hashing import FileChangedError
+from catalog.hashes import sha256_file
 
 _SHA256_RE = re.compile(r"^[0-9A-F]{64}$")
 _CACHEDIR_TAG = (
@@ -428,14 +428,9 @@ class BlobStore:
         tmp, fd = self._temp_in_partial(digest, "copy")
         try:
             # SHA256 only (not the six hashes): enough to prove the copy is the hashed file.
-            sha = hashlib.sha256()
             with os.fdopen(fd, "wb", closefd=True) as out:
-                offset = 0
-                while chunk := os.pread(src_fd, _COPY_CHUNK, offset):
-                    out.write(chunk)
-                    sha.update(chunk)
-                    offset += len(chunk)
-            if sha.hexdigest().upper() != digest:
+                got = sha256_file(src_fd, chunk_size=_COPY_CHUNK, on_chunk=out.write)
+            if got != digest:
                 raise FileChangedError(f"{source} changed while it was copied")
             return self._finish(tmp, digest, "copy")
         finally:

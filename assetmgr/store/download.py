@@ -30,7 +30,6 @@ storage GET and the early write-back in `assetmgr.store.transfer_io`.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
@@ -79,6 +78,7 @@ from assetmgr.store.transfer_io import (
 )
 from catalog.civitai.disposition import filename_from_disposition
 from catalog.civitai.retry import RetryPolicy
+from catalog.hashes import Sha256Lane
 from catalog.redact import redact_url
 
 
@@ -104,15 +104,15 @@ class Sha256Stream:
         self.reset()
 
     def reset(self) -> None:
-        self._sha = hashlib.sha256()
+        self._sha = Sha256Lane()
         self._size = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._sha.update(data)
+        self._sha.feed(memoryview(data))
         self._size += len(data)
 
     def finalize(self) -> StreamDigest:
-        return StreamDigest(self._sha.hexdigest().upper(), self._size)
+        return StreamDigest(self._sha.hex(), self._size)
 
 
 StreamHasher = Hasher | Sha256Stream

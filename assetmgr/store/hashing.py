@@ -46,7 +46,8 @@ ProgressCallback = Callable[[int], None]
 
 
 def _pick_crc32() -> Crc32Fn:
-    # Optional accelerators: same polynomial and result as zlib.crc32, about 4x faster.
+    # Optional accelerators: same polynomial and result as zlib.crc32, faster
+    # (docs/decisions/one-pass-hashing.md).
     try:
         from isal import isal_zlib
 

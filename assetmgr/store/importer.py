@@ -20,10 +20,9 @@ store, and sidecars are only read. The file's own bytes decide everything:
 
 Import never aborts a folder: every file ends imported, skipped with a `code` and a `reason`,
 or a duplicate (`import_report`). Whatever goes wrong with one file (its bytes, its sidecars,
-its catalog row) is that file's outcome; the blob this import made for a file it could not
-record is removed again. Only a cancellation, the catalog becoming unavailable or the store
-unwritable stop the whole import, and the report then says why and which files it did not
-reach.
+its catalog row) is that file's outcome; the blob made for a file it could not record is
+removed again. Only a cancellation, an unavailable catalog or an unwritable store stop the
+whole import; the report then says why and which files it did not reach.
 """
 
 from __future__ import annotations

@@ -326,7 +326,8 @@ class WorkersMixin(_Base):
                 rerun_id, out_dir=out_dir, progress=progress, cancel=_cancel_event()
             )
         else:
-            assert request is not None
+            if request is None:
+                raise ValueError("a generation needs a request or a run to rerun")
             out_dir = paths.runs_dir() / now.strftime("tui-%Y%m%d-%H%M%S-%f")
             record = service.generate(
                 request, out_dir=out_dir, progress=progress, cancel=_cancel_event()

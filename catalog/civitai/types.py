@@ -1,4 +1,4 @@
-"""Pydantic types of Civitai API payloads (see shared docs, civitai-api.md section 2).
+"""Pydantic types of Civitai API payloads (the REST API v1's models, versions, files and images).
 
 One set of types accepts all three version shapes: inside `/models` items, inside
 `/models/{id}` (after ``removeEmpty``: null and empty keys are gone) and standalone

@@ -256,11 +256,9 @@ def _execute_params(session: Session, compiled: _Compiled, params: Sequence[Any]
 def _statements(compiled: _Compiled, params: Sequence[Any]) -> Iterator[_Statement]:
     """The driver calls that run `compiled` for driver-ready `params`.
 
-    On SQLite an INSERT goes out as multi-row VALUES lists rather than an executemany: each
-    statement has a fixed cost (FTS5 even flushes its pending index data per statement), and
-    through SQLAlchemy's connection an executemany of an upsert with many indexes measured
-    five times slower than the same rows in 200-row statements. Pure (no session), so the
-    sync's workers build them before they take their turn at the write lock.
+    On SQLite an INSERT goes out as multi-row VALUES lists rather than an executemany (why:
+    docs/decisions/sync-page-workers.md). Pure (no session), so the sync's workers build them
+    before they take their turn at the write lock.
     """
     if not params:
         return

@@ -1,20 +1,13 @@
 """A first sync into an empty SQLite catalog defers search and hash-lookup maintenance.
 
-Filled page by page, one transaction per page, an empty catalog pays for its FTS5 index and
-its six hash indexes on every page: FTS5 flushes a new segment per transaction (with 1-4
-character prefix indexes) and merges them as they pile up, and each hash index takes random
-inserts. Measured on the 10,000-version bench, that was about half of SQLite's time. Built once
-at the end instead, the same structures cost a fraction of it (the FTS ``rebuild`` of 4,000
-models takes tens of milliseconds).
-
-So, for a sync that starts on an empty catalog (`defer`):
+Why, with the numbers: docs/decisions/sqlite-deferred-indexes.md. For a sync that starts on an
+empty catalog (`defer`):
 
 * in one transaction, the FTS triggers of `model_search` and the ``ix_model_file_<hash>``
   indexes are dropped and their DDL is kept in `deferred_schema`;
 * when the sync ends, however it ends, once no page is in flight any more, `restore`
   recreates them from that DDL and rebuilds the FTS index from `model_search`, again in one
-  transaction. (Restoring as soon as the last page was fetched measured slower: the pages
-  still in flight then waited for the rebuild and paid for the live indexes too.)
+  transaction (not as soon as the last page was fetched: see the record).
 
 If the process dies in between, the rows in `deferred_schema` say so: `open_catalog` calls
 `restore` on the next open, so search and hash lookups are complete again before anyone reads
@@ -66,8 +59,10 @@ def defer(engine: Engine) -> bool:
         if connection.exec_driver_sql("SELECT 1 FROM model LIMIT 1").first() is not None:
             return False
         marks = ", ".join("?" * len(names))
+        # only "?" placeholders are interpolated; the names are bound
         objects = connection.exec_driver_sql(
-            f"SELECT type, name, sql FROM sqlite_master WHERE name IN ({marks})", names
+            f"SELECT type, name, sql FROM sqlite_master WHERE name IN ({marks})",  # noqa: S608
+            names,
         ).all()
         now = datetime.now(UTC)
         for kind, name, sql in objects:

@@ -383,7 +383,8 @@ def _next_page(listing: _Listing, cancel: threading.Event) -> tuple[Any, ...] | 
             return None
         if isinstance(item, BaseException):
             raise item
-        assert isinstance(item, tuple)
+        if not isinstance(item, tuple):
+            raise TypeError(f"the page queue held {type(item).__name__}, not a page")
         return item
 
 

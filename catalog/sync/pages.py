@@ -139,7 +139,8 @@ def _stage(
 def _clear_stage(dbapi_connection: Any) -> None:
     tables = dbapi_connection.execute("SELECT name FROM stage.sqlite_master WHERE type = 'table'")
     for (name,) in tables.fetchall():
-        dbapi_connection.execute(f'DELETE FROM stage."{name}"')
+        # the stage schema holds only the tables `staged_table_sql` made from the code's models
+        dbapi_connection.execute(f'DELETE FROM stage."{name}"')  # noqa: S608
 
 
 @contextlib.contextmanager
@@ -178,9 +179,8 @@ def write_page(
 
     In a pool's worker on SQLite, the page's new rows are first bound into the connection's
     in-memory ``stage`` tables, side by side with the other workers; the turn at the write
-    lock then copies them with one ``INSERT ... SELECT`` per table. Binding the values of
-    multi-row VALUES lists was most of a page's time under the lock; the copy runs in SQLite
-    alone.
+    lock then copies them with one ``INSERT ... SELECT`` per table (why:
+    docs/decisions/sync-page-workers.md).
     """
     if isinstance(items, bytes):
         items = page_items(items)

@@ -351,9 +351,8 @@ def prepared_inserts(
 
     A sync's worker builds them while it waits for its turn to write, so the write itself
     holds the catalog's write lock only for the driver calls. `staged` (SQLite only) splits
-    them into the staging binds and one ``INSERT ... SELECT`` per table: binding the values
-    of multi-row VALUES lists was most of a page's time under the lock, and the copy runs in
-    SQLite alone.
+    them into the staging binds and one ``INSERT ... SELECT`` per table (why:
+    docs/decisions/sync-page-workers.md).
     """
     built = [pm for pm in models if pm.rows is not None]
     ids = tuple(pm.id for pm in built)
@@ -393,8 +392,9 @@ def _staged_inserts(
         )
     )
     if built:
+        # _STAGE_USERNAME is the stage table's own column name, a constant
         creator = (
-            "(SELECT c.id FROM main.creator AS c "
+            "(SELECT c.id FROM main.creator AS c "  # noqa: S608
             f"WHERE c.username = s.{_STAGE_USERNAME}) AS creator_id"
         )
         model_columns = _columns(model_plan)
@@ -428,8 +428,9 @@ def _stage_statements(table: str, columns: str, rows: Sequence[Any]) -> Iterator
         return iter(())
     width = columns.count(",") + 1
     group = "(" + ", ".join("?" * width) + ")"
+    # table and columns: names of the code's own SQLAlchemy tables; values stay bound (?)
     stage = _Compiled(
-        f"INSERT INTO stage.{table} ({columns}) VALUES {group}",
+        f"INSERT INTO stage.{table} ({columns}) VALUES {group}",  # noqa: S608
         tuple(f"p{i}" for i in range(width)),
         (),
         True,
@@ -440,8 +441,9 @@ def _stage_statements(table: str, columns: str, rows: Sequence[Any]) -> Iterator
 def _copy(table: str, columns: str, picked: str, *, join: str = "", tail: str = "") -> _Statement:
     # ``WHERE true`` lets SQLite's parser tell an upsert clause from a join's ON; rowid order
     # keeps the rows' order, so of two rows with one id the last wins, as with VALUES.
+    # every part is an identifier or clause built from the code's own tables, never row data
     sql = (
-        f"INSERT INTO main.{table} ({columns}) SELECT {picked} FROM stage.{table} AS s {join} "
+        f"INSERT INTO main.{table} ({columns}) SELECT {picked} FROM stage.{table} AS s {join} "  # noqa: S608
         f"WHERE true ORDER BY s.rowid{tail}"
     )
     return _Statement(sql, (), many=False)

@@ -36,6 +36,19 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+#: What pip reads besides ``PIP_*``: its configuration, certificates and the active venv.
+_PIP_PASSTHROUGH = ("HOME", "XDG_CONFIG_HOME", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "VIRTUAL_ENV")
+
+
+def pip_env() -> dict[str, str]:
+    """`base_env` plus pip's own configuration (index URLs, find-links, certificates)."""
+    env = base_env()
+    for key, value in os.environ.items():
+        if key.startswith("PIP_") or key in _PIP_PASSTHROUGH:
+            env[key] = value
+    return env
+
+
 def run_command(
     argv: Sequence[str],
     *,
@@ -55,8 +68,36 @@ def run_command(
     if cancel.is_set():
         raise BuildCancelledError(f"{what}: cancelled")
     tail: deque[str] = deque(maxlen=40)
+    proc = _start(argv, what=what, env=env, merge_stderr=merge_stderr, cwd=cwd)
+    use_group = argv[0] != "sudo"  # a sudo'd child can't be signalled as a group by us
+    threads = _start_helpers(proc, cancel, tail, use_group=use_group, merge_stderr=merge_stderr)
     try:
-        proc = subprocess.Popen(
+        _pump_stdout(proc, tail, on_line=on_line, stdout_sink=stdout_sink)
+        rc = proc.wait()
+    except BaseException:
+        _terminate(proc, use_group)
+        raise
+    finally:
+        for t in threads:
+            t.join(timeout=10)
+    if cancel.is_set():
+        raise BuildCancelledError(f"{what}: cancelled")
+    if rc != 0:
+        detail = "\n".join(list(tail)[-15:])
+        raise ImageError(f"{what} failed (exit {rc}):\n{detail}")
+
+
+def _start(
+    argv: Sequence[str],
+    *,
+    what: str,
+    env: Mapping[str, str] | None,
+    merge_stderr: bool,
+    cwd: str | None,
+) -> subprocess.Popen[bytes]:
+    try:
+        # argv is built by the image build from fixed tool names and paths it chose, no shell
+        return subprocess.Popen(  # noqa: S603
             list(argv),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
@@ -67,7 +108,17 @@ def run_command(
         )
     except OSError as exc:
         raise ImageError(f"{what}: cannot run {argv[0]}: {exc}") from exc
-    use_group = argv[0] != "sudo"  # a sudo'd child can't be signalled as a group by us
+
+
+def _start_helpers(
+    proc: subprocess.Popen[bytes],
+    cancel: threading.Event,
+    tail: deque[str],
+    *,
+    use_group: bool,
+    merge_stderr: bool,
+) -> list[threading.Thread]:
+    """Start the cancel watcher and, unless stderr is merged, the stderr drain."""
 
     def drain(stream: IO[bytes]) -> None:
         for raw in stream:
@@ -84,29 +135,27 @@ def run_command(
         threads.append(threading.Thread(target=drain, args=(proc.stderr,), daemon=True))
     for t in threads:
         t.start()
-    assert proc.stdout is not None
-    try:
-        if stdout_sink is not None:
-            while chunk := proc.stdout.read(1 << 20):
-                stdout_sink(chunk)
-        else:
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip()
-                tail.append(line)
-                if on_line is not None:
-                    on_line(line)
-        rc = proc.wait()
-    except BaseException:
-        _terminate(proc, use_group)
-        raise
-    finally:
-        for t in threads:
-            t.join(timeout=10)
-    if cancel.is_set():
-        raise BuildCancelledError(f"{what}: cancelled")
-    if rc != 0:
-        detail = "\n".join(list(tail)[-15:])
-        raise ImageError(f"{what} failed (exit {rc}):\n{detail}")
+    return threads
+
+
+def _pump_stdout(
+    proc: subprocess.Popen[bytes],
+    tail: deque[str],
+    *,
+    on_line: Callable[[str], None] | None,
+    stdout_sink: Callable[[bytes], None] | None,
+) -> None:
+    if proc.stdout is None:
+        raise ImageError("internal: the build tool's stdout is not a pipe")
+    if stdout_sink is not None:
+        while chunk := proc.stdout.read(1 << 20):
+            stdout_sink(chunk)
+        return
+    for raw in proc.stdout:
+        line = raw.decode("utf-8", "replace").rstrip()
+        tail.append(line)
+        if on_line is not None:
+            on_line(line)
 
 
 def _terminate(proc: subprocess.Popen[Any], use_group: bool) -> None:

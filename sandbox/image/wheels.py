@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from sandbox.errors import ImageError, PluginWheelRefusedError
-from sandbox.image._proc import ProgressCallback, base_env, run_command
+from sandbox.image._proc import ProgressCallback, pip_env, run_command
 from sandbox.protocol.hashing import sha256_file
 
 TorchVariant = Literal["cpu", "cuda"]
@@ -219,27 +219,10 @@ def _pip_download(
         [*argv, *args],
         what="pip download",
         cancel=cancel,
-        env=_pip_env(),
+        env=pip_env(),
         on_line=on_line,
         merge_stderr=True,
     )
-
-
-def _pip_env() -> dict[str, str]:
-    import os
-
-    env = base_env()
-    # pip's own configuration (index URLs, find-links, certificates) must still apply
-    for key, value in os.environ.items():
-        if key.startswith("PIP_") or key in (
-            "HOME",
-            "XDG_CONFIG_HOME",
-            "SSL_CERT_FILE",
-            "REQUESTS_CA_BUNDLE",
-            "VIRTUAL_ENV",
-        ):
-            env[key] = value
-    return env
 
 
 def prepare_wheelhouse(

@@ -14,15 +14,14 @@ Flow of one job (per-job container; see `sandbox.runner`):
    tmpfs volume disappears when the container stops.
 4. The host reads the output archive with `get_archive` and throws the container away.
 
-Warm workers (`sandbox.warm`) send their outputs in-band instead, because ``get_archive`` costs the
-engine a re-exec and a mount per call (docs/decisions/warm-outputs-in-band.md): before the result
-line, the worker sends each entry of its ``out/`` directory as ``output`` lines (`OutputMessage`:
-name, size, offset, base64 data, the job's nonce). The host never parses a tar the worker wrote: it
-checks the pieces (`sandbox.results.InlineOutputs`), writes the archive itself and validates it
-exactly like a ``get_archive`` one (allowlist, caps, re-decode and re-encode). Output lines are
-accepted only when the reader is given an output budget (`StreamLimits.max_output_bytes`), count
-against that budget instead of `StreamLimits.max_total_bytes`, and only with this job's id and
-nonce.
+Warm workers (`sandbox.warm`) send their outputs in-band instead (why:
+docs/decisions/warm-worker-inline-outputs.md): before the result line, the worker sends each
+entry of its ``out/`` directory as ``output`` lines (`OutputMessage`: name, size, offset, base64
+data, the job's nonce). The host never parses a tar the worker wrote: it checks the pieces
+(`sandbox.results.InlineOutputs`), writes the archive itself and validates it exactly like a
+``get_archive`` one (allowlist, caps, re-decode and re-encode). Output lines are accepted only
+when the reader is given an output budget (`StreamLimits.max_output_bytes`), count against that
+budget instead of `StreamLimits.max_total_bytes`, and only with this job's id and nonce.
 
 Wire format: one JSON object per line on the worker's *protocol* channel (the container's
 stdout); free-form logs go to stderr. The host parses stdout with `ProtocolReader`, which treats

@@ -29,7 +29,8 @@ def _run_probe_job(spec: JobSpec, out_dir: Path, channel: Channel) -> dict[str, 
     from sandbox.worker.probes import ProbeContext, run_probe
 
     params = spec.typed_params()
-    assert isinstance(params, ProbeParams)
+    if not isinstance(params, ProbeParams):
+        raise ValueError(f"job kind {spec.kind!r} has no probe parameters")
     ctx = ProbeContext(spec=spec, channel=channel, out_dir=out_dir)
     results = []
     for i, call in enumerate(params.probes):
@@ -50,7 +51,8 @@ def _run_echo_job(spec: JobSpec, out_dir: Path, channel: Channel) -> dict[str, A
     from sandbox.worker.probes import png_bytes
 
     params = spec.typed_params()
-    assert isinstance(params, EchoParams)
+    if not isinstance(params, EchoParams):
+        raise ValueError(f"job kind {spec.kind!r} has no echo parameters")
     text, _ = plugin_host.apply_prompt_hooks(params.text, "")
     png = png_bytes(params.width, params.height, params.rgb)
     host = plugin_host.active()
@@ -80,7 +82,7 @@ def _demo_image(width: int, height: int, seed: int) -> Any:
 
     from PIL import Image
 
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311  # a reproducible picture, not a secret
     a = [rng.randrange(256) for _ in range(3)]
     b = [rng.randrange(256) for _ in range(3)]
     image = Image.new("RGB", (width, height))
@@ -98,7 +100,8 @@ def _run_plugin_demo_job(spec: JobSpec, out_dir: Path, channel: Channel) -> dict
     import json
 
     params = spec.typed_params()
-    assert isinstance(params, PluginDemoParams)
+    if not isinstance(params, PluginDemoParams):
+        raise ValueError(f"job kind {spec.kind!r} has no plugin demo parameters")
     prompt, negative = plugin_host.apply_prompt_hooks(
         params.prompt,
         params.negative,

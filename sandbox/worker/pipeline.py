@@ -82,7 +82,7 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, [(m[0], m[1]) for m in merges]
 
 
-def load_tokenizer(pad_token: str = "<|endoftext|>") -> Any:
+def load_tokenizer(pad_token: str = "<|endoftext|>") -> Any:  # noqa: S107  # CLIP's pad token
     """The CLIP BPE tokenizer from the shipped files; SDXL's second one pads with ``!``.
 
     transformers returns a 2-token dummy tokenizer instead of failing when files are missing,
@@ -233,7 +233,7 @@ class Engine:
             "tokenizer": load_tokenizer(),
         }
         if info.arch == "sdxl":
-            kwargs["tokenizer_2"] = load_tokenizer(pad_token="!")
+            kwargs["tokenizer_2"] = load_tokenizer(pad_token="!")  # noqa: S106  # a token, no password
             cls: Any = StableDiffusionXLPipeline
         else:
             kwargs.update(
@@ -297,8 +297,7 @@ class Engine:
         pipe = self.pipe
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        # cuDNN's heuristics pick convs as fast as benchmarking does here (SDXL UNet step on an
-        # H200: 33.5 vs 33.4 ms), and benchmarking every conv shape costs seconds at start.
+        # benchmarking gains nothing and costs seconds at start: docs/decisions/gpu-speed-path.md
         torch.backends.cudnn.benchmark = False
         self._set_attention(self._attention_choice())
         pipe.unet.to(memory_format=torch.channels_last)
@@ -352,13 +351,8 @@ class Engine:
         log.info("torch.compile: mode=%s scope=%s", mode, scope)
 
     def _compile_choice(self) -> tuple[str | None, str]:
-        """Per-block compile (one small graph per block shape: a restarted worker retraces a
-        few blocks in seconds) in default mode, with the whole UNet replayed as a CUDA graph
-        (``_graphs_choice``). SD1.5 at 512px is launch-bound, which the graph fixes: only its
-        3 transformer-block shapes are compiled ("transformers": 88 it/s and a 7 s warm start
-        on an H200; its 14 resnet shapes too gave 102 it/s but an 11 s warm start on an
-        H100). SDXL at 1024px is compute-bound: resnets too ("blocks"; 26 it/s, 2.1x stock
-        diffusers on an H200)."""
+        """Compile mode and scope: SD1.5 its transformer blocks, SDXL its resnets too (why:
+        docs/decisions/gpu-speed-path.md)."""
         mode = self.compile_mode
         scope = self.compile_scope
         sdxl = self.info is not None and self.info.arch == "sdxl"
@@ -375,16 +369,13 @@ class Engine:
         return bool(self.cuda_graphs)
 
     def _vae_compile_choice(self) -> bool:
-        """Eager GroupNorm is slow at large sizes (one block per group, 32 of them): the SDXL
-        decoder at 1024px takes 130 ms eager and 36 ms compiled (H200). At SD1.5's 512px the
-        gain is small and its warm start has less room: not compiled there."""
+        """Compile the VAE decoder for SDXL only (why: docs/decisions/gpu-speed-path.md)."""
         if self.compile_vae == "auto":
             return self.info is not None and self.info.arch == "sdxl"
         return bool(self.compile_vae)
 
     def _attention_choice(self) -> str:
-        # torch 2.11's own pick on Hopper is already cuDNN attention, the fastest here (SDXL's
-        # 4096-token self-attention on an H200: 0.21 ms default, 0.22 cuDNN, 0.32 flash).
+        # torch's own pick is already the fastest: docs/decisions/gpu-speed-path.md
         return "default" if self.attention == "auto" else self.attention
 
     @staticmethod
@@ -521,7 +512,8 @@ class Engine:
         return False
 
     def _load_adapter(self, key: str, use: LoraUse) -> _Adapter:
-        assert self.info is not None
+        if self.info is None:
+            raise RuntimeError("a LoRA was requested before any checkpoint was loaded")
         if use.sha256 is not None:
             got = sha256_file(key)
             if got.lower() != use.sha256.lower():

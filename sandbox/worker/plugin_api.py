@@ -81,7 +81,8 @@ class PluginContext:
 
     def rng(self, salt: str = "") -> random.Random:
         """A generator that depends only on (seed, index, plugin name, salt): deterministic."""
-        return random.Random(f"{self.seed}:{self.index}:{self.plugin_name}:{salt}")
+        # reproducible choices for an image, not a secret
+        return random.Random(f"{self.seed}:{self.index}:{self.plugin_name}:{salt}")  # noqa: S311
 
     def resolve(self, relative: str) -> Path:
         """A path inside the plugin's directory; refuses absolute paths and ``..``."""

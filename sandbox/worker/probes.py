@@ -159,14 +159,14 @@ def read_file(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
 @probe
 def exec_tmp(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
     """Drop an executable script into /tmp and run it (noexec must stop it)."""
-    script = Path("/tmp/probe-exec.sh")
+    script = Path("/tmp/probe-exec.sh")  # noqa: S108  # the attack: exec from the noexec tmpfs
     try:
         script.write_text("#!/bin/sh\necho ran\n")
         script.chmod(0o755)
     except OSError as exc:
         return {"wrote": False, **_err(exc)}
     try:
-        subprocess.run([str(script)], check=True, capture_output=True, timeout=10)
+        subprocess.run([str(script)], check=True, capture_output=True, timeout=10)  # noqa: S603
     except OSError as exc:
         return {"wrote": True, **_err(exc)}
     return {"wrote": True, "ok": True}
@@ -177,7 +177,8 @@ def run_binary(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
     """Positive control for exec_tmp: an image binary runs."""
     argv = [str(a) for a in args.get("argv", ["/bin/true"])]
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=10)
+        # the isolation tests' own argv, run inside the sandbox as the control case
+        proc = subprocess.run(argv, capture_output=True, timeout=10)  # noqa: S603
     except OSError as exc:
         return _err(exc)
     return {"ok": proc.returncode == 0, "returncode": proc.returncode}
@@ -185,7 +186,7 @@ def run_binary(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
 
 @probe
 def tmpfs_fill(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
-    path = Path(str(args.get("path", "/tmp/fill")))
+    path = Path(str(args.get("path", "/tmp/fill")))  # noqa: S108  # fills the job's own tmpfs
     limit = int(args.get("max_bytes", 1 << 30))
     written = 0
     block = b"\0" * (1 << 20)
@@ -244,7 +245,7 @@ def proc_status(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
 
 @probe
 def mount_tmpfs(ctx: ProbeContext, args: dict[str, Any]) -> Observation:
-    target = str(args.get("target", "/tmp"))
+    target = str(args.get("target", "/tmp"))  # noqa: S108  # the attack: remount inside the job
     return _libc_call("mount", b"none", target.encode(), b"tmpfs", ctypes.c_ulong(0), None)
 
 

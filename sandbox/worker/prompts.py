@@ -333,7 +333,8 @@ def encode_prompts(
         pos_chunks = [torch.cat(p[0], dim=1) for p in pos_parts]
         prompt_embeds = torch.cat(pos_chunks, dim=-1)
         pooled = pos_parts[1][1]
-        assert pooled is not None
+        if pooled is None:
+            raise RuntimeError("SDXL's second text encoder gave no pooled embedding")
         dtype = pipe.text_encoder_2.dtype
         if negative == "":
             neg_embeds = torch.zeros_like(prompt_embeds)
@@ -351,7 +352,8 @@ def encode_prompts(
             ]
             neg_embeds = torch.cat([torch.cat(p[0], dim=1) for p in neg_parts], dim=-1)
             neg_pooled_t = neg_parts[1][1]
-            assert neg_pooled_t is not None
+            if neg_pooled_t is None:
+                raise RuntimeError("SDXL's second text encoder gave no pooled embedding")
             neg_pooled = neg_pooled_t
             n = max(prompt_embeds.shape[1], neg_embeds.shape[1])
             if prompt_embeds.shape[1] != neg_embeds.shape[1]:

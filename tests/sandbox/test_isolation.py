@@ -1,7 +1,7 @@
 """Isolation suite: real engine, real pinned image, production container config.
 
 Every negative probe sits next to a positive control and asserts the specific errno, so a
-missing tool or a crashed probe never passes for "blocked" (docs/sandbox.md section 5). The
+missing tool or a crashed probe never passes for "blocked". The
 read-only probes share one container; probes that need other limits or kill the worker get
 their own.
 """
