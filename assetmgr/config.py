@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assetmgr import paths
+from assetmgr import environment, paths
 from assetmgr.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def write_config_file(values: dict[str, Any], path: Path | None = None) -> Path:
 
 
 def _keyring_get() -> str | None:
-    if os.environ.get("ASSETMGR_NO_KEYRING"):
+    if environment.flag("ASSETMGR_NO_KEYRING"):
         return None
     try:
         import keyring
@@ -109,7 +109,7 @@ def _keyring_get() -> str | None:
 
 def store_api_key(key: str) -> str:
     """Save the key in the keyring, else in the config file; returns where it went."""
-    if not os.environ.get("ASSETMGR_NO_KEYRING"):
+    if not environment.flag("ASSETMGR_NO_KEYRING"):
         try:
             import keyring
             from keyring.backends.fail import Keyring as FailKeyring
@@ -164,7 +164,7 @@ class Settings:
     def load(cls, *, api_base: str | None = None, database_url: str | None = None) -> Settings:
         values = read_config_file()
         key_source = "none"
-        api_key = os.environ.get("CIVITAI_API_KEY") or None
+        api_key = environment.get("CIVITAI_API_KEY")
         if api_key:
             key_source = "environment"
         else:
@@ -176,13 +176,13 @@ class Settings:
                 key_source = "config file"
         base = (
             api_base
-            or os.environ.get("CIVITAI_API_BASE")
+            or environment.get("CIVITAI_API_BASE")
             or values.get("api_base")
             or DEFAULT_API_BASE
         )
         db_url = (
             database_url
-            or os.environ.get("ASSETMGR_DB_URL")
+            or environment.get("ASSETMGR_DB_URL")
             or values.get("database_url")
             or paths.default_database_url()
         )
@@ -191,7 +191,7 @@ class Settings:
             sync_concurrency = int(values.get("sync_concurrency", 4))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad concurrency setting in {paths.config_file()}: {exc}") from exc
-        raw_max = os.environ.get("ASSETMGR_MAX_DOWNLOAD_SIZE") or values.get(
+        raw_max = environment.get("ASSETMGR_MAX_DOWNLOAD_SIZE") or values.get(
             "max_download_size", DEFAULT_MAX_DOWNLOAD_BYTES
         )
         max_download_bytes = parse_size(raw_max)
@@ -211,7 +211,7 @@ class Settings:
             download_concurrency=max(1, download_concurrency),
             sync_concurrency=max(1, sync_concurrency),
             max_download_bytes=max_download_bytes,
-            sync_workers=os.environ.get("ASSETMGR_SYNC_WORKERS", "").strip(),
+            sync_workers=(environment.get("ASSETMGR_SYNC_WORKERS") or "").strip(),
         )
 
 

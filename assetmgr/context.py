@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from assetmgr import environment
 from assetmgr.config import Settings
 
 if TYPE_CHECKING:
@@ -39,13 +39,13 @@ MODEL_TRANSPORT_ENV = "ASSETMGR_SANDBOX_MODEL_TRANSPORT"
 
 def sandbox_record_path(settings: Settings) -> Path:
     """$ASSETMGR_SANDBOX_RECORD, else ``<home>/sandbox/image.json``."""
-    explicit = os.environ.get("ASSETMGR_SANDBOX_RECORD")
+    explicit = environment.get("ASSETMGR_SANDBOX_RECORD")
     return Path(explicit).expanduser() if explicit else settings.home / "sandbox" / "image.json"
 
 
 def sandbox_cache_dir(settings: Settings) -> Path:
     """$ASSETMGR_SANDBOX_CACHE, else ``<home>/sandbox/cache``."""
-    explicit = os.environ.get("ASSETMGR_SANDBOX_CACHE")
+    explicit = environment.get("ASSETMGR_SANDBOX_CACHE")
     return Path(explicit).expanduser() if explicit else settings.home / "sandbox" / "cache"
 
 
@@ -61,5 +61,5 @@ def open_sandbox_service(settings: Settings, engine: Engine) -> SandboxService:
         record_path=sandbox_record_path(settings),
         cache_dir=sandbox_cache_dir(settings),
         app_version=__version__,
-        model_transport=os.environ.get(MODEL_TRANSPORT_ENV, "auto"),
+        model_transport=environment.get(MODEL_TRANSPORT_ENV) or "auto",
     )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from assetmgr import environment
 
 APP_NAME = "assetmgr"
 
 
 def home() -> Path:
     """The data root: $ASSETMGR_HOME, else the platform's user data directory."""
-    explicit = os.environ.get("ASSETMGR_HOME")
+    explicit = environment.get("ASSETMGR_HOME")
     if explicit:
         return Path(explicit).expanduser()
     import platformdirs  # deferred: only needed when no ASSETMGR_HOME is set
@@ -25,12 +26,12 @@ def database_file() -> Path:
 
 def default_database_url() -> str:
     """$ASSETMGR_DB_URL, else SQLite under the data root."""
-    return os.environ.get("ASSETMGR_DB_URL") or f"sqlite:///{database_file()}"
+    return environment.get("ASSETMGR_DB_URL") or f"sqlite:///{database_file()}"
 
 
 def config_file() -> Path:
     """The TOML settings file: $ASSETMGR_CONFIG, else ``config.toml`` in the data root."""
-    explicit = os.environ.get("ASSETMGR_CONFIG")
+    explicit = environment.get("ASSETMGR_CONFIG")
     return Path(explicit).expanduser() if explicit else home() / "config.toml"
 
 

@@ -8,12 +8,12 @@ server or job messages in it are outside text.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 import typer
 
+from assetmgr import environment
 from assetmgr.display import clean, dumps_json
 from assetmgr.errors import EXPECTED_ERRORS
 
@@ -132,7 +132,7 @@ def main() -> None:
             print_line(error, err=True)
             print_line(hint, err=True)
             raise SystemExit(exit_code) from None
-        if os.environ.get("ASSETMGR_DEBUG"):
+        if environment.flag("ASSETMGR_DEBUG"):
             raise
         from assetmgr.logs import redact_secrets
 

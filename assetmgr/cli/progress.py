@@ -77,6 +77,6 @@ def sync_progress(enabled: bool = True) -> Iterator[Callable[[SyncProgress], Non
 
 
 def _forced() -> bool:
-    import os
+    from assetmgr import environment
 
-    return bool(os.environ.get("ASSETMGR_FORCE_PROGRESS"))
+    return environment.flag("ASSETMGR_FORCE_PROGRESS")

@@ -1,4 +1,4 @@
-"""A fake civitai.com for integration tests and benchmarks (see shared docs, civitai-api.md).
+"""A fake civitai.com for integration tests and benchmarks.
 
 Quick start::
 

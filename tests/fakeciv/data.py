@@ -1,7 +1,7 @@
 """The fake Civitai's catalog: deterministic, in memory, mutable by tests.
 
 Records are plain dataclasses (`FakeModel` -> `FakeVersion` -> `FakeFile`, `FakeImage`); the
-JSON shapes of civitai-api.md section 2 are rendered from them by `tests.fakeciv.shapes`.
+JSON shapes of Civitai's API answers are rendered from them by `tests.fakeciv.shapes`.
 
 Building a catalog::
 

@@ -1,4 +1,4 @@
-"""Civitai's six file hashes, computed exactly as civitai-api.md section 7 defines them.
+"""Civitai's six file hashes, computed exactly as Civitai defines them.
 
 `civitai_hashes(source)` takes bytes or a path and reads a file once (besides the 64 KiB AutoV1
 window), so hashing a 1 GiB file costs one sequential read. `make_safetensors()` builds small,

@@ -1,4 +1,4 @@
-"""`FakeCivitai`: a real HTTP server on 127.0.0.1 that answers like civitai.com (civitai-api.md).
+"""`FakeCivitai`: a real HTTP server on 127.0.0.1 that answers like civitai.com.
 
 Two servers, two origins: the API (``fake.base_url``) and a storage host (``fake.storage_url``)
 that the download endpoint redirects to with a signed, expiring URL, as Civitai does with B2/R2::

@@ -1,4 +1,4 @@
-"""JSON shapes of civitai-api.md section 2, rendered from `tests.fakeciv.data` records.
+"""JSON shapes of Civitai's API answers, rendered from `tests.fakeciv.data` records.
 
 Three version shapes (doc 2.2):
 

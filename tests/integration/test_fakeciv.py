@@ -1,4 +1,4 @@
-"""The fake Civitai itself follows civitai-api.md (so tests built on it mean something)."""
+"""The fake Civitai itself answers as Civitai's API does (so tests built on it mean something)."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def safetensors_152() -> bytes:
 
 
 def reference(data: bytes) -> dict[str, str]:
-    """Straight from the definitions in civitai-api.md section 7, on bytes in memory."""
+    """Straight from Civitai's hash definitions, on bytes in memory."""
     out = {"SHA256": hashlib.sha256(data).hexdigest().upper()}
     out["AutoV2"] = out["SHA256"][:10]
     if len(data) >= 2 * MIB:

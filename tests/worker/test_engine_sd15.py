@@ -21,7 +21,7 @@ pytestmark = pytest.mark.worker
 
 
 def civitai_autov3(path: Path) -> str:
-    """AutoV3 as civitai-api.md defines it (independent of the engine's own helper)."""
+    """AutoV3 as Civitai defines it (independent of the engine's own helper)."""
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
     return hashlib.sha256(data[8 + n :]).hexdigest()[:12]
