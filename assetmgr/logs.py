@@ -111,6 +111,16 @@ def _installed(root: logging.Logger) -> list[logging.Handler]:
     return [h for h in root.handlers if getattr(h, _MARK, None)]
 
 
+def _writes_this_log(root: logging.Logger) -> bool:
+    """Whether our file handler is installed and writes the current data folder's log (an
+    earlier setup may have written another folder's, in a process that changed its home)."""
+    here = os.path.abspath(log_file())
+    return any(
+        getattr(h, _MARK, None) == "file" and getattr(h, "baseFilename", None) == here
+        for h in root.handlers
+    )
+
+
 def setup_logging(*, verbose: int = 0, terminal: bool = True) -> None:
     """Log to the file (INFO, DEBUG with ``-vv``) and, with `terminal`, to stderr (WARNING,
     INFO with ``-v``, DEBUG with ``-vv``); replaces what an earlier call installed."""
@@ -148,7 +158,7 @@ def leave_terminal() -> None:
     go to the log instead of stderr.
     """
     root = logging.getLogger()
-    if not any(getattr(h, _MARK, None) == "file" for h in root.handlers):
+    if not _writes_this_log(root):
         setup_logging(terminal=False)
     for handler in list(root.handlers):
         if _writes_to_terminal(handler):
@@ -172,7 +182,7 @@ def record_unexpected(exc: BaseException, logger: str = "assetmgr") -> Path | No
     """Write an unexpected error with its traceback to the log file (never to the terminal);
     returns the log's path, or None when it could not be written."""
     root = logging.getLogger()
-    if not any(getattr(h, _MARK, None) == "file" for h in root.handlers):
+    if not _writes_this_log(root):
         setup_logging(terminal=False)
     logging.getLogger(logger).error(
         "unexpected %s", type(exc).__name__, exc_info=exc, extra=FILE_ONLY

@@ -40,6 +40,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def home() -> Path:
     return Path(os.environ["ASSETMGR_HOME"])
 
@@ -153,6 +157,9 @@ def test_a_refusal_by_the_api_after_an_interrupted_pull_leaves_a_clear_state(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a user's terminal delivers it: a test run started in the background by a
+        # non-interactive shell ignores SIGINT, and a child would inherit that.
+        preexec_fn=_default_sigint,
     )
     part = home() / "store" / "partial" / f"file-{f.id}.part"
     deadline = time.monotonic() + 60

@@ -235,3 +235,19 @@ def test_a_signed_url_of_any_form_loses_every_query_value() -> None:
         "https://cdn.example/m.safetensors?Expires=REDACTED&Signature=REDACTED"
         "&Key-Pair-Id=REDACTED (relative: /f?Policy=REDACTED" in text
     )
+
+
+def test_a_changed_data_folder_gets_its_own_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file handler left writing another data folder's log is replaced, so the path an
+    error hint names is the file that holds the traceback."""
+    monkeypatch.setenv("ASSETMGR_HOME", str(tmp_path / "first"))
+    logs.setup_logging(terminal=False)
+    monkeypatch.setenv("ASSETMGR_HOME", str(tmp_path / "second"))
+    try:
+        raise KeyError("lost traceback")
+    except KeyError as exc:
+        path = logs.record_unexpected(exc)
+    assert path == tmp_path / "second" / "logs" / "assetmgr.log"
+    assert "lost traceback" in path.read_text("utf-8")
