@@ -7,6 +7,7 @@ start fast: heavy libraries (torch, diffusers) are imported only by the job kind
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -77,6 +78,17 @@ def serve(channel: Channel, work_root: Path, plugins_root: Path | None = None) -
             channel.send(
                 ErrorMessage(code=type(exc).__name__, message=str(exc)[:2000], job_id=spec.job_id)
             )
+        _idle()
+
+
+def _idle() -> None:
+    """The result is out and the worker waits for the next job: compile what ran eagerly."""
+    from sandbox.worker import kind_generate
+
+    try:
+        kind_generate.idle()
+    except Exception as exc:  # a failed compile must not end the worker: jobs stay eager
+        logging.getLogger(__name__).warning("warm-up failed: %s: %.500s", type(exc).__name__, exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,8 +14,11 @@ same object, so diffusers and peft (LoRA loading) see the plain UNet. Rules:
   non-CUDA inputs) runs the normal forward;
 * the first call of a new signature runs normally (it compiles, cuDNN picks its algorithms),
   the second captures, later ones replay;
-* captured graphs bake in weights' addresses and peft's Python state (active adapters,
-  scales): ``reset()`` drops them, and the engine calls it whenever LoRAs change.
+* captured graphs bake in weights' addresses: LoRAs are written into the weights in place
+  (`lora_merge`), so they stay valid; ``reset()`` drops them;
+* with ``eager_until_warm`` (set while the UNet's compile is deferred), a signature not yet
+  warmed runs eagerly (still graphed) and its inputs are kept; ``warm_up()``, called while the
+  worker is idle, compiles those signatures and captures the compiled forward instead.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class UNetGraphs:
         self.enabled = True
         self.replays = 0
         self.captures = 0
+        self.eager_until_warm = False
+        self.warm: set[tuple[Any, ...]] = set()
+        #: Inputs of signatures that ran eagerly, for ``warm_up``.
+        self.pending: dict[tuple[Any, ...], tuple[Any, Any, Any, dict[str, Any]]] = {}
 
     @classmethod
     def install(cls, unet: Any) -> UNetGraphs:
@@ -92,6 +99,48 @@ class UNetGraphs:
         key = self._key(sample, timestep, encoder_hidden_states, args, kwargs)
         if key is None:
             return self.forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        if self.eager_until_warm and key not in self.warm:
+            import torch
+
+            if key not in self.pending:
+                added = kwargs.get("added_cond_kwargs") or {}
+                self.pending[key] = (
+                    sample.detach().clone(memory_format=torch.preserve_format),
+                    timestep.detach().clone() if isinstance(timestep, torch.Tensor) else timestep,
+                    encoder_hidden_states.detach().clone(),
+                    {k: v.detach().clone() for k, v in added.items()},
+                )
+            with torch.compiler.set_stance("force_eager"):
+                return self._graphed(key, sample, timestep, encoder_hidden_states, args, kwargs)
+        return self._graphed(key, sample, timestep, encoder_hidden_states, args, kwargs)
+
+    def warm_up(self) -> int:
+        """Compile and capture every signature that ran eagerly; returns how many."""
+        done = 0
+        for key, (sample, timestep, states, added) in list(self.pending.items()):
+            self.graphs.pop(key, None)  # drop the eager capture
+            self.warm.add(key)
+            kwargs = {"added_cond_kwargs": added or None, "return_dict": False}
+            try:
+                for _ in range(2):  # the first call compiles, the second captures
+                    self(sample, timestep, states, **kwargs)
+            except Exception:
+                self.warm.discard(key)  # this signature keeps running eagerly
+                self.graphs.pop(key, None)
+                raise
+            del self.pending[key]
+            done += 1
+        return done
+
+    def _graphed(
+        self,
+        key: tuple[Any, ...],
+        sample: Any,
+        timestep: Any,
+        encoder_hidden_states: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         entry = self.graphs.get(key)
         if entry is None:
             # First call with this signature: plain forward (compiles, warms up cuDNN).

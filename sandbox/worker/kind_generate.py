@@ -29,6 +29,11 @@ def _get_engine() -> Any:
     return _engine
 
 
+def idle() -> float:
+    """While no job waits: compile what the last jobs ran eagerly (see `pipeline.Engine`)."""
+    return 0.0 if _engine is None else float(_engine.warm_up())
+
+
 def run_generate_job(spec: JobSpec, out_dir: Path, channel: Channel) -> dict[str, Any]:
     from sandbox.protocol.jobspec import GenSpec
     from sandbox.worker import infotext

@@ -2,16 +2,15 @@
 
 ``Engine.load`` reads the safetensors header first (architecture, catalog cross-check), then
 builds the diffusers pipeline from the single file with the shipped config folder, offline.
-LoRAs are peft adapters, activated with ``set_adapters`` and removed with
-``delete_adapters``; never fused, so the base weights stay bit-identical (no drift between
-jobs). Each LoRA's wrapped-module count is compared with the file's module count, so a LoRA
-that only partly applies fails instead of quietly doing less.
+LoRAs are written into the weights in place and taken out exactly (`lora_merge`); each
+LoRA's module count is compared with the file's, so a LoRA that only partly applies fails
+instead of quietly doing less.
 
 On CUDA with ``optimize=True`` the speed path applies: fp16 UNet, SDPA, channels_last, fused
-QKV (only while no LoRA is loaded: peft wraps the unfused projections), ``torch.compile`` of
-the UNet's blocks with its caches under ``compile_cache_dir``, the whole UNet forward replayed
-as one CUDA graph (``cudagraph.UNetGraphs``), and a bf16 VAE decode (same exponent range as
-fp32, so no fp16 overflow, and no fp32 upcast), compiled for SDXL.
+QKV, ``torch.compile`` of the UNet's blocks with its caches under ``compile_cache_dir``, the
+whole UNet forward replayed as one CUDA graph (``cudagraph.UNetGraphs``), and a bf16 VAE
+decode (same exponent range as fp32, so no fp16 overflow, and no fp32 upcast), compiled for
+SDXL. ``timings.load_split`` says where a load's seconds went.
 """
 
 from __future__ import annotations
@@ -22,15 +21,18 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from sandbox.protocol.hashing import FileHash, sha256_file
 
 from . import arch as archmod
+from . import lora_merge
 from .errors import EngineError, HashMismatchError, LoraMismatchError, SpecError, TokenizerError
+from .speed import SpeedPath
 
 if TYPE_CHECKING:
     import torch
@@ -132,6 +134,23 @@ class _Adapter:
     adapter: str
     info: archmod.LoraInfo
     autov3: str
+    factors: lora_merge.Factors
+
+
+class _Laps:
+    """Seconds between marks, by name."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.split: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.split[name] = round(self.split.get(name, 0.0) + now - self.last, 4)
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
 
 
 @dataclass(frozen=True)
@@ -145,13 +164,14 @@ class _LoadKey:
 
 @dataclass
 class Timings:
-    """Seconds spent in the last ``load`` and the last ``set_loras``."""
+    """Seconds spent in the last ``load`` (and its parts) and the last ``set_loras``."""
 
     load_s: float = 0.0
     lora_s: float = 0.0
+    load_split: dict[str, float] = field(default_factory=dict)
 
 
-class Engine:
+class Engine(SpeedPath):
     """Holds one pipeline between jobs. Not thread-safe: one job at a time."""
 
     def __init__(
@@ -180,7 +200,6 @@ class Engine:
         self.attention = attention
         self.compile_vae = compile_vae
         self.graphs: Any = None
-        self._lora_state: Any = ()
         self.pipe: Any = None
         self.info: archmod.CheckpointInfo | None = None
         self.timings = Timings()
@@ -188,7 +207,9 @@ class Engine:
         self._adapters: dict[str, _Adapter] = {}
         self._base_scheduler_config: dict[str, Any] = {}
         self._compiled = False
-        self._qkv_fused = False
+        self._patcher = lora_merge.WeightPatcher()
+        self._lora_state: tuple[tuple[str, float, float], ...] = ()
+        self._reset_speed_state()
         self._counter = 0
         self._img2img: Any = None
         self.vae_dtype: Any = None
@@ -212,6 +233,7 @@ class Engine:
         optimize: bool = False,
     ) -> archmod.CheckpointInfo:
         """Load a checkpoint unless the same one is already loaded the same way."""
+        laps = _Laps()
         path = str(Path(model_path).resolve())
         info = archmod.inspect_checkpoint(path, base_model)
         cfg = Path(config_dir) if config_dir else CONFIG_ROOT / info.arch
@@ -220,11 +242,12 @@ class Engine:
             return info
         self.close()
         self._check_config(cfg, info)
+        laps.lap("inspect")
         _offline_imports()
         import torch
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        started = time.perf_counter()
+        laps.lap("imports")
         tdtype = getattr(torch, dtype)
         kwargs: dict[str, Any] = {
             "config": str(cfg),
@@ -234,6 +257,8 @@ class Engine:
         }
         if info.arch == "sdxl":
             kwargs["tokenizer_2"] = load_tokenizer(pad_token="!")  # noqa: S106  # a token, no password
+        laps.lap("tokenizers")
+        if info.arch == "sdxl":
             cls: Any = StableDiffusionXLPipeline
         else:
             kwargs.update(
@@ -249,16 +274,20 @@ class Engine:
             if tok is not None and len(tok) != VOCAB_SIZE:
                 raise TokenizerError(f"{tok_name} has {len(tok)} tokens after loading")
         pipe.set_progress_bar_config(disable=True)
+        laps.lap("from_single_file")
         if device != "cpu":
             pipe.to(device)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        laps.lap("to_device")
         self.pipe = pipe
         self.info = info
         self._key = key
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self.vae_dtype = tdtype
         if key.optimize:
-            self._speed_path()
-        self.timings = Timings(load_s=time.perf_counter() - started)
+            self._speed_path(laps)
+        self.timings = Timings(load_s=laps.total(), load_split=laps.split)
         log.info("loaded %s (%s) in %.1fs", Path(path).name, info.arch, self.timings.load_s)
         return info
 
@@ -283,184 +312,28 @@ class Engine:
         self._adapters.clear()
         self._img2img = None
         self._compiled = False
-        self._qkv_fused = False
+        self._patcher.forget()
         self._lora_state = ()
+        self._reset_speed_state()
         if self.graphs is not None:
             self.graphs.reset()
             self.graphs = None
 
-    # --- GPU speed path -----------------------------------------------------------------
-
-    def _speed_path(self) -> None:
-        import torch
-
-        pipe = self.pipe
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        # benchmarking gains nothing and costs seconds at start: docs/decisions/gpu-speed-path.md
-        torch.backends.cudnn.benchmark = False
-        self._set_attention(self._attention_choice())
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-        # bf16 has fp32's exponent range: no overflow in the SDXL VAE, no fp32 upcast needed.
-        pipe.vae.to(dtype=torch.bfloat16)
-        self.vae_dtype = torch.bfloat16
-        pipe.fuse_qkv_projections()
-        self._qkv_fused = True
-        mode, scope = self._compile_choice()
-        if mode is not None:
-            self._compile(mode, scope)
-        if self._graphs_choice(mode):
-            from .cudagraph import UNetGraphs
-
-            self.graphs = UNetGraphs.install(pipe.unet)
-
-    def _compile(self, mode: str, scope: str) -> None:
-        import torch
-
-        pipe = self.pipe
-        self._setup_compile_caches()
-        inductor_config: Any = torch._inductor.config
-        if mode.startswith("max-autotune") and hasattr(
-            inductor_config, "max_autotune_conv_backends"
-        ):
-            # Tune the GEMMs only: cuDNN convs are hard to beat and conv tuning costs minutes.
-            inductor_config.max_autotune_conv_backends = "ATEN"
-        if scope == "unet":
-            pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True, dynamic=False)
-        else:
-            from diffusers.models.attention import BasicTransformerBlock
-            from diffusers.models.resnet import ResnetBlock2D
-
-            # One compiled graph per distinct block shape, shared by all blocks of that shape.
-            dynamo_config: Any = torch._dynamo.config
-            for name in ("cache_size_limit", "recompile_limit"):
-                if hasattr(dynamo_config, name):
-                    setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
-            kinds: tuple[Any, ...] = (BasicTransformerBlock,)
-            if scope == "blocks":
-                kinds = (BasicTransformerBlock, ResnetBlock2D)
-            for module in pipe.unet.modules():
-                if isinstance(module, kinds):
-                    module.compile(mode=mode, fullgraph=True, dynamic=False)
-        if self._vae_compile_choice():
-            # One graph per image size; cudagraph modes make no sense for one call per job.
-            vae_mode = "default" if mode in ("reduce-overhead", "max-autotune") else mode
-            pipe.vae.decoder.compile(mode=vae_mode, fullgraph=True, dynamic=False)
-        self._compiled = True
-        log.info("torch.compile: mode=%s scope=%s", mode, scope)
-
-    def _compile_choice(self) -> tuple[str | None, str]:
-        """Compile mode and scope: SD1.5 its transformer blocks, SDXL its resnets too (why:
-        docs/decisions/gpu-speed-path.md)."""
-        mode = self.compile_mode
-        scope = self.compile_scope
-        sdxl = self.info is not None and self.info.arch == "sdxl"
-        if mode == "auto":
-            mode = "default"
-        if scope == "auto":
-            scope = "blocks" if sdxl else "transformers"
-        return mode, scope
-
-    def _graphs_choice(self, mode: str | None) -> bool:
-        if self.cuda_graphs == "auto":
-            # These modes capture CUDA graphs of their own.
-            return mode not in ("reduce-overhead", "max-autotune")
-        return bool(self.cuda_graphs)
-
-    def _vae_compile_choice(self) -> bool:
-        """Compile the VAE decoder for SDXL only (why: docs/decisions/gpu-speed-path.md)."""
-        if self.compile_vae == "auto":
-            return self.info is not None and self.info.arch == "sdxl"
-        return bool(self.compile_vae)
-
-    def _attention_choice(self) -> str:
-        # torch's own pick is already the fastest: docs/decisions/gpu-speed-path.md
-        return "default" if self.attention == "auto" else self.attention
-
-    @staticmethod
-    def _set_attention(choice: str) -> None:
-        """Prefer one SDPA backend (process-wide); the others stay as fallbacks."""
-        if choice == "default":
-            return
-        try:
-            from torch.nn.attention import SDPBackend, _sdpa_kernel
-
-            first = {
-                "flash": SDPBackend.FLASH_ATTENTION,
-                "cudnn": SDPBackend.CUDNN_ATTENTION,
-                "efficient": SDPBackend.EFFICIENT_ATTENTION,
-            }[choice]
-            rest = [
-                SDPBackend.FLASH_ATTENTION,
-                SDPBackend.CUDNN_ATTENTION,
-                SDPBackend.EFFICIENT_ATTENTION,
-                SDPBackend.MATH,
-            ]
-            _sdpa_kernel([first, *(b for b in rest if b != first)], set_priority=True)
-        except (ImportError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-            log.warning("cannot prefer SDPA backend %s: %s", choice, exc)
-
-    def _setup_compile_caches(self) -> None:
-        if self.compile_cache_dir is None:
-            return
-        import torch
-
-        root = self.compile_cache_dir
-        root.mkdir(parents=True, exist_ok=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
-        os.environ["TRITON_CACHE_DIR"] = str(root / "triton")
-        torch._inductor.config.fx_graph_cache = True
-        functorch_config: Any = torch._functorch.config
-        if hasattr(functorch_config, "enable_autograd_cache"):
-            functorch_config.enable_autograd_cache = True  # AOTAutograd cache (torch >= 2.6)
-        mega = root / "mega-cache.bin"
-        if mega.is_file() and hasattr(torch.compiler, "load_cache_artifacts"):
-            try:
-                torch.compiler.load_cache_artifacts(mega.read_bytes())
-            except Exception as exc:  # a stale cache must never stop generation
-                log.warning("ignoring unusable compile cache %s: %s", mega, exc)
-
-    def save_compile_cache(self) -> Path | None:
-        """Write torch's portable compile artifacts ("mega-cache") for the next process."""
-        if not self._compiled or self.compile_cache_dir is None:
-            return None
-        import torch
-
-        if not hasattr(torch.compiler, "save_cache_artifacts"):
-            return None
-
-        result = torch.compiler.save_cache_artifacts()
-        if result is None:
-            return None
-        data, _info = result
-        path = self.compile_cache_dir / "mega-cache.bin"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return path
-
     # --- LoRA ---------------------------------------------------------------------------
 
-    def _components(self) -> list[str]:
-        return ["unet", *(c for c in COMPONENTS_WITH_TE if getattr(self.pipe, c, None) is not None)]
-
-    def _wrapped_counts(self, adapter: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for comp in self._components():
-            model = getattr(self.pipe, comp)
-            model = getattr(model, "_orig_mod", model)
-            n = sum(
-                1
-                for _, mod in model.named_modules()
-                if hasattr(mod, "lora_A") and adapter in getattr(mod, "lora_A", {})
-            )
-            if n:
-                counts[comp] = n
-        return counts
+    def _models(self) -> dict[str, Any]:
+        comps = [
+            "unet",
+            *(c for c in COMPONENTS_WITH_TE if getattr(self.pipe, c, None) is not None),
+        ]
+        return {c: getattr(self.pipe, c) for c in comps}
 
     def set_loras(self, uses: Sequence[LoraUse]) -> dict[str, str]:
-        """Make exactly these LoRAs active with these weights; returns name -> AutoV3 hash."""
+        """Make exactly these LoRAs active with these weights; returns name -> AutoV3 hash.
+
+        The weights are rewritten in place (`lora_merge`): compiled blocks and captured
+        CUDA graphs stay valid, so a changed weight costs milliseconds, not a recompile.
+        """
         if self.pipe is None or self.info is None:
             raise EngineError("load a checkpoint before applying LoRAs")
         started = time.perf_counter()
@@ -470,48 +343,30 @@ class Engine:
             if key in wanted:
                 raise SpecError(f"LoRA file {use.path} is listed twice")
             wanted[key] = use
-        state = tuple((k, u.te_weight, u.unet_weight) for k, u in wanted.items())
-        if state != self._lora_state and self.graphs is not None:
-            # Captured graphs bake in weight addresses, the adapters and their scales.
-            self.graphs.reset()
-            self._lora_state = None
-        stale = [k for k in self._adapters if k not in wanted]
-        if stale:
-            self.pipe.delete_adapters([self._adapters[k].adapter for k in stale])
-            for k in stale:
-                del self._adapters[k]
+        for key in [k for k in self._adapters if k not in wanted]:
+            del self._adapters[key]
         for key, use in wanted.items():
             if key not in self._adapters:
                 self._adapters[key] = self._load_adapter(key, use)
-        if not self._adapters:
-            if self._any_lora_layers():
-                self.pipe.unload_lora_weights()  # removes the empty peft wrappers too
-            if self._key is not None and self._key.optimize and not self._qkv_fused:
-                # Back to a fresh load's fused projections: same bytes as before any LoRA.
-                self.pipe.fuse_qkv_projections()
-                self._qkv_fused = True
-        else:
-            names, weights = [], []
-            for key, use in wanted.items():
-                ad = self._adapters[key]
-                names.append(ad.adapter)
-                w: dict[str, float] = {}
-                for comp in ad.info.modules:
-                    w[comp] = use.unet_weight if comp == "unet" else use.te_weight
-                weights.append(w)
-            self.pipe.set_adapters(names, adapter_weights=weights)
-        self._lora_state = state
+        state = tuple((k, u.te_weight, u.unet_weight) for k, u in wanted.items())
+        if state != self._lora_state:
+            self._apply_loras(wanted)
+            self._lora_state = state
         self.timings.lora_s = time.perf_counter() - started
         return {use.name: self._adapters[k].autov3 for k, use in wanted.items()}
 
-    def _any_lora_layers(self) -> bool:
-        for comp in self._components():
-            model = getattr(self.pipe, comp)
-            if any(hasattr(m, "lora_A") for m in model.modules()):
-                return True
-        return False
+    def _apply_loras(self, wanted: dict[str, LoraUse]) -> None:
+        active = []
+        for key, use in wanted.items():
+            ad = self._adapters[key]
+            weights = {
+                c: use.unet_weight if c == "unet" else use.te_weight for c in ad.info.modules
+            }
+            active.append((ad.factors, weights))
+        self._patcher.apply(self._models(), active)
 
     def _load_adapter(self, key: str, use: LoraUse) -> _Adapter:
+        """Read one LoRA file's factors through diffusers/peft, then take the wrappers out."""
         if self.info is None:
             raise RuntimeError("a LoRA was requested before any checkpoint was loaded")
         if use.sha256 is not None:
@@ -520,35 +375,43 @@ class Engine:
                 raise HashMismatchError(f"LoRA {use.name}: sha256 {got} != expected {use.sha256}")
         info = archmod.inspect_lora(key, use.base_model)
         archmod.check_lora_fits(info, self.info.arch, f"LoRA {use.name!r}")
-        if self._qkv_fused:
-            # peft wraps to_q/to_k/to_v; fused to_qkv would bypass them.
-            self.pipe.unfuse_qkv_projections()
-            self._qkv_fused = False
         self._counter += 1
         adapter = f"lora{self._counter}"
         try:
-            self.pipe.load_lora_weights(key, adapter_name=adapter)
-        except Exception as exc:
-            self._drop_partial(adapter)
-            raise LoraMismatchError(
-                f"LoRA {use.name!r} does not fit this checkpoint: {exc}"
-            ) from exc
-        counts = self._wrapped_counts(adapter)
+            try:
+                self.pipe.load_lora_weights(key, adapter_name=adapter)
+            except LoraMismatchError:
+                raise
+            except Exception as exc:
+                raise LoraMismatchError(
+                    f"LoRA {use.name!r} does not fit this checkpoint: {exc}"
+                ) from exc
+            factors = lora_merge.harvest(self._models(), adapter)
+        finally:
+            self._remove_wrappers(adapter)
+        counts = dict(Counter(comp for comp, _ in factors))
         if counts != info.modules:
-            self._drop_partial(adapter)
             raise LoraMismatchError(
                 f"LoRA {use.name!r} applies only partly: the file has modules {info.modules}, "
                 f"the checkpoint took {counts or 'none'}"
             )
-        return _Adapter(adapter, info, autov3(key))
+        return _Adapter(adapter, info, autov3(key), factors)
 
-    def _drop_partial(self, adapter: str) -> None:
+    def _remove_wrappers(self, adapter: str) -> None:
+        """Back to the plain modules (the same objects, so compiled code and graphs stay)."""
         try:
             self.pipe.delete_adapters([adapter])
         except Exception as exc:  # nothing was registered, or only part of it
             log.debug("cleanup of adapter %s: %s", adapter, exc)
-        if not self._adapters and self._any_lora_layers():
+        if self._any_lora_layers():
             self.pipe.unload_lora_weights()
+
+    def _any_lora_layers(self) -> bool:
+        return any(
+            hasattr(m, "lora_A")
+            for model in self._models().values()
+            for m in getattr(model, "_orig_mod", model).modules()
+        )
 
     # --- helpers for generate -----------------------------------------------------------
 
@@ -566,7 +429,8 @@ class Engine:
             scaled = latents.to(dtype=self.vae_dtype) / vae.config.scaling_factor
             if self._key is not None and self._key.device == "cuda":
                 scaled = scaled.contiguous(memory_format=torch.channels_last)
-            image = vae.decode(scaled, return_dict=False)[0]
+            with self._decode_stance(tuple(scaled.shape)):
+                image = vae.decode(scaled, return_dict=False)[0]
             images: list[Any] = self.pipe.image_processor.postprocess(
                 image.float() if image.dtype == torch.bfloat16 else image, output_type="pil"
             )
