@@ -98,3 +98,54 @@ def test_speed_path_choices_per_architecture() -> None:
     assert not e._graphs_choice("reduce-overhead")  # that mode captures graphs itself
     assert e._graphs_choice("default") and e._graphs_choice(None)
     assert not _engine_for("sd15", cuda_graphs=False)._graphs_choice("default")
+
+
+class _Block(torch.nn.Module):
+    """Compiled like the UNet's transformer blocks (torch's own modules are not traced)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: Any) -> Any:
+        return torch.nn.functional.gelu(x @ self.weight)
+
+
+def test_a_new_signature_runs_eagerly_until_the_idle_warm_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fresh worker's first job never waits for the compile; ``warm_up`` compiles it."""
+    monkeypatch.setattr(UNetGraphs, "_on_gpu", staticmethod(lambda t: True))
+
+    def fake_capture(
+        self: UNetGraphs, entry: Any, sample: Any, timestep: Any, states: Any, added: Any
+    ) -> None:  # CUDA graphs need a GPU: "replay" leaves the last output in place
+        entry.static = {"sample": sample.clone(), "timestep": timestep.clone(), "states": states}
+        entry.added = {}
+        entry.out = self.forward(sample, timestep, states, return_dict=False)[0]
+        entry.graph = SimpleNamespace(replay=lambda: None)
+
+    monkeypatch.setattr(UNetGraphs, "_capture", fake_capture)
+    traced: list[Any] = []
+
+    def backend(gm: Any, _inputs: Any) -> Any:
+        traced.append(gm)
+        return gm.forward
+
+    unet = _TinyUNet()
+    unet.proj = _Block()
+    unet.proj.compile(backend=backend, fullgraph=True, dynamic=False)
+    runner = UNetGraphs.install(unet)
+    runner.eager_until_warm = True
+    x, states = torch.randn(2, 4), torch.randn(2, 3, 4)
+    with torch.no_grad():
+        for _ in range(3):
+            unet(x, torch.tensor(5), encoder_hidden_states=states, return_dict=False)
+        assert traced == []  # ran eagerly: nothing traced
+        assert len(runner.pending) == 1 and not runner.warm
+        assert runner.warm_up() == 1
+        assert len(traced) == 1 and not runner.pending and len(runner.warm) == 1
+        out = unet(x, torch.tensor(5), encoder_hidden_states=states, return_dict=False)[0]
+        assert len(traced) == 1  # a warm signature: no new trace
+        assert torch.allclose(out, unet.proj(x) + states.mean() + 5)
+        assert runner.warm_up() == 0  # nothing left to do
