@@ -194,9 +194,8 @@ def session_table(results: list[dict[str, Any]]) -> str:
             ("next image, s/img", "next_median_s", "higher"),
             ("next image to PIL (ours less its PNG encode), s/img", "next_to_pil_s", "higher"),
         ):
-            b = [
-                float(r[key if key in r else "next_median_s"]) for r in base if "next_median_s" in r
-            ]
+            base_key = "next_median_s" if key == "next_to_pil_s" else key  # its output is PIL
+            b = [float(r[base_key]) for r in base if base_key in r]
             o = [float(r[key]) for r in warm if key in r]
             ratio = "-"
             if b and o:
