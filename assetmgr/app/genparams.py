@@ -14,6 +14,7 @@ sequence arrives as ``␛[...``); names are cut to the contract's length; at mos
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 import struct
@@ -35,6 +36,7 @@ MAX_LORA_REFS: Final = 64
 MAX_TEXT_CHUNK_BYTES: Final = 4 * infotext.MAX_PARAMETERS_CHARS + 1024
 MAX_PNG_CHUNKS: Final = 1 << 16
 _NAME_CHARS = 255
+_MAX_WEIGHT = 100.0
 _SHOWN = 60
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
@@ -118,6 +120,14 @@ class GenerationData:
 def _shown(value: object) -> str:
     text = str(value)
     return repr(text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…")
+
+
+def _weight(value: object) -> float | None:
+    """A LoRA weight from JSON: a finite number (Python's JSON also reads NaN and Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and abs(number) <= _MAX_WEIGHT else None
 
 
 def _text(value: object) -> str | None:
@@ -265,15 +275,10 @@ def _civitai_resources(items: Iterable[Any]) -> list[tuple[str, int, float | Non
     for item in items:
         if not isinstance(item, Mapping):
             continue
-        vid, kind, weight = item.get("modelVersionId"), _text(item.get("type")), item.get("weight")
-        if not isinstance(vid, int) or isinstance(vid, bool) or not kind:
+        vid, kind = item.get("modelVersionId"), _text(item.get("type"))
+        if not isinstance(vid, int) or isinstance(vid, bool) or not kind or abs(vid) >= 2**63:
             continue
-        number = (
-            float(weight)
-            if isinstance(weight, int | float) and not isinstance(weight, bool)
-            else None
-        )
-        out.append((kind.lower(), vid, number))
+        out.append((kind.lower(), vid, _weight(item.get("weight"))))
     return out
 
 
@@ -295,9 +300,7 @@ class _Loras:
             shown_name,
             _hash(digest, what, self.notes),
             vid,
-            float(weight)
-            if isinstance(weight, int | float) and not isinstance(weight, bool)
-            else None,
+            _weight(weight),
         )
         for i, known in enumerate(self.refs):
             same_name = (
