@@ -480,6 +480,21 @@ def read_png_parameters(path: Path) -> str:
     return text
 
 
+def parameters_text(data: bytes, source: str) -> str:
+    """A parameters block read from a file or stdin (at most `MAX_TEXT_CHUNK_BYTES` of them
+    were read: one more byte means the text is too long), as text."""
+    if len(data) > MAX_TEXT_CHUNK_BYTES:
+        raise GenerationDataError(
+            source, "too-long", f"is larger than {MAX_TEXT_CHUNK_BYTES} bytes; no such block is"
+        )
+    return data.decode("utf-8", errors="replace")
+
+
+def read_parameters_file(path: Path) -> str:
+    """A pasted A1111 block saved in a file, read bounded."""
+    return parameters_text(_read_bounded(path, MAX_TEXT_CHUNK_BYTES + 1), path.name)
+
+
 def from_png(path: Path) -> GenerationData:
     """A PNG's ``parameters`` chunk (`read_png_parameters`), parsed."""
     return from_parameters(read_png_parameters(path), source=path.name)
@@ -488,11 +503,14 @@ def from_png(path: Path) -> GenerationData:
 __all__ = [
     "HASH_TYPES",
     "MAX_LORA_REFS",
+    "MAX_TEXT_CHUNK_BYTES",
     "GenerationData",
     "GenerationDataError",
     "ResourceRef",
     "from_civitai_meta",
     "from_parameters",
     "from_png",
+    "parameters_text",
+    "read_parameters_file",
     "read_png_parameters",
 ]

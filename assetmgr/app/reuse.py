@@ -12,9 +12,9 @@ and the CLI build the same request; a LoRA the image lists without a tag gets on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -136,6 +136,16 @@ class MissingModelsError(AssetMgrError):
         shown = ", ".join(m.label for m in self.missing[:3])
         more = f" and {len(self.missing) - 3} more" if len(self.missing) > 3 else ""
         super().__init__(f"{len(self.missing)} model(s) of this image are not local: {shown}{more}")
+
+
+def checked_request(reuse: Reuse, overrides: Mapping[str, Any]) -> GenerateRequest:
+    """The image's request with the user's `overrides` (GenerateRequest fields); raises
+    `MissingModelsError` for what it still needs and the store does not hold."""
+    request = replace(reuse.request, **overrides)
+    missing = reuse.missing_for(request)
+    if missing:
+        raise MissingModelsError(missing)
+    return request
 
 
 # --- lookups ----------------------------------------------------------------------------------
@@ -341,6 +351,7 @@ __all__ = [
     "MissingModelsError",
     "Resolved",
     "Reuse",
+    "checked_request",
     "local_by_hash",
     "lookup_commands",
     "pull_commands",

@@ -37,7 +37,7 @@ def _missing_models(exc: MissingModelsError) -> Wording:
     lookups = lookup_commands(exc.missing)
     if lookups:
         others = "the others" if pulls else "them"
-        parts.append(f"look up {others} on Civitai: " + "; ".join(f"`{x}`" for x in lookups))
+        parts.append(f"look {others} up on Civitai: " + "; ".join(f"`{x}`" for x in lookups))
     if not parts:
         parts.append("The image names them without a hash; pick local models in their place")
     hint = "; ".join(parts) + "."

@@ -150,7 +150,7 @@ def test_models_that_are_not_local_come_with_the_pull_command(
         "LoRA 'ghost' (AutoV3 0123456789AB): not in the catalog"
     )
     assert words.hint == (
-        "Pull them: `assetmgr pull 920005 920006`; look up the others on Civitai: "
+        "Pull them: `assetmgr pull 920005 920006`; look the others up on Civitai: "
         "`assetmgr lookup 0123456789AB`."
     )
     # Another checkpoint and a prompt without the tags: nothing is missing any more.
