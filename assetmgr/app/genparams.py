@@ -416,9 +416,10 @@ def _read_bounded(path: Path, limit: int) -> bytes:
         raise GenerationDataError(
             source, "unreadable", f"cannot open it ({exc.strerror})"
         ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise GenerationDataError(source, "unreadable", "is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise GenerationDataError(source, "unreadable", "is not a regular file")
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise GenerationDataError(source, "too-large", f"is larger than {limit} bytes")
