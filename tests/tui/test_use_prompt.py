@@ -74,7 +74,7 @@ async def test_use_this_prompt_fills_every_field_and_finds_loras_by_hash(
             "sampler": "Euler",
             "Schedule type": "SGM Uniform",
             "cfgScale": 4.5,
-            "seed": 4242,
+            "seed": 1734419982,
             "Size": "960x576",
             "clipSkip": 2,
             "Denoising strength": 0.35,
@@ -109,7 +109,7 @@ async def test_use_this_prompt_fills_every_field_and_finds_loras_by_hash(
         assert fields == {
             "steps": "3",
             "cfg": "4.5",
-            "seed": "4242",
+            "seed": "1734419982",
             "clip-skip": "2",
             "hires-scale": "1.5",
             "hires-steps": "2",
@@ -137,7 +137,7 @@ async def test_use_this_prompt_fills_every_field_and_finds_loras_by_hash(
             ("ink_style_v1", lora["sha256"].lower())
         ]
         assert spec["prompt"] == editor.text and spec["negative_prompt"] == "blurry␇"
-        assert (spec["steps"], spec["cfg_scale"], spec["seed"]) == (3, 4.5, 4242)
+        assert (spec["steps"], spec["cfg_scale"], spec["seed"]) == (3, 4.5, 1734419982)
         assert (spec["width"], spec["height"], spec["clip_skip"]) == (960, 576, 2)
         assert (spec["sampler"], spec["schedule_type"]) == ("Euler", "SGM Uniform")
         assert spec["hires"] == {"scale": 1.5, "steps": 2, "denoise": 0.35, "upscaler": "Latent"}

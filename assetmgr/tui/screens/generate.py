@@ -83,6 +83,13 @@ FIELD_LABELS = {
 SIZES = ("512", "640", "768", "832", "896", "1024", "1152", "1216")
 
 
+def _number(value: float) -> str:
+    """A number as typed: 1734419982, 4.5, 7 (never an exponent, never rounded)."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
 def run_label(run: RunRecord) -> str:
     """One line of the history: when, seed, status and the start of the prompt."""
     prompt = str(run.spec.get("prompt", "")).replace("\n", " ")
@@ -585,6 +592,7 @@ class GenerateScreen(Screen[None]):
         self.pinned_tags = dict(request.tag_versions)
         self.unmatched_tags = {m.tag for m in reuse.missing if m.tag and not m.version_id}
         checkpoint_missing = next((m for m in reuse.missing if m.ref.kind == "checkpoint"), None)
+        self.wanted_checkpoint = None  # an image that names none keeps the form's checkpoint
         if reuse.checkpoint is not None:
             self.wanted_checkpoint = reuse.checkpoint.version_id
         elif checkpoint_missing is not None:
@@ -600,8 +608,8 @@ class GenerateScreen(Screen[None]):
             ("#hires-denoise", data.hires_denoise or 0.5),
         ):
             if value is not None:
-                self.query_one(widget_id, Input).value = f"{value:g}"
-        hires = "" if data.hires_scale is None else f"{data.hires_scale:g}"
+                self.query_one(widget_id, Input).value = _number(value)
+        hires = "" if data.hires_scale is None else _number(data.hires_scale)
         self.query_one("#hires-scale", Input).value = hires
         if data.sampler is not None:
             self._choose("#sampler", data.sampler, self.sampler_names)
@@ -638,6 +646,7 @@ class GenerateScreen(Screen[None]):
             select.clear()  # not local: no other checkpoint stands in for the image's
         else:
             select.value = index
+            self.wanted_checkpoint = None  # found; from now on the user's choice stands
 
     def _still_missing(self, request: GenerateRequest) -> list[Missing]:
         """What the image's request still lacks, less what was pulled since."""
