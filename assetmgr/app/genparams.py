@@ -21,6 +21,7 @@ import struct
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -332,11 +333,11 @@ def _collect_loras(raw: Mapping[str, Any], civitai: Iterable[Any], notes: list[s
         for name, digest in entries:
             loras.add(name, digest)
     elif isinstance(listed, Mapping):
-        for name, digest in list(listed.items())[: MAX_LORA_REFS * 2]:
+        for name, digest in islice(listed.items(), MAX_LORA_REFS * 2):
             loras.add(name, digest)
     hashes = raw.get("hashes")
     if isinstance(hashes, Mapping):
-        for key, digest in list(hashes.items())[: MAX_LORA_REFS * 2]:
+        for key, digest in islice(hashes.items(), MAX_LORA_REFS * 2):
             if isinstance(key, str) and key.lower().startswith("lora:"):
                 loras.add(key[5:], digest)
     for item in map(_mapping, _items(raw.get("resources"))):
