@@ -248,3 +248,47 @@ def test_a_png_that_is_not_a_file_and_two_sources_are_refused(
         "error: missing option '--model' (or give --from-png FILE or --from-params FILE)",
         "hint: Run `assetmgr generate --help` for usage.",
     ]
+
+
+NEW_FLAGS = [
+    pytest.param(
+        ["--schedule-type", "Nope"],
+        "error: --schedule-type 'Nope' is not a schedule type",
+        "hint: --schedule-type takes Automatic, Karras, Exponential, SGM Uniform (any case).",
+        id="schedule",
+    ),
+    pytest.param(
+        ["--sampler", "DPM++ 2M Karras", "--schedule-type", "Exponential"],
+        "error: --schedule-type 'Exponential' conflicts with the sampler 'DPM++ 2M Karras'",
+        "hint: Name the schedule once: in --sampler (DPM++ 2M Karras) or --schedule-type.",
+        id="schedule-conflict",
+    ),
+    pytest.param(
+        ["--hires-scale", "1"],
+        "error: --hires-scale 1 is out of range (more than 1, at most 4)",
+        "hint: --hires-scale takes an upscale factor such as 1.5 or 2.",
+        id="hires-scale",
+    ),
+    pytest.param(
+        ["--hires-scale", "2", "--hires-steps", "151"],
+        "error: --hires-steps 151 is out of range (0 to 150)",
+        "hint: --hires-steps takes a value from 0 to 150.",
+        id="hires-steps",
+    ),
+    pytest.param(
+        ["--hires-scale", "2", "--hires-denoise", "0"],
+        "error: --hires-denoise 0 is out of range (more than 0, at most 1)",
+        "hint: --hires-denoise takes a strength such as 0.5.",
+        id="hires-denoise",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "hint"), NEW_FLAGS)
+def test_schedule_and_hires_flags_are_checked_before_anything_runs(
+    library: tuple[Path, dict[str, Any]], args: list[str], error: str, hint: str
+) -> None:
+    home, _ = library
+    result = run(home, "generate", "--model", "base15", "--prompt", "a heron", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [error, hint]
