@@ -48,6 +48,7 @@ from sandbox.protocol import (
     OUTPUT_RESULT_JSON,
     OutputMessage,
 )
+from sandbox.protocol.infotext import MAX_PARAMETERS_CHARS
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MiB = 1024 * 1024
@@ -246,9 +247,6 @@ def _reencode_png(data: bytes, limits: OutputLimits) -> bytes:
         info.add_text("parameters", parameters)
     clean.save(out, format="PNG", optimize=False, pnginfo=info)
     return out.getvalue()
-
-
-MAX_PARAMETERS_CHARS = 64 * 1024
 
 
 def _parameters_text(im: Image.Image) -> str | None:

@@ -28,13 +28,15 @@ from assetmgr.app.generation import (
 )
 from assetmgr.app.sandbox_status import ServiceState, sandbox_state
 from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError
-from sandbox.protocol.jobspec import LISTED_NAMES
+from sandbox.protocol.jobspec import LISTED_NAMES, SCHEDULE_TYPES
 
 if TYPE_CHECKING:
     from assetmgr.app.context import AppContext
 
 SAMPLERS: tuple[str, ...] = LISTED_NAMES
 """The sampler names the job contract accepts, in A1111's order (`sandbox.protocol.jobspec`)."""
+SCHEDULES: tuple[str, ...] = SCHEDULE_TYPES
+"""A1111's schedule types; ``Automatic`` leaves the schedule to the sampler's name."""
 
 
 class NoCheckpointError(AssetMgrError):
@@ -210,6 +212,7 @@ class Generation:
 
 __all__ = [
     "SAMPLERS",
+    "SCHEDULES",
     "GenerateRequest",
     "Generation",
     "GenerationCheck",

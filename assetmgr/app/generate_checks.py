@@ -33,7 +33,11 @@ OPTION_FLAGS: dict[str, str] = {
     "height": "--height",
     "batch": "--batch",
     "sampler": "--sampler",
+    "schedule_type": "--schedule-type",
     "clip_skip": "--clip-skip",
+    "hires_scale": "--hires-scale",
+    "hires_steps": "--hires-steps",
+    "hires_denoise": "--hires-denoise",
     "dtype": "--dtype",
     "device": "--device",
     "threads": "--threads",
@@ -299,6 +303,9 @@ def request_problems(req: GenerateRequest) -> list[InvalidRequestError]:
         jobspec.split_sampler(req.sampler)
     except jobspec.SamplerNameError as exc:
         problems.append(UnknownSamplerError(req.sampler, exc.suggestions, "is not a sampler"))
+    else:
+        problems.extend(_schedule_problems(req))
+    problems.extend(_hires_problems(req))
     try:
         tags = jobspec.check_prompt_tags(req.prompt, req.negative)
     except jobspec.TagError as exc:
@@ -311,6 +318,62 @@ def request_problems(req: GenerateRequest) -> list[InvalidRequestError]:
                 "loras",
                 f"{len(refs)} LoRAs in one job; at most {jobspec.MAX_LORAS}",
                 hint="Split the LoRAs over several runs.",
+            )
+        )
+    return problems
+
+
+def _schedule_problems(req: GenerateRequest) -> list[InvalidRequestError]:
+    if req.schedule_type is None:
+        return []
+    known = ", ".join(jobspec.SCHEDULE_TYPES)
+    if req.schedule_type.strip().lower() not in {s.lower() for s in jobspec.SCHEDULE_TYPES}:
+        return [
+            InvalidRequestError(
+                "schedule_type",
+                "is not a schedule type",
+                value=req.schedule_type,
+                hint=f"--schedule-type takes {known} (any case).",
+            )
+        ]
+    try:
+        jobspec.split_sampler(req.sampler, req.schedule_type)
+    except jobspec.SamplerNameError:
+        return [
+            InvalidRequestError(
+                "schedule_type",
+                f"conflicts with the sampler {req.sampler!r}",
+                value=req.schedule_type,
+                hint="Name the schedule once: in --sampler (DPM++ 2M Karras) or --schedule-type.",
+            )
+        ]
+    return []
+
+
+def _hires_problems(req: GenerateRequest) -> list[InvalidRequestError]:
+    """The hires fix's fields against `jobspec.HiresSpec` (only when it is asked for)."""
+    if req.hires_scale is None:
+        return []
+    problems: list[InvalidRequestError] = []
+    if not 1.0 < req.hires_scale <= 4.0:
+        problems.append(
+            InvalidRequestError(
+                "hires_scale",
+                "is out of range (more than 1, at most 4)",
+                value=float(req.hires_scale),
+                hint="--hires-scale takes an upscale factor such as 1.5 or 2.",
+            )
+        )
+    steps = _bound_problem("hires_steps", req.hires_steps, jobspec.HIRES_STEPS)
+    if steps is not None:
+        problems.append(steps)
+    if not 0.0 < req.hires_denoise <= 1.0:
+        problems.append(
+            InvalidRequestError(
+                "hires_denoise",
+                "is out of range (more than 0, at most 1)",
+                value=float(req.hires_denoise),
+                hint="--hires-denoise takes a strength such as 0.5.",
             )
         )
     return problems

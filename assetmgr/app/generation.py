@@ -201,7 +201,15 @@ class GenerateRequest:
     height: int = 512
     batch: int = 1
     sampler: str = "Euler a"
+    schedule_type: str | None = None
+    """A1111 >=1.9 "Schedule type" (``SGM Uniform``...); Karras and Exponential may instead
+    end the sampler name, as in the pickers."""
     clip_skip: int = 1
+    hires_scale: float | None = None
+    """Hires fix: the latent upscale of a second pass; None runs txt2img alone."""
+    hires_steps: int = 0
+    """Steps of the hires pass; 0: as many as the first."""
+    hires_denoise: float = 0.5
     plugins: list[str] = field(default_factory=list)
     add_trigger_words: bool = False
     dtype: str = "float32"
@@ -310,6 +318,7 @@ def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> Gene
         canonical_sampler,
         check_prompt_tags,
         lora_tag_name,
+        split_sampler,
     )
 
     validate_request(req)
@@ -377,7 +386,13 @@ def build_spec(session: Session, store: BlobStore, req: GenerateRequest) -> Gene
         "height": req.height,
         "batch_size": req.batch,
         "sampler": canonical_sampler(req.sampler),
+        "schedule_type": (
+            None if req.schedule_type is None else split_sampler(req.sampler, req.schedule_type)[1]
+        ),
         "clip_skip": req.clip_skip,
+        "hires": None
+        if req.hires_scale is None
+        else {"scale": req.hires_scale, "steps": req.hires_steps, "denoise": req.hires_denoise},
         "dtype": req.dtype,
         "device": req.device,
         "threads": req.threads,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,19 +39,86 @@ def _progress_printer(enabled: bool) -> Any:
     return on_progress
 
 
+def _image_data(from_png: Path | None, from_params: str | None) -> Any:
+    """The generation data of `--from-png FILE` or `--from-params FILE|-`."""
+    from assetmgr.app import genparams
+
+    if from_png is not None:
+        return genparams.from_png(from_png)
+    if from_params == "-":
+        raw = sys.stdin.buffer.read(genparams.MAX_TEXT_CHUNK_BYTES + 1)
+        text = genparams.parameters_text(raw, "stdin")
+        return genparams.from_parameters(text, "stdin")
+    path = Path(str(from_params))
+    return genparams.from_parameters(genparams.read_parameters_file(path), path.name)
+
+
+def _from_image(generation: Any, data: Any, base: Any, overrides: dict[str, Any]) -> Any:
+    """The request an image's data makes, with the flags given on top; says on stderr what
+    was dropped and which local files stand for the image's models."""
+    from assetmgr.app.reuse import checked_request, reuse_generation
+
+    for note in data.notes:
+        print_line(f"note: {note}", err=True)
+    reuse = reuse_generation(generation.ctx, data, base)
+    request = checked_request(reuse, overrides)
+    found = [reuse.checkpoint] if reuse.checkpoint and "model" not in overrides else []
+    for item in [*found, *reuse.loras]:
+        what = "checkpoint" if item.ref.kind == "checkpoint" else f"LoRA <{item.tag}>"
+        print_line(
+            f"{what}: {item.alias} (version {item.version_id}, by {item.matched_by})", err=True
+        )
+    return request
+
+
 def generate(
-    model: str = typer.Option(..., "--model", help="Checkpoint: version id or catalog name."),
-    prompt: str = typer.Option(..., "--prompt", help="A1111 prompt; <lora:NAME:W> tags work."),
+    model: str | None = typer.Option(
+        None, "--model", help="Checkpoint: version id or catalog name (required without an image)."
+    ),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="A1111 prompt; <lora:NAME:W> tags work (required without an image)."
+    ),
     loras: list[str] = typer.Option([], "--lora", help="REF:WEIGHT (repeatable)."),
-    negative: str = typer.Option("", "--negative", help="Negative prompt."),
-    steps: int = typer.Option(20, "--steps", help="Sampling steps."),
-    cfg: float = typer.Option(7.0, "--cfg", help="CFG scale."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first image (+1 per image)."),
-    width: int = typer.Option(512, "--width", help="Pixels, a multiple of 8."),
-    height: int = typer.Option(512, "--height", help="Pixels, a multiple of 8."),
+    negative: str | None = typer.Option(None, "--negative", help="Negative prompt."),
+    steps: int | None = typer.Option(None, "--steps", help="Sampling steps [default: 20]."),
+    cfg: float | None = typer.Option(None, "--cfg", help="CFG scale [default: 7]."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of the first image (+1 per image) [default: 0]."
+    ),
+    width: int | None = typer.Option(
+        None, "--width", help="Pixels, a multiple of 8 [default: 512]."
+    ),
+    height: int | None = typer.Option(
+        None, "--height", help="Pixels, a multiple of 8 [default: 512]."
+    ),
     batch: int = typer.Option(1, "--batch", help="Images in one run."),
-    sampler: str = typer.Option("Euler a", "--sampler", help="A1111 sampler name."),
-    clip_skip: int = typer.Option(1, "--clip-skip", help="A1111 numbering: 1 = last layer."),
+    sampler: str | None = typer.Option(
+        None, "--sampler", help="A1111 sampler name [default: Euler a]."
+    ),
+    schedule_type: str | None = typer.Option(
+        None, "--schedule-type", help="Automatic, Karras, Exponential or SGM Uniform."
+    ),
+    clip_skip: int | None = typer.Option(
+        None, "--clip-skip", help="A1111 numbering: 1 = last layer [default: 1]."
+    ),
+    hires_scale: float | None = typer.Option(
+        None, "--hires-scale", help="Hires fix: upscale by this (more than 1, at most 4)."
+    ),
+    hires_steps: int | None = typer.Option(
+        None, "--hires-steps", help="Hires fix steps; 0: as many as the first pass [default: 0]."
+    ),
+    hires_denoise: float | None = typer.Option(
+        None, "--hires-denoise", help="Hires fix denoising strength [default: 0.5]."
+    ),
+    from_png: Path | None = typer.Option(
+        None, "--from-png", help="Repeat the run in this PNG's parameters; flags given win."
+    ),
+    from_params: str | None = typer.Option(
+        None, "--from-params", help="The same from an A1111 parameters block in FILE (- : stdin)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check the request and print its job spec as JSON; run nothing."
+    ),
     plugins: list[str] = typer.Option([], "--plugin", help="Added plugin to run (repeatable)."),
     triggers: bool = typer.Option(False, "--add-trigger-words", help="Prepend LoRA triggers."),
     allow_mismatch: bool = typer.Option(
@@ -67,24 +135,38 @@ def generate(
 
     The whole request is checked before any container starts: the ranges of the numbers,
     the sampler, the LoRA tags and weights, and that each file is of the right type and base
-    model.
+    model. With --from-png or --from-params the image's settings and models (found in the
+    store by their hashes) fill the request; a model that is not local stops it with the
+    `assetmgr pull` command that fetches it.
     """
     from assetmgr.app.generate import GenerateRequest, new_run_dir
     from assetmgr.app.generate_checks import parse_lora_option, validate_request
+    from assetmgr.errors import UsageError
 
-    req = GenerateRequest(
-        model=model,
-        prompt=prompt,
-        negative=negative,
+    given = {
+        "model": model,
+        "prompt": prompt,
+        "negative": negative,
+        "steps": steps,
+        "cfg": cfg,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "sampler": sampler,
+        "schedule_type": schedule_type,
+        "clip_skip": clip_skip,
+        "hires_scale": hires_scale,
+        "hires_steps": hires_steps,
+        "hires_denoise": hires_denoise,
+    }
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if sampler is not None and schedule_type is None:
+        overrides["schedule_type"] = None  # the sampler given replaces the image's schedule too
+    base = GenerateRequest(
+        model="",
+        prompt="",
         loras=[parse_lora_option(x) for x in loras],
-        steps=steps,
-        cfg=cfg,
-        seed=seed,
-        width=width,
-        height=height,
         batch=batch,
-        sampler=sampler,
-        clip_skip=clip_skip,
         plugins=list(plugins),
         add_trigger_words=triggers,
         dtype=dtype,
@@ -93,11 +175,34 @@ def generate(
         timeout_s=timeout,
         allow_mismatch=allow_mismatch,
     )
-    validate_request(req)  # before the catalog is even opened
-    generation = _generation()
+    if from_png is not None and from_params is not None:
+        raise UsageError(
+            "--from-png and --from-params cannot go together",
+            hint="Give the generation data once: a PNG, or a parameters block.",
+        )
+    if base.loras:
+        overrides["loras"] = base.loras
+    generation = None
+    if from_png is not None or from_params is not None:
+        data = _image_data(from_png, from_params)
+        generation = _generation()
+        req = _from_image(generation, data, base, overrides)
+    else:
+        for flag, value in (("--model", model), ("--prompt", prompt)):
+            if value is None:
+                raise UsageError(
+                    f"missing option '{flag}' (or give --from-png FILE or --from-params FILE)",
+                    hint="Run `assetmgr generate --help` for usage.",
+                )
+        req = dataclasses.replace(base, **overrides)
+    validate_request(req)  # before the catalog is even opened (when no image was read)
+    generation = generation or _generation()
     plan = generation.plan(req)
     for warning in plan.warnings:
         print_line(f"warning: {warning.message}", err=True)
+    if dry_run:
+        print_json(plan.spec)
+        return
     record = generation.generate(
         req,
         plan=plan,

@@ -190,6 +190,15 @@ ACTIONS: tuple[ActionSpec, ...] = (
         show=False,
     ),
     ActionSpec(
+        "catalog.use_prompt",
+        "p",
+        "use_prompt",
+        "Use this prompt",
+        "Load the example image's prompt and settings into Generate (models found by hash)",
+        "catalog",
+        show=False,
+    ),
+    ActionSpec(
         "catalog.prev_version",
         "left_square_bracket",
         "version(-1)",
@@ -229,6 +238,15 @@ ACTIONS: tuple[ActionSpec, ...] = (
         "Rerun",
         "Rerun the selected history entry",
         "generate",
+    ),
+    ActionSpec(
+        "generate.paste",
+        "ctrl+o",
+        "paste_parameters",
+        "Paste parameters",
+        "Fill every field from a pasted A1111 parameters block (models found by hash)",
+        "generate",
+        show=False,
     ),
     ActionSpec(
         "generate.seed",

@@ -51,6 +51,8 @@ from assetmgr.wording import describe
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from assetmgr.app.reuse import Reuse
+
 log = logging.getLogger(__name__)
 
 # Errors that mean "the user cancelled": noted in the jobs bar, never shown as a failure.
@@ -82,6 +84,8 @@ class AssetMgrApp(WorkersMixin, App[None]):
         self.job_workers: dict[Worker[Any], str] = {}
         self.download_queue: deque[tuple[str, int, str]] = deque()
         self.pending_prompt: list[str] = []
+        self.pending_reuse: Reuse | None = None
+        """Generation data for the Generate screen, applied when it mounts."""
         self.last_import: tuple[str, ImportReport] | None = None
         """The newest import's job label and report, for the palette's "Import report"."""
         self.civitai_unreachable: str | None = None
@@ -493,6 +497,15 @@ class AssetMgrApp(WorkersMixin, App[None]):
             self.generate_screen.insert_prompt_text(text)
         else:
             self.pending_prompt.append(text)
+
+    @on(m.GenerationDataResolved)
+    def generation_data_resolved(self, message: m.GenerationDataResolved) -> None:
+        """Use this prompt: the Generate screen takes every field of the image's data."""
+        self.pending_reuse = message.reuse
+        self.action_show_generate()
+        if self.generate_screen.is_mounted:
+            self.pending_reuse = None
+            self.generate_screen.apply_reuse(message.reuse)
 
     def start_generation(
         self, request: GenerateRequest | None, rerun_id: int | None = None

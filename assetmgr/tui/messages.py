@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         ModelDetail,
         ModelRow,
     )
+    from assetmgr.app.reuse import Reuse
     from assetmgr.tui.services import (
         GenerateRequest,
         GenerationCheck,
@@ -162,6 +163,13 @@ class GenerationRequestChecked(Message):
 
 
 @dataclass
+class GenerationDataResolved(Message):
+    """An image's generation data as a request, its models looked up (`app.reuse.Reuse`)."""
+
+    reuse: Reuse
+
+
+@dataclass
 class GenerationProgressed(Message):
     job_id: str
     fraction: float | None
@@ -203,6 +211,7 @@ __all__ = [
     "DeletePlanned",
     "DemoChecked",
     "FacetsLoaded",
+    "GenerationDataResolved",
     "GenerationFinished",
     "GenerationProgressed",
     "GenerationStateChecked",

@@ -290,6 +290,19 @@ class WorkersMixin(_Base):
             m.GenerationStateChecked(state, list(service.samplers()), list(service.plugins()))
         )
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="generate-reuse")
+    def resolve_generation_data(
+        self, meta: dict[str, Any] | None = None, text: str | None = None
+    ) -> None:
+        """An example image's meta or a pasted parameters block into a Generate request."""
+        from assetmgr.app.genparams import from_civitai_meta, from_parameters
+        from assetmgr.app.reuse import reuse_generation
+
+        data = from_civitai_meta(meta) if meta is not None else from_parameters(text or "")
+        reuse = reuse_generation(self.services, data)
+        if not _cancelled():
+            self.post_message(m.GenerationDataResolved(reuse))
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="generate-check")
     def check_generation_request(self, request: GenerateRequest) -> None:
         check = self.services.generation.check(request)

@@ -2,7 +2,8 @@
 
 `messages`: the job spec, limits and the wire messages; `jobspec`: the ``generate`` kind's
 `GenSpec`, its bounds, sampler names and the prompt's ``<lora:>``/``<lyco:>`` syntax (with the
-one alias rule, `lora_tag_name`); `hashing`: the one file-hash helper. Both sides import only
+one alias rule, `lora_tag_name`); `infotext`: the one reader and writer of A1111's
+``parameters`` text; `hashing`: the one file-hash helper. Both sides import only
 this package from each other; it must never import docker, assetmgr or anything heavy.
 """
 

@@ -108,7 +108,7 @@ def output_bytes(record: dict[str, Any]) -> bytes:
 def test_generate_in_the_sandbox_is_reproducible_with_a1111_metadata(library: Path) -> None:
     from PIL import Image
 
-    from sandbox.worker.infotext import parse_parameters
+    from sandbox.protocol.infotext import parse_parameters
 
     plain = run_json(library, "--prompt", "a heron in reeds at dawn", "--negative", "blurry")
     again = run_json(library, "--prompt", "a heron in reeds at dawn", "--negative", "blurry")
@@ -132,6 +132,34 @@ def test_generate_in_the_sandbox_is_reproducible_with_a1111_metadata(library: Pa
     assert params["Sampler"] == "Euler"
     assert params["Model hash"] == zero["spec"]["model_sha256"][:10].lower()
     assert "inkwash15" in params["Lora hashes"]
+
+
+def test_from_png_repeats_a_run_from_its_own_png(library: Path) -> None:
+    """The PNG of a run names everything that made it (the checkpoint and LoRA by hash); the
+    run it describes, read back with --from-png, is the same spec and the same bytes."""
+    first = json.loads(
+        generate(
+            library,
+            "generate",
+            "--model", "synth15",
+            "--prompt", "a heron in reeds at dawn <lora:inkwash15:0.6>",
+            "--negative", "blurry",
+            "--steps", "2", "--width", "64", "--height", "64", "--seed", "42",
+            "--sampler", "DPM++ 2M Karras", "--cfg", "5.5", "--clip-skip", "2",
+            "--hires-scale", "1.5", "--hires-steps", "1", "--hires-denoise", "0.6",
+            "--threads", "2", "--json",
+        ).stdout
+    )  # fmt: skip
+    assert first["spec"]["hires"] is not None and first["spec"]["clip_skip"] == 2
+    png = first["outputs"][0]["path"]
+    result = generate(library, "generate", "--from-png", png, "--json")
+    again = json.loads(result.stdout)
+    found = result.stderr.splitlines()[:2]
+    assert found[0].startswith("checkpoint: synth15 (version ") and found[0].endswith("AutoV2)")
+    assert found[1].startswith("LoRA <inkwash15>: inkwash15 (") and found[1].endswith("AutoV3)")
+    assert again["spec"] == first["spec"]
+    assert output_bytes(again) == output_bytes(first)
+    assert again["outputs"][0]["sha256"] == first["outputs"][0]["sha256"]
 
 
 def test_a_nonzero_lora_weight_changes_the_image_in_the_sandbox(library: Path) -> None:

@@ -107,6 +107,7 @@ def test_worker_sources_exclude_host_modules() -> None:
     assert "sandbox/protocol/__init__.py" in files and "sandbox/worker/__main__.py" in files
     assert "sandbox/protocol/messages.py" in files
     assert "sandbox/protocol/jobspec.py" in files  # the generate contract the worker imports
+    assert "sandbox/protocol/infotext.py" in files  # the parameters text its PNGs carry
     assert files["sandbox/__init__.py"].count(b"import") == 0
     assert not [f for f in files if f.startswith(("sandbox/runner", "sandbox/image"))]
     assert not [f for f in files if "__pycache__" in f]

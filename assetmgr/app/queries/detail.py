@@ -69,6 +69,8 @@ class PreviewImage:
     width: int | None
     height: int | None
     local_path: Path | None
+    meta: dict[str, Any] | None = None
+    """Civitai's generation data of the image (outside data: `assetmgr.app.genparams`)."""
 
     @property
     def is_nsfw(self) -> bool:
@@ -228,10 +230,12 @@ def load_detail(session: Session, model_id: int) -> ModelDetail:
             .where(image_table.c.version_id.in_(version_ids))
             .order_by(image_table.c.version_id, image_table.c.position)
         ):
-            images_by_version.setdefault(int(r.version_id), []).append(
-                PreviewImage(r.url, r.nsfw_level, r.width, r.height, _image_local_path(r.url))
-            )
             meta = r.meta if isinstance(r.meta, dict) else {}
+            images_by_version.setdefault(int(r.version_id), []).append(
+                PreviewImage(
+                    r.url, r.nsfw_level, r.width, r.height, _image_local_path(r.url), meta or None
+                )
+            )
             prompt = meta.get("prompt")
             if isinstance(prompt, str):
                 prompts_by_version.setdefault(int(r.version_id), []).append(prompt)

@@ -430,6 +430,19 @@ class CatalogScreen(Screen[None]):
         self.mgr.insert_into_prompt(snippet)
         self.notify("Added to the Generate prompt (F3)", timeout=3)
 
+    @on(DetailPane.UsePrompt)
+    def use_prompt_pressed(self, event: DetailPane.UsePrompt) -> None:
+        self.mgr.resolve_generation_data(meta=event.meta)
+
+    def action_use_prompt(self) -> None:
+        meta = self.query_one(DetailPane).image_meta
+        if meta is None:
+            self.notify(
+                "Civitai has no generation data for this image.", severity="warning", timeout=3
+            )
+            return
+        self.mgr.resolve_generation_data(meta=meta)
+
     # --- keys ------------------------------------------------------------------------------
 
     def action_focus_search(self) -> None:

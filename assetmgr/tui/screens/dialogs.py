@@ -1,4 +1,5 @@
-"""Modal dialogs: errors (title, message, hint), confirmations, a one-line prompt, updates.
+"""Modal dialogs: errors (title, message, hint), confirmations, a one-line prompt, a pasted
+block of text, updates.
 
 Their text quotes outside strings (names, paths, server and job messages): each dialog
 cleans what it is given (`assetmgr.display.clean`) and shows it as `Text`, never as markup.
@@ -12,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets import Button, Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
 from assetmgr.display import clean
@@ -104,6 +105,38 @@ class PromptModal(ModalScreen[str | None]):
     @on(Button.Pressed, "#ok")
     def accept(self) -> None:
         self.dismiss(self.query_one(Input).value.strip() or None)
+
+    @on(Button.Pressed, "#cancel")
+    def cancel(self) -> None:
+        self.dismiss(None)
+
+
+class PasteModal(ModalScreen[str | None]):
+    """Asks for a block of text: A1111 parameters pasted from another tool or a web page."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+    AUTO_FOCUS = "#pasted"
+
+    def __init__(self, title: str, explanation: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.paste_title = title
+        self.explanation = explanation
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog paste-dialog"):
+            yield Label(Text(clean(self.paste_title)), classes="dialog-title")
+            yield Static(Text(clean(self.explanation, multiline=True)), classes="dialog-body")
+            yield TextArea(id="pasted", soft_wrap=True)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Use", variant="primary", id="use")
+                yield Button("Cancel", id="cancel")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#use")
+    def accept(self) -> None:
+        self.dismiss(self.query_one(TextArea).text or None)
 
     @on(Button.Pressed, "#cancel")
     def cancel(self) -> None:

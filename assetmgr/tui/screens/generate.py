@@ -36,10 +36,13 @@ from textual.widgets import (
 )
 from textual.widgets.option_list import Option
 
+from assetmgr.app.generate import SCHEDULES
 from assetmgr.app.generate_checks import InvalidRequestError
 from assetmgr.app.queries import Completion, LocalModel
+from assetmgr.app.reuse import Missing, MissingModelsError, Reuse
 from assetmgr.display import clean
 from assetmgr.tui.actions import bindings_for
+from assetmgr.tui.screens.dialogs import PasteModal
 from assetmgr.tui.services import (
     SAMPLERS,
     GenerateRequest,
@@ -50,6 +53,7 @@ from assetmgr.tui.services import (
 from assetmgr.tui.widgets.jobs import JobsBar
 from assetmgr.tui.widgets.preview import PreviewPane
 from assetmgr.tui.widgets.prompt import PromptEditor, lora_tags
+from assetmgr.tui.widgets.reuse_box import ReuseBox
 from assetmgr.wording import describe
 
 if TYPE_CHECKING:
@@ -70,8 +74,20 @@ FIELD_LABELS = {
     "seed": "Seed",
     "width": "Width",
     "height": "Height",
+    "schedule_type": "Schedule",
+    "clip_skip": "Clip skip",
+    "hires_scale": "Hires ×",
+    "hires_steps": "HR steps",
+    "hires_denoise": "HR denoise",
 }
 SIZES = ("512", "640", "768", "832", "896", "1024", "1152", "1216")
+
+
+def _number(value: float) -> str:
+    """A number as typed: 1734419982, 4.5, 7 (never an exponent, never rounded)."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
 
 
 def run_label(run: RunRecord) -> str:
@@ -96,6 +112,15 @@ class GenerateScreen(Screen[None]):
         self.state = ServiceState(False, "checking…")
         self.runs: list[RunRecord] = []
         self._completion_timer: Timer | None = None
+        self.reuse: Reuse | None = None
+        """The image data the form was last filled from ("Use this prompt", a paste)."""
+        self.pinned_tags: dict[str, int] = {}
+        """Prompt tag -> the LoRA version the image's hash found (or the one to pull)."""
+        self.unmatched_tags: set[str] = set()
+        """Tags whose hash matches no file the catalog knows: no local file stands in."""
+        self.wanted_checkpoint: int | None = None
+        self.sampler_names: list[str] = list(SAMPLERS)
+        self.size_names: list[str] = list(SIZES)
 
     @property
     def mgr(self) -> AssetMgrApp:
@@ -106,6 +131,7 @@ class GenerateScreen(Screen[None]):
         with Horizontal(id="gen-main"):
             with VerticalScroll(id="gen-form"):
                 yield Static("", id="gen-state")
+                yield ReuseBox(id="reuse-box")
                 yield Label("Prompt", classes="section")
                 yield PromptEditor(id="prompt", soft_wrap=True, show_line_numbers=False)
                 yield OptionList(id="completions")
@@ -158,6 +184,25 @@ class GenerateScreen(Screen[None]):
                         id="height",
                         classes="w-size",
                     )
+                    yield Button("Paste parameters…", id="paste-params", compact=True)
+                with Horizontal(classes="label-row"):
+                    yield Label("Schedule", classes="w-select")
+                    for label in ("Clip skip", "Hires ×", "HR steps", "HR denoise"):
+                        yield Label(label, classes="w-num")
+                with Horizontal(classes="form-row"):
+                    yield Select[str](
+                        [(s, s) for s in SCHEDULES],
+                        value=SCHEDULES[0],
+                        allow_blank=False,
+                        id="schedule",
+                        classes="w-select",
+                    )
+                    yield Input("1", id="clip-skip", type="integer", classes="w-num")
+                    yield Input(
+                        "", id="hires-scale", type="number", placeholder="off", classes="w-num"
+                    )
+                    yield Input("0", id="hires-steps", type="integer", classes="w-num")
+                    yield Input("0.5", id="hires-denoise", type="number", classes="w-num")
                 yield Label("Plugins", classes="section")
                 yield SelectionList[str](id="plugins")
                 yield Static("", id="plugins-note")
@@ -186,6 +231,9 @@ class GenerateScreen(Screen[None]):
         for text in self.mgr.pending_prompt:
             self.insert_prompt_text(text)
         self.mgr.pending_prompt.clear()
+        if self.mgr.pending_reuse is not None:
+            self.apply_reuse(self.mgr.pending_reuse)
+            self.mgr.pending_reuse = None
         self.mgr._jobs_changed()
         # After the first layout: focusing earlier scrolls the form past the prompt's label.
         self.call_after_refresh(self.query_one(PromptEditor).focus)
@@ -210,10 +258,12 @@ class GenerateScreen(Screen[None]):
             banner.display = True
         self.query_one("#run", Button).disabled = not state.available
         if samplers:
+            extra = [s for s in self.sampler_names if s not in samplers and s not in SAMPLERS]
+            self.sampler_names = [*samplers, *extra]
             sampler = self.query_one("#sampler", Select)
             current = sampler.value
-            sampler.set_options([(s, s) for s in samplers])
-            sampler.value = current if current in samplers else samplers[0]
+            sampler.set_options([(s, s) for s in self.sampler_names])
+            sampler.value = current if current in self.sampler_names else samplers[0]
         selection = self.query_one("#plugins", SelectionList)
         selection.clear_options()
         for name, sha in plugins:
@@ -229,6 +279,7 @@ class GenerateScreen(Screen[None]):
         select.set_options([(Text(clean(c.label)), i) for i, c in enumerate(checkpoints)])
         if checkpoints:
             select.value = 0
+        self._select_wanted_checkpoint()
         self.query_one("#lora-pick", Select).set_options(
             [(Text(clean(lora.label)), i) for i, lora in enumerate(loras)]
         )
@@ -383,11 +434,18 @@ class GenerateScreen(Screen[None]):
 
     def _resolve_loras(self) -> tuple[list[tuple[str, LocalModel, float]], list[str]]:
         """The prompt's tags that name a local LoRA, as (tag name, LoRA, weight), and the
-        names of those that do not."""
+        names of those that do not; a tag the image's hash pinned names only that version."""
         by_name = {lora.lora_name.lower(): lora for lora in self.loras}
+        by_version = {lora.version_id: lora for lora in self.loras}
         chosen, missing = [], []
         for name, weight in lora_tags(self.query_one(PromptEditor).text):
-            model = by_name.get(name.lower())
+            pinned = self.pinned_tags.get(name)
+            if name in self.unmatched_tags:
+                model = None
+            elif pinned is not None:
+                model = by_version.get(pinned)
+            else:
+                model = by_name.get(name.lower())
             if model is None:
                 missing.append(name)
             else:
@@ -429,27 +487,43 @@ class GenerateScreen(Screen[None]):
         except ValueError:
             return default
 
+    def _float(self, widget_id: str, default: float) -> float:
+        value = self._optional_float(widget_id)
+        return default if value is None else value
+
+    def _optional_float(self, widget_id: str) -> float | None:
+        try:
+            return float(self.query_one(widget_id, Input).value)
+        except ValueError:
+            return None
+
     def build_request(self) -> GenerateRequest:
         checkpoint_index = self.query_one("#checkpoint", Select).value
         checkpoint = (
             self.checkpoints[checkpoint_index] if isinstance(checkpoint_index, int) else None
         )
-        try:
-            cfg = float(self.query_one("#cfg", Input).value)
-        except ValueError:
-            cfg = 7.0
         chosen, _ = self._resolve_loras()
+        schedule = str(self.query_one("#schedule", Select).value)
         return GenerateRequest(
             model=str(checkpoint.version_id) if checkpoint is not None else "",
             prompt=self.query_one(PromptEditor).text,
             negative=self.query_one("#negative", TextArea).text,
-            tag_versions={name: model.version_id for name, model, _ in chosen},
+            # A pinned tag with no local file asks for its version: the check says to pull it.
+            tag_versions={
+                **self.pinned_tags,
+                **{name: model.version_id for name, model, _ in chosen},
+            },
             sampler=str(self.query_one("#sampler", Select).value),
+            schedule_type=None if schedule == "Automatic" else schedule,
             steps=self._int("#steps", 20),
-            cfg=cfg,
+            cfg=self._float("#cfg", 7.0),
             seed=self._int("#seed", 0),
             width=int(str(self.query_one("#width", Select).value)),
             height=int(str(self.query_one("#height", Select).value)),
+            clip_skip=self._int("#clip-skip", 1),
+            hires_scale=self._optional_float("#hires-scale"),
+            hires_steps=self._int("#hires-steps", 0),
+            hires_denoise=self._float("#hires-denoise", 0.5),
             plugins=list(self.query_one("#plugins", SelectionList).selected),
         )
 
@@ -463,6 +537,10 @@ class GenerateScreen(Screen[None]):
         request = self.build_request()
         if not request.prompt.strip():
             self.notify("Write a prompt first.", severity="warning", timeout=3)
+            return
+        missing = self._still_missing(request)
+        if missing:
+            self.show_check(GenerationCheck(problems=[MissingModelsError(missing)]))
             return
         self.show_progress(0.0, "checking…")
         self.mgr.check_generation_request(request)  # starts the run when the check passes
@@ -485,3 +563,104 @@ class GenerateScreen(Screen[None]):
     def action_new_seed(self) -> None:
         # a seed to vary images, not a secret
         self.query_one("#seed", Input).value = str(random.randrange(2**32))  # noqa: S311
+
+    # --- use this prompt / pasted parameters -----------------------------------------------
+
+    def action_paste_parameters(self) -> None:
+        def answered(text: str | None) -> None:
+            if text is not None and text.strip():
+                self.mgr.resolve_generation_data(text=text)
+
+        self.mgr.push_screen(
+            PasteModal(
+                "Paste generation parameters",
+                "An A1111 parameters block: the prompt, 'Negative prompt: ...' and the "
+                "'Steps: ...' line. Every field is filled from it; models are found by hash.",
+            ),
+            answered,
+        )
+
+    @on(Button.Pressed, "#paste-params")
+    def paste_pressed(self) -> None:
+        self.action_paste_parameters()
+
+    def apply_reuse(self, reuse: Reuse) -> None:
+        """Fill every field from an image's generation data (`app.reuse`); what it leaves out
+        or gives out of range keeps the form's value, as its notes say."""
+        data, request = reuse.data, reuse.request
+        self.reuse = reuse
+        self.pinned_tags = dict(request.tag_versions)
+        self.unmatched_tags = {m.tag for m in reuse.missing if m.tag and not m.version_id}
+        checkpoint_missing = next((m for m in reuse.missing if m.ref.kind == "checkpoint"), None)
+        self.wanted_checkpoint = None  # an image that names none keeps the form's checkpoint
+        if reuse.checkpoint is not None:
+            self.wanted_checkpoint = reuse.checkpoint.version_id
+        elif checkpoint_missing is not None:
+            self.wanted_checkpoint = checkpoint_missing.version_id or 0
+        self.query_one(PromptEditor).text = clean(request.prompt, multiline=True)
+        self.query_one("#negative", TextArea).text = clean(request.negative, multiline=True)
+        for widget_id, value in (
+            ("#steps", data.steps),
+            ("#cfg", data.cfg),
+            ("#seed", data.seed),
+            ("#clip-skip", data.clip_skip or 1),
+            ("#hires-steps", data.hires_steps or 0),
+            ("#hires-denoise", data.hires_denoise or 0.5),
+        ):
+            if value is not None:
+                self.query_one(widget_id, Input).value = _number(value)
+        hires = "" if data.hires_scale is None else _number(data.hires_scale)
+        self.query_one("#hires-scale", Input).value = hires
+        if data.sampler is not None:
+            self._choose("#sampler", data.sampler, self.sampler_names)
+            self.query_one("#schedule", Select).value = data.schedule_type or "Automatic"
+        for widget_id, size in (("#width", data.width), ("#height", data.height)):
+            if size is not None:
+                self._choose(widget_id, str(size), self.size_names)
+        self._select_wanted_checkpoint()
+        self._update_lora_summary()
+        self.query_one(ReuseBox).show(reuse)
+        self.query_one("#gen-problems").display = False
+        self.notify("Filled from the image's generation data.", timeout=3)
+
+    def _choose(self, widget_id: str, value: str, names: list[str]) -> None:
+        """Select `value`, adding it to the choices when the list lacks it (832, "Euler
+        Karras")."""
+        select = self.query_one(widget_id, Select)
+        if value not in names:
+            names.append(value)
+            if widget_id != "#sampler":
+                names.sort(key=int)
+            select.set_options([(n, n) for n in names])
+        select.value = value
+
+    def _select_wanted_checkpoint(self) -> None:
+        if self.wanted_checkpoint is None:
+            return
+        select = self.query_one("#checkpoint", Select)
+        index = next(
+            (i for i, c in enumerate(self.checkpoints) if c.version_id == self.wanted_checkpoint),
+            None,
+        )
+        if index is None:
+            select.clear()  # not local: no other checkpoint stands in for the image's
+        else:
+            select.value = index
+            self.wanted_checkpoint = None  # found; from now on the user's choice stands
+
+    def _still_missing(self, request: GenerateRequest) -> list[Missing]:
+        """What the image's request still lacks, less what was pulled since."""
+        if self.reuse is None:
+            return []
+        local = {model.version_id for model in [*self.checkpoints, *self.loras]}
+        return [
+            m
+            for m in self.reuse.missing_for(request)
+            if not (m.version_id and m.version_id in local)
+        ]
+
+    @on(ReuseBox.PullWanted)
+    def pull_missing(self, event: ReuseBox.PullWanted) -> None:
+        for version_id, label in event.versions:
+            self.mgr.enqueue_pull(version_id, label)
+        self.notify("Queued; the jobs bar shows the downloads.", timeout=3)

@@ -7,6 +7,7 @@ display sanitizer (`assetmgr.display.clean`) into a `Text` or `Content`, never i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -107,10 +108,23 @@ class DetailPane(VerticalScroll):
         def control(self) -> DetailPane:
             return self.pane
 
+    @dataclass
+    class UsePrompt(Message):
+        """ "Use this prompt": the shown example image's generation data, for Generate."""
+
+        pane: DetailPane
+        meta: dict[str, Any]
+
+        @property
+        def control(self) -> DetailPane:
+            return self.pane
+
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.detail: ModelDetail | None = None
         self.version_index = 0
+        self.image_index = 0
+        """The example image the pane shows of the version (its generation data is used)."""
 
     def compose(self) -> ComposeResult:
         yield Static("Select a model", id="detail-title")
@@ -136,6 +150,13 @@ class DetailPane(VerticalScroll):
                 variant="success",
                 tooltip="Insert into the Generate prompt (g)",
             )
+            yield Button(
+                "Use this prompt",
+                classes="use-prompt",
+                compact=True,
+                variant="success",
+                tooltip="The example image's prompt, settings and models into Generate (p)",
+            )
         yield Label("Files", classes="section")
         yield Static("", id="files")
         yield Label("About", classes="section")
@@ -155,6 +176,15 @@ class DetailPane(VerticalScroll):
         self.query_one("#versions", OptionList).clear_options()
         self.query_one("#words", Vertical).remove_children()
         self.query_one("#preview", PreviewPane).show_note("")
+
+    @property
+    def image_meta(self) -> dict[str, Any] | None:
+        """The shown example image's generation data, when Civitai has a prompt for it."""
+        version = self.version
+        if version is None or not version.images:
+            return None
+        meta = version.images[min(self.image_index, len(version.images) - 1)].meta
+        return meta if meta and isinstance(meta.get("prompt"), str) else None
 
     @property
     def version(self) -> VersionDetail | None:
@@ -244,6 +274,8 @@ class DetailPane(VerticalScroll):
         else:
             words.mount(Label("none", classes="dim"))
         self.query_one(".copy-words", Button).display = bool(v.trained_words)
+        self.image_index = 0
+        self.query_one(".use-prompt", Button).display = self.image_meta is not None
         self.query_one("#files", Static).update(files_renderable(v.files))
 
     def _api_key_set(self) -> bool:
@@ -262,5 +294,7 @@ class DetailPane(VerticalScroll):
             self.post_message(self.WordAction(self, "copy-all"))
         elif event.button.has_class("to-prompt"):
             self.post_message(self.WordAction(self, "to-prompt"))
+        elif event.button.has_class("use-prompt") and self.image_meta is not None:
+            self.post_message(self.UsePrompt(self, self.image_meta))
         elif event.button.has_class("word"):
             self.post_message(self.WordAction(self, "copy", event.button.name))
