@@ -303,6 +303,15 @@ class ImageCache:
                         found[entry.key] = entry
         return found
 
+    def read(self, entry: CachedImage) -> bytes | None:
+        """The thumbnail's bytes (never through a link); None when the file is gone."""
+        with SafeDir.open_root(self.root, create=False) as root:
+            shard = root.subdir(PurePosixPath(entry.sha256[:2]), create=False)
+            if shard is None:
+                return None
+            with shard:
+                return shard.read_regular(entry.path.name, limit=max(entry.size, 1))
+
     def usage(self) -> CacheUsage:
         if not self._index_path.exists():
             return CacheUsage(0, 0, 0, self.max_bytes)
