@@ -75,14 +75,15 @@ class Thumbnail:
 
 
 def _bomb_as_error() -> None:
-    """Make Pillow's bomb warning an exception in every thread, once and for good.
+    """Make Pillow's bomb warning an exception in every thread, for good.
 
     (`warnings.catch_warnings` would do it for one block, but it swaps process-wide state and
     is not safe with the TUI's worker threads.)
     """
-    for action, _msg, category, _module, _line in warnings.filters:
-        if category is Image.DecompressionBombWarning and action == "error":
-            return
+    first = warnings.filters[0] if warnings.filters else None
+    if first is not None and first[0] == "error" and first[2] is Image.DecompressionBombWarning:
+        return
+    # In front, so no earlier "ignore" (someone else's) wins over it.
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
