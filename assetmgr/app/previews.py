@@ -130,9 +130,14 @@ def _image_rows(
     if version_ids is not None:
         query = query.where(image.c.version_id.in_(list(version_ids)))
     else:
-        query = query.where(and_(*model_filters(local_only=local_only)), version.c.state != "gone")
+        # The models in a subquery of their own: their filters look at all their versions,
+        # not at the image's (which auto-correlation would make them do).
+        chosen = select(model.c.id).where(and_(*model_filters(local_only=local_only)))
         if model_ids:
-            query = query.where(model.c.id.in_(list(model_ids)))
+            chosen = chosen.where(model.c.id.in_(list(model_ids)))
+        query = query.where(
+            model.c.id.in_(chosen.correlate(None).scalar_subquery()), version.c.state != "gone"
+        )
     out: list[CatalogImage] = []
     for r in session.execute(query):
         url = r[3] if isinstance(r[3], str) and r[3] else None
@@ -348,7 +353,7 @@ class PreviewService:
     def _remember(self, key: str, exc: Exception) -> None:
         with self._lock:
             self._refused[key] = exc
-        log.warning("preview refused: %s", exc)
+        log.info("preview refused: %s", exc)
 
     def prefetch(
         self,

@@ -51,9 +51,7 @@ def test_decodes_a_real_hash_to_the_pictures_colours() -> None:
     # A blur of the picture: its mean colour is the picture's within rounding of the terms.
     assert all(abs(m - s) < 24 for m, s in zip(mean, small, strict=True))
     # The average colour is the mean in linear light, brought back to sRGB.
-    linear = [
-        sum((v / 255) ** 2.2 for v in band.tobytes()) / (64 * 48) for band in image.split()
-    ]
+    linear = [sum((v / 255) ** 2.2 for v in band.tobytes()) / (64 * 48) for band in image.split()]
     expected = [round(255 * m ** (1 / 2.2)) for m in linear]
     average = blurhash.average_colour(text)
     assert all(abs(a - e) < 8 for a, e in zip(average, expected, strict=True))
