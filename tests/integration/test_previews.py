@@ -235,7 +235,7 @@ def test_hostile_images_are_refused_with_one_line_and_nothing_cached(
     hints = [line for line in lines if line.startswith("hint: ")]
     assert len(errors) == len(stills) and len(hints) == len(stills)
     for line in errors:
-        assert line.startswith(f"error: version ") and f"image {gallery.base_url}/img/" in line
+        assert line.startswith("error: version ") and f"image {gallery.base_url}/img/" in line
         assert phrase in line, line
     assert all(hint in line for line in hints)
     assert f"{len(stills)} failed" in lines[-1]
