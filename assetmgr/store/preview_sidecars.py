@@ -41,12 +41,17 @@ class PreviewSidecar:
     path: Path
     thumbnail: Thumbnail
     nsfw_level: int | None
-    """LoRA Manager's ``preview_nsfw_level`` for its own preview; else not known."""
+    """LoRA Manager's ``preview_nsfw_level`` when it has one; else not known."""
+
+
+def _lora_manager_level(lora_manager: dict[str, Any] | None) -> int | None:
+    level = (lora_manager or {}).get("preview_nsfw_level")
+    return level if type(level) is int and level > 0 else None
 
 
 def _lora_manager_candidate(
     model_path: Path, lora_manager: dict[str, Any] | None, issues: list[SidecarIssue]
-) -> tuple[Path, int | None] | None:
+) -> Path | None:
     """LoRA Manager's preview, when its ``preview_url`` names a file in the model's folder."""
     url = (lora_manager or {}).get("preview_url")
     if not isinstance(url, str) or not url.strip():
@@ -66,8 +71,7 @@ def _lora_manager_candidate(
         return None
     if not name.lower().endswith(_IMAGE_SUFFIXES) or name in ("", ".", ".."):
         return None  # a video preview, or nothing usable
-    level = lora_manager.get("preview_nsfw_level") if lora_manager else None
-    return model_path.parent / name, level if type(level) is int and level > 0 else None
+    return model_path.parent / name
 
 
 def _read(path: Path, model_path: Path, issues: list[SidecarIssue]) -> bytes | None:
@@ -115,15 +119,17 @@ def read_preview(
     """The first usable preview beside `model_path`, and the issues of those not used."""
     issues: list[SidecarIssue] = []
     stem = str(model_path.with_suffix(""))
-    candidates: list[tuple[Path, int | None]] = []
+    # LoRA Manager rates the model's preview; whichever picture is used, that is the one.
+    level = _lora_manager_level(lora_manager)
+    candidates: list[Path] = []
     own = _lora_manager_candidate(model_path, lora_manager, issues)
     if own is not None:
         candidates.append(own)
     for suffix in PREVIEW_SUFFIXES:
         path = Path(stem + suffix)
-        if all(path != c[0] for c in candidates):
-            candidates.append((path, None))
-    for path, level in candidates:
+        if path not in candidates:
+            candidates.append(path)
+    for path in candidates:
         data = _read(path, model_path, issues)
         if data is None:
             continue
