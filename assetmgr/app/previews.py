@@ -67,6 +67,13 @@ class CatalogImage:
     version_name: str = ""
 
     @property
+    def nsfw_name(self) -> str:
+        """``PG``, ``PG-13``, ``R``, ``X``, ``XXX``, ``Blocked`` or ``unrated``."""
+        from catalog import nsfw
+
+        return nsfw.level_name(self.nsfw_level)
+
+    @property
     def is_still(self) -> bool:
         """A still image (Civitai also lists videos and audio, which are not previewed)."""
         return self.type in (None, "image")
@@ -270,6 +277,25 @@ class PreviewService:
     def peek(self, images: Iterable[CatalogImage]) -> dict[str, CachedImage]:
         """The cached thumbnails among `images`, by key, without marking them used."""
         return self.cache.peek(i.key for i in images)
+
+    def picture(self, image: CatalogImage | str) -> PILImage | None:
+        """The cached thumbnail of `image` decoded (RGB or RGBA), marked as used; None when it
+        is not cached. Never fetches: see `fetch`."""
+        entry = self.cached(image)
+        data = self.cache.read(entry) if entry is not None else None
+        if data is None:
+            return None
+        import io
+
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data), formats=("WEBP", "PNG")) as stored:
+                stored.load()
+                return stored.copy()
+        except (OSError, SyntaxError, ValueError) as exc:  # not what the cache wrote
+            log.warning("cached preview %s unreadable: %s", entry.path if entry else "?", exc)
+            return None
 
     def placeholder(self, image: CatalogImage, *, side: int = PLACEHOLDER_SIDE) -> PILImage | None:
         """The image's BlurHash as a small RGB picture of its shape; None when it has none."""

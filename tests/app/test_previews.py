@@ -91,8 +91,12 @@ def test_fetch_cached_and_reveal(ctx: AppContext, fake: FakeCivitai) -> None:
     service = ctx.previews()
     still = a_still(ctx, above=False)
     assert service.cached(still) is None
+    assert service.picture(still) is None  # never fetches by itself
     fetched = service.fetch(still)
     assert fetched.path.exists()
+    shown = service.picture(still)
+    assert shown is not None and shown.size == (fetched.width, fetched.height)
+    assert still.nsfw_name == "PG"
     again = service.cached(still)
     assert again is not None and again.path == fetched.path
     assert again.last_used >= fetched.last_used
