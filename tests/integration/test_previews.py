@@ -141,8 +141,9 @@ def test_fetch_caches_clean_thumbnails_without_credentials(
         str(model_id),
         "--api-base",
         gallery.base_url,
-        env={"CIVITAI_API_KEY": API_KEY},
+        env={"CIVITAI_API_KEY": API_KEY, "ASSETMGR_FORCE_PROGRESS": "1"},
     )
+    assert "previews ━" in result.stderr and f" {len(stills)}/{len(stills)}\n" in result.stderr
     paths = result.stdout.split()
     assert len(paths) == len(stills)
     assert f"previews of {len(stills)} images: {len(stills)} fetched" in result.stderr
