@@ -196,7 +196,8 @@ class FetchItem:
     state: str
     """``fetched``, ``cached`` (already there), ``skipped`` or ``failed``."""
     reason: str | None = None
-    """Why skipped: ``nsfw``, ``not-still``, ``cache-full`` or ``cancelled``."""
+    """Why skipped: ``nsfw``, ``not-still``, ``cache-full``, ``unreachable`` (the image host
+    failed to answer several times in a row) or ``cancelled``."""
     error: Exception | None = None
     cached: CachedImage | None = None
 
@@ -470,6 +471,14 @@ def add_images(ctx: AppContext, model: dict[str, Any]) -> None:
 
 
 FetchProgress = Callable[[int, int, FetchItem], None]
+UNREACHABLE_AFTER = 3
+"""Connection failures in a row after which a bulk fetch skips the rest (``unreachable``)."""
+
+
+def _is_unreachable(error: Exception | None) -> bool:
+    from catalog.civitai.errors import ImageFetchError
+
+    return isinstance(error, ImageFetchError) and error.reason == "connection"
 
 
 def _bulk_order(images: list[CatalogImage]) -> list[CatalogImage]:
@@ -517,18 +526,28 @@ def fetch_previews(
     # Every image of the run, fetched yet or not: none of them is evicted for another.
     protect = frozenset(image.key for image in images)
     full = threading.Event()
+    unreachable = threading.Event()
     done_lock = threading.Lock()
     done = 0
+    failed_in_a_row = 0
 
     def one(image: CatalogImage) -> FetchItem:
-        nonlocal done
+        nonlocal done, failed_in_a_row
         if full.is_set():
             item = FetchItem(image, "skipped", "cache-full")
+        elif unreachable.is_set():
+            item = FetchItem(image, "skipped", "unreachable")
         else:
             item = service._one(image, cancel, include_nsfw=include_nsfw, protect=protect)
         with done_lock:
             if item.reason == "cache-full":
                 full.set()
+            if _is_unreachable(item.error):
+                failed_in_a_row += 1
+                if failed_in_a_row >= UNREACHABLE_AFTER:
+                    unreachable.set()  # offline: not one more error line per image
+            elif item.state == "fetched":
+                failed_in_a_row = 0
             done += 1
             if progress is not None:
                 progress(done, len(images), item)

@@ -22,6 +22,7 @@ _SKIPS = {
     "nsfw": "above the NSFW threshold ({threshold}; --nsfw fetches them)",
     "not-still": "videos or audio (not previewed)",
     "cache-full": "not fetched: the cache is full (raise preview_cache_size)",
+    "unreachable": "not fetched: the image host cannot be reached",
     "cancelled": "not reached",
 }
 

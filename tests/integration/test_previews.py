@@ -437,3 +437,21 @@ def test_an_unknown_model_id_says_how_to_get_it(gallery: FakeCivitai) -> None:
         "error: model 424242 is not in the catalog",
         "hint: Run `assetmgr sync --model-id 424242` to fetch it.",
     ]
+
+
+def test_an_unreachable_image_host_ends_the_bulk_fetch_early() -> None:
+    from assetmgr.app.previews import FETCH_WORKERS, UNREACHABLE_AFTER
+
+    catalog = FakeCatalog.generate(10, seed=3, images_per_version=(2, 3))
+    with FakeCivitai(catalog, images=FakeImages()) as fake:
+        ok("sync", "--api-base", fake.base_url, "--nsfw")
+        base = fake.base_url
+    # The server is gone: nothing listens on its port any more.
+    result = run_cli("previews", "fetch", "--api-base", base, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    failed = [i for i in report["images"] if i["state"] == "failed"]
+    assert UNREACHABLE_AFTER <= len(failed) < UNREACHABLE_AFTER + FETCH_WORKERS
+    assert all("could not be fetched (ConnectError)" in i["error"] for i in failed)
+    skipped = [i for i in report["images"] if i["reason"] == "unreachable"]
+    assert len(skipped) > 10 and index_entries() == []
