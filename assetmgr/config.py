@@ -26,6 +26,8 @@ KEYRING_SERVICE = "assetmgr"
 KEYRING_USER = "civitai"
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 << 30
 """The most one download may bring unless configured: room for the largest checkpoints."""
+DEFAULT_PREVIEW_CACHE_BYTES = 512 << 20
+"""The image cache's cap unless configured: some ten thousand preview thumbnails."""
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -149,6 +151,11 @@ class Settings:
     """The most one download may bring (``ASSETMGR_MAX_DOWNLOAD_SIZE``, ``max_download_size``)."""
     sync_workers: str = ""
     """``ASSETMGR_SYNC_WORKERS`` as given (empty: the default); the sync use case reads it."""
+    preview_cache_bytes: int = DEFAULT_PREVIEW_CACHE_BYTES
+    """The image cache's cap (``preview_cache_size`` in the config file)."""
+    nsfw_threshold: str = "PG"
+    """The mildest NSFW level held back from view and bulk fetches is the one above this
+    (``nsfw_threshold``: PG, PG-13, R, X or XXX; `catalog.nsfw`)."""
 
     @property
     def database_url_shown(self) -> str:
@@ -201,6 +208,7 @@ class Settings:
                 hint="Give ASSETMGR_MAX_DOWNLOAD_SIZE or max_download_size as bytes or with a "
                 "unit, e.g. 64GiB or 500MB.",
             )
+        preview_cache_bytes, nsfw_threshold = _preview_settings(values)
         _register_secrets(api_key, str(db_url))
         return cls(
             home=paths.home(),
@@ -212,7 +220,38 @@ class Settings:
             sync_concurrency=max(1, sync_concurrency),
             max_download_bytes=max_download_bytes,
             sync_workers=(environment.get("ASSETMGR_SYNC_WORKERS") or "").strip(),
+            preview_cache_bytes=preview_cache_bytes,
+            nsfw_threshold=nsfw_threshold,
         )
+
+    @property
+    def nsfw_threshold_level(self) -> int:
+        """`nsfw_threshold` as Civitai's level bit (`catalog.nsfw`)."""
+        from catalog.nsfw import LEVELS
+
+        return LEVELS[self.nsfw_threshold]
+
+
+def _preview_settings(values: dict[str, Any]) -> tuple[int, str]:
+    """The image cache's cap and the NSFW threshold from the config file, checked."""
+    from catalog.nsfw import DEFAULT_THRESHOLD, LEVELS, parse_threshold
+
+    raw_cap = values.get("preview_cache_size", DEFAULT_PREVIEW_CACHE_BYTES)
+    cap = parse_size(raw_cap)
+    if cap is None:
+        raise ConfigError(
+            f"bad preview cache size {str(raw_cap)[:40]!r} in {paths.config_file()}",
+            hint="Give preview_cache_size as bytes or with a unit, e.g. 512MiB or 2GB.",
+        )
+    raw_threshold = values.get("nsfw_threshold", DEFAULT_THRESHOLD)
+    level = parse_threshold(raw_threshold)
+    if level is None:
+        raise ConfigError(
+            f"bad NSFW threshold {str(raw_threshold)[:40]!r} in {paths.config_file()}",
+            hint="Set nsfw_threshold to one of " + ", ".join(LEVELS) + ".",
+        )
+    name = next(k for k, v in LEVELS.items() if v == level)
+    return cap, name
 
 
 def _register_secrets(api_key: str | None, database_url: str) -> None:

@@ -40,6 +40,11 @@ def store_dir() -> Path:
     return home() / "store"
 
 
+def image_cache_dir() -> Path:
+    """Preview thumbnails and their index (`assetmgr.store.image_cache`)."""
+    return home() / "cache" / "images"
+
+
 def logs_dir() -> Path:
     return home() / "logs"
 

@@ -13,6 +13,7 @@ from assetmgr.config import Settings
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from assetmgr.app.previews import PreviewService
     from assetmgr.store.blobs import BlobStore
     from assetmgr.store.service import StoreService
     from catalog.civitai.client import CivitaiClient
@@ -46,6 +47,7 @@ class AppContext:
         self._store_service: StoreService | None = None
         self._sandbox = sandbox
         self._owns_sandbox = sandbox is None
+        self._previews: PreviewService | None = None
         self._lock = threading.RLock()
 
     def __enter__(self) -> AppContext:
@@ -101,6 +103,15 @@ class AppContext:
                 )
             return self._store_service
 
+    def previews(self) -> PreviewService:
+        """Preview images: the image cache, fetching, placeholders (`assetmgr.app.previews`)."""
+        with self._lock:
+            if self._previews is None:
+                from assetmgr.app.previews import PreviewService
+
+                self._previews = PreviewService(self)
+            return self._previews
+
     @property
     def sandbox(self) -> Any:
         """The sandbox service (`assetmgr.context.open_sandbox_service`): plugins, the image
@@ -118,6 +129,7 @@ class AppContext:
         with self._lock:
             old, self._client = self._client, None
             service, self._store_service = self._store_service, None
+            self._previews = None  # the cache's cap and the threshold may have changed
         if service is not None:
             service.close()
         if old is not None:

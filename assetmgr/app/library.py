@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from assetmgr.store.download import DownloadProgress, PullResult
+from assetmgr.store.exporter import ExportReport
 from assetmgr.store.import_report import ImportReport
 from assetmgr.store.service import DeletePlan, PullOutcome, VerifyReport
 
@@ -86,10 +87,11 @@ def import_models(
     `offline_if_no_client` a Civitai client that cannot be built (a bad API base, say) means
     offline too, instead of an error.
     """
+    from assetmgr.app.preview_files import import_previews
     from assetmgr.store.importer import import_folder
 
     client = None if offline else _client(ctx, optional=offline_if_no_client)
-    return import_folder(
+    report = import_folder(
         ctx.engine,
         ctx.store,
         client,
@@ -98,6 +100,32 @@ def import_models(
         allow_pickle=allow_pickle,
         progress=progress,
         cancel=cancel,
+    )
+    import_previews(ctx, report)
+    return report
+
+
+def export(
+    ctx: AppContext,
+    dest: Path,
+    *,
+    layout: str,
+    hardlink: bool = False,
+    move_aside: bool = False,
+) -> ExportReport:
+    """Write the store as an A1111 or ComfyUI models folder, with ``X.preview.png`` pictures
+    from the image cache (`assetmgr.store.exporter`)."""
+    from assetmgr.app.preview_files import export_previews
+    from assetmgr.store.exporter import export_library
+
+    return export_library(
+        ctx.engine,
+        ctx.store,
+        dest.expanduser(),
+        layout=layout,
+        hardlink=hardlink,
+        move_aside=move_aside,
+        previews=export_previews(ctx),
     )
 
 
@@ -126,12 +154,14 @@ def delete(ctx: AppContext, plan: DeletePlan) -> int:
 __all__ = [
     "DeletePlan",
     "DownloadProgress",
+    "ExportReport",
     "ImportReport",
     "PullOutcome",
     "PullProgress",
     "PullResult",
     "VerifyReport",
     "delete",
+    "export",
     "import_models",
     "plan_delete",
     "pull_many",

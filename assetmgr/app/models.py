@@ -57,12 +57,16 @@ def list_models(
 
 
 def show_model(ctx: AppContext, model_id: int) -> dict[str, Any]:
-    """One model object of the JSON contract (`NotInCatalogError` when not held)."""
+    """One model object of the JSON contract, each version with its ``images``
+    (`NotInCatalogError` when not held)."""
+    from assetmgr.app.previews import add_images
     from catalog import repo
     from catalog.db import session_scope
 
     with session_scope(ctx.engine) as session:
-        return repo.model_to_dict(repo.get_model(session, model_id))
+        obj = repo.model_to_dict(repo.get_model(session, model_id))
+    add_images(ctx, obj)
+    return obj
 
 
 def access_words(code: str, until: str | None) -> str:

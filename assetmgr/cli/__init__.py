@@ -93,10 +93,18 @@ def fail(exc: BaseException) -> int:
 
 
 def _register() -> None:
-    from assetmgr.cli import catalog_cmds, generate_cmds, sandbox_cmds, store_cmds, tui_cmd
+    from assetmgr.cli import (
+        catalog_cmds,
+        generate_cmds,
+        preview_cmds,
+        sandbox_cmds,
+        store_cmds,
+        tui_cmd,
+    )
 
     catalog_cmds.register(app)
     store_cmds.register(app)
+    preview_cmds.register(app)
     sandbox_cmds.register(app)
     generate_cmds.register(app)
     tui_cmd.register(app)

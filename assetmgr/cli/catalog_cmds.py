@@ -233,6 +233,17 @@ def _print_model(obj: dict[str, Any], *, api_key_set: bool) -> None:
             lines.append(Text(f"    download: {shown}", style="yellow"))
         for word in v.get("trained_words") or []:
             lines.append(Text(clean(f"    trigger: {word}")))
+        images = v.get("images") or []
+        if images:
+            cached = sum(1 for i in images if i["local_path"])
+            held = sum(1 for i in images if i["above_threshold"])
+            lines.append(
+                Text(
+                    f"    images: {len(images)} ({cached} cached"
+                    + (f", {held} above the NSFW threshold" if held else "")
+                    + ")"
+                )
+            )
         for f in v.get("files", []):
             hashes = f.get("hashes") or {}
             local = f.get("local")
@@ -324,6 +335,8 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
         "download_concurrency": settings.download_concurrency,
         "sync_concurrency": settings.sync_concurrency,
         "max_download_bytes": settings.max_download_bytes,
+        "preview_cache_bytes": settings.preview_cache_bytes,
+        "nsfw_threshold": settings.nsfw_threshold,
     }
     if as_json:
         print_json(data)

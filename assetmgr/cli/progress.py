@@ -76,6 +76,11 @@ def sync_progress(enabled: bool = True) -> Iterator[Callable[[SyncProgress], Non
         yield update
 
 
+def forced_progress() -> bool:
+    """Whether ASSETMGR_FORCE_PROGRESS asks for progress bars on a non-terminal stderr."""
+    return _forced()
+
+
 def _forced() -> bool:
     from assetmgr import environment
 

@@ -417,18 +417,11 @@ def export_cmd(
 
     Never writes through a link inside DEST and never replaces a file it did not write.
     """
-    from assetmgr.context import open_engine
-    from assetmgr.store.exporter import export_library
+    from assetmgr.app.context import AppContext
+    from assetmgr.app.library import export
 
-    engine = open_engine(Settings.load())
-    report = export_library(
-        engine,
-        _store(),
-        dest.expanduser(),
-        layout=layout.value,
-        hardlink=hardlink,
-        move_aside=move_aside,
-    )
+    with AppContext(Settings.load()) as ctx:
+        report = export(ctx, dest, layout=layout.value, hardlink=hardlink, move_aside=move_aside)
     if as_json:
         print_json(report.as_json())
     else:
@@ -437,6 +430,9 @@ def export_cmd(
             print_line(f"moved aside: {moved['path']} -> {moved['moved_to']}", err=True)
         for removed in report.removed:
             print_line(f"removed (no longer in the store): {removed}", err=True)
+        for skipped in report.skipped:
+            if "path" in skipped:
+                print_line(f"kept (not written by export): {skipped['path']}", err=True)
 
 
 def updates(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:

@@ -8,6 +8,8 @@ name, plus the sidecars those ecosystems read:
   A1111 ``<base>.json`` user metadata (activation text, preferred weight, sd version, notes).
 * ComfyUI (``models/checkpoints``, ``models/loras``, ``models/vae``, ``models/embeddings``):
   LoRA Manager's ``<base>.metadata.json``.
+* Both: ``<base>.preview.png``, when the caller has a picture for the version (the image
+  cache's, re-encoded as PNG), which A1111, Civitai Helper and LoRA Manager all show.
 
 Links are relative symlinks into the store by default (the blobs stay read-only); `hardlink`
 makes hard links instead, for tools that do not follow symlinks (or run as another user: the
@@ -29,7 +31,8 @@ import hashlib
 import json
 import os
 import stat
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -192,10 +195,16 @@ class _Entry:
     record: dict[str, Any]
     source: Path | None = None
     data: bytes | None = None
+    yields_to: int | None = None
+    """For a preview: the catalog file it belongs to; a file of the user's in its place is
+    kept and this entry dropped, instead of a conflict."""
 
 
 def _file_entry(relative: PurePosixPath, data: Any) -> _Entry:
-    raw = json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
+    return _bytes_entry(relative, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
+
+
+def _bytes_entry(relative: PurePosixPath, raw: bytes) -> _Entry:
     return _Entry(
         relative, "file", {"kind": "file", "sha256": hashlib.sha256(raw).hexdigest()}, data=raw
     )
@@ -211,8 +220,26 @@ def _link_entry(relative: PurePosixPath, blob: Path, root: Path, *, hardlink: bo
     return _Entry(relative, "symlink", {"kind": "symlink", "target": target})
 
 
+@dataclass(frozen=True)
+class ExportPreview:
+    """The picture a version's ``X.preview.png`` shows (PNG bytes) and its NSFW level."""
+
+    png: bytes
+    nsfw_level: int | None = None
+
+
+PreviewSource = Callable[[int], ExportPreview | None]
+"""A version id -> its preview, or None (`assetmgr.app.preview_files.export_previews`)."""
+
+
 def _plan(
-    engine: Engine, store: BlobStore, root: Path, *, layout: str, hardlink: bool
+    engine: Engine,
+    store: BlobStore,
+    root: Path,
+    *,
+    layout: str,
+    hardlink: bool,
+    previews: PreviewSource | None = None,
 ) -> tuple[list[_Entry], ExportReport]:
     """Everything the export writes, computed from the catalog before anything is touched."""
     folders = LAYOUTS[layout]
@@ -235,7 +262,12 @@ def _plan(
             folder = PurePosixPath(folders.get(model.type, folders["Other"]))
             name = sanitize_filename(file.name, fallback=f"{file.id}.safetensors")
             stem, suffix = PurePosixPath(name).stem, PurePosixPath(name).suffix
-            sidecars = (".civitai.info", ".json") if layout == "a1111" else (".metadata.json",)
+            sidecars: tuple[str, ...] = (
+                (".civitai.info", ".json") if layout == "a1111" else (".metadata.json",)
+            )
+            preview = previews(version.id) if previews is not None else None
+            if preview is not None:
+                sidecars += (".preview.png",)
             chosen: list[PurePosixPath] | None = None
             for candidate_stem in (stem, f"{stem}_{file.id}"):
                 paths = [folder / f"{candidate_stem}{suffix}"]
@@ -258,7 +290,12 @@ def _plan(
                 entries.append(_file_entry(chosen[2], _a1111_meta(model, version, meta)))
             else:
                 lm = _lora_manager_meta(model, version, local, meta, root / link)
+                if preview is not None:
+                    lm["preview_url"] = str(root / chosen[-1]).replace(os.sep, "/")
+                    lm["preview_nsfw_level"] = preview.nsfw_level or 0
                 entries.append(_file_entry(chosen[1], lm))
+            if preview is not None:
+                entries.append(replace(_bytes_entry(chosen[-1], preview.png), yields_to=file.id))
             report.written.append({"file_id": str(file.id), "path": str(root / link)})
     return entries, report
 
@@ -451,8 +488,11 @@ def export_library(
     layout: str,
     hardlink: bool = False,
     move_aside: bool = False,
+    previews: PreviewSource | None = None,
 ) -> ExportReport:
     """Write the store into `dest` in `layout`; see the module docstring for the rules.
+
+    `previews` gives a version's picture, written as ``X.preview.png`` beside its file.
 
     Raises:
         ExportConflictError: an entry in the way that the export did not write (checked for
@@ -462,17 +502,28 @@ def export_library(
     if layout not in LAYOUTS:
         raise AssetMgrError(f"unknown layout {layout!r}", hint="Use --layout a1111 or comfyui.")
     with SafeDir.open_root(dest, create=True) as root:
-        entries, report = _plan(engine, store, root.path, layout=layout, hardlink=hardlink)
+        entries, report = _plan(
+            engine, store, root.path, layout=layout, hardlink=hardlink, previews=previews
+        )
         earlier, manifest_record, foreign_manifest = _read_manifest(root)
         writer = _Writer(root, move_aside=move_aside, report=report)
         try:
             conflicts: list[tuple[Path, str]] = []
             if foreign_manifest:
                 conflicts.append((root.path / MANIFEST_NAME, _NOT_OURS))
-            for entry in entries:
+            for entry in list(entries):
                 folder = writer.folder(entry.relative.parent, create=False)
                 state = _state(folder, entry.relative.name, earlier.get(str(entry.relative)))
-                if state in ("theirs", "changed"):
+                if state in ("theirs", "changed") and entry.yields_to is not None:
+                    entries.remove(entry)  # the user's own preview stays, and is theirs
+                    report.skipped.append(
+                        {
+                            "file_id": str(entry.yields_to),
+                            "path": str(root.path / entry.relative),
+                            "reason": "a preview the export did not write is there; kept",
+                        }
+                    )
+                elif state in ("theirs", "changed"):
                     reason = _NOT_OURS if state == "theirs" else _CHANGED
                     conflicts.append((root.path / entry.relative, reason))
             if conflicts and not move_aside:

@@ -56,8 +56,9 @@ class SidecarIssue:
     code: str
     """A stable key: ``sidecar-link``, ``sidecar-unreadable``, ``sidecar-malformed``,
     ``sidecar-no-version``, ``sidecar-of-duplicate``, ``claim-hash-mismatch``,
-    ``claim-no-hash``, ``claim-ids``, ``claim-contradicted``, ``claim-overruled`` or
-    ``claim-not-recorded``."""
+    ``claim-no-hash``, ``claim-ids``, ``claim-contradicted``, ``claim-overruled``,
+    ``claim-not-recorded``, or for preview pictures (`assetmgr.store.preview_sidecars`)
+    ``preview-refused``, ``preview-outside`` or ``preview-not-cached``."""
     reason: str
     file: str
     """The model file it sits beside."""

@@ -30,7 +30,12 @@ E = TypeVar("E", bound=BaseException)
 Rule = Callable[[Any], Wording]
 
 _RULES: dict[type[BaseException], Rule] = {}
-_RULE_MODULES = ("assetmgr.wording.app", "assetmgr.wording.catalog", "assetmgr.wording.sandbox")
+_RULE_MODULES = (
+    "assetmgr.wording.app",
+    "assetmgr.wording.catalog",
+    "assetmgr.wording.previews",
+    "assetmgr.wording.sandbox",
+)
 _loaded = False
 
 

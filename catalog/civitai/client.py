@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -30,11 +30,14 @@ from catalog.civitai.errors import (
     LoginRequiredError,
     from_response,
 )
-from catalog.civitai.exchange import ACCEPT_ENCODING, MAX_API_BODY_BYTES, exchange
+from catalog.civitai.exchange import ACCEPT_ENCODING, MAX_API_BODY_BYTES, exchange, origin
 from catalog.civitai.listpage import cursor_of_body, cursor_of_metadata, validation_reason
 from catalog.civitai.retry import RetryPolicy, parse_retry_after
 from catalog.civitai.types import MODEL_TYPES, HashIdMatch, Model, ModelVersion, Page
 from catalog.redact import redact_text, redact_url
+
+if TYPE_CHECKING:
+    from catalog.civitai.images import FetchedImage
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +250,29 @@ class CivitaiClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    @property
+    def image_origins(self) -> frozenset[tuple[str, str, int | None]]:
+        """Where `fetch_image` takes images from: Civitai's image edge and the API's origin."""
+        from catalog.civitai.images import CIVITAI_IMAGE_ORIGIN
+
+        return frozenset({CIVITAI_IMAGE_ORIGIN, origin(httpx.URL(self._base_url))})
+
+    def fetch_image(self, url: str, *, max_bytes: int | None = None) -> FetchedImage:
+        """One image under `catalog.civitai.images`' rules: from `image_origins` only, without
+        the key or cookies, JPEG/PNG/WebP only, at most `max_bytes` (default 16 MiB).
+
+        No retries: a preview that fails is asked for again when it is next shown.
+        """
+        from catalog.civitai.images import MAX_IMAGE_BYTES, fetch_image
+
+        return fetch_image(
+            self._http,
+            url,
+            allowed_origins=self.image_origins,
+            user_agent=self._headers["User-Agent"],
+            max_bytes=MAX_IMAGE_BYTES if max_bytes is None else max_bytes,
+        )
 
     def __repr__(self) -> str:
         key = "set" if self._api_key else "none"

@@ -8,6 +8,7 @@ the front ends word them. The tree::
     ├── CivitaiResponseValidationError    a payload without the documented shape
     │   ├── ResponseTooLargeError         a body past the read cap; .limit, .url, .declared
     │   └── CrossOriginRedirectError      an API redirect off the API origin; .url, .location
+    ├── ImageFetchError                   an image not taken from the network; .url, .reason
     ├── CivitaiInputError                 a local check failed before any request (a ValueError)
     └── CivitaiStatusError                an HTTP error status; .status_code, .url, .server_message
         ├── CivitaiBadRequestError        400
@@ -93,6 +94,37 @@ class CrossOriginRedirectError(CivitaiResponseValidationError):
             f"Civitai redirected {self.url} to another origin ({self.location}, "
             f"HTTP {status_code}); not followed"
         )
+
+
+class ImageFetchError(CivitaiError):
+    """An image the client would not take from the network; nothing of it was kept.
+
+    `reason` is ``host`` (the URL is not on an image origin the client fetches from),
+    ``redirect`` (a redirect off those origins, not followed; `location`), ``content-type``
+    (not JPEG, PNG or WebP; `content_type`), ``too-large`` (past `limit` bytes; `declared`
+    when the header said so), ``status`` (`status_code`) or ``connection``. URLs are redacted.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: httpx.URL | str,
+        reason: str,
+        location: str | None = None,
+        status_code: int | None = None,
+        content_type: str | None = None,
+        limit: int | None = None,
+        declared: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.url = redact_url(url)
+        self.reason = reason
+        self.location = redact_url(location) if location is not None else None
+        self.status_code = status_code
+        self.content_type = content_type
+        self.limit = limit
+        self.declared = declared
 
 
 class CivitaiInputError(CivitaiError, ValueError):
@@ -332,6 +364,7 @@ __all__ = [
     "DownloadDisabledError",
     "EarlyAccessError",
     "ForbiddenError",
+    "ImageFetchError",
     "LoginRequiredError",
     "NotFoundError",
     "RateLimitedError",

@@ -35,6 +35,9 @@ Modules:
 * `shapes` - the JSON shapes of doc section 2 and the hostile payload kinds;
 * `faults` - `FaultInjector` (503/429/drop/... schedules, body cuts, throttling);
 * `hostile` - the bodies of the hostile kinds: a gzip bomb, endless and mislabelled streams;
+* `images` - `FakeImages` (``FakeCivitai(images=FakeImages())``): real JPEG/PNG/WebP previews
+  with real BlurHashes, the ``width=`` transform, and hostile images (bomb, truncated, SVG,
+  mislabelled, cross-host redirect, 2 GiB bodies) via ``make_hostile(image_id, kind)``;
 * `server` - `FakeCivitai`, the two HTTP servers, and their request log.
 
 Standalone (from the repository root): ``python -m tests.fakeciv --port 8765 --models 2000``

@@ -18,7 +18,9 @@ for path-backed files) with ``Content-Length``, ``Accept-Ranges``, ``ETag``, ``L
 and ``Content-Disposition``; ``Range: bytes=N-`` / ``N-M`` / ``-N`` gives 206, ``If-Range``
 that does not match the ETag gives the full 200, an unsatisfiable range 416. Expired or forged
 tokens and any ``Authorization`` header get 403 (B2 behaviour). ``/img/...`` serves a tiny
-PNG when ``serve_images=True`` (image URLs are then rewritten to the storage origin).
+PNG when ``serve_images=True`` (image URLs are then rewritten to the storage origin); with
+``images=FakeImages()`` image URLs point at the API origin instead, which serves real
+pictures and hostile ones (`tests.fakeciv.images`).
 
 Knobs (attributes, changeable while running):
 
@@ -81,6 +83,7 @@ from tests.fakeciv.data import (
     pick_primary,
 )
 from tests.fakeciv.faults import FaultInjector
+from tests.fakeciv.images import FakeImages
 from tests.fakeciv.shapes import RenderContext, encode_json
 
 PUBLIC_CACHE = "public, s-maxage=300, stale-while-revalidate=150"
@@ -524,6 +527,8 @@ class FakeCivitai:
         url_ttl: lifetime of signed storage URLs, seconds.
         host, port, storage_port: where to listen (port 0: any free port).
         serve_images: rewrite image URLs to the storage origin and serve tiny PNGs there.
+        images: serve real and hostile pictures from the API origin (`FakeImages`); gives
+            every image of the catalog a real BlurHash.
         unauthenticated_download: False: every download needs a key (Civitai's global switch).
         download_limit: successful download redirects before the quota 429 (None: no limit).
         page_offsets: make ``page`` offset results (the real API ignores it).
@@ -540,6 +545,7 @@ class FakeCivitai:
         port: int = 0,
         storage_port: int = 0,
         serve_images: bool = False,
+        images: FakeImages | None = None,
         unauthenticated_download: bool = True,
         download_limit: int | None = None,
         page_offsets: bool = False,
@@ -551,6 +557,7 @@ class FakeCivitai:
         self.api_keys: set[str] = set(api_keys)
         self.url_ttl = url_ttl
         self.serve_images = serve_images
+        self.images = images.attach(self.catalog) if images is not None else None
         self.unauthenticated_download = unauthenticated_download
         self.download_limit = download_limit
         self.page_offsets = page_offsets
@@ -717,7 +724,13 @@ class FakeCivitai:
     def _ctx(self, *, nsfw: bool = True, primary_only: bool = False) -> RenderContext:
         return RenderContext(
             base_url=self.base_url,
-            image_prefix=f"{self.storage_url}/img/" if self.serve_images else None,
+            image_prefix=(
+                f"{self.base_url}/img/"
+                if self.images is not None
+                else f"{self.storage_url}/img/"
+                if self.serve_images
+                else None
+            ),
             nsfw=nsfw,
             primary_only=primary_only,
         )
@@ -776,6 +789,8 @@ class FakeCivitai:
         if m := re.fullmatch(r"/api/download/models/([^/]+)", path):
             with cat.lock:
                 return self._download(h, m.group(1), params, session)
+        if self.images is not None and path.startswith("/img/"):
+            return self._image(h, path, query, "api")
         return _Reply(
             404,
             b"<!DOCTYPE html><html><body><h1>404</h1>This page could not be found.</body></html>",
@@ -1291,10 +1306,22 @@ class FakeCivitai:
                 return None  # the "misalignment" check of doc 5
         return chosen
 
+    # ------------------------------------------------------------------ images
+
+    def _image(self, h: _Handler, path: str, query: str, server: str) -> _Reply | None:
+        assert self.images is not None
+        served = self.images.serve(self, h, path, query, server)
+        if served is None:
+            return None
+        status, body, headers, content_type = served
+        return _Reply(status, body, list(headers), content_type=content_type)
+
     # ------------------------------------------------------------------ storage
 
     def _handle_storage(self, h: _Handler, path: str, query: str) -> _Reply | None:
         params = dict(parse_qsl(query, keep_blank_values=True))
+        if self.images is not None and path.startswith("/img/"):
+            return self._image(h, path, query, "storage")
         if path.startswith("/img/"):
             if not self.serve_images:
                 return _json(404, {"code": "not_found", "message": "no such image", "status": 404})

@@ -39,10 +39,28 @@ ACCESS_CODES = {"early_access", "downloads_disabled", "archived", "gone"}
 FILE_KEYS = {"id", "name", "size_kb", "primary", "format", "hashes", "local"}
 
 
-def check_model_object(obj: dict[str, Any]) -> None:
+IMAGE_KEYS = {
+    "url",
+    "source",
+    "width",
+    "height",
+    "nsfw_level",
+    "nsfw",
+    "above_threshold",
+    "blurhash",
+    "type",
+    "meta",
+    "local_path",
+}
+
+
+def check_model_object(obj: dict[str, Any], *, shown: bool = False) -> None:
+    """A model object of the contract; `models show` adds each version's ``images``."""
     assert set(obj) == MODEL_KEYS
     for version in obj["versions"]:
-        assert set(version) == VERSION_KEYS
+        assert set(version) == (VERSION_KEYS | {"images"} if shown else VERSION_KEYS)
+        for image in version.get("images", []):
+            assert set(image) == IMAGE_KEYS
         for rule in version["access"]:
             assert set(rule) == {"code", "until"} and rule["code"] in ACCESS_CODES
         for f in version["files"]:
@@ -67,7 +85,7 @@ def test_sync_list_show_lookup_json_contract(fake: FakeCivitai, fake_catalog: Fa
         check_model_object(obj)
 
     shown = json.loads(assetmgr("models", "show", "700102", "--json").stdout)
-    check_model_object(shown)
+    check_model_object(shown, shown=True)
     assert shown["name"] == "Ink Wash Style"
     v = next(v for v in shown["versions"] if v["id"] == 800205)
     assert v["trained_words"] == ["inkwash style", "monochrome brush strokes"]
