@@ -324,6 +324,7 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
         "download_concurrency": settings.download_concurrency,
         "sync_concurrency": settings.sync_concurrency,
         "max_download_bytes": settings.max_download_bytes,
+        "warm_worker_idle_s": settings.warm_worker_idle_s,
     }
     if as_json:
         print_json(data)
