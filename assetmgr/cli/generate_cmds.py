@@ -158,6 +158,7 @@ def _generate_batch(jobs: list[Any], out: Path | None, as_json: bool) -> None:
     total = len(planned)
     status = sys.stderr.isatty()
     pending = [False]  # a status line waits for its newline
+    finished: list[Any] = []
 
     def mode(how: str) -> None:
         if how == "per-job" and total > 1:
@@ -174,6 +175,7 @@ def _generate_batch(jobs: list[Any], out: Path | None, as_json: bool) -> None:
             pending[0] = True
 
     def done(job: Any, record: Any) -> None:
+        finished.append(record)
         seeds = ", ".join(str(o.get("seed")) for o in record.outputs)
         newline = "\n" if pending[0] else ""
         pending[0] = False
@@ -186,13 +188,12 @@ def _generate_batch(jobs: list[Any], out: Path | None, as_json: bool) -> None:
             for o in record.outputs:
                 print_line(str(o["path"]))
 
-    finished: list[Any] = []
     try:
         records = generation.generate_batch(
             planned,
             out_dir=lambda job: out / f"job-{job.index + 1:04d}" if out else new_run_dir(),
             progress=progress,
-            done=lambda job, record: (finished.append(record), done(job, record)),
+            done=done,
             mode=mode,
         )
     except BaseException:
