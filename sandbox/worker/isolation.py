@@ -1,6 +1,6 @@
 """What a warm worker resets between jobs, so that jobs sharing it see nothing of each other.
 
-Each job runs with a fresh private scratch folder (``/tmp/job-<job_id>``, mode 0700) as its
+Each job runs with a fresh private scratch folder (``/tmp/<job_id>``, mode 0700) as its
 ``TMPDIR`` and working directory. When the job ends (its outputs and result already sent), the
 worker removes everything under the work root (the job's ``/job/work/<job_id>``), the scratch
 folder, and every other entry the job left at the top of ``/tmp`` and ``/dev/shm``; it puts
@@ -87,7 +87,7 @@ class JobIsolation:
         environment = dict(os.environ)
         cached_tempdir = tempfile.tempdir
         present = {root: _entries(root) for root in self.scratch_roots}
-        scratch = Path(self.scratch_roots[0]) / f"job-{job_id}"
+        scratch = Path(self.scratch_roots[0]) / job_id
         _remove(str(scratch))
         scratch.mkdir(mode=0o700)
         for name in _TMP_VARIABLES:
