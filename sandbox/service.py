@@ -504,8 +504,14 @@ class SandboxService:
         on_message: Any = None,
         cancel: threading.Event | None = None,
         image: ImageRecord | None = None,
+        warm_models: Sequence[ModelRef] = (),
+        warm_model_files: Mapping[str, Path] | None = None,
     ) -> Any:
-        """Run one job with the named plugins (in that order); returns a `JobResult`."""
+        """Run one job with the named plugins (in that order); returns a `JobResult`.
+
+        `warm_models` (with their `warm_model_files`) are mounted too when a warm worker has to
+        start for this job, so that the later jobs of a batch that need them find them there.
+        """
         from sandbox.runner import run_job
 
         installed = self.get_plugins(plugins)
@@ -530,8 +536,10 @@ class SandboxService:
                 plugins=installed,
                 transport=self.model_transport,
             )
+        mounted = [*spec.models, *(m for m in warm_models if m not in spec.models)]
+        files = {**(warm_model_files or {}), **(model_files or {})}
         return self._run_warm(
-            record, installed, spec, model_files, gpus, output_dir, on_message, cancel
+            record, installed, spec, (mounted, files), gpus, output_dir, on_message, cancel
         )
 
     @property
@@ -548,21 +556,24 @@ class SandboxService:
         record: ImageRecord,
         plugins: Sequence[InstalledPlugin],
         spec: JobSpec,
-        model_files: Mapping[str, Path] | None,
+        mounts: tuple[Sequence[ModelRef], Mapping[str, Path]],
         gpus: Any,
         output_dir: Path,
         on_message: Any,
         cancel: threading.Event | None,
     ) -> Any:
-        """The job on the warm worker of its (image, plugin set), started if none serves it."""
+        """The job on the warm worker of its (image, plugin set), started if none serves it
+        (with `mounts`: the job's model files and any the later jobs of its batch need)."""
         from sandbox.warm import WarmWorker
+
+        models, model_files = mounts
 
         def start() -> WarmWorker:
             return WarmWorker(
                 record,
                 client=self.client,
                 limits=spec.limits,
-                models=spec.models,
+                models=models,
                 model_files=model_files,
                 gpus=gpus,
                 plugins=plugins,
@@ -573,7 +584,7 @@ class SandboxService:
         return self.warm_pool.run(
             key,
             spec,
-            model_files,
+            {m.name: model_files[m.name] for m in spec.models if m.name in model_files},
             start,
             lambda worker: worker.run(spec, output_dir, on_message=on_message, cancel=cancel),
             cancel,

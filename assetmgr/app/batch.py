@@ -31,6 +31,9 @@ MAX_PROMPTS = 1000
 MAX_JOBS = 1000
 """The most jobs one command runs (prompts times seeds)."""
 MAX_PROMPT_FILE_BYTES = 1 << 20
+MAX_WORKER_MOUNTS = 64
+"""A batch's warm worker mounts every model file of the batch up to this many; past it, each
+job's own (a job needing another file then starts a new worker)."""
 MAX_SEED = int(jobspec.SEED.hi)
 _SEED_RE = re.compile(r"\s*(\d+)\s*")
 _RANGE_RE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
@@ -269,6 +272,7 @@ __all__ = [
     "MAX_JOBS",
     "MAX_PROMPTS",
     "MAX_PROMPT_FILE_BYTES",
+    "MAX_WORKER_MOUNTS",
     "BatchJob",
     "BatchProgress",
     "BatchProgressFn",

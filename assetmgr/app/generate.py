@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from assetmgr import paths
 from assetmgr.app.batch import (
+    MAX_WORKER_MOUNTS,
     BatchJob,
     BatchProgress,
     BatchProgressFn,
@@ -107,6 +108,20 @@ def _on_message(progress: ProgressFn | None) -> Callable[[Any], None] | None:
     return on_message
 
 
+def _batch_mounts(
+    jobs: Sequence[BatchJob],
+) -> tuple[dict[str, Path], dict[str, Any]] | None:
+    """Every model file of the batch, for its warm worker to mount from the start (so a line
+    with another LoRA needs no new container); None past `MAX_WORKER_MOUNTS` files."""
+    mounts: dict[str, Path] = {}
+    models: dict[str, Any] = {}
+    for job in jobs:
+        if job.plan is not None:
+            mounts.update(job.plan.mounts)
+            models.update(job.plan.models)
+    return (mounts, models) if len(models) <= MAX_WORKER_MOUNTS else None
+
+
 def _batch_progress(
     job: BatchJob, total: int, progress: BatchProgressFn | None
 ) -> ProgressFn | None:
@@ -171,6 +186,7 @@ class Generation:
         out_dir: Path | None = None,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        batch_mounts: tuple[dict[str, Path], dict[str, Any]] | None = None,
     ) -> RunRecord:
         """Run the request in the sandbox and record it (`plan` when already made)."""
         plan = plan or self.plan(request)
@@ -186,6 +202,7 @@ class Generation:
             timeout_s=request.timeout_s,
             on_message=_on_message(progress),
             cancel=cancel,
+            batch_mounts=batch_mounts,
         )
 
     def plan_batch(self, jobs: Sequence[BatchJob]) -> list[BatchJob]:
@@ -224,6 +241,7 @@ class Generation:
         never start."""
         records: list[RunRecord] = []
         plugins = list(jobs[0].request.plugins) if jobs else []
+        mounts = _batch_mounts(jobs)
         with batch_workers(self.ctx.sandbox, plugins) as how:
             if mode is not None:
                 mode(how)
@@ -236,6 +254,7 @@ class Generation:
                     out_dir=out_dir(job),
                     progress=_batch_progress(job, len(jobs), progress),
                     cancel=cancel,
+                    batch_mounts=mounts,
                 )
                 records.append(record)
                 if done is not None:
