@@ -147,13 +147,15 @@ def test_ctrl_c_stops_a_batch_and_removes_its_container(
     assert first_done.wait(600), lines
     time.sleep(0.5)  # into the next job
     proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
-    reader.join(10)
+    proc.wait(timeout=120)
+    reader.join(10)  # the reader alone takes stderr (communicate would race it for lines)
+    assert proc.stdout is not None
+    stdout = proc.stdout.read()
     assert proc.returncode == 130, lines
     done = [line for line in lines if line.startswith("[") and " run " in line]
     assert 1 <= len(done) < 50
     assert f"stopped after {len(done)} of 50 jobs; the rest never started" in "\n".join(lines)
-    assert lines[-2] == "error: interrupted" and "Traceback" not in "\n".join(lines)
+    assert lines[-2] == "error: interrupted" and "Traceback" not in "\n".join(lines), lines
     assert len(stdout.splitlines()) == len(done)  # a path per finished image
     created = log.created(session=None, image=sandbox_image.image_id)
     assert [c.role for c in created] == ["warm-worker"]
