@@ -24,8 +24,10 @@ from pathlib import Path
 
 #: Folders the job may write besides its own, swept after every job.
 SCRATCH_ROOTS: tuple[str, ...] = ("/tmp", "/dev/shm")  # noqa: S108  # the container's own tmpfs
-#: Cache folders of the worker's libraries under ``/tmp`` (HOME): kept across jobs.
+#: Cache folders of the worker's libraries under ``/tmp`` (HOME): kept across jobs. Inductor's
+#: default cache folder is ``torchinductor_<user>`` (`CACHE_PREFIXES`).
 CACHE_NAMES = frozenset({".cache", ".config", ".nv", ".triton", "hf", "torch"})
+CACHE_PREFIXES = ("torchinductor_",)
 #: Variables the generation engine sets once for the whole worker (where its compile caches
 #: are, its logging): kept when a job's other changes to the environment are undone.
 ENGINE_ENV = frozenset(
@@ -112,7 +114,8 @@ class JobIsolation:
             _remove(str(self.work_root / name))
         for root, before in present.items():
             for name in _entries(root) - before - self.kept:
-                _remove(os.path.join(root, name))
+                if not name.startswith(CACHE_PREFIXES):
+                    _remove(os.path.join(root, name))
 
 
-__all__ = ["CACHE_NAMES", "ENGINE_ENV", "SCRATCH_ROOTS", "JobIsolation"]
+__all__ = ["CACHE_NAMES", "CACHE_PREFIXES", "ENGINE_ENV", "SCRATCH_ROOTS", "JobIsolation"]

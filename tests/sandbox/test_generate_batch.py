@@ -162,3 +162,26 @@ def test_ctrl_c_stops_a_batch_and_removes_its_container(
     assert log.alive(created) == []  # removed before the command exited
     after = run_ids(library)
     assert len(after - before) == len(done)  # the finished jobs are recorded, no more
+
+
+def test_an_untrusted_plugin_gets_a_container_per_image_and_says_so(
+    library: Path,  # noqa: F811
+    docker_client: Any,
+    sandbox_image: Any,
+    tmp_path: Path,
+) -> None:
+    from tests.sandbox.test_plugins import write_plugin
+
+    source = write_plugin(tmp_path / "src", "tagger")
+    generate(library, "plugins", "add", str(source))  # not --trust
+    log = ContainerLog(docker_client)
+    args = ("--prompt", "a heron", "--seed", "3", "--count", "2", "--plugin", "tagger")
+    records, stderr = batch_json(library, *args)
+    assert stderr[0] == (
+        "note: the plugins tagger are not all trusted: each image runs in its own container"
+    )
+    assert [c.role for c in log.created(session=None, image=sandbox_image.image_id)] == [
+        "job",
+        "job",
+    ]
+    assert [r["spec"]["seed"] for r in records] == [3, 4]
