@@ -45,6 +45,9 @@ _SIZE_UNITS = {
     "tib": 1 << 40,
 }
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+DEFAULT_WARM_WORKER_IDLE_S = 600.0
+"""How long the TUI keeps an unused warm worker (its container and GPU memory) by default."""
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 
 
 def parse_size(value: object) -> int | None:
@@ -58,6 +61,18 @@ def parse_size(value: object) -> int | None:
         return None
     size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
     return size if size > 0 else None
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds from ``600``, ``90s``, ``10m``, ``1h`` or a number; None if unusable (0 is 0)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    match = _SIZE_RE.fullmatch(str(value))
+    if match is None or match.group(2).lower() not in _DURATION_UNITS:
+        return None
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
 
 
 def read_config_file(path: Path | None = None) -> dict[str, Any]:
@@ -151,11 +166,17 @@ class Settings:
     """The most one download may bring (``ASSETMGR_MAX_DOWNLOAD_SIZE``, ``max_download_size``)."""
     sync_workers: str = ""
     """``ASSETMGR_SYNC_WORKERS`` as given (empty: the default); the sync use case reads it."""
+<<<<<<< HEAD
     preview_cache_bytes: int = DEFAULT_PREVIEW_CACHE_BYTES
     """The image cache's cap (``preview_cache_size`` in the config file)."""
     nsfw_threshold: str = "PG"
     """The mildest NSFW level held back from view and bulk fetches is the one above this
     (``nsfw_threshold``: PG, PG-13, R, X or XXX; `catalog.nsfw`)."""
+=======
+    warm_worker_idle_s: float = DEFAULT_WARM_WORKER_IDLE_S
+    """How long the TUI keeps an unused warm worker (``ASSETMGR_WARM_WORKER_IDLE``,
+    ``warm_worker_idle``); 0: a container per job."""
+>>>>>>> i15-warm
 
     @property
     def database_url_shown(self) -> str:
@@ -208,7 +229,20 @@ class Settings:
                 hint="Give ASSETMGR_MAX_DOWNLOAD_SIZE or max_download_size as bytes or with a "
                 "unit, e.g. 64GiB or 500MB.",
             )
+<<<<<<< HEAD
         preview_cache_bytes, nsfw_threshold = _preview_settings(values)
+=======
+        raw_idle = environment.get("ASSETMGR_WARM_WORKER_IDLE") or values.get(
+            "warm_worker_idle", DEFAULT_WARM_WORKER_IDLE_S
+        )
+        warm_worker_idle_s = parse_duration(raw_idle)
+        if warm_worker_idle_s is None:
+            raise ConfigError(
+                f"bad warm worker idle time {str(raw_idle)[:40]!r}",
+                hint="Give ASSETMGR_WARM_WORKER_IDLE or warm_worker_idle as seconds or with a "
+                "unit, e.g. 600, 90s, 10m or 1h (0: a container per job).",
+            )
+>>>>>>> i15-warm
         _register_secrets(api_key, str(db_url))
         return cls(
             home=paths.home(),
@@ -220,8 +254,12 @@ class Settings:
             sync_concurrency=max(1, sync_concurrency),
             max_download_bytes=max_download_bytes,
             sync_workers=(environment.get("ASSETMGR_SYNC_WORKERS") or "").strip(),
+<<<<<<< HEAD
             preview_cache_bytes=preview_cache_bytes,
             nsfw_threshold=nsfw_threshold,
+=======
+            warm_worker_idle_s=warm_worker_idle_s,
+>>>>>>> i15-warm
         )
 
     @property

@@ -15,6 +15,7 @@ VARIABLES: Final[dict[str, str]] = {
     "ASSETMGR_NO_KEYRING": "set: never use the system keyring for the API key",
     "ASSETMGR_MAX_DOWNLOAD_SIZE": "the largest file a download may write (bytes or 64GiB)",
     "ASSETMGR_SYNC_WORKERS": "page worker processes for a large sync (0: none)",
+    "ASSETMGR_WARM_WORKER_IDLE": "how long the TUI keeps an unused warm worker (600, 10m; 0: off)",
     "ASSETMGR_SANDBOX_RECORD": "the sandbox image record (default: sandbox/image.json)",
     "ASSETMGR_SANDBOX_CACHE": "the sandbox build caches (default: sandbox/cache)",
     "ASSETMGR_SANDBOX_MODEL_TRANSPORT": "how models reach a job: auto, bind or volume",

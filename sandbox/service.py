@@ -14,7 +14,8 @@
   engine, or stale (worker code, app version, plugin requirements);
 * runs: `run` builds the `JobSpec` with the plugins' refs and picks the container strategy:
   a one-shot container per job unless every plugin of the set is trusted and worker reuse is
-  on, in which case one `WarmWorker` per (image, plugin set) serves the jobs. Every run
+  on, in which case a `WarmWorker` serves the jobs: one at a time, kept for its (image, plugin
+  set) and model files, closed after `warm_idle_s` unused (`sandbox.warm_pool`). Every run
   re-verifies the plugins by hash and the image against the engine before anything starts.
 
 Nothing here imports plugin code: manifests are data, and plugins only ever run in the
@@ -55,6 +56,7 @@ from sandbox.plugins import (
 from sandbox.protocol import PLUGIN_NAME_RE, PLUGIN_VERSION_RE, JobSpec, Limits, ModelRef
 from sandbox.registry import PluginFileRecord, PluginRecord, SandboxRegistry
 from sandbox.status import ImageStatus
+from sandbox.warm_pool import WarmPool
 
 RunMode = Literal["auto", "per-job", "warm"]
 
@@ -140,6 +142,7 @@ class SandboxService:
         app_version: str,
         client: Any = None,
         reuse_workers: bool = False,
+        warm_idle_s: float | None = None,
         model_transport: str = "auto",
     ) -> None:
         self.registry = registry
@@ -150,8 +153,8 @@ class SandboxService:
         self._client = client
         self.reuse_workers = reuse_workers
         self.model_transport = model_transport
-        self._warm: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
-        self._lock = threading.Lock()
+        self.warm_pool = WarmPool(warm_idle_s)
+        self._warm = self.warm_pool.workers
         self.moved_plugins = self._move_legacy_folders()
 
     @property
@@ -501,8 +504,14 @@ class SandboxService:
         on_message: Any = None,
         cancel: threading.Event | None = None,
         image: ImageRecord | None = None,
+        warm_models: Sequence[ModelRef] = (),
+        warm_model_files: Mapping[str, Path] | None = None,
     ) -> Any:
-        """Run one job with the named plugins (in that order); returns a `JobResult`."""
+        """Run one job with the named plugins (in that order); returns a `JobResult`.
+
+        `warm_models` (with their `warm_model_files`) are mounted too when a warm worker has to
+        start for this job, so that the later jobs of a batch that need them find them there.
+        """
         from sandbox.runner import run_job
 
         installed = self.get_plugins(plugins)
@@ -527,50 +536,66 @@ class SandboxService:
                 plugins=installed,
                 transport=self.model_transport,
             )
-        worker = self._warm_worker(record, installed, spec, model_files, gpus)
-        return worker.run(spec, output_dir, on_message=on_message, cancel=cancel)
+        mounted = [*spec.models, *(m for m in warm_models if m not in spec.models)]
+        files = {**(warm_model_files or {}), **(model_files or {})}
+        return self._run_warm(
+            record, installed, spec, (mounted, files), gpus, output_dir, on_message, cancel
+        )
 
-    def _warm_worker(
+    @property
+    def warm_idle_s(self) -> float | None:
+        """Seconds an unused warm worker is kept (None: until `close`)."""
+        return self.warm_pool.idle_s
+
+    @warm_idle_s.setter
+    def warm_idle_s(self, value: float | None) -> None:
+        self.warm_pool.idle_s = value
+
+    def _run_warm(
         self,
         record: ImageRecord,
         plugins: Sequence[InstalledPlugin],
         spec: JobSpec,
-        model_files: Mapping[str, Path] | None,
+        mounts: tuple[Sequence[ModelRef], Mapping[str, Path]],
         gpus: Any,
+        output_dir: Path,
+        on_message: Any,
+        cancel: threading.Event | None,
     ) -> Any:
+        """The job on the warm worker of its (image, plugin set), started if none serves it
+        (with `mounts`: the job's model files and any the later jobs of its batch need)."""
         from sandbox.warm import WarmWorker
 
+        models, model_files = mounts
+
+        def start() -> WarmWorker:
+            return WarmWorker(
+                record,
+                client=self.client,
+                limits=spec.limits,
+                models=models,
+                model_files=model_files,
+                gpus=gpus,
+                plugins=plugins,
+                transport=self.model_transport,
+            )
+
         key = (record.image_id, tuple(sorted((p.name, p.tree_sha256) for p in plugins)))
-        with self._lock:
-            worker = self._warm.get(key)
-            if worker is None or worker.models != list(spec.models):
-                if worker is not None:
-                    worker.close()
-                worker = WarmWorker(
-                    record,
-                    client=self.client,
-                    limits=spec.limits,
-                    models=spec.models,
-                    model_files=model_files,
-                    gpus=gpus,
-                    plugins=plugins,
-                    transport=self.model_transport,
-                )
-                self._warm[key] = worker
-            return worker
+        return self.warm_pool.run(
+            key,
+            spec,
+            {m.name: model_files[m.name] for m in spec.models if m.name in model_files},
+            start,
+            lambda worker: worker.run(spec, output_dir, on_message=on_message, cancel=cancel),
+            cancel,
+        )
 
     def _close_workers_using(self, names: set[str]) -> None:
-        with self._lock:
-            doomed = [k for k in self._warm if names & {name for name, _ in k[1]}]
-            workers = [self._warm.pop(k) for k in doomed]
-        for w in workers:
-            w.close()
+        self.warm_pool.close_where(lambda key: bool(names & {name for name, _ in key[1]}))
 
     def close(self) -> None:
-        with self._lock:
-            workers, self._warm = list(self._warm.values()), {}
-        for w in workers:
-            w.close()
+        """Remove the warm worker, if any (the service stays usable)."""
+        self.warm_pool.close()
 
 
 def _identity(record: ImageRecord) -> tuple[Any, ...]:

@@ -20,7 +20,13 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     home = tmp_path / "assetmgr-home"
     monkeypatch.setenv("ASSETMGR_HOME", str(home))
     monkeypatch.setenv("ASSETMGR_NO_KEYRING", "1")
-    for var in ("CIVITAI_API_KEY", "CIVITAI_API_BASE", "ASSETMGR_DB_URL", "ASSETMGR_CONFIG"):
+    for var in (
+        "CIVITAI_API_KEY",
+        "CIVITAI_API_BASE",
+        "ASSETMGR_DB_URL",
+        "ASSETMGR_CONFIG",
+        "ASSETMGR_WARM_WORKER_IDLE",
+    ):
         monkeypatch.delenv(var, raising=False)
     yield home
 

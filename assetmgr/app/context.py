@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from assetmgr import paths
+from assetmgr.app.workers import PER_JOB, WorkerPolicy, apply_policy
 from assetmgr.config import Settings
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ class AppContext:
     the sandbox service, each built on first use; `close` releases what was built.
 
     Tests hand in the parts they replace at the edge (an engine, a client factory for the fake
-    Civitai, a job runner in place of the sandbox service).
+    Civitai, a job runner in place of the sandbox service). `worker_policy` says whether the
+    sandbox service it builds keeps a warm worker (`assetmgr.app.workers`).
     """
 
     def __init__(
@@ -38,8 +40,10 @@ class AppContext:
         store: BlobStore | None = None,
         client_factory: ClientFactory | None = None,
         sandbox: Any = None,
+        worker_policy: WorkerPolicy = PER_JOB,
     ) -> None:
         self.settings = settings
+        self.worker_policy = worker_policy
         self._engine = engine
         self._store = store
         self._client_factory = client_factory
@@ -121,7 +125,15 @@ class AppContext:
                 from assetmgr.context import open_sandbox_service
 
                 self._sandbox = open_sandbox_service(self.settings, self.engine)
+                apply_policy(self._sandbox, self.worker_policy)
             return self._sandbox
+
+    def set_worker_policy(self, policy: WorkerPolicy) -> None:
+        """Use `policy` from now on (the sandbox service it built follows at once)."""
+        with self._lock:
+            self.worker_policy = policy
+            if self._sandbox is not None and self._owns_sandbox:
+                apply_policy(self._sandbox, policy)
 
     def reload_settings(self) -> None:
         """Re-read settings (the Settings screen saved them); the client is rebuilt on use."""

@@ -3,6 +3,7 @@ and the Generate screen. Both runs take a cancel `Event` and a progress callback
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -12,6 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assetmgr import paths
+from assetmgr.app.batch import (
+    MAX_WORKER_MOUNTS,
+    BatchJob,
+    BatchProgress,
+    BatchProgressFn,
+    JobDoneFn,
+    PromptLineError,
+)
 from assetmgr.app.generate_checks import (
     BaseModelMismatchError,
     GenerationWarning,
@@ -27,6 +36,7 @@ from assetmgr.app.generation import (
     run_generation,
 )
 from assetmgr.app.sandbox_status import ServiceState, sandbox_state
+from assetmgr.app.workers import batch_workers
 from assetmgr.errors import EXPECTED_ERRORS, AssetMgrError
 from sandbox.protocol.jobspec import LISTED_NAMES, SCHEDULE_TYPES
 
@@ -100,6 +110,32 @@ def _on_message(progress: ProgressFn | None) -> Callable[[Any], None] | None:
     return on_message
 
 
+def _batch_mounts(
+    jobs: Sequence[BatchJob],
+) -> tuple[dict[str, Path], dict[str, Any]] | None:
+    """Every model file of the batch, for its warm worker to mount from the start (so a line
+    with another LoRA needs no new container); None past `MAX_WORKER_MOUNTS` files."""
+    mounts: dict[str, Path] = {}
+    models: dict[str, Any] = {}
+    for job in jobs:
+        if job.plan is not None:
+            mounts.update(job.plan.mounts)
+            models.update(job.plan.models)
+    return (mounts, models) if len(models) <= MAX_WORKER_MOUNTS else None
+
+
+def _batch_progress(
+    job: BatchJob, total: int, progress: BatchProgressFn | None
+) -> ProgressFn | None:
+    if progress is None:
+        return None
+
+    def on_progress(p: GenerationProgress) -> None:
+        progress(BatchProgress(job.index, total, job.request.seed, p.stage, p.step, p.total))
+
+    return on_progress
+
+
 class Generation:
     """Generate, rerun and runs over an `AppContext` (its engine, store and sandbox)."""
 
@@ -152,6 +188,7 @@ class Generation:
         out_dir: Path | None = None,
         progress: ProgressFn | None = None,
         cancel: threading.Event | None = None,
+        batch_mounts: tuple[dict[str, Path], dict[str, Any]] | None = None,
     ) -> RunRecord:
         """Run the request in the sandbox and record it (`plan` when already made)."""
         plan = plan or self.plan(request)
@@ -167,7 +204,64 @@ class Generation:
             timeout_s=request.timeout_s,
             on_message=_on_message(progress),
             cancel=cancel,
+            batch_mounts=batch_mounts,
         )
+
+    def plan_batch(self, jobs: Sequence[BatchJob]) -> list[BatchJob]:
+        """Every job checked and its files resolved before any runs (one plan per prompt;
+        the seeds only change the spec's seed). A prompt file line that fails a check raises
+        `PromptLineError` naming the line."""
+        plans: dict[str, GenerationPlan] = {}
+        planned = []
+        for job in jobs:
+            plan = plans.get(job.request.prompt)
+            if plan is None:
+                try:
+                    plan = self.plan(job.request)
+                except EXPECTED_ERRORS as exc:
+                    if job.source is None:
+                        raise
+                    raise PromptLineError(job.source.path, job.source.line, exc) from exc
+                plans[job.request.prompt] = plan
+            spec = {**plan.spec, "seed": job.request.seed}
+            planned.append(dataclasses.replace(job, plan=dataclasses.replace(plan, spec=spec)))
+        return planned
+
+    def generate_batch(
+        self,
+        jobs: Sequence[BatchJob],
+        *,
+        out_dir: Callable[[BatchJob], Path] = lambda job: new_run_dir(),
+        progress: BatchProgressFn | None = None,
+        done: JobDoneFn | None = None,
+        mode: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[RunRecord]:
+        """Run planned jobs in order in one warm worker (`batch_workers`: a container per job
+        for untrusted plugins, said to `mode` first), each recorded as a run; the worker is
+        removed at the end, on an error and on Ctrl-C. Jobs after a failed or cancelled one
+        never start."""
+        records: list[RunRecord] = []
+        plugins = list(jobs[0].request.plugins) if jobs else []
+        mounts = _batch_mounts(jobs)
+        with batch_workers(self.ctx.sandbox, plugins) as how:
+            if mode is not None:
+                mode(how)
+            for job in jobs:
+                if cancel is not None and cancel.is_set():
+                    break
+                record = self.generate(
+                    job.request,
+                    plan=job.plan,
+                    out_dir=out_dir(job),
+                    progress=_batch_progress(job, len(jobs), progress),
+                    cancel=cancel,
+                    batch_mounts=mounts,
+                )
+                records.append(record)
+                if done is not None:
+                    done(job, record)
+        return records
 
     def rerun(
         self,

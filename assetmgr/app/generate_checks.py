@@ -42,6 +42,8 @@ OPTION_FLAGS: dict[str, str] = {
     "device": "--device",
     "threads": "--threads",
     "timeout_s": "--timeout",
+    "count": "--count",
+    "prompt_file": "--prompt-file",
 }
 #: GenerateRequest field -> the GenSpec field whose bound it must meet.
 _BOUNDED: dict[str, str] = {

@@ -449,6 +449,15 @@ def checked_mounts(
     return checked
 
 
+def _model_refs(models: dict[str, Any]) -> list[Any]:
+    from sandbox.protocol import ModelRef
+
+    return [
+        ModelRef(name=name, mount_path=f"/models/{name}", sha256=info["sha256"].lower())
+        for name, info in models.items()
+    ]
+
+
 def run_generation(
     engine: Engine,
     store: BlobStore,
@@ -463,19 +472,23 @@ def run_generation(
     rerun_of: int | None = None,
     on_message: Callable[[Any], None] | None = None,
     cancel: threading.Event | None = None,
+    batch_mounts: tuple[dict[str, Path], dict[str, Any]] | None = None,
 ) -> RunRecord:
     """Run a generation spec in the sandbox and record it; raises `GenerationError`.
 
     Every model file is checked unchanged since its verification (`check_before_mount`)
     before the engine is contacted; a changed one stops the run with `BlobChangedError`.
+    `batch_mounts` (mount name -> file, and their models record) are the files of a whole
+    batch: checked the same way, and mounted too if a warm worker starts for this job.
     """
-    from sandbox.protocol import Limits, ModelRef
+    from sandbox.protocol import Limits
 
     mounts = checked_mounts(engine, store, mounts, models, cancel=cancel)
-    refs = [
-        ModelRef(name=name, mount_path=f"/models/{name}", sha256=info["sha256"].lower())
-        for name, info in models.items()
-    ]
+    refs = _model_refs(models)
+    warm: dict[str, Any] = {}
+    if batch_mounts is not None:
+        files = checked_mounts(engine, store, *batch_mounts, cancel=cancel)
+        warm = {"warm_models": _model_refs(batch_mounts[1]), "warm_model_files": files}
     image = sandbox.load_image()
     out_dir.mkdir(parents=True, exist_ok=True)  # no empty folder for a run that never started
     try:
@@ -496,6 +509,7 @@ def run_generation(
             on_message=on_message,
             cancel=cancel,
             image=image,
+            **warm,
         )
     except EXPECTED_ERRORS as exc:
         with session_scope(engine, write=True) as session:

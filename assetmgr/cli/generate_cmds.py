@@ -11,6 +11,7 @@ import typer
 
 from assetmgr.cli import print_json, print_line
 from assetmgr.config import Settings
+from assetmgr.errors import UsageError
 
 
 def register(app: typer.Typer) -> None:
@@ -72,6 +73,7 @@ def _from_image(generation: Any, data: Any, base: Any, overrides: dict[str, Any]
 
 
 def generate(
+<<<<<<< HEAD
     model: str | None = typer.Option(
         None, "--model", help="Checkpoint: version id or catalog name (required without an image)."
     ),
@@ -91,6 +93,25 @@ def generate(
     height: int | None = typer.Option(
         None, "--height", help="Pixels, a multiple of 8 [default: 512]."
     ),
+=======
+    model: str = typer.Option(..., "--model", help="Checkpoint: version id or catalog name."),
+    prompt: str | None = typer.Option(
+        None, "--prompt", help="A1111 prompt; <lora:NAME:W> tags work."
+    ),
+    prompt_file: Path | None = typer.Option(
+        None, "--prompt-file", help="One prompt a line (# comments); each line is a job."
+    ),
+    loras: list[str] = typer.Option([], "--lora", help="REF:WEIGHT (repeatable)."),
+    negative: str = typer.Option("", "--negative", help="Negative prompt."),
+    steps: int = typer.Option(20, "--steps", help="Sampling steps."),
+    cfg: float = typer.Option(7.0, "--cfg", help="CFG scale."),
+    seed: str = typer.Option("0", "--seed", help="Seed of the first image, or a range 5-9."),
+    count: int | None = typer.Option(
+        None, "--count", help="Images with seeds seed, seed+1, ... in one container."
+    ),
+    width: int = typer.Option(512, "--width", help="Pixels, a multiple of 8."),
+    height: int = typer.Option(512, "--height", help="Pixels, a multiple of 8."),
+>>>>>>> i15-warm
     batch: int = typer.Option(1, "--batch", help="Images in one run."),
     sampler: str | None = typer.Option(
         None, "--sampler", help="A1111 sampler name [default: Euler a]."
@@ -131,10 +152,11 @@ def generate(
     out: Path | None = typer.Option(None, "--out", help="Output folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
-    """Generate images in the sandbox from catalog models; the run is recorded.
+    """Generate images in the sandbox from catalog models; every job is recorded as a run.
 
     The whole request is checked before any container starts: the ranges of the numbers,
     the sampler, the LoRA tags and weights, and that each file is of the right type and base
+<<<<<<< HEAD
     model. With --from-png or --from-params the image's settings and models (found in the
     store by their hashes) fill the request; a model that is not local stops it with the
     `assetmgr pull` command that fetches it.
@@ -166,6 +188,34 @@ def generate(
         model="",
         prompt="",
         loras=[parse_lora_option(x) for x in loras],
+=======
+    model. With --count, a seed range or a prompt file, every job is checked first and then
+    all run in one container (one per job when a plugin is not trusted).
+    """
+    from assetmgr.app.batch import expand_batch, parse_seeds, read_prompt_file
+    from assetmgr.app.generate import GenerateRequest
+    from assetmgr.app.generate_checks import parse_lora_option
+
+    if (prompt is None) == (prompt_file is None):
+        raise UsageError(
+            "give --prompt or --prompt-file"
+            if prompt is None
+            else "--prompt and --prompt-file cannot go together",
+            hint="--prompt runs one prompt; --prompt-file runs each line of a file.",
+        )
+    seeds = parse_seeds(seed)
+    lines = read_prompt_file(prompt_file) if prompt_file is not None else None
+    req = GenerateRequest(
+        model=model,
+        prompt=prompt or "",
+        negative=negative,
+        loras=[parse_lora_option(x) for x in loras],
+        steps=steps,
+        cfg=cfg,
+        seed=seeds.first,
+        width=width,
+        height=height,
+>>>>>>> i15-warm
         batch=batch,
         plugins=list(plugins),
         add_trigger_words=triggers,
@@ -175,6 +225,7 @@ def generate(
         timeout_s=timeout,
         allow_mismatch=allow_mismatch,
     )
+<<<<<<< HEAD
     if from_png is not None and from_params is not None:
         raise UsageError(
             "--from-png and --from-params cannot go together",
@@ -197,6 +248,21 @@ def generate(
         req = dataclasses.replace(base, **overrides)
     validate_request(req)  # before the catalog is even opened (when no image was read)
     generation = generation or _generation()
+=======
+    jobs = expand_batch(req, seeds, count=count, prompts=lines)
+    if count is None and lines is None and not seeds.is_range:
+        _generate_one(req, out, as_json)
+    else:
+        _generate_batch(jobs, out, as_json)
+
+
+def _generate_one(req: Any, out: Path | None, as_json: bool) -> None:
+    from assetmgr.app.generate import new_run_dir
+    from assetmgr.app.generate_checks import validate_request
+
+    validate_request(req)  # before the catalog is even opened
+    generation = _generation()
+>>>>>>> i15-warm
     plan = generation.plan(req)
     for warning in plan.warnings:
         print_line(f"warning: {warning.message}", err=True)
@@ -215,6 +281,72 @@ def generate(
     print_line(f"\nrun {record.run_id} done", err=True, multiline=True)
     for o in record.outputs:
         print_line(str(o["path"]))
+
+
+def _generate_batch(jobs: list[Any], out: Path | None, as_json: bool) -> None:
+    """Every job checked, then all run in one warm worker; a line per finished image."""
+    from assetmgr.app.batch import validate_batch
+    from assetmgr.app.generate import new_run_dir
+
+    validate_batch(jobs)  # before the catalog is even opened
+    generation = _generation()
+    planned = generation.plan_batch(jobs)
+    for warning in {w.message: w for job in planned for w in job.plan.warnings}:
+        print_line(f"warning: {warning}", err=True)
+    from assetmgr.cli.progress import rewrite_status
+
+    total = len(planned)
+    status = sys.stderr.isatty()
+    pending = [False]  # a status line waits for its newline
+    finished: list[Any] = []
+
+    def mode(how: str) -> None:
+        if how == "per-job" and total > 1:
+            names = ", ".join(planned[0].request.plugins)
+            print_line(
+                f"note: the plugins {names} are not all trusted: each image runs in its own "
+                "container",
+                err=True,
+            )
+
+    def progress(p: Any) -> None:
+        if status and p.steps:
+            rewrite_status(f"[{p.index + 1}/{p.total}] seed {p.seed}: step {p.step}/{p.steps}")
+            pending[0] = True
+
+    def done(job: Any, record: Any) -> None:
+        finished.append(record)
+        seeds = ", ".join(str(o.get("seed")) for o in record.outputs)
+        newline = "\n" if pending[0] else ""
+        pending[0] = False
+        print_line(
+            f"{newline}[{job.index + 1}/{total}] run {record.run_id} done (seed {seeds})",
+            err=True,
+            multiline=True,
+        )
+        if not as_json:
+            for o in record.outputs:
+                print_line(str(o["path"]))
+
+    try:
+        records = generation.generate_batch(
+            planned,
+            out_dir=lambda job: out / f"job-{job.index + 1:04d}" if out else new_run_dir(),
+            progress=progress,
+            done=done,
+            mode=mode,
+        )
+    except BaseException:
+        newline = "\n" if pending[0] else ""
+        print_line(
+            f"{newline}stopped after {len(finished)} of {total} jobs; the rest never started "
+            "(`assetmgr runs` lists the recorded runs)",
+            err=True,
+            multiline=True,
+        )
+        raise
+    if as_json:
+        print_json([r.as_json() for r in records])
 
 
 def rerun(

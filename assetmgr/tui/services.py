@@ -20,6 +20,7 @@ from assetmgr.app.generate import (
     RunRecord,
 )
 from assetmgr.app.sandbox_status import PluginInfo, SandboxInfo, SandboxStatusInfo, ServiceState
+from assetmgr.app.workers import tui_policy
 from assetmgr.config import Settings
 
 if TYPE_CHECKING:
@@ -43,10 +44,19 @@ class Services(AppContext):
         sandbox_info: Any = None,
     ) -> None:
         super().__init__(
-            settings, engine=engine, store=store, client_factory=client_factory, sandbox=runner
+            settings,
+            engine=engine,
+            store=store,
+            client_factory=client_factory,
+            sandbox=runner,
+            worker_policy=tui_policy(settings),
         )
         self.generation = Generation(self)
         self.sandbox_info: Any = sandbox_info or SandboxStatusInfo(lambda: self.sandbox)
+
+    def reload_settings(self) -> None:
+        super().reload_settings()
+        self.set_worker_policy(tui_policy(self.settings))  # the idle time may have changed
 
     def import_state(self) -> ServiceState:
         try:

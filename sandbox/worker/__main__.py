@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from sandbox.protocol import (
 )
 from sandbox.worker import WORKER_VERSION, execute
 from sandbox.worker.channel import Channel
+from sandbox.worker.isolation import JobIsolation
 
 #: How long to wait for the host to copy the spec in, and to linger after the result so the
 #: host can read the outputs from the (tmpfs) job volume before it stops the container.
@@ -48,12 +48,13 @@ def _wait_for(path: str, timeout_s: float) -> bool:
 def serve(channel: Channel, work_root: Path, plugins_root: Path | None = None) -> int:
     """Warm mode: one JSON job spec per line on stdin, until EOF.
 
-    Each job writes under ``<work_root>/<job_id>/out``; the previous job's directory is removed
-    when the next one starts, so the (tmpfs) volume holds at most one job's outputs. The
-    outputs go back in-band, before the result line (`Channel.send_outputs`).
+    Each job writes under ``<work_root>/<job_id>/out``; its outputs go back in-band, before the
+    result line (`Channel.send_outputs`). Once they are sent, `JobIsolation` removes the job's
+    folders and the files it left, and undoes its changes to the environment, so the next job
+    starts clean (see `sandbox.worker.isolation`).
     """
     stdin = sys.stdin.buffer
-    previous: Path | None = None
+    isolation = JobIsolation(work_root)
     while True:
         line = stdin.readline(MAX_SPEC_BYTES + 2)
         if not line:
@@ -63,21 +64,22 @@ def serve(channel: Channel, work_root: Path, plugins_root: Path | None = None) -
                 line = stdin.readline(1 << 16)
             channel.send(ErrorMessage(code="bad_spec", message="spec line too long"))
             continue
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-            previous = None
         try:
             spec = JobSpec.from_json_bytes(line.strip())
         except ValueError as exc:
             channel.send(ErrorMessage(code="bad_spec", message=str(exc)[:2000]))
             continue
-        previous = work_root / spec.job_id
-        try:
-            execute(spec, previous / "out", channel, plugins_root=plugins_root, inline_outputs=True)
-        except Exception as exc:
-            channel.send(
-                ErrorMessage(code=type(exc).__name__, message=str(exc)[:2000], job_id=spec.job_id)
-            )
+        with isolation.job(spec.job_id) as job_dir:
+            try:
+                execute(
+                    spec, job_dir / "out", channel, plugins_root=plugins_root, inline_outputs=True
+                )
+            except Exception as exc:
+                channel.send(
+                    ErrorMessage(
+                        code=type(exc).__name__, message=str(exc)[:2000], job_id=spec.job_id
+                    )
+                )
         _idle()
 
 
