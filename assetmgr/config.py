@@ -166,17 +166,14 @@ class Settings:
     """The most one download may bring (``ASSETMGR_MAX_DOWNLOAD_SIZE``, ``max_download_size``)."""
     sync_workers: str = ""
     """``ASSETMGR_SYNC_WORKERS`` as given (empty: the default); the sync use case reads it."""
-<<<<<<< HEAD
     preview_cache_bytes: int = DEFAULT_PREVIEW_CACHE_BYTES
     """The image cache's cap (``preview_cache_size`` in the config file)."""
     nsfw_threshold: str = "PG"
     """The mildest NSFW level held back from view and bulk fetches is the one above this
     (``nsfw_threshold``: PG, PG-13, R, X or XXX; `catalog.nsfw`)."""
-=======
     warm_worker_idle_s: float = DEFAULT_WARM_WORKER_IDLE_S
     """How long the TUI keeps an unused warm worker (``ASSETMGR_WARM_WORKER_IDLE``,
     ``warm_worker_idle``); 0: a container per job."""
->>>>>>> i15-warm
 
     @property
     def database_url_shown(self) -> str:
@@ -229,9 +226,7 @@ class Settings:
                 hint="Give ASSETMGR_MAX_DOWNLOAD_SIZE or max_download_size as bytes or with a "
                 "unit, e.g. 64GiB or 500MB.",
             )
-<<<<<<< HEAD
         preview_cache_bytes, nsfw_threshold = _preview_settings(values)
-=======
         raw_idle = environment.get("ASSETMGR_WARM_WORKER_IDLE") or values.get(
             "warm_worker_idle", DEFAULT_WARM_WORKER_IDLE_S
         )
@@ -242,7 +237,6 @@ class Settings:
                 hint="Give ASSETMGR_WARM_WORKER_IDLE or warm_worker_idle as seconds or with a "
                 "unit, e.g. 600, 90s, 10m or 1h (0: a container per job).",
             )
->>>>>>> i15-warm
         _register_secrets(api_key, str(db_url))
         return cls(
             home=paths.home(),
@@ -254,12 +248,9 @@ class Settings:
             sync_concurrency=max(1, sync_concurrency),
             max_download_bytes=max_download_bytes,
             sync_workers=(environment.get("ASSETMGR_SYNC_WORKERS") or "").strip(),
-<<<<<<< HEAD
             preview_cache_bytes=preview_cache_bytes,
             nsfw_threshold=nsfw_threshold,
-=======
             warm_worker_idle_s=warm_worker_idle_s,
->>>>>>> i15-warm
         )
 
     @property

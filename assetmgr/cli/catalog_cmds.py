@@ -335,12 +335,9 @@ def config_show(as_json: bool = typer.Option(False, "--json")) -> None:
         "download_concurrency": settings.download_concurrency,
         "sync_concurrency": settings.sync_concurrency,
         "max_download_bytes": settings.max_download_bytes,
-<<<<<<< HEAD
         "preview_cache_bytes": settings.preview_cache_bytes,
         "nsfw_threshold": settings.nsfw_threshold,
-=======
         "warm_worker_idle_s": settings.warm_worker_idle_s,
->>>>>>> i15-warm
     }
     if as_json:
         print_json(data)

@@ -73,19 +73,24 @@ def _from_image(generation: Any, data: Any, base: Any, overrides: dict[str, Any]
 
 
 def generate(
-<<<<<<< HEAD
     model: str | None = typer.Option(
         None, "--model", help="Checkpoint: version id or catalog name (required without an image)."
     ),
     prompt: str | None = typer.Option(
-        None, "--prompt", help="A1111 prompt; <lora:NAME:W> tags work (required without an image)."
+        None, "--prompt", help="A1111 prompt; <lora:NAME:W> tags work (or an image or a file)."
+    ),
+    prompt_file: Path | None = typer.Option(
+        None, "--prompt-file", help="One prompt a line (# comments); each line is a job."
     ),
     loras: list[str] = typer.Option([], "--lora", help="REF:WEIGHT (repeatable)."),
     negative: str | None = typer.Option(None, "--negative", help="Negative prompt."),
     steps: int | None = typer.Option(None, "--steps", help="Sampling steps [default: 20]."),
     cfg: float | None = typer.Option(None, "--cfg", help="CFG scale [default: 7]."),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed of the first image (+1 per image) [default: 0]."
+    seed: str | None = typer.Option(
+        None, "--seed", help="Seed of the first image (+1 per image), or a range 5-9 [default: 0]."
+    ),
+    count: int | None = typer.Option(
+        None, "--count", help="Images with seeds seed, seed+1, ... in one container."
     ),
     width: int | None = typer.Option(
         None, "--width", help="Pixels, a multiple of 8 [default: 512]."
@@ -93,25 +98,6 @@ def generate(
     height: int | None = typer.Option(
         None, "--height", help="Pixels, a multiple of 8 [default: 512]."
     ),
-=======
-    model: str = typer.Option(..., "--model", help="Checkpoint: version id or catalog name."),
-    prompt: str | None = typer.Option(
-        None, "--prompt", help="A1111 prompt; <lora:NAME:W> tags work."
-    ),
-    prompt_file: Path | None = typer.Option(
-        None, "--prompt-file", help="One prompt a line (# comments); each line is a job."
-    ),
-    loras: list[str] = typer.Option([], "--lora", help="REF:WEIGHT (repeatable)."),
-    negative: str = typer.Option("", "--negative", help="Negative prompt."),
-    steps: int = typer.Option(20, "--steps", help="Sampling steps."),
-    cfg: float = typer.Option(7.0, "--cfg", help="CFG scale."),
-    seed: str = typer.Option("0", "--seed", help="Seed of the first image, or a range 5-9."),
-    count: int | None = typer.Option(
-        None, "--count", help="Images with seeds seed, seed+1, ... in one container."
-    ),
-    width: int = typer.Option(512, "--width", help="Pixels, a multiple of 8."),
-    height: int = typer.Option(512, "--height", help="Pixels, a multiple of 8."),
->>>>>>> i15-warm
     batch: int = typer.Option(1, "--batch", help="Images in one run."),
     sampler: str | None = typer.Option(
         None, "--sampler", help="A1111 sampler name [default: Euler a]."
@@ -156,22 +142,30 @@ def generate(
 
     The whole request is checked before any container starts: the ranges of the numbers,
     the sampler, the LoRA tags and weights, and that each file is of the right type and base
-<<<<<<< HEAD
     model. With --from-png or --from-params the image's settings and models (found in the
     store by their hashes) fill the request; a model that is not local stops it with the
-    `assetmgr pull` command that fetches it.
+    `assetmgr pull` command that fetches it. With --count, a seed range or a prompt file,
+    every job is checked first and then all run in one container (one per job when a plugin
+    is not trusted).
     """
-    from assetmgr.app.generate import GenerateRequest, new_run_dir
+    from assetmgr.app.batch import expand_batch, parse_seeds, read_prompt_file
+    from assetmgr.app.generate import GenerateRequest
     from assetmgr.app.generate_checks import parse_lora_option, validate_request
-    from assetmgr.errors import UsageError
 
+    if prompt is not None and prompt_file is not None:
+        raise UsageError(
+            "--prompt and --prompt-file cannot go together",
+            hint="--prompt runs one prompt; --prompt-file runs each line of a file.",
+        )
+    seeds = parse_seeds(seed) if seed is not None else None
+    lines = read_prompt_file(prompt_file) if prompt_file is not None else None
     given = {
         "model": model,
         "prompt": prompt,
         "negative": negative,
         "steps": steps,
         "cfg": cfg,
-        "seed": seed,
+        "seed": seeds.first if seeds is not None else None,
         "width": width,
         "height": height,
         "sampler": sampler,
@@ -188,34 +182,6 @@ def generate(
         model="",
         prompt="",
         loras=[parse_lora_option(x) for x in loras],
-=======
-    model. With --count, a seed range or a prompt file, every job is checked first and then
-    all run in one container (one per job when a plugin is not trusted).
-    """
-    from assetmgr.app.batch import expand_batch, parse_seeds, read_prompt_file
-    from assetmgr.app.generate import GenerateRequest
-    from assetmgr.app.generate_checks import parse_lora_option
-
-    if (prompt is None) == (prompt_file is None):
-        raise UsageError(
-            "give --prompt or --prompt-file"
-            if prompt is None
-            else "--prompt and --prompt-file cannot go together",
-            hint="--prompt runs one prompt; --prompt-file runs each line of a file.",
-        )
-    seeds = parse_seeds(seed)
-    lines = read_prompt_file(prompt_file) if prompt_file is not None else None
-    req = GenerateRequest(
-        model=model,
-        prompt=prompt or "",
-        negative=negative,
-        loras=[parse_lora_option(x) for x in loras],
-        steps=steps,
-        cfg=cfg,
-        seed=seeds.first,
-        width=width,
-        height=height,
->>>>>>> i15-warm
         batch=batch,
         plugins=list(plugins),
         add_trigger_words=triggers,
@@ -225,7 +191,6 @@ def generate(
         timeout_s=timeout,
         allow_mismatch=allow_mismatch,
     )
-<<<<<<< HEAD
     if from_png is not None and from_params is not None:
         raise UsageError(
             "--from-png and --from-params cannot go together",
@@ -239,30 +204,32 @@ def generate(
         generation = _generation()
         req = _from_image(generation, data, base, overrides)
     else:
-        for flag, value in (("--model", model), ("--prompt", prompt)):
+        needed = [("--model", model)] + ([("--prompt", prompt)] if lines is None else [])
+        for flag, value in needed:
             if value is None:
                 raise UsageError(
                     f"missing option '{flag}' (or give --from-png FILE or --from-params FILE)",
                     hint="Run `assetmgr generate --help` for usage.",
                 )
         req = dataclasses.replace(base, **overrides)
+    if count is not None or lines is not None or (seeds is not None and seeds.is_range):
+        if dry_run:
+            raise UsageError(
+                "--dry-run checks one job", hint="Leave out --count, --prompt-file and seed ranges."
+            )
+        jobs = expand_batch(req, seeds or parse_seeds(str(req.seed)), count=count, prompts=lines)
+        _generate_batch(jobs, out, as_json)
+        return
     validate_request(req)  # before the catalog is even opened (when no image was read)
     generation = generation or _generation()
-=======
-    jobs = expand_batch(req, seeds, count=count, prompts=lines)
-    if count is None and lines is None and not seeds.is_range:
-        _generate_one(req, out, as_json)
-    else:
-        _generate_batch(jobs, out, as_json)
+    _generate_one(generation, req, out, as_json, dry_run)
 
 
-def _generate_one(req: Any, out: Path | None, as_json: bool) -> None:
+def _generate_one(
+    generation: Any, req: Any, out: Path | None, as_json: bool, dry_run: bool
+) -> None:
     from assetmgr.app.generate import new_run_dir
-    from assetmgr.app.generate_checks import validate_request
 
-    validate_request(req)  # before the catalog is even opened
-    generation = _generation()
->>>>>>> i15-warm
     plan = generation.plan(req)
     for warning in plan.warnings:
         print_line(f"warning: {warning.message}", err=True)

@@ -2,13 +2,9 @@
 
 from assetmgr.app.batch import PromptLineError
 from assetmgr.app.generate import NoCheckpointError
-<<<<<<< HEAD
 from assetmgr.app.genparams import GenerationDataError
 from assetmgr.app.reuse import MissingModelsError, lookup_commands, pull_commands
-from assetmgr.wording import Wording, words_for
-=======
 from assetmgr.wording import Wording, describe, words_for
->>>>>>> i15-warm
 
 _DATA_HINTS = {
     "not-png": "Give the PNG an A1111-style tool wrote (it keeps a 'parameters' text chunk).",
@@ -26,7 +22,6 @@ def _no_checkpoint(exc: NoCheckpointError) -> Wording:
     return Wording("Generation failed", str(exc), "Pull a checkpoint, then pick it on this screen.")
 
 
-<<<<<<< HEAD
 @words_for(GenerationDataError)
 def _generation_data(exc: GenerationDataError) -> Wording:
     return Wording(
@@ -48,7 +43,8 @@ def _missing_models(exc: MissingModelsError) -> Wording:
         parts.append("The image names them without a hash; pick local models in their place")
     hint = "; ".join(parts) + "."
     return Wording("Models not local", exc.message, hint[0].upper() + hint[1:], exc.exit_code)
-=======
+
+
 @words_for(PromptLineError)
 def _prompt_line(exc: PromptLineError) -> Wording:
     """The line's own problem, worded as usual, behind the file and line it came from."""
@@ -58,4 +54,3 @@ def _prompt_line(exc: PromptLineError) -> Wording:
     return Wording(
         cause.title, f"{exc.path} line {exc.line}: {cause.message}", cause.hint, cause.exit_code
     )
->>>>>>> i15-warm
