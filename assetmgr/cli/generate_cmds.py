@@ -204,13 +204,16 @@ def generate(
         generation = _generation()
         req = _from_image(generation, data, base, overrides)
     else:
-        needed = [("--model", model)] + ([("--prompt", prompt)] if lines is None else [])
-        for flag, value in needed:
-            if value is None:
-                raise UsageError(
-                    f"missing option '{flag}' (or give --from-png FILE or --from-params FILE)",
-                    hint="Run `assetmgr generate --help` for usage.",
-                )
+        if model is None:
+            raise UsageError(
+                "missing option '--model' (or give --from-png FILE or --from-params FILE)",
+                hint="Run `assetmgr generate --help` for usage.",
+            )
+        if prompt is None and lines is None:
+            raise UsageError(
+                "give --prompt or --prompt-file",
+                hint="--prompt runs one prompt; --prompt-file runs each line of a file.",
+            )
         req = dataclasses.replace(base, **overrides)
     if count is not None or lines is not None or (seeds is not None and seeds.is_range):
         if dry_run:
