@@ -79,13 +79,18 @@ async def test_a_second_generation_with_the_same_model_reuses_the_worker(
     assert log.alive(created) == []  # leaving the TUI removed it (and its GPU memory)
 
 
-async def test_an_untrusted_plugin_set_never_shares_a_worker(
-    settings: Settings,
+async def test_an_untrusted_set_never_shares_a_worker_and_an_idle_one_goes(
     engine: Engine,
     library: BlobStore,  # noqa: F811
     docker_client: Any,  # noqa: F811
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Untrusted: a container per generation. The same set trusted goes to a warm worker,
+    which the idle setting (2 s here) removes while the TUI still runs."""
+    monkeypatch.setenv("ASSETMGR_WARM_WORKER_IDLE", "2s")
+    settings = Settings.load()
+    assert settings.warm_worker_idle_s == 2.0
     services = Services(settings, engine, store=library)
     services.sandbox.add_plugin(write_plugin(tmp_path / "src", "tagger"))  # not trusted
     log = ContainerLog(docker_client)
@@ -98,27 +103,11 @@ async def test_an_untrusted_plugin_set_never_shares_a_worker(
         assert [c.role for c in untrusted] == ["job", "job"], untrusted
         assert log.alive(untrusted) == []
         assert app.generate_screen.runs[0].spec["prompt"] == "a heron in reeds"
-        # the control: the same set, trusted, goes to the warm worker
+        # the control: the same set, trusted, goes to the warm worker ...
         services.sandbox.set_trusted("tagger", True)
         await generate(pilot, app, replace(request, seed=44))
         created = log.created()
         assert [c.role for c in created] == ["job", "job", "warm-worker"], created
-
-
-async def test_the_idle_time_removes_the_worker(
-    engine: Engine,
-    library: BlobStore,  # noqa: F811
-    docker_client: Any,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("ASSETMGR_WARM_WORKER_IDLE", "2s")
-    settings = Settings.load()
-    assert settings.warm_worker_idle_s == 2.0
-    log = ContainerLog(docker_client)
-    app = make_app(settings, services=Services(settings, engine, store=library))
-    async with app.run_test(size=SIZE) as pilot:
-        await generate(pilot, app, await ready(pilot, app))
-        created = log.created()
-        assert [c.role for c in created] == ["warm-worker"], created
-        assert wait_gone(log, created) == []  # while the TUI still runs
+        # ... which goes after the idle time
+        assert wait_gone(log, created) == []
         assert app.is_running
