@@ -15,6 +15,7 @@ from textual.message import Message
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from assetmgr.app.previews import CatalogImage
     from assetmgr.app.queries import (
         BrowseQuery,
         Completion,
@@ -70,6 +71,8 @@ class UpdatesMarked(Message):
 @dataclass
 class ModelDetailLoaded(Message):
     detail: ModelDetail
+    images: dict[int, list[CatalogImage]] = field(default_factory=dict)
+    """Each version's pictures (`PreviewService.images`), for placeholders in the same frame."""
 
 
 @dataclass
@@ -79,6 +82,8 @@ class PreviewLoaded(Message):
     version_id: int
     image: PILImage | None
     note: str = ""
+    key: str | None = None
+    """The gallery entry it is for (`assetmgr.tui.gallery.Entry.key`): a late one is dropped."""
 
 
 # --- jobs: sync, pull, verify, delete, import ------------------------------------------------
