@@ -119,6 +119,8 @@ def caption(index: int, entries: list[Entry], keys: str, *, held: str | None) ->
             text.append(f" · {image.width}×{image.height}", style="dim")
         if not image.is_still:
             text.append(f" · {clean(image.type or '?')}", style="dim")
+    if held:
+        text.append(f" · {held}", style="red")
     if len(entries) > 1:
         text.append(f"  ({keys} to step)", style="dim")
     return text
@@ -131,8 +133,6 @@ def failure_note(exc: BaseException) -> str:
 
     words = describe(exc)
     why = words.message if words is not None else type(exc).__name__
-    if words is not None and words.hint:
-        why = f"{why} ({words.hint})"
     if isinstance(exc, ImageFetchError) and exc.reason == "connection":
         return f"Civitai previews need the network: {why}"
     return f"Preview refused: {why}"
