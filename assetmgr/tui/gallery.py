@@ -129,10 +129,10 @@ def caption(index: int, entries: list[Entry], keys: str, *, held: str | None) ->
 def failure_note(exc: BaseException) -> str:
     """One line for an image that could not be shown: offline, or refused and why."""
     from assetmgr.wording import describe
-    from catalog.civitai.errors import ImageFetchError
 
     words = describe(exc)
     why = words.message if words is not None else type(exc).__name__
-    if isinstance(exc, ImageFetchError) and exc.reason == "connection":
+    # `ImageFetchError.reason` (the front ends do not import catalog): no connection at all.
+    if getattr(exc, "reason", None) == "connection":
         return f"Civitai previews need the network: {why}"
     return f"Preview refused: {why}"
