@@ -488,9 +488,7 @@ class AssetMgrApp(WorkersMixin, App[None]):
     @on(m.PreviewLoaded)
     def preview_loaded(self, message: m.PreviewLoaded) -> None:
         if self._live(self.catalog):
-            self.catalog.show_preview(
-                message.version_id, message.image, message.note, message.key
-            )
+            self.catalog.show_preview(message.version_id, message.image, message.note, message.key)
 
     # --- generate --------------------------------------------------------------------------
 

@@ -141,8 +141,10 @@ async def test_local_only_and_nsfw_toggle(
         await settle(pilot)
         await wait_until(
             pilot,
-            lambda: preview.has_class("-has-image")
-            and not plain(preview.query_one(".preview-note")).strip(),
+            lambda: (
+                preview.has_class("-has-image")
+                and not plain(preview.query_one(".preview-note")).strip()
+            ),
             what="revealed",
         )
         await pilot.press("l")  # local only: nothing is local
