@@ -490,6 +490,11 @@ class AssetMgrApp(WorkersMixin, App[None]):
         if self._live(self.catalog):
             self.catalog.show_preview(message.version_id, message.image, message.note, message.key)
 
+    @on(m.ImageMetaLoaded)
+    def image_meta_loaded(self, message: m.ImageMetaLoaded) -> None:
+        if self._live(self.catalog):
+            self.catalog.image_meta_loaded(message.version_id, message.images)
+
     # --- generate --------------------------------------------------------------------------
 
     def insert_into_prompt(self, text: str) -> None:

@@ -86,6 +86,14 @@ class PreviewLoaded(Message):
     """The gallery entry it is for (`assetmgr.tui.gallery.Entry.key`): a late one is dropped."""
 
 
+@dataclass
+class ImageMetaLoaded(Message):
+    """A version's images again, with the generation data Civitai's images endpoint gave."""
+
+    version_id: int
+    images: list[CatalogImage]
+
+
 # --- jobs: sync, pull, verify, delete, import ------------------------------------------------
 
 

@@ -143,6 +143,20 @@ class WorkersMixin(_Base):
             note = "" if picture is not None else "The cached preview could not be read"
             self.post_message(m.PreviewLoaded(version_id, picture, note, key))
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-image-meta")
+    def load_image_meta(self, version_id: int) -> None:
+        """Generation data for a version's images the model payload had none for."""
+        from assetmgr.app.image_meta import fill_generation_data
+        from assetmgr.errors import EXPECTED_ERRORS
+
+        try:
+            fill_generation_data(self.services, version_id)
+        except EXPECTED_ERRORS:
+            return  # they keep "no generation data"; the preview's own line says if offline
+        images = self.services.previews().images([version_id])[version_id]
+        if not _cancelled():
+            self.post_message(m.ImageMetaLoaded(version_id, images))
+
     @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-prefetch")
     def prefetch_previews(self, model_id: int, neighbour_ids: list[int]) -> None:
         """Fill the cache for the selected model and its neighbours (never above the NSFW

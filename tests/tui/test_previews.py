@@ -47,6 +47,7 @@ def gallery_catalog() -> FakeCatalog:
             if image.type != "image":  # a still, served as a JPEG
                 image.type, image.url = "image", image.url.rsplit(".", 1)[0] + ".jpeg"
             image.nsfw_level = 1
+            image.meta = None
         version.images[2].nsfw_level = NSFW_X
     return catalog
 
@@ -227,6 +228,42 @@ async def test_offline_says_why_in_one_line(
         await wait_until(pilot, lambda: "need the network" in note(app), what=note(app))
         assert note(app).startswith("Civitai previews need the network: ")
         assert "\n" not in note(app)
+
+
+async def test_missing_generation_data_is_asked_from_the_images_endpoint(
+    gallery_app: Callable[[], AssetMgrApp],
+    model_id: int,
+    civitai: FakeCivitai,
+    gallery_catalog: FakeCatalog,
+) -> None:
+    version = gallery_catalog.models[model_id].published_versions[0]
+    version.images[0].meta = {**META, "prompt": "from the images endpoint", "seed": 77}
+    version.images[1].meta = {"prompt": "x" * 40_000}  # over the stored bound: refused
+    app = gallery_app()
+    async with app.run_test(size=SIZE) as pilot:
+        pane = await select(pilot, app, model_id)
+        await wait_until(
+            pilot,
+            lambda: "from the images endpoint" in plain(pane.query_one("#image-meta")),
+            what="generation data",
+        )
+
+        def asked() -> list[Any]:
+            wanted = f"modelVersionId={version.id}&"
+            return [
+                r
+                for r in civitai.api_requests
+                if r.path == "/api/v1/images" and wanted in r.query + "&"
+            ]
+
+        assert len(asked()) == 1
+        assert "withMeta=true" in asked()[0].query
+        assert pane.image_meta is not None and pane.image_meta["seed"] == 77
+        assert pane.query_one(".use-prompt").display
+        assert pane.gallery[1].meta == META  # the oversized answer was not stored
+        await pilot.press("full_stop", "comma")
+        await settle(pilot)
+        assert len(asked()) == 1  # asked once a session
 
 
 def test_detail_pane_with_a_fetched_preview(

@@ -98,6 +98,7 @@ class CatalogScreen(Screen[None]):
         self.revealed: set[int] = set()
         self.images: dict[int, list[CatalogImage]] = {}
         """The selected model's pictures by version (`PreviewService.images`)."""
+        self.meta_asked: set[int] = set()
         self._search_timer: Timer | None = None
         self._detail_timer: Timer | None = None
         self.mode: LayoutMode = "side"
@@ -377,7 +378,13 @@ class CatalogScreen(Screen[None]):
     def version(self) -> VersionDetail | None:
         return self.query_one(DetailPane).version
 
-    def _load_preview(self, index: int = 0) -> None:
+    def image_meta_loaded(self, version_id: int, images: list[CatalogImage]) -> None:
+        self.images[version_id] = images
+        version = self.version
+        if version is not None and version.id == version_id:
+            self._load_preview(self.query_one(DetailPane).image_index, words_only=True)
+
+    def _load_preview(self, index: int = 0, *, words_only: bool = False) -> None:
         """Draw picture `index` of the shown version: its placeholder now, then the file or
         the thumbnail from a worker; above the NSFW threshold only the blur until revealed."""
         pane = self.query_one(DetailPane)
@@ -404,6 +411,12 @@ class CatalogScreen(Screen[None]):
             gallery.caption(index, entries, keys, held=threshold if held else None),
             gallery.generation_text(entry.meta),
         )
+        lacking = any(e.image is not None and e.image.url and not e.meta for e in entries)
+        if lacking and not self.is_demo and version.id not in self.meta_asked:
+            self.meta_asked.add(version.id)  # once a session: Civitai's images endpoint
+            self.mgr.load_image_meta(version.id)
+        if words_only:
+            return
         blur = previews.placeholder(image) if image is not None else None
         if held:
             if blur is not None:
