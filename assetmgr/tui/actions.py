@@ -218,6 +218,24 @@ ACTIONS: tuple[ActionSpec, ...] = (
         show=False,
         palette=False,
     ),
+    ActionSpec(
+        "catalog.prev_image",
+        "comma",
+        "image(-1)",
+        "Prev image",
+        "Previous example image of the version (with its generation data)",
+        "catalog",
+        show=False,
+    ),
+    ActionSpec(
+        "catalog.next_image",
+        "full_stop",
+        "image(1)",
+        "Next image",
+        "Next example image of the version (with its generation data)",
+        "catalog",
+        show=False,
+    ),
     # generate
     ActionSpec(
         "generate.run", "ctrl+r", "run_generation", "Generate", "Run in the sandbox", "generate"

@@ -483,12 +483,17 @@ class AssetMgrApp(WorkersMixin, App[None]):
     @on(m.ModelDetailLoaded)
     def detail_loaded(self, message: m.ModelDetailLoaded) -> None:
         if self._live(self.catalog):
-            self.catalog.show_detail(message.detail)
+            self.catalog.show_detail(message.detail, message.images)
 
     @on(m.PreviewLoaded)
     def preview_loaded(self, message: m.PreviewLoaded) -> None:
         if self._live(self.catalog):
-            self.catalog.show_preview(message.version_id, message.image, message.note)
+            self.catalog.show_preview(message.version_id, message.image, message.note, message.key)
+
+    @on(m.ImageMetaLoaded)
+    def image_meta_loaded(self, message: m.ImageMetaLoaded) -> None:
+        if self._live(self.catalog):
+            self.catalog.image_meta_loaded(message.version_id, message.images)
 
     # --- generate --------------------------------------------------------------------------
 

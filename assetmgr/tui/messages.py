@@ -15,6 +15,7 @@ from textual.message import Message
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from assetmgr.app.previews import CatalogImage
     from assetmgr.app.queries import (
         BrowseQuery,
         Completion,
@@ -70,6 +71,8 @@ class UpdatesMarked(Message):
 @dataclass
 class ModelDetailLoaded(Message):
     detail: ModelDetail
+    images: dict[int, list[CatalogImage]] = field(default_factory=dict)
+    """Each version's pictures (`PreviewService.images`), for placeholders in the same frame."""
 
 
 @dataclass
@@ -79,6 +82,16 @@ class PreviewLoaded(Message):
     version_id: int
     image: PILImage | None
     note: str = ""
+    key: str | None = None
+    """The gallery entry it is for (`assetmgr.tui.gallery.Entry.key`): a late one is dropped."""
+
+
+@dataclass
+class ImageMetaLoaded(Message):
+    """A version's images again, with the generation data Civitai's images endpoint gave."""
+
+    version_id: int
+    images: list[CatalogImage]
 
 
 # --- jobs: sync, pull, verify, delete, import ------------------------------------------------

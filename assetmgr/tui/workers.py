@@ -25,6 +25,7 @@ from assetmgr.tui import messages as m
 if TYPE_CHECKING:
     from textual.app import App
 
+    from assetmgr.app.previews import CatalogImage
     from assetmgr.tui.services import GenerateRequest, GenerationProgress, Services
 
     _Base = App[None]
@@ -115,13 +116,59 @@ class WorkersMixin(_Base):
     def load_detail(self, model_id: int) -> None:
         with Session(self.services.engine) as session:
             detail = queries.load_detail(session, model_id)
+        images = self.services.previews().images([v.id for v in detail.versions])
         if not _cancelled():
-            self.post_message(m.ModelDetailLoaded(detail))
+            self.post_message(m.ModelDetailLoaded(detail, images))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-preview")
-    def load_preview(self, version_id: int, path: Path | None, note: str) -> None:
+    def load_gallery_image(
+        self, version_id: int, image: CatalogImage, key: str, *, reveal: bool
+    ) -> None:
+        """The cached thumbnail of `image`, else fetched (above the threshold only when
+        `reveal`); a failure posts its one line (`gallery.failure_note`)."""
+        from assetmgr.errors import EXPECTED_ERRORS
+        from assetmgr.tui.gallery import failure_note
+
+        previews = self.services.previews()
+        picture = previews.picture(image)
+        if picture is None:
+            try:
+                previews.fetch(image, reveal=reveal)
+            except EXPECTED_ERRORS as exc:
+                if not _cancelled():
+                    self.post_message(m.PreviewLoaded(version_id, None, failure_note(exc), key))
+                return
+            picture = previews.picture(image)
+        if not _cancelled():
+            note = "" if picture is not None else "The cached preview could not be read"
+            self.post_message(m.PreviewLoaded(version_id, picture, note, key))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-image-meta")
+    def load_image_meta(self, version_id: int) -> None:
+        """Generation data for a version's images the model payload had none for."""
+        from assetmgr.app.image_meta import fill_generation_data
+        from assetmgr.errors import EXPECTED_ERRORS
+
+        try:
+            fill_generation_data(self.services, version_id)
+        except EXPECTED_ERRORS:
+            return  # they keep "no generation data"; the preview's own line says if offline
+        images = self.services.previews().images([version_id])[version_id]
+        if not _cancelled():
+            self.post_message(m.ImageMetaLoaded(version_id, images))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-prefetch")
+    def prefetch_previews(self, model_id: int, neighbour_ids: list[int]) -> None:
+        """Fill the cache for the selected model and its neighbours (never above the NSFW
+        threshold); a newer selection cancels it."""
+        self.services.previews().prefetch(model_id, neighbour_ids, cancel=_cancel_event())
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="catalog-preview")
+    def load_preview(
+        self, version_id: int, path: Path | None, note: str, key: str | None = None
+    ) -> None:
         if path is None:
-            self.post_message(m.PreviewLoaded(version_id, None, note))
+            self.post_message(m.PreviewLoaded(version_id, None, note, key))
             return
         from PIL import Image
 
@@ -130,10 +177,11 @@ class WorkersMixin(_Base):
                 image = source.convert("RGB")
             image.thumbnail((PREVIEW_PIXELS, PREVIEW_PIXELS))
         except OSError as exc:
-            self.post_message(m.PreviewLoaded(version_id, None, f"cannot read {path.name}: {exc}"))
+            note = f"cannot read {path.name}: {exc}"
+            self.post_message(m.PreviewLoaded(version_id, None, note, key))
             return
         if not _cancelled():
-            self.post_message(m.PreviewLoaded(version_id, image, ""))
+            self.post_message(m.PreviewLoaded(version_id, image, "", key))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="completion")
     def find_completions(self, prefix: str) -> None:

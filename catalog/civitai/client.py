@@ -538,6 +538,22 @@ class CivitaiClient:
         data = self._json(self._request("GET", f"/api/v1/model-versions/{version_id}"))
         return self._validate(ModelVersion, data, f"model version {version_id}")
 
+    def list_version_images_raw(self, version_id: int, *, limit: int = 100) -> list[dict[str, Any]]:
+        """One page of `GET /api/v1/images` for a version, with generation data (``withMeta``)
+        and every NSFW level (metadata only: no picture is fetched); at most 200 items."""
+        version_id = _check_id(version_id, "model version id")
+        params = [
+            ("modelVersionId", str(version_id)),
+            ("limit", str(max(1, min(limit, 200)))),
+            ("nsfw", "X"),
+            ("withMeta", "true"),
+        ]
+        data = self._json(self._request("GET", "/api/v1/images", params=params))
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise CivitaiResponseValidationError("images page has no items list")
+        return [item for item in items if isinstance(item, dict)]
+
     def get_version_by_hash(self, file_hash: str) -> ModelVersion:
         """The version holding a file with this hash (any of the six types, any case)."""
         normalized = normalize_hash(file_hash)

@@ -135,11 +135,18 @@ async def test_local_only_and_nsfw_toggle(
         await wait_until(pilot, lambda: table_names(app) == ["Spicy Ink"])
         await settle(pilot)
         preview = app.catalog.query_one(PreviewPane)
-        assert not preview.has_class("-has-image")
-        assert "NSFW preview hidden" in plain(preview.query_one(".preview-note"))
+        # Above the threshold: only the BlurHash, blurred, until revealed.
+        assert "NSFW · blurred" in plain(preview.query_one(".preview-note"))
         await pilot.press("r")
         await settle(pilot)
-        await wait_until(pilot, lambda: preview.has_class("-has-image"), what="revealed")
+        await wait_until(
+            pilot,
+            lambda: (
+                preview.has_class("-has-image")
+                and not plain(preview.query_one(".preview-note")).strip()
+            ),
+            what="revealed",
+        )
         await pilot.press("l")  # local only: nothing is local
         await wait_until(pilot, lambda: app.catalog.loaded == 0 and not app.catalog.page_loading)
 

@@ -27,6 +27,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from assetmgr.app.queries import SORT_KEYS, BrowseQuery, ModelDetail, VersionDetail
 from assetmgr.display import clean
+from assetmgr.tui import gallery
 from assetmgr.tui.actions import action, bindings_for
 from assetmgr.tui.widgets.detail import DetailPane
 from assetmgr.tui.widgets.filter_bar import ASCENDING_FIRST, FilterBar
@@ -35,6 +36,7 @@ from assetmgr.tui.widgets.model_table import COLUMNS, ModelTable
 from assetmgr.tui.widgets.preview import PreviewPane
 
 if TYPE_CHECKING:
+    from assetmgr.app.previews import CatalogImage
     from assetmgr.tui.app import AssetMgrApp
     from assetmgr.tui.messages import ModelsPageLoaded
 
@@ -47,6 +49,9 @@ STACKED_MIN_HEIGHT = 28
 """From 100x28 the detail pane sits under the table; below, it replaces it when opened."""
 FULL_FILTERS_MIN_WIDTH = 140
 NO_MATCH = "No model matches. Change the filters, or press {key} to sync from Civitai."
+
+IMAGE_KEYS = ", and ."
+"""How the caption names the image-stepping keys (`catalog.prev_image`, `catalog.next_image`)."""
 
 LayoutMode = Literal["side", "stacked", "single"]
 
@@ -91,6 +96,9 @@ class CatalogScreen(Screen[None]):
         self.selected_model_id: int | None = None
         self.keep_selection = False
         self.revealed: set[int] = set()
+        self.images: dict[int, list[CatalogImage]] = {}
+        """The selected model's pictures by version (`PreviewService.images`)."""
+        self.meta_asked: set[int] = set()
         self._search_timer: Timer | None = None
         self._detail_timer: Timer | None = None
         self.mode: LayoutMode = "side"
@@ -331,13 +339,24 @@ class CatalogScreen(Screen[None]):
                 DETAIL_DEBOUNCE_S, lambda: self.mgr.load_detail(model_id)
             )
 
-    def show_detail(self, detail: ModelDetail) -> None:
+    def show_detail(
+        self, detail: ModelDetail, images: dict[int, list[CatalogImage]] | None = None
+    ) -> None:
         if detail.id != self.selected_model_id:
             return
         pane = self.query_one(DetailPane)
-        keep = pane.version_index if pane.detail is not None and pane.detail.id == detail.id else 0
-        pane.show_detail(detail, version_index=keep)
+        same = pane.detail is not None and pane.detail.id == detail.id
+        self.images = images or {}
+        pane.show_detail(detail, version_index=pane.version_index if same else 0)
         self._load_preview()
+        if not same and self.images:
+            self.mgr.prefetch_previews(detail.id, self._neighbour_ids())
+
+    def _neighbour_ids(self, around: int = 2) -> list[int]:
+        table = self.query_one(ModelTable)
+        row = table.cursor_row
+        keys = [r.key.value for r in table.ordered_rows[max(0, row - around) : row + around + 1]]
+        return [int(k) for k in keys if k is not None and int(k) != self.selected_model_id]
 
     @on(DetailPane.VersionChosen)
     def version_chosen(self, event: DetailPane.VersionChosen) -> None:
@@ -349,32 +368,82 @@ class CatalogScreen(Screen[None]):
         pane.show_version(pane.version_index + step)
         self._load_preview()
 
+    def action_image(self, step: int) -> None:
+        """Step through the shown version's example images."""
+        pane = self.query_one(DetailPane)
+        if len(pane.gallery) > 1:
+            self._load_preview((pane.image_index + step) % len(pane.gallery))
+
     @property
     def version(self) -> VersionDetail | None:
         return self.query_one(DetailPane).version
 
-    def _load_preview(self) -> None:
+    def image_meta_loaded(self, version_id: int, images: list[CatalogImage]) -> None:
+        self.images[version_id] = images
+        version = self.version
+        if version is not None and version.id == version_id:
+            self._load_preview(self.query_one(DetailPane).image_index, words_only=True)
+
+    def _load_preview(self, index: int = 0, *, words_only: bool = False) -> None:
+        """Draw picture `index` of the shown version: its placeholder now, then the file or
+        the thumbnail from a worker; above the NSFW threshold only the blur until revealed."""
+        pane = self.query_one(DetailPane)
+        version, detail = pane.version, pane.detail
+        if version is None or detail is None:
+            return
+        entries = gallery.entries_for(version, self.images.get(version.id, []))
+        preview = self.query_one("#preview", PreviewPane)
+        if not entries:
+            pane.show_gallery([], 0, Text(), Text())
+            preview.show_note("No preview")
+            return
+        entry = entries[index]
+        image, revealed = entry.image, version.id in self.revealed
+        previews = self.mgr.services.previews()
+        held = image is not None and previews.held_back(image) and not revealed
+        if entry.path is not None and not held and image is None:
+            held = (detail.nsfw or any(i.is_nsfw for i in version.images)) and not revealed
+        keys = IMAGE_KEYS
+        threshold = f"above your NSFW threshold ({previews.threshold}) · press r to reveal"
+        pane.show_gallery(
+            entries,
+            index,
+            gallery.caption(index, entries, keys, held=threshold if held else None),
+            gallery.generation_text(entry.meta),
+        )
+        lacking = any(e.image is not None and e.image.url and not e.meta for e in entries)
+        if lacking and not self.is_demo and version.id not in self.meta_asked:
+            self.meta_asked.add(version.id)  # once a session: Civitai's images endpoint
+            self.mgr.load_image_meta(version.id)
+        if words_only:
+            return
+        blur = previews.placeholder(image) if image is not None else None
+        if held:
+            if blur is not None:
+                preview.show_image(blur, "NSFW · blurred")
+            else:
+                preview.show_note(f"NSFW preview hidden · {threshold}")
+            return
+        if blur is not None:
+            preview.show_image(blur)
+        if entry.path is not None:
+            self.mgr.load_preview(version.id, entry.path, "", entry.key)
+        elif image is not None and image.url is not None and image.is_still:
+            self.mgr.load_gallery_image(version.id, image, entry.key, reveal=revealed)
+        elif blur is None:
+            preview.show_note(f"No preview ({clean(image.type or 'no URL') if image else ''})")
+
+    def show_preview(
+        self, version_id: int, image: PILImage | None, note: str, key: str | None = None
+    ) -> None:
         pane = self.query_one(DetailPane)
         version = pane.version
-        if version is None or pane.detail is None:
-            return
-        hidden = (pane.detail.nsfw or any(i.is_nsfw for i in version.images)) and (
-            version.id not in self.revealed
-        )
-        if hidden:
-            self.mgr.load_preview(version.id, None, "NSFW preview hidden · press r to reveal")
-        elif version.preview_path is None:
-            note = "No preview on disk"
-            if version.images:
-                note += " (Civitai previews need the network)"
-            self.mgr.load_preview(version.id, None, note)
-        else:
-            self.mgr.load_preview(version.id, version.preview_path, "")
-
-    def show_preview(self, version_id: int, image: PILImage | None, note: str) -> None:
-        version = self.version
         if version is None or version.id != version_id:
             return
+        if key is not None and pane.gallery:
+            shown = pane.gallery[min(pane.image_index, len(pane.gallery) - 1)]
+            if shown.key != key:
+                return  # the user stepped on meanwhile
         preview = self.query_one("#preview", PreviewPane)
         if isinstance(image, PILImage):
             preview.show_image(image)
@@ -385,7 +454,7 @@ class CatalogScreen(Screen[None]):
         version = self.version
         if version is not None:
             self.revealed.add(version.id)
-            self._load_preview()
+            self._load_preview(self.query_one(DetailPane).image_index)
 
     # --- trigger words ---------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from assetmgr.app.queries import (
     describe_access,
 )
 from assetmgr.display import clean
+from assetmgr.tui.gallery import Entry
 from assetmgr.tui.widgets.preview import PreviewPane
 
 DESCRIPTION_CHARS = 4_000
@@ -125,6 +126,8 @@ class DetailPane(VerticalScroll):
         self.version_index = 0
         self.image_index = 0
         """The example image the pane shows of the version (its generation data is used)."""
+        self.gallery: list[Entry] = []
+        """The shown version's pictures (`assetmgr.tui.gallery`); empty until listed."""
 
     def compose(self) -> ComposeResult:
         yield Static("Select a model", id="detail-title")
@@ -133,6 +136,8 @@ class DetailPane(VerticalScroll):
         with Horizontal(id="version-row"):
             yield PreviewPane(id="preview")
             yield Static("", id="version-info")
+        yield Static("", id="image-caption")
+        yield Static("", id="image-meta")
         yield Label("Trigger words", classes="section")
         yield Vertical(id="words")
         with Horizontal(id="word-actions"):
@@ -171,7 +176,15 @@ class DetailPane(VerticalScroll):
         self.version_index = 0
         self.add_class("-empty")
         self.query_one("#detail-title", Static).update(Text(clean(text), style="bold"))
-        for part in ("#detail-meta", "#version-info", "#files", "#description"):
+        self.gallery = []
+        for part in (
+            "#detail-meta",
+            "#version-info",
+            "#image-caption",
+            "#image-meta",
+            "#files",
+            "#description",
+        ):
             self.query_one(part, Static).update("")
         self.query_one("#versions", OptionList).clear_options()
         self.query_one("#words", Vertical).remove_children()
@@ -181,10 +194,21 @@ class DetailPane(VerticalScroll):
     def image_meta(self) -> dict[str, Any] | None:
         """The shown example image's generation data, when Civitai has a prompt for it."""
         version = self.version
-        if version is None or not version.images:
+        if self.gallery:
+            meta = self.gallery[min(self.image_index, len(self.gallery) - 1)].meta
+        elif version is None or not version.images:
             return None
-        meta = version.images[min(self.image_index, len(version.images) - 1)].meta
+        else:
+            meta = version.images[min(self.image_index, len(version.images) - 1)].meta
         return meta if meta and isinstance(meta.get("prompt"), str) else None
+
+    def show_gallery(self, entries: list[Entry], index: int, caption: Text, meta: Text) -> None:
+        """The shown picture's place and words; keeps "Use this prompt" on that picture."""
+        self.gallery = entries
+        self.image_index = index
+        self.query_one("#image-caption", Static).update(caption)
+        self.query_one("#image-meta", Static).update(meta)
+        self.query_one(".use-prompt", Button).display = self.image_meta is not None
 
     @property
     def version(self) -> VersionDetail | None:
@@ -275,6 +299,9 @@ class DetailPane(VerticalScroll):
             words.mount(Label("none", classes="dim"))
         self.query_one(".copy-words", Button).display = bool(v.trained_words)
         self.image_index = 0
+        self.gallery = []
+        self.query_one("#image-caption", Static).update("")
+        self.query_one("#image-meta", Static).update("")
         self.query_one(".use-prompt", Button).display = self.image_meta is not None
         self.query_one("#files", Static).update(files_renderable(v.files))
 

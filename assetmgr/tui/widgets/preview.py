@@ -35,10 +35,10 @@ class PreviewPane(Container):
         yield TerminalImage(None, classes="preview-image")
         yield Static("", classes="preview-note")
 
-    def show_image(self, image: PILImage) -> None:
+    def show_image(self, image: PILImage, note: str = "") -> None:
         self.query_one(".preview-image", TerminalImage).image = image
         self.set_class(True, "-has-image")
-        self.query_one(".preview-note", Static).update("")
+        self.query_one(".preview-note", Static).update(Text(clean(note)))
 
     def show_note(self, note: str) -> None:
         self.query_one(".preview-image", TerminalImage).image = None
