@@ -65,3 +65,34 @@ def diff(a: bytes, b: bytes) -> dict[str, Any]:
         "identical": bool(mse == 0),
         "distinct_values": int(len(np.unique(pa))),
     }
+
+
+def baseline_pipe(kind: str, path: str, dtype: str, device: str) -> Any:
+    """Out-of-the-box diffusers: ``from_single_file`` with the shipped config, Euler, on device."""
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from sandbox.worker.pipeline import CONFIG_ROOT, load_tokenizer
+
+    kw: dict[str, Any] = {
+        "config": str(CONFIG_ROOT / kind),
+        "local_files_only": True,
+        "torch_dtype": getattr(torch, dtype),
+        "tokenizer": load_tokenizer(),
+    }
+    if kind == "sdxl":
+        kw["tokenizer_2"] = load_tokenizer("!")
+        pipe = StableDiffusionXLPipeline.from_single_file(path, **kw)
+    else:
+        pipe = StableDiffusionPipeline.from_single_file(
+            path, safety_checker=None, feature_extractor=None, **kw
+        )
+    pipe.to(device)
+    euler: Any = EulerDiscreteScheduler
+    pipe.scheduler = euler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    sync()
+    return pipe

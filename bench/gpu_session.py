@@ -41,34 +41,13 @@ def cmd_session(args: argparse.Namespace) -> None:
 
 
 def _baseline(args: argparse.Namespace, res: dict[str, Any]) -> None:
-    import os
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from sandbox.worker.pipeline import CONFIG_ROOT, load_tokenizer
+    from gpu_common import baseline_pipe
 
     res["imports_s"] = _since(args.t0)
     t = time.perf_counter()
-    kw: dict[str, Any] = {
-        "config": str(CONFIG_ROOT / args.kind),
-        "local_files_only": True,
-        "torch_dtype": torch.float16 if args.device == "cuda" else torch.float32,
-        "tokenizer": load_tokenizer(),
-    }
-    if args.kind == "sdxl":
-        kw["tokenizer_2"] = load_tokenizer("!")
-        pipe = StableDiffusionXLPipeline.from_single_file(args.path, **kw)
-    else:
-        pipe = StableDiffusionPipeline.from_single_file(
-            args.path, safety_checker=None, feature_extractor=None, **kw
-        )
-    pipe.to(args.device)
-    euler: Any = EulerDiscreteScheduler
-    pipe.scheduler = euler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    sync()
+    dtype = "float16" if args.device == "cuda" else "float32"
+    pipe = baseline_pipe(args.kind, args.path, dtype, args.device)
     res["load_s"] = round(time.perf_counter() - t, 3)
 
     def once() -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from pathlib import Path
@@ -38,35 +37,11 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_baseline(args: argparse.Namespace) -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
-    from diffusers import (
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-    )
-
-    from sandbox.worker.pipeline import CONFIG_ROOT, load_tokenizer
+    from gpu_common import baseline_pipe
 
     t0 = time.perf_counter()
-    kw: dict[str, Any] = {
-        "config": str(CONFIG_ROOT / args.kind),
-        "local_files_only": True,
-        "torch_dtype": getattr(torch, args.dtype),
-        "tokenizer": load_tokenizer(),
-    }
-    if args.kind == "sdxl":
-        kw["tokenizer_2"] = load_tokenizer("!")
-        pipe = StableDiffusionXLPipeline.from_single_file(args.path, **kw)
-    else:
-        pipe = StableDiffusionPipeline.from_single_file(
-            args.path, safety_checker=None, feature_extractor=None, **kw
-        )
-    pipe.to(args.device)
-    euler: Any = EulerDiscreteScheduler
-    pipe.scheduler = euler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    sync()
+    pipe = baseline_pipe(args.kind, args.path, args.dtype, args.device)
     load_s = time.perf_counter() - t0
 
     def once() -> float:
