@@ -11,14 +11,12 @@ the next candidate is tried). Nothing beside the model is modified.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from assetmgr.store.sidecars import _OPEN_FLAGS, SidecarIssue
+from assetmgr.store.sidecars import SidecarIssue, read_plain_file
 from assetmgr.store.thumbnails import ImageRejectedError, Thumbnail, make_thumbnail
 
 MAX_PREVIEW_FILE_BYTES = 32 << 20
@@ -77,40 +75,14 @@ def _lora_manager_candidate(
 def _read(path: Path, model_path: Path, issues: list[SidecarIssue]) -> bytes | None:
     """The file's bytes when it is a plain regular file under the size cap; None otherwise
     (an absent file silently, anything else with an issue)."""
-
-    def issue(code: str, reason: str) -> None:
-        issues.append(SidecarIssue(str(path), code, reason, str(model_path)))
-
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            issue("sidecar-link", "a symlink; previews are read only as plain files")
-        else:
-            issue("sidecar-unreadable", f"cannot be opened ({exc.strerror})")
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            issue("sidecar-unreadable", "not a regular file; not read")
-            return None
-        limit = MAX_PREVIEW_FILE_BYTES
-        if st.st_size > limit:
-            issue("sidecar-unreadable", f"larger than {limit // 2**20} MiB; not read")
-            return None
-        with open(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            issue("sidecar-unreadable", f"larger than {limit // 2**20} MiB; not read")
-            return None
-        return data
-    except OSError as exc:
-        issue("sidecar-unreadable", f"cannot be read ({exc.strerror})")
-        return None
-    finally:
-        os.close(fd)
+    return read_plain_file(
+        path,
+        model_path,
+        issues,
+        limit=MAX_PREVIEW_FILE_BYTES,
+        what="previews",
+        too_large="; not read",
+    )
 
 
 def read_preview(

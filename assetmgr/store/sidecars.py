@@ -127,40 +127,59 @@ _UNREAD = object()
 """`_read_json`'s answer for a sidecar that is absent or could not be read (null is JSON)."""
 
 
-def _read_json(path: Path, model_path: Path, out: Sidecars) -> Any:
+def read_plain_file(
+    path: Path,
+    model_path: Path,
+    issues: list[SidecarIssue],
+    *,
+    limit: int,
+    what: str = "sidecars",
+    too_large: str = "",
+) -> bytes | None:
+    """The bytes of a plain regular file beside a model, read without following a link and
+    under ``limit``; None when absent (silently) or refused (with an issue)."""
+
     def issue(code: str, reason: str) -> None:
-        out.issues.append(SidecarIssue(str(path), code, reason, str(model_path)))
+        issues.append(SidecarIssue(str(path), code, reason, str(model_path)))
 
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
-        return _UNREAD
+        return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            issue("sidecar-link", "a symlink; sidecars are read only as plain files")
+            issue("sidecar-link", f"a symlink; {what} are read only as plain files")
         else:
             issue("sidecar-unreadable", f"cannot be opened ({exc.strerror})")
-        return _UNREAD
+        return None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             issue("sidecar-unreadable", "not a regular file; not read")
-            return _UNREAD
-        if st.st_size > MAX_SIDECAR_BYTES:
-            issue("sidecar-unreadable", f"larger than {MAX_SIDECAR_BYTES // 2**20} MiB")
-            return _UNREAD
+            return None
         with open(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_SIDECAR_BYTES + 1)
-        if len(raw) > MAX_SIDECAR_BYTES:
-            issue("sidecar-unreadable", f"larger than {MAX_SIDECAR_BYTES // 2**20} MiB")
-            return _UNREAD
-        return parse_json(raw)
+            data = f.read(limit + 1) if st.st_size <= limit else b""
+        if st.st_size > limit or len(data) > limit:
+            issue("sidecar-unreadable", f"larger than {limit // 2**20} MiB{too_large}")
+            return None
+        return data
     except OSError as exc:
         issue("sidecar-unreadable", f"cannot be read ({exc.strerror})")
-    except (ValueError, RecursionError):  # bad text or JSON (UnicodeDecodeError is one)
-        issue("sidecar-malformed", "not valid JSON")
+        return None
     finally:
         os.close(fd)
+
+
+def _read_json(path: Path, model_path: Path, out: Sidecars) -> Any:
+    raw = read_plain_file(path, model_path, out.issues, limit=MAX_SIDECAR_BYTES)
+    if raw is None:
+        return _UNREAD
+    try:
+        return parse_json(raw)
+    except (ValueError, RecursionError):  # bad text or JSON (UnicodeDecodeError is one)
+        out.issues.append(
+            SidecarIssue(str(path), "sidecar-malformed", "not valid JSON", str(model_path))
+        )
     return _UNREAD
 
 
